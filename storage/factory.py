@@ -1,0 +1,69 @@
+"""Open the Optuna storage every command and worker uses.
+
+Heartbeats are configured here (Optuna only sends them inside ``Study.optimize``; our ask/tell
+workers send them with :mod:`storage.heartbeat`). A trial whose worker stops beating for the grace
+period is failed by the next worker that asks, and :class:`RetryHeartbeatStaleTrialCallback`
+queues a copy of it, a limited number of times.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+import sqlalchemy
+
+from storage.engine import engine_kwargs
+from storage.errors import StorageError
+from storage.schema import connection_error, current_revision
+from storage.url import mask_url
+
+HEARTBEAT_INTERVAL_S = 30
+GRACE_PERIOD_S = 120
+MAX_RETRY = 2
+
+
+def open_storage(
+    url: str,
+    *,
+    heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
+    grace_period: int | None = GRACE_PERIOD_S,
+    max_retry: int | None = MAX_RETRY,
+    role: str = "worker",
+) -> RDBStorage:
+    """Return an ``RDBStorage`` with our engine and heartbeat settings.
+
+    Args:
+        url: a resolved URL (see :func:`storage.url.resolve_url`).
+        heartbeat_interval: seconds between heartbeats; ``None`` disables heartbeats.
+        grace_period: seconds without a heartbeat after which a RUNNING trial is stale.
+        max_retry: how many times a stale trial is re-queued; ``None`` means never.
+
+    Raises:
+        StorageError: unreachable database, missing schema, incompatible schema.
+    """
+    if current_revision(url) is None:
+        raise StorageError(
+            f"no Optuna schema in {mask_url(url)}: create it first with "
+            "`tuner db init` or `tuner create` (workers never create tables)"
+        )
+    try:
+        with warnings.catch_warnings():
+            # Heartbeats are "experimental" in Optuna; we depend on them knowingly.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            callback = None
+            if heartbeat_interval is not None and max_retry is not None:
+                callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs(url, role=role),
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period if heartbeat_interval is not None else None,
+                heartbeat_stale_trial_callback=callback,
+                skip_table_creation=True,
+            )
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise connection_error(exc, url) from None
+    except RuntimeError as exc:  # Optuna's schema-compatibility error
+        raise StorageError(f"{mask_url(url)}: {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,131 @@
+"""Create Optuna's schema once, and tell whether it is there.
+
+Optuna creates its tables the first time an ``RDBStorage`` opens a database. Several workers
+doing that at once race (``alembic_version already exists``), so only the coordinator creates the
+schema, under a lock that also serialises concurrent coordinators: a PostgreSQL advisory lock, or
+a file lock beside a SQLite database. Workers open storages with table creation switched off and
+are refused with a clear message when the schema is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import contextlib
+import fcntl
+from pathlib import Path
+
+from optuna.storages import RDBStorage
+import sqlalchemy
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from storage.engine import engine_kwargs
+from storage.errors import StorageError
+from storage.url import mask_url, scrub
+
+# An arbitrary constant that names "the schema lock" for pg_advisory_lock.
+_ADVISORY_LOCK_KEY = 0x4D415253  # "MARS"
+REQUIRED_TABLES = ("studies", "trials", "version_info", "alembic_version")
+
+
+def short_engine(url: str) -> sqlalchemy.Engine:
+    """An engine without a pool, for one-off checks that must not keep connections open."""
+    connect_args: dict[str, object] = {}
+    if make_url(url).get_backend_name() == "postgresql":
+        connect_args["connect_timeout"] = 5
+    return sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+
+
+def current_revision(url: str) -> str | None:
+    """The schema's alembic revision, or ``None`` when the schema has not been created.
+
+    Raises:
+        StorageError: the database cannot be reached.
+    """
+    engine = short_engine(url)
+    try:
+        with engine.connect() as conn:
+            tables = set(sqlalchemy.inspect(conn).get_table_names())
+            if not set(REQUIRED_TABLES) <= tables:
+                return None
+            row = conn.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).first()
+            return None if row is None else str(row[0])
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise connection_error(exc, url) from None
+    finally:
+        engine.dispose()
+
+
+def schema_exists(url: str) -> bool:
+    return current_revision(url) is not None
+
+
+def init_schema(url: str) -> str:
+    """Create the schema if needed, safely under concurrency, and return its revision.
+
+    Raises:
+        StorageError: unreachable database, or a schema too old for this Optuna.
+    """
+    with _schema_lock(url):
+        try:
+            storage = RDBStorage(url, engine_kwargs=engine_kwargs(url, role="coordinator"))
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise connection_error(exc, url) from None
+        except RuntimeError as exc:  # Optuna's schema-compatibility error
+            raise StorageError(f"{mask_url(url)}: {str(exc).splitlines()[0]}") from None
+        revision = storage.get_current_version()
+        storage.engine.dispose()
+    if make_url(url).get_backend_name() == "sqlite":
+        _enable_wal(url)
+    return revision
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:"):
+            yield
+            return
+        path = Path(database)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    engine = short_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _ADVISORY_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(
+                    sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _ADVISORY_LOCK_KEY}
+                )
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise connection_error(exc, url) from None
+    finally:
+        engine.dispose()
+
+
+def _enable_wal(url: str) -> None:
+    """WAL lets local readers (status, dashboard) run while two workers write; it persists."""
+    engine = short_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    finally:
+        engine.dispose()
+
+
+def connection_error(exc: BaseException, url: str) -> StorageError:
+    """One line: the masked URL and the driver's own first line (e.g. 'Connection refused')."""
+    original = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(original).strip().splitlines() if line.strip()]
+    reason = " ".join(lines[:2]) if lines else type(original).__name__
+    return StorageError(f"cannot reach {mask_url(url)}: {scrub(reason, url)}")

@@ -1,0 +1,108 @@
+"""Turn what the user gives into a storage URL, and make URLs safe to print.
+
+Precedence: an explicit ``--storage`` URL, then the ``TUNER_STORAGE`` environment variable, then
+the embedded default (a SQLite file under ``TUNER_HOME`` or ``./.tuner``) so one machine works
+without a database server. A password may also come from the file named by
+``TUNER_DB_PASSWORD_FILE`` (Docker secrets), so it never has to sit in an environment variable
+or a compose file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import re
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.engine.url import URL
+from sqlalchemy.exc import ArgumentError
+
+from storage.errors import StorageError
+
+ENV_STORAGE = "TUNER_STORAGE"
+ENV_HOME = "TUNER_HOME"
+ENV_PASSWORD_FILE = "TUNER_DB_PASSWORD_FILE"
+DEFAULT_DB_NAME = "tuner.db"
+MASK = "***"
+
+_USERINFO = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<at>@)")
+
+
+def default_home() -> Path:
+    """The project-local directory that holds the embedded SQLite database."""
+    return Path(os.environ.get(ENV_HOME) or ".tuner").resolve()
+
+
+def default_sqlite_url() -> str:
+    """The embedded default: a SQLite file, created on first use, no server needed."""
+    return f"sqlite:///{default_home() / DEFAULT_DB_NAME}"
+
+
+def resolve_url(explicit: str | None = None) -> str:
+    """Return the storage URL to use, validated and normalised.
+
+    Raises:
+        StorageError: the URL cannot be parsed or names a backend we do not support.
+    """
+    raw = explicit or os.environ.get(ENV_STORAGE) or default_sqlite_url()
+    raw = raw.strip()
+    if raw.startswith("postgres://"):
+        # Many hosting providers hand out this spelling; SQLAlchemy 2 only accepts postgresql://.
+        raw = "postgresql://" + raw[len("postgres://") :]
+    url = parse_url(raw)
+    if url.get_backend_name() not in ("postgresql", "sqlite"):
+        raise StorageError(
+            f"unsupported storage backend {url.get_backend_name()!r} in {mask_url(raw)}: "
+            "use postgresql://USER[:PASSWORD]@HOST[:PORT]/DB or sqlite:///PATH"
+        )
+    if url.drivername == "postgresql":
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2-binary.
+        url = url.set(drivername="postgresql+psycopg2")
+    url = _with_password_file(url)
+    return url.render_as_string(hide_password=False)
+
+
+def parse_url(raw: str) -> URL:
+    """Parse with SQLAlchemy, turning its error into a masked one-line ``StorageError``."""
+    try:
+        return make_url(raw)
+    except (ArgumentError, ValueError):
+        raise StorageError(
+            f"cannot parse storage URL {mask_url(raw)!r}: expected "
+            "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB or sqlite:///PATH"
+        ) from None
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL with its password replaced by ``***``; safe to print and log.
+
+    Works on strings SQLAlchemy cannot parse too, so error messages about bad URLs stay safe.
+    """
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return _USERINFO.sub(lambda m: m["head"] + MASK + m["at"], url)
+
+
+def scrub(message: str, url: str | URL) -> str:
+    """Remove the URL's password from an arbitrary message (driver errors may echo a DSN)."""
+    try:
+        password = (url if isinstance(url, URL) else make_url(url)).password
+    except (ArgumentError, ValueError):
+        password = None
+    if password:
+        message = message.replace(str(password), MASK)
+    return _USERINFO.sub(lambda m: m["head"] + MASK + m["at"], message)
+
+
+def _with_password_file(url: URL) -> URL:
+    path = os.environ.get(ENV_PASSWORD_FILE)
+    if not path or url.password or url.get_backend_name() == "sqlite":
+        return url
+    try:
+        password = Path(path).read_text().strip()
+    except OSError as exc:
+        raise StorageError(f"cannot read {ENV_PASSWORD_FILE}={path}: {exc.strerror}") from None
+    return url.set(password=password)

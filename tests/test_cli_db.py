@@ -1,0 +1,51 @@
+"""`tuner db ...` and `--version` as a user runs them: real processes, real databases."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def tuner(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "tuner"), *args], capture_output=True, text=True, timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_version():
+    result = tuner("--version")
+    assert result.returncode == 0 and result.stdout.startswith("tuner ")
+
+
+def test_db_init_then_check_on_postgres(pg_url):
+    assert tuner("db", "check", "--storage", pg_url).returncode == 1
+    init = tuner("db", "init", "--storage", pg_url)
+    assert init.returncode == 0, init.stderr
+    check = tuner("db", "check", env={"TUNER_STORAGE": pg_url})
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.strip().endswith("ok") and "studies:  0" in check.stdout
+
+
+@pytest.mark.parametrize("command", [["db", "check"], ["db", "init"], ["list"]])
+def test_unreachable_database_is_one_masked_line(command):
+    result = tuner(*command, "--storage", "postgresql://alice:topsecret@127.0.0.1:1/optuna")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: cannot reach")
+    assert "topsecret" not in result.stdout + result.stderr
+    assert "alice:***@" in errors[0]
+
+
+def test_embedded_default_needs_no_server(tmp_path):
+    env = {"TUNER_HOME": str(tmp_path / "home"), "TUNER_STORAGE": ""}
+    assert tuner("db", "init", env=env).returncode == 0
+    check = tuner("db", "check", env=env)
+    assert check.returncode == 0 and "sqlite" in check.stdout
+    assert (tmp_path / "home" / "tuner.db").exists()

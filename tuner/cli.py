@@ -1,0 +1,243 @@
+"""``tuner``: the coordinator's command line.
+
+Every command takes ``--storage URL`` (or ``TUNER_STORAGE``); with neither, the embedded SQLite
+default under ``./.tuner`` is used, so a single machine needs no database server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from storage import StorageError
+from worker.config import ConfigError
+
+app = typer.Typer(
+    name="tuner",
+    help="Coordinate a distributed hyperparameter search for Mars-terrain segmentation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Check or initialise the study database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+StorageOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--storage",
+        envvar="TUNER_STORAGE",
+        help="Database URL, e.g. postgresql://user@host:5432/optuna. Default: SQLite in ./.tuner.",
+        show_envvar=True,
+    ),
+]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from tuner import __version__
+
+        typer.echo(f"tuner {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Coordinate a distributed hyperparameter search for Mars-terrain segmentation."""
+
+
+@db_app.command("check")
+def db_check(storage: StorageOpt = None) -> None:
+    """Check that the database is reachable and its schema matches this Optuna.
+
+    Exits 0 when usable, 1 otherwise. Passwords are never printed.
+    """
+    from storage import check, resolve_url
+
+    try:
+        health = check(resolve_url(storage))
+    except StorageError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"storage:  {health.url}")
+    typer.echo(f"server:   {health.server_version or '-'}")
+    typer.echo(f"schema:   {health.schema_revision or 'none'} (this Optuna: {health.head_revision})")
+    if health.n_studies is not None:
+        typer.echo(f"studies:  {health.n_studies}")
+    if not health.ok:
+        raise _fail(health.error or "database not usable")
+    typer.echo("ok")
+
+
+@db_app.command("init")
+def db_init(storage: StorageOpt = None) -> None:
+    """Create Optuna's schema once (safe to run concurrently and repeatedly).
+
+    Workers never create tables; run this (or `tuner create`) before starting them.
+    """
+    from storage import init_schema, mask_url, resolve_url
+
+    try:
+        url = resolve_url(storage)
+        revision = init_schema(url)
+    except StorageError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"schema {revision} ready in {mask_url(url)}")
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data", envvar="TUNER_DATA", show_envvar=True,
+            help="The challenge .npz; its fingerprint is recorded so workers with other data are refused.",
+        ),
+    ] = None,
+    fingerprint: Annotated[
+        Optional[str], typer.Option(help="Record this data fingerprint instead of reading --data.")
+    ] = None,
+    space: Annotated[
+        Optional[Path], typer.Option(help="Search-space YAML. Default: the seed's ranges (shipped).")
+    ] = None,
+    trials: Annotated[int, typer.Option(min=1, help="Trial budget for the whole study, across all workers.")] = 50,
+    sampler: Annotated[str, typer.Option(help="tpe or random.")] = "tpe",
+    seed: Annotated[int, typer.Option(help="Sampler seed (each worker derives its own from it).")] = 0,
+    pruner: Annotated[str, typer.Option(help="hyperband, median or none (resource: epochs).")] = "hyperband",
+    heartbeat_interval: Annotated[int, typer.Option(min=1, help="Seconds between worker heartbeats.")] = 30,
+    grace_period: Annotated[
+        int, typer.Option(min=1, help="Seconds without heartbeat before a running trial is failed and retried.")
+    ] = 120,
+    max_retry: Annotated[int, typer.Option(min=0, help="How often a trial of a dead worker is retried.")] = 2,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing study of that name first.")] = False,
+    exist_ok: Annotated[
+        bool, typer.Option("--exist-ok", help="If the study exists, keep it and exit 0 (for re-runnable init jobs).")
+    ] = False,
+    storage: StorageOpt = None,
+) -> None:
+    """Create a study from a search-space file (schema is created if missing)."""
+    from tuner.study import StudyError, create_study
+
+    try:
+        summary = create_study(
+            name,
+            storage=storage,
+            data=data,
+            fingerprint=fingerprint,
+            space_path=space,
+            trials=trials,
+            sampler=sampler,
+            seed=seed,
+            pruner=pruner,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            max_retry=max_retry,
+            overwrite=overwrite,
+            exist_ok=exist_ok,
+        )
+    except (StudyError, StorageError, ConfigError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(summary)
+
+
+@app.command("list")
+def list_studies(storage: StorageOpt = None) -> None:
+    """List the studies in the database with their trial counts and best values."""
+    from tuner.status import print_study_list
+
+    try:
+        print_study_list(storage)
+    except StorageError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def status(name: Annotated[str, typer.Argument(help="Study name.")], storage: StorageOpt = None) -> None:
+    """Show a study's trial counts per state, best value, and running trials with host and age."""
+    from tuner.status import print_status
+    from tuner.study import StudyError
+
+    try:
+        print_status(name, storage)
+    except (StudyError, StorageError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def export(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    format: Annotated[str, typer.Option("--format", help="yaml or json.")] = "yaml",
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
+    model: Annotated[
+        Optional[Path],
+        typer.Option(help="Also download the best trial's saved model (.keras) here, if a worker uploaded one."),
+    ] = None,
+    artifact_dir: Annotated[
+        Optional[Path], typer.Option(envvar="TUNER_ARTIFACT_DIR", help="Artifact store the workers upload to.")
+    ] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Export the best trial's full training config, readable by `worker train --config`."""
+    from tuner.export import export_best
+    from tuner.study import StudyError
+
+    try:
+        export_best(name, storage=storage, fmt=format, output=output, model=model, artifact_dir=artifact_dir)
+    except (StudyError, StorageError, ConfigError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def dashboard(
+    target: Annotated[
+        Optional[str], typer.Argument(help="A study name (on --storage) or a storage URL.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    artifact_dir: Annotated[
+        Optional[Path], typer.Option(envvar="TUNER_ARTIFACT_DIR", help="Artifact store the workers upload to.")
+    ] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Open optuna-dashboard on the study database (the schema is created first if missing)."""
+    from tuner.dashboard import serve
+    from tuner.study import StudyError
+
+    try:
+        serve(target, storage=storage, host=host, port=port, artifact_dir=artifact_dir)
+    except (StudyError, StorageError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def demo(
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes.")] = 2,
+    trials: Annotated[int, typer.Option(min=1, help="Trial budget.")] = 8,
+    images: Annotated[int, typer.Option(min=16, help="Synthetic images to generate.")] = 160,
+    study: Annotated[str, typer.Option(help="Study name.")] = "demo",
+    storage: StorageOpt = None,
+) -> None:
+    """Run a small local search end to end: synthetic data, a tiny space, local workers.
+
+    Uses the embedded SQLite database unless --storage is given, then prints the best config.
+    """
+    from tuner.demo import run_demo
+    from tuner.study import StudyError
+
+    try:
+        code = run_demo(study=study, workers=workers, trials=trials, images=images, storage=storage)
+    except (StudyError, StorageError, ConfigError) as exc:
+        raise _fail(str(exc)) from None
+    raise typer.Exit(code)

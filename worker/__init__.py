@@ -1,0 +1,1 @@
+"""Worker side: data, model, loss, metric, training and the trial loop."""

@@ -1,0 +1,166 @@
+"""``worker``: the command line of a training machine (one process per GPU).
+
+TensorFlow is imported only by the commands that train, so ``--help`` and ``synth-data`` are
+instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="worker",
+    help="Train Multipath UNets for a shared study, or one config on its own.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DataOpt = Annotated[
+    Path,
+    typer.Option(
+        "--data", envvar="TUNER_DATA", show_envvar=True,
+        help="The challenge .npz (training_set (N,2,64,128)).",
+    ),
+]
+GpuOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--gpu", envvar="TUNER_GPU", show_envvar=True, min=0,
+        help="Pin this process to one GPU index. Default: first GPU if any, else CPU.",
+    ),
+]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+@app.command("synth-data")
+def synth_data(
+    out: Annotated[Path, typer.Argument(help="Output .npz path.")],
+    n: Annotated[int, typer.Option("--n", min=8, help="Training images.")] = 500,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    aliens: Annotated[
+        Optional[int], typer.Option(min=0, help="Injected repeated-mask outliers (default: a few percent).")
+    ] = None,
+    test: Annotated[int, typer.Option(min=0, help="Unlabelled test images.")] = 0,
+) -> None:
+    """Write a synthetic data set in exactly the challenge's .npz format."""
+    from worker.synth import write_npz
+
+    if out.suffix != ".npz":
+        raise _fail(f"{out}: output must end in .npz")
+    try:
+        summary = write_npz(out, n, seed=seed, n_aliens=aliens, n_test=test)
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc.strerror}") from None
+    typer.echo(f"wrote {out}: {summary}")
+
+
+@app.command("inspect-data")
+def inspect_data(data: Annotated[Path, typer.Argument(help="The challenge .npz.")]) -> None:
+    """Validate a data file and print its size, aliens removed, class shares and fingerprint."""
+    from worker.data import DataError, class_pixel_shares, load_npz
+
+    try:
+        loaded = load_npz(data)
+    except DataError as exc:
+        raise _fail(str(exc)) from None
+    shares = ", ".join(f"{c}:{s:.2%}" for c, s in enumerate(class_pixel_shares(loaded.masks)))
+    typer.echo(f"images:       {len(loaded)} (aliens removed: {loaded.aliens_removed})")
+    typer.echo(f"test images:  {0 if loaded.test_images is None else len(loaded.test_images)}")
+    typer.echo(f"class shares: {shares}")
+    typer.echo(f"fingerprint:  {loaded.fingerprint}")
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option("--config", help="Training config (.yaml or .json), e.g. from `tuner export`.")],
+    data: DataOpt,
+    save: Annotated[Optional[Path], typer.Option(help="Save the best model here (.keras).")] = None,
+    result_json: Annotated[Optional[Path], typer.Option("--result", help="Write the result as JSON here.")] = None,
+    gpu: GpuOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No per-epoch progress.")] = False,
+) -> None:
+    """Train one configuration and print its validation mean IoU (classes 1-4)."""
+    import json
+
+    from worker.config import ConfigError, TrainConfig
+    from worker.data import DataError, load_npz
+
+    if save is not None and save.suffix != ".keras":
+        raise _fail(f"{save}: --save must end in .keras")
+    try:
+        cfg = TrainConfig.load(config)
+        loaded = load_npz(data, max_images=cfg.max_images, seed=cfg.seed)
+    except (ConfigError, DataError) as exc:
+        raise _fail(str(exc)) from None
+
+    from worker.device import DeviceError, configure
+    from worker.train import train as run_training
+
+    try:
+        device = configure(gpu, mixed_precision=cfg.mixed_precision)
+    except DeviceError as exc:
+        raise _fail(str(exc)) from None
+    result = run_training(cfg, loaded, verbose=not quiet, save_path=save, device=device)
+    per_class = ", ".join(
+        f"{c}:{v:.4f}" if v == v else f"{c}:n/a" for c, v in result.per_class_iou.items()
+    )
+    typer.echo(f"mean IoU (classes 1-4): {result.best_miou:.4f}  per class: {per_class}")
+    typer.echo(f"epochs: {result.epochs_run} (best {result.best_epoch})  wall time: {result.wall_time_s:.1f}s")
+    if save is not None:
+        typer.echo(f"model saved to {save}")
+    if result_json is not None:
+        result_json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+@app.command()
+def run(
+    study: Annotated[str, typer.Option("--study", envvar="TUNER_STUDY", show_envvar=True, help="Study name.")],
+    data: DataOpt,
+    storage: Annotated[
+        Optional[str],
+        typer.Option(
+            "--storage", envvar="TUNER_STORAGE", show_envvar=True,
+            help="Database URL. Default: SQLite in ./.tuner.",
+        ),
+    ] = None,
+    gpu: GpuOpt = None,
+    max_trials: Annotated[
+        Optional[int], typer.Option(min=1, help="Stop after this many trials of this process (the study budget still applies).")
+    ] = None,
+    max_failures: Annotated[int, typer.Option(min=1, help="Stop after this many failed trials in a row.")] = 3,
+    artifact_dir: Annotated[
+        Optional[Path],
+        typer.Option(envvar="TUNER_ARTIFACT_DIR", show_envvar=True, help="Upload each new best model to this artifact store."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No per-epoch progress.")] = False,
+) -> None:
+    """Pull trials from a shared study until its budget is reached, training each one.
+
+    SIGTERM or Ctrl-C fails the current trial cleanly and queues it again for another worker.
+    """
+    from storage import StorageError
+    from worker.data import DataError
+    from worker.runner import RunnerError, run_worker
+
+    try:
+        code = run_worker(
+            study_name=study,
+            data_path=data,
+            storage=storage,
+            gpu=gpu,
+            max_trials=max_trials,
+            max_failures=max_failures,
+            artifact_dir=artifact_dir,
+            verbose=not quiet,
+        )
+    except (RunnerError, StorageError, DataError) as exc:
+        raise _fail(str(exc)) from None
+    raise typer.Exit(code)

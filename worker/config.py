@@ -1,0 +1,173 @@
+"""The one training configuration format.
+
+``worker train --config`` reads it, the search space samples into it and ``tuner export``
+writes it, so a winning trial can be retrained from its export without translation. Defaults are
+the seed's configuration (Multipath UNet, ~6.1M parameters, focal gamma 0.5, AdamW 1e-3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+
+MODEL_NAMES = ("multipath", "unet")
+CLASS_WEIGHT_SCHEMES = ("inverse_frequency", "sqrt_inverse_frequency", "uniform")
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot be used; the message is one line for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs besides the data.
+
+    Field names are the parameter names of the search space, so a sampled trial maps onto this
+    class by name.
+    """
+
+    # Model.
+    model: str = "multipath"
+    base_filters: int = 32
+    depth: int = 3
+    conventional_filters: int = 256
+    residual_filters: int = 32
+    multiscale_filters: int = 256
+    context_filters: int = 32
+    # Loss.
+    focal_gamma: float = 0.5
+    class_weights: str = "inverse_frequency"
+    background_weight: bool = False
+    # Optimisation.
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-3
+    batch_size: int = 128
+    epochs: int = 200
+    early_stopping_patience: int = 50
+    reduce_lr_patience: int = 25
+    reduce_lr_factor: float = 0.5
+    min_learning_rate: float = 5e-6
+    # Data and evaluation.
+    augment_flips: bool = True
+    tta: bool = False
+    validation_fraction: float = 0.2
+    max_images: int | None = None
+    seed: int = 0
+    # Speed.
+    jit_compile: bool = False
+    mixed_precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if self.model not in MODEL_NAMES:
+            raise ConfigError(f"model must be one of {', '.join(MODEL_NAMES)}, got {self.model!r}")
+        if self.class_weights not in CLASS_WEIGHT_SCHEMES:
+            raise ConfigError(
+                f"class_weights must be one of {', '.join(CLASS_WEIGHT_SCHEMES)}, "
+                f"got {self.class_weights!r}"
+            )
+        if self.mixed_precision not in ("auto", "on", "off"):
+            raise ConfigError(f"mixed_precision must be auto, on or off, got {self.mixed_precision!r}")
+        positive = (
+            "base_filters", "depth", "conventional_filters", "residual_filters",
+            "multiscale_filters", "context_filters", "batch_size", "epochs",
+            "learning_rate", "min_learning_rate",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "focal_gamma", "early_stopping_patience", "reduce_lr_patience"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.reduce_lr_factor < 1.0:
+            raise ConfigError(f"reduce_lr_factor must be in (0, 1), got {self.reduce_lr_factor}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ConfigError(
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction}"
+            )
+        if self.depth > 5:
+            raise ConfigError(f"depth must be <= 5 for 64x128 inputs, got {self.depth}")
+        if self.max_images is not None and self.max_images < 4:
+            raise ConfigError(f"max_images must be >= 4 or null, got {self.max_images}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a plain mapping; unknown keys are an error, not silently dropped."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"a training config must be a mapping, got {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Read a ``.yaml``/``.yml`` or ``.json`` file."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        try:
+            values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"cannot parse config {path}: {first}") from None
+        return cls.from_dict(values or {})
+
+    def dumps(self, fmt: str = "yaml") -> str:
+        """Serialise as ``yaml`` or ``json`` text that :meth:`load` reads back."""
+        if fmt == "json":
+            return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+        if fmt == "yaml":
+            return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        raise ConfigError(f"unknown format {fmt!r}; use json or yaml")
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Reject values of the wrong type with the field's name (YAML makes ``1e-3`` a string)."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        expected = field.type if isinstance(field.type, type) else _resolve(field.type)
+        allowed = get_args(expected) if get_origin(expected) is not None else (expected,)
+        if value is None and type(None) in allowed:
+            continue
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(config, field.name, float(value))
+            value = float(value)
+        if isinstance(value, bool) and bool not in allowed:
+            raise ConfigError(f"{field.name} must be {_name(allowed)}, got {value!r}")
+        if not isinstance(value, allowed):
+            raise ConfigError(f"{field.name} must be {_name(allowed)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{field.name} must be finite, got {value!r}")
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
+
+
+def _resolve(annotation: Any) -> Any:
+    """Turn the string annotations of ``from __future__ import annotations`` into types."""
+    if isinstance(annotation, str):
+        parts = [p.strip() for p in annotation.split("|")]
+        types = tuple(_TYPES[p] for p in parts)
+        if len(types) == 1:
+            return types[0]
+        return types[0] | types[1] if len(types) == 2 else annotation
+    return annotation
+
+
+def _name(allowed: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
