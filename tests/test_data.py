@@ -1,0 +1,294 @@
+"""worker.data: loading, validation, alien removal, fingerprint, split (numpy only)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from worker import data, synth
+from worker.data import DataError
+
+
+def _write(path, **arrays):
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def _training_set(n=12, seed=1, n_aliens=0):
+    return synth.generate(n, seed, n_aliens=n_aliens)["training_set"]
+
+
+@pytest.fixture
+def valid_file(tmp_path):
+    return _write(tmp_path / "ok.npz", training_set=_training_set())
+
+
+def test_valid_file_loads_normalised(valid_file):
+    d = data.load_npz(valid_file)
+    assert len(d) == 12
+    assert d.images.shape == (12, 64, 128) and d.images.dtype == np.float32
+    assert d.masks.shape == (12, 64, 128) and d.masks.dtype == np.uint8
+    assert 0.0 <= d.images.min() and d.images.max() <= 1.0
+    assert d.images.max() > 0.5  # really rescaled from 0..255, not squashed
+    assert set(np.unique(d.masks)) <= {0, 1, 2, 3, 4}
+    assert d.test_images is None
+    assert d.aliens_removed == 0
+    raw = _training_set()
+    np.testing.assert_allclose(d.images, raw[:, 0] / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(d.masks, raw[:, 1])
+
+
+def test_test_set_loaded_and_normalised(tmp_path):
+    arrays = synth.generate(8, 0, n_test=3)
+    path = _write(tmp_path / "t.npz", **arrays)
+    d = data.load_npz(path)
+    assert d.test_images.shape == (3, 64, 128) and d.test_images.dtype == np.float32
+    np.testing.assert_allclose(d.test_images, arrays["test_set"] / 255.0, rtol=1e-6)
+    assert data.load_npz(path, load_test=False).test_images is None
+
+
+def test_aliens_removed_and_counted(tmp_path):
+    ts = _training_set(n=30, n_aliens=7)
+    path = _write(tmp_path / "aliens.npz", training_set=ts)
+    d = data.load_npz(path)
+    assert d.aliens_removed == 7
+    assert len(d) == 23
+    # No remaining mask is repeated.
+    flat = d.masks.reshape(len(d), -1)
+    assert len(np.unique(flat, axis=0)) == len(d)
+
+    kept = data.load_npz(path, remove_aliens=False)
+    assert kept.aliens_removed == 0 and len(kept) == 30
+    assert kept.fingerprint != d.fingerprint
+
+
+def test_alien_threshold_is_more_than_five_repeats(tmp_path):
+    ts = _training_set(n=20)
+    ts[3:8, 1] = ts[0, 1]  # mask 0 now on 6 images: > ALIEN_MIN_REPEATS
+    assert data.load_npz(_write(tmp_path / "six.npz", training_set=ts)).aliens_removed == 6
+    ts = _training_set(n=20)
+    ts[3:7, 1] = ts[0, 1]  # 5 images: not an artefact
+    assert data.load_npz(_write(tmp_path / "five.npz", training_set=ts)).aliens_removed == 0
+
+
+def _with_test_set(test_set):
+    return {"training_set": _training_set(), "test_set": test_set}
+
+
+def _with_value(index, value):
+    """A valid training set with ``training_set[index] = value``."""
+    ts = _training_set()
+    ts[index] = value
+    return {"training_set": ts}
+
+
+def _scaled_first_image():
+    ts = _training_set()
+    ts[0, 0] /= 255.0
+    return {"training_set": ts}
+
+
+# name -> (arrays in the file, substring(s) the error message must contain)
+BAD_FILES = {
+    "missing_key": ({"images": np.zeros((2, 64, 128))}, "missing key 'training_set'"),
+    "wrong_ndim": (
+        {"training_set": np.zeros((3, 64, 128))},
+        "shape (3, 64, 128), expected (N, 2, 64, 128)",
+    ),
+    "wrong_shape": ({"training_set": np.zeros((3, 2, 128, 64))}, "shape (3, 2, 128, 64)"),
+    "empty": ({"training_set": np.zeros((0, 2, 64, 128))}, "empty"),
+    "strings": ({"training_set": np.full((1, 2, 64, 128), "a")}, "real numbers"),
+    "nan": (_with_value((2, 0, 5, 5), np.nan), "NaN or infinite values (first in image 2)"),
+    "inf": (_with_value((1, 1, 0, 0), np.inf), "NaN or infinite"),
+    "label_5": (_with_value((4, 1, 0, 0), 5), "label values must be in 0..4, found 0..5"),
+    "label_negative": (_with_value((4, 1, 0, 0), -1), "label values must be in 0..4"),
+    "label_1.5": (
+        _with_value((3, 1, 9, 9), 1.5),
+        "label values must be whole numbers 0..4 (first non-integer in mask 3)",
+    ),
+    "pixel_300": (
+        _with_value((6, 0, 0, 0), 300),
+        ("pixel values must be in 0..255", "..300 (first bad image 6)"),
+    ),
+    "pixel_negative": (_with_value((6, 0, 0, 0), -2), "pixel values must be in 0..255"),
+    "pixel_fraction": (_scaled_first_image(), "pixel values must be whole numbers 0..255"),
+    "test_set_shape": (
+        _with_test_set(np.zeros((2, 128, 64))),
+        "'test_set' has shape (2, 128, 64), expected (M, 64, 128)",
+    ),
+    "test_set_nan": (_with_test_set(np.full((2, 64, 128), np.nan)), "'test_set' contains NaN"),
+    "test_set_pixels": (
+        _with_test_set(np.full((2, 64, 128), 256.0)),
+        "'test_set' pixel values must be in 0..255",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_npz_raises_one_clear_error(tmp_path, name):
+    arrays, expected = BAD_FILES[name]
+    path = _write(tmp_path / f"{name}.npz", **arrays)
+    with pytest.raises(DataError) as info:
+        data.load_npz(path)
+    message = str(info.value)
+    for part in (expected,) if isinstance(expected, str) else expected:
+        assert part in message
+    assert "\n" not in message
+    assert str(path) in message
+
+
+def test_object_array_is_rejected(tmp_path):
+    path = tmp_path / "obj.npz"
+    np.savez(path, training_set=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DataError, match="Python objects"):
+        data.load_npz(path)
+
+
+def test_not_a_zip_file(tmp_path):
+    path = tmp_path / "plain.npz"
+    path.write_bytes(b"this is not a zip file at all")
+    with pytest.raises(DataError, match=r"is not an \.npz \(zip\) file"):
+        data.load_npz(path)
+    npy = tmp_path / "array.npy"
+    np.save(npy, _training_set())
+    with pytest.raises(DataError, match=r"is not an \.npz \(zip\) file"):
+        data.load_npz(npy)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(DataError, match="data file not found: .*nope.npz"):
+        data.load_npz(tmp_path / "nope.npz")
+    with pytest.raises(DataError, match="not a file"):
+        data.load_npz(tmp_path)
+
+
+def test_truncated_zip_is_a_data_error(tmp_path, valid_file):
+    blob = valid_file.read_bytes()
+    # Keep the central directory (so it still looks like a zip) but damage the compressed data.
+    damaged = bytearray(blob)
+    damaged[200:600] = b"\x00" * 400
+    path = tmp_path / "damaged.npz"
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match="cannot read 'training_set'"):
+        data.load_npz(path)
+
+
+def test_integer_dtype_file_is_accepted(tmp_path):
+    ts = _training_set().astype(np.uint8)
+    d = data.load_npz(_write(tmp_path / "u8.npz", training_set=ts))
+    assert d.fingerprint == data.load_npz(
+        _write(tmp_path / "f64.npz", training_set=_training_set())
+    ).fingerprint
+
+
+def test_fingerprint_stable_and_sensitive(tmp_path, valid_file):
+    first = data.load_npz(valid_file).fingerprint
+    assert len(first) == 64 and int(first, 16) >= 0
+    assert data.load_npz(valid_file).fingerprint == first
+    assert data.fingerprint_npz(valid_file) == first
+
+    ts = _training_set()
+    ts[5, 0, 10, 20] = (ts[5, 0, 10, 20] + 1) % 256  # one pixel
+    assert data.load_npz(_write(tmp_path / "pixel.npz", training_set=ts)).fingerprint != first
+    ts = _training_set()
+    ts[5, 1, 10, 20] = (ts[5, 1, 10, 20] + 1) % 5  # one label
+    assert data.load_npz(_write(tmp_path / "label.npz", training_set=ts)).fingerprint != first
+
+
+def test_fingerprint_ignores_max_images_seed_and_test_set(tmp_path, valid_file):
+    full = data.load_npz(valid_file)
+    sub = data.load_npz(valid_file, max_images=5, seed=3)
+    assert len(sub) == 5
+    assert sub.fingerprint == full.fingerprint
+    other = data.load_npz(valid_file, max_images=5, seed=4)
+    assert other.fingerprint == full.fingerprint
+    with_test = _write(tmp_path / "t.npz", **_with_test_set(np.zeros((2, 64, 128))))
+    assert data.load_npz(with_test).fingerprint == full.fingerprint
+
+
+def test_max_images_subset_is_seeded_and_from_the_data(valid_file):
+    full = data.load_npz(valid_file)
+    a = data.load_npz(valid_file, max_images=5, seed=3)
+    b = data.load_npz(valid_file, max_images=5, seed=3)
+    np.testing.assert_array_equal(a.images, b.images)
+    flat_full = full.masks.reshape(len(full), -1)
+    for mask in a.masks.reshape(5, -1):
+        assert (flat_full == mask).all(axis=1).any()
+    assert len(data.load_npz(valid_file, max_images=100)) == 12
+    # The same subset is available for data loaded in full.
+    keep = data.subset_indices(full.masks, 5, seed=3)
+    np.testing.assert_array_equal(full.images[keep], a.images)
+    with pytest.raises(DataError, match="max_images"):
+        data.load_npz(valid_file, max_images=0)
+
+
+def test_max_images_keeps_a_big_rock_image(tmp_path):
+    ts = _training_set(n=40)
+    path = _write(tmp_path / "r.npz", training_set=ts)
+    for seed in range(5):
+        d = data.load_npz(path, max_images=4, seed=seed)
+        assert data.has_big_rock(d.masks).any()
+
+
+def _masks_with_rocks(n=40, n_rock=5):
+    masks = np.ones((n, 64, 128), dtype=np.uint8)
+    masks[:n_rock, 10:14, 10:14] = 4
+    return masks
+
+
+def test_split_disjoint_complete_seeded():
+    masks = _masks_with_rocks()
+    train, val = data.split(masks, 0.2, seed=0)
+    assert train.dtype == np.int64 and val.dtype == np.int64
+    assert len(val) == 8 and len(train) == 32
+    assert not set(train) & set(val)
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(40))
+    again = data.split(masks, 0.2, seed=0)
+    np.testing.assert_array_equal(again[0], train)
+    np.testing.assert_array_equal(again[1], val)
+    others = [data.split(masks, 0.2, seed=s)[1] for s in range(1, 4)]
+    assert any(not np.array_equal(o, val) for o in others)
+
+
+@pytest.mark.parametrize("n_rock", [2, 3, 5, 38])
+@pytest.mark.parametrize("fraction", [0.05, 0.2, 0.5, 0.95])
+def test_split_puts_big_rock_on_both_sides(n_rock, fraction):
+    masks = _masks_with_rocks(n=40, n_rock=n_rock)
+    rocks = data.has_big_rock(masks)
+    for seed in range(5):
+        train, val = data.split(masks, fraction, seed)
+        assert rocks[train].any() and rocks[val].any()
+        assert len(train) + len(val) == 40 and len(val) == max(1, round(fraction * 40))
+
+
+def test_split_edge_cases():
+    train, val = data.split(_masks_with_rocks(n=2, n_rock=1), 0.2, 0)
+    assert len(train) == 1 and len(val) == 1
+    with pytest.raises(DataError, match="at least 2"):
+        data.split(np.zeros((1, 64, 128), np.uint8), 0.2, 0)
+    with pytest.raises(DataError, match="validation_fraction"):
+        data.split(_masks_with_rocks(), 1.0, 0)
+
+
+def test_class_pixel_shares():
+    masks = np.zeros((2, 64, 128), dtype=np.uint8)
+    masks[0] = 1
+    masks[1, :32] = 2
+    masks[1, 32:, :32] = 3
+    masks[1, 32:, 32:64] = 4  # the rest of image 1 stays background
+    shares = data.class_pixel_shares(masks)
+    np.testing.assert_allclose(shares, [0.125, 0.5, 0.25, 0.0625, 0.0625])
+    assert shares.sum() == pytest.approx(1.0)
+    with pytest.raises(DataError, match="0..4"):
+        data.class_pixel_shares(np.full((1, 2, 2), 5))
+
+
+def test_data_and_synth_do_not_import_tensorflow():
+    code = (
+        "import sys, worker.data, worker.synth; "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
