@@ -6,10 +6,14 @@ instant.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+# TensorFlow's C++ start-up chatter (no CUDA device, oneDNN notes) buries the progress lines.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 app = typer.Typer(
     name="worker",
@@ -57,6 +61,8 @@ def synth_data(
         raise _fail(f"{out}: output must end in .npz")
     try:
         summary = write_npz(out, n, seed=seed, n_aliens=aliens, n_test=test)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"cannot write {out}: {exc.strerror}") from None
     typer.echo(f"wrote {out}: {summary}")
