@@ -9,11 +9,6 @@ are refused with a clear message when the schema is missing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-import contextlib
-import fcntl
-from pathlib import Path
-
 from optuna.storages import RDBStorage
 import sqlalchemy
 from sqlalchemy.engine import make_url
@@ -21,10 +16,10 @@ from sqlalchemy.pool import NullPool
 
 from storage.engine import engine_kwargs
 from storage.errors import StorageError
+from storage.locks import named_lock
 from storage.url import mask_url, scrub
 
-# An arbitrary constant that names "the schema lock" for pg_advisory_lock.
-_ADVISORY_LOCK_KEY = 0x4D415253  # "MARS"
+SCHEMA_LOCK = "mars-tuner:schema"
 REQUIRED_TABLES = ("studies", "trials", "version_info", "alembic_version")
 
 
@@ -66,51 +61,18 @@ def init_schema(url: str) -> str:
     Raises:
         StorageError: unreachable database, or a schema too old for this Optuna.
     """
-    with _schema_lock(url):
-        try:
+    try:
+        with named_lock(url, SCHEMA_LOCK):
             storage = RDBStorage(url, engine_kwargs=engine_kwargs(url, role="coordinator"))
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            raise connection_error(exc, url) from None
-        except RuntimeError as exc:  # Optuna's schema-compatibility error
-            raise StorageError(f"{mask_url(url)}: {str(exc).splitlines()[0]}") from None
-        revision = storage.get_current_version()
-        storage.engine.dispose()
+            revision = storage.get_current_version()
+            storage.engine.dispose()
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise connection_error(exc, url) from None
+    except RuntimeError as exc:  # Optuna's schema-compatibility error
+        raise StorageError(f"{mask_url(url)}: {str(exc).splitlines()[0]}") from None
     if make_url(url).get_backend_name() == "sqlite":
         _enable_wal(url)
     return revision
-
-
-@contextlib.contextmanager
-def _schema_lock(url: str) -> Iterator[None]:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database in ("", ":memory:"):
-            yield
-            return
-        path = Path(database)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_name(path.name + ".lock"), "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        return
-    engine = short_engine(url)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _ADVISORY_LOCK_KEY})
-            try:
-                yield
-            finally:
-                conn.execute(
-                    sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _ADVISORY_LOCK_KEY}
-                )
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise connection_error(exc, url) from None
-    finally:
-        engine.dispose()
 
 
 def _enable_wal(url: str) -> None:

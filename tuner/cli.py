@@ -56,6 +56,10 @@ def main(
     ] = False,
 ) -> None:
     """Coordinate a distributed hyperparameter search for Mars-terrain segmentation."""
+    import optuna
+
+    # Our own messages say what happened; Optuna's INFO lines would repeat them.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @db_app.command("check")
@@ -133,7 +137,7 @@ def create(
     try:
         summary = create_study(
             name,
-            storage=storage,
+            storage_url=storage,
             data=data,
             fingerprint=fingerprint,
             space_path=space,
@@ -237,7 +241,7 @@ def demo(
     from tuner.study import StudyError
 
     try:
-        code = run_demo(study=study, workers=workers, trials=trials, images=images, storage=storage)
+        code = run_demo(study=study, workers=workers, trials=trials, images=images, storage_url=storage)
     except (StudyError, StorageError, ConfigError) as exc:
         raise _fail(str(exc)) from None
     raise typer.Exit(code)

@@ -1,0 +1,98 @@
+"""`tuner create` on the real PostgreSQL: what it stores, what it refuses, what it leaves behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+import storage
+from tuner.study import StudyError, create_study
+from worker.data import fingerprint_npz
+from worker.study_spec import StudySpec
+from worker.synth import write_npz
+
+BIN = Path(sys.executable).parent
+
+
+def tuner(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "tuner"), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TUNER_STORAGE": url})
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "mars.npz"
+    write_npz(path, 40, seed=1)
+    return path
+
+
+def _load(url: str, name: str = "s") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage.open_storage(url, heartbeat_interval=None))
+
+
+def test_create_stores_spec_and_refuses_to_overwrite(pg_url, npz):
+    result = tuner("create", "s", "--data", str(npz), "--trials", "12", "--seed", "7",
+                   "--pruner", "median", url=pg_url)
+    assert result.returncode == 0, result.stderr
+    assert "created study 's'" in result.stdout
+    study = _load(pg_url)
+    spec = StudySpec.of(study)
+    assert spec.n_trials == 12 and spec.seed == 7 and spec.pruner == "median"
+    assert spec.data_fingerprint == fingerprint_npz(npz)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert isinstance(spec.make_pruner(), optuna.pruners.MedianPruner)
+    assert "learning_rate" in spec.space.params
+
+    again = tuner("create", "s", "--data", str(npz), url=pg_url)
+    assert again.returncode == 1 and "already exists" in again.stderr and "--overwrite" in again.stderr
+    kept = tuner("create", "s", "--data", str(npz), "--exist-ok", url=pg_url)
+    assert kept.returncode == 0 and "kept as is" in kept.stdout
+    assert StudySpec.of(_load(pg_url)).n_trials == 12
+
+    replaced = tuner("create", "s", "--data", str(npz), "--trials", "3", "--overwrite", url=pg_url)
+    assert replaced.returncode == 0, replaced.stderr
+    assert StudySpec.of(_load(pg_url)).n_trials == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--space", "/nonexistent/space.yaml"], "cannot read search space"),
+        (["--pruner", "asha"], "pruner must be one of"),
+        (["--sampler", "cmaes"], "sampler must be one of"),
+        (["--heartbeat-interval", "60", "--grace-period", "30"], "grace period (30s) must exceed"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(pg_url, npz, args, message):
+    result = tuner("create", "s", "--data", str(npz), *args, url=pg_url)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert storage.current_revision(pg_url) is None  # validated before touching the database
+
+
+def test_bad_data_file_is_refused(pg_url, tmp_path):
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"not a zip")
+    result = tuner("create", "s", "--data", str(broken), url=pg_url)
+    assert result.returncode == 1 and "broken.npz" in result.stderr
+    assert storage.current_revision(pg_url) is None
+
+
+def test_exactly_one_data_source_required(pg_url, npz):
+    with pytest.raises(StudyError, match="exactly one of --data"):
+        create_study("s", storage_url=pg_url, data=None, fingerprint=None, space_path=None, trials=1)
+    with pytest.raises(StudyError, match="exactly one of --data"):
+        create_study("s", storage_url=pg_url, data=npz, fingerprint="ab" * 32, space_path=None, trials=1)
+
+
+def test_exist_ok_with_other_data_is_refused(pg_url, npz):
+    create_study("s", storage_url=pg_url, data=None, fingerprint="ab" * 32, space_path=None, trials=1)
+    with pytest.raises(StudyError, match="different data fingerprint"):
+        create_study("s", storage_url=pg_url, data=npz, fingerprint=None, space_path=None, trials=1,
+                     exist_ok=True)

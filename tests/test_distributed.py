@@ -1,0 +1,207 @@
+"""The product end to end: real worker processes sharing one study in the real PostgreSQL.
+
+Models are tiny (base filters 4, 2-3 epochs, 48 synthetic images) so each trial costs a few
+seconds of CPU, most of it graph tracing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+from optuna.trial import TrialState
+import psycopg2
+import pytest
+import sqlalchemy
+import yaml
+
+import storage
+from worker import report
+from worker.synth import write_npz
+
+BIN = Path(sys.executable).parent
+TINY_SPACE = {
+    "fixed": {
+        "model": "multipath", "depth": 2, "base_filters": 4, "conventional_filters": 8,
+        "residual_filters": 4, "multiscale_filters": 8, "context_filters": 4, "batch_size": 16,
+        "augment_flips": False, "validation_fraction": 0.25, "early_stopping_patience": 5,
+        "reduce_lr_patience": 5,
+    },
+    "params": {
+        "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+        "focal_gamma": {"type": "float", "low": 0.0, "high": 2.0},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "mars.npz"
+    write_npz(path, 48, seed=3)
+    return path
+
+
+def _space(tmp_path: Path, epochs: int) -> Path:
+    space = {**TINY_SPACE, "fixed": {**TINY_SPACE["fixed"], "epochs": epochs}}
+    path = tmp_path / f"space-{epochs}.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def _cli(name: str, *args: str, url: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / name), *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "TUNER_STORAGE": url},
+    )
+
+
+def _create(url: str, tmp_path: Path, npz: Path, *, trials: int, epochs: int = 2, **options: str) -> None:
+    args = ["create", "s", "--data", str(npz), "--space", str(_space(tmp_path, epochs)), "--trials", str(trials)]
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}", value]
+    result = _cli("tuner", *args, url=url)
+    assert result.returncode == 0, result.stderr
+
+
+def _worker(url: str, npz: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(BIN / "worker"), "run", "--study", "s", "--data", str(npz), "--quiet", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "TUNER_STORAGE": url},
+    )
+
+
+def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
+    rdb = storage.open_storage(url, heartbeat_interval=None)
+    try:
+        return optuna.load_study(study_name="s", storage=rdb).get_trials(deepcopy=False)
+    finally:
+        rdb.engine.dispose()
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _kill_connections(url: str) -> int:
+    db = sqlalchemy.make_url(url).database
+    conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()", (db,),
+        )
+        killed = cur.fetchone()[0]
+    conn.close()
+    return killed
+
+
+def test_three_workers_share_budget_exactly_and_survive_dropped_connections(pg_url, tmp_path, npz):
+    budget = 7
+    _create(pg_url, tmp_path, npz, trials=budget, epochs=3)
+    workers = [_worker(pg_url, npz) for _ in range(3)]
+    # Once trials are running, the database drops every connection: workers must reconnect.
+    _wait_for(lambda: any(t.intermediate_values for t in _trials(pg_url)), 180, "a reported epoch")
+    assert _kill_connections(pg_url) >= 1
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0], "\n".join(outputs)
+
+    trials = _trials(pg_url)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == budget
+    assert len(trials) == budget  # nobody overran the budget, nothing failed
+    assert sorted(t.number for t in trials) == list(range(budget))
+    hosts = {t.user_attrs[report.WORKER]["pid"] for t in trials}
+    assert len(hosts) >= 2, "the trials were not shared between workers"
+    for t in trials:
+        assert t.intermediate_values, f"trial {t.number} reported no epoch"
+        assert set(t.intermediate_values) <= {1, 2, 3}
+    for t in (t for t in trials if t.state == TrialState.COMPLETE):
+        assert 0.0 <= t.value <= 1.0
+        assert t.value == pytest.approx(t.user_attrs[report.MIOU])
+        assert set(t.user_attrs[report.PER_CLASS_IOU]) == {"1", "2", "3", "4"}
+        assert t.user_attrs[report.EPOCHS_RUN] == 3
+        assert t.user_attrs[report.CONFIG]["learning_rate"] == t.params["learning_rate"]
+        assert t.user_attrs[report.PROVENANCE]["versions"]["optuna"] == optuna.__version__
+    assert "study budget reached" in "".join(outputs)
+
+
+def test_sigkilled_worker_trial_is_failed_and_retried(pg_url, tmp_path, npz):
+    _create(pg_url, tmp_path, npz, trials=1, epochs=40, heartbeat_interval="1", grace_period="4",
+            max_retry="1", pruner="none")
+    victim = _worker(pg_url, npz)
+    _wait_for(lambda: any(t.intermediate_values for t in _trials(pg_url)), 180, "the first epoch")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert [t.state for t in _trials(pg_url)] == [TrialState.RUNNING]  # left behind by the dead
+
+    rescuer = _worker(pg_url, npz)
+    out, _ = rescuer.communicate(timeout=600)
+    assert rescuer.returncode == 0, out
+    trials = _trials(pg_url)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].params == trials[0].params
+    assert "retry of trial 0" in out
+
+
+def test_sigterm_fails_trial_cleanly_and_requeues_it(pg_url, tmp_path, npz):
+    _create(pg_url, tmp_path, npz, trials=1, epochs=40, pruner="none")
+    proc = _worker(pg_url, npz)
+    _wait_for(lambda: any(t.intermediate_values for t in _trials(pg_url)), 180, "the first epoch")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    trials = _trials(pg_url)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].user_attrs[report.INTERRUPTED] == "SIGTERM"
+    assert trials[1].user_attrs[report.RETRY_OF] == 0
+    assert "interrupted by SIGTERM" in out
+
+
+def test_worker_with_other_data_is_refused(pg_url, tmp_path, npz):
+    _create(pg_url, tmp_path, npz, trials=1)
+    other = tmp_path / "other.npz"
+    write_npz(other, 48, seed=4)
+    result = _cli("worker", "run", "--study", "s", "--data", str(other), url=pg_url)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "refusing to join" in lines[0] and "fingerprint" in lines[0]
+    assert _trials(pg_url) == []
+
+
+def test_worker_on_unknown_study_is_one_line(pg_url, npz):
+    storage.init_schema(pg_url)
+    result = _cli("worker", "run", "--study", "nope", "--data", str(npz), url=pg_url)
+    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0
+    assert "no study 'nope'" in result.stderr
+
+
+def test_export_retrains_to_the_same_score(pg_url, tmp_path, npz):
+    _create(pg_url, tmp_path, npz, trials=2, epochs=2, pruner="none")
+    run = _cli("worker", "run", "--study", "s", "--data", str(npz), "--quiet", url=pg_url, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    best = max((t for t in _trials(pg_url) if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+
+    exported = tmp_path / "best.yaml"
+    result = _cli("tuner", "export", "s", "-o", str(exported), url=pg_url)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(exported.read_text()) == best.user_attrs[report.CONFIG]
+
+    out = tmp_path / "result.json"
+    retrain = _cli("worker", "train", "--config", str(exported), "--data", str(npz), "--quiet",
+                   "--result", str(out), url=pg_url, timeout=600)
+    assert retrain.returncode == 0, retrain.stdout + retrain.stderr
+    # Seeded, deterministic ops on CPU: the retrained winner scores what its trial scored.
+    assert json.loads(out.read_text())["best_miou"] == pytest.approx(best.value, abs=1e-6)

@@ -1,0 +1,98 @@
+"""``tuner demo``: the whole system on one machine in a few minutes.
+
+It does what a team does across machines, with real processes: generate a data set, create a
+study from a (tiny) search-space file, start worker processes that pull trials from the shared
+database, wait, then show the status and the best configuration. Nothing is faked; only the
+sizes are small.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import threading
+
+import storage
+from storage.url import default_home
+from tuner.study import create_study, demo_space_path, load
+
+DEMO_SEED = 0
+
+
+def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url: str | None) -> int:
+    """Run the local search; return 0 when at least one trial completed."""
+    from worker.synth import write_npz
+
+    from tuner.export import export_best
+    from tuner.status import print_status
+
+    url = storage.resolve_url(storage_url)
+    home = default_home()
+    home.mkdir(parents=True, exist_ok=True)
+    data = home / f"demo-{images}.npz"
+    if not data.exists():
+        print(f"generating {images} synthetic Mars images -> {data}", flush=True)
+        write_npz(data, images, seed=DEMO_SEED)
+    print(create_study(
+        study, storage_url=url, data=data, fingerprint=None, space_path=demo_space_path(),
+        trials=trials, seed=DEMO_SEED, pruner="hyperband", heartbeat_interval=5, grace_period=30,
+        max_retry=1, overwrite=True,
+    ), flush=True)
+
+    print(f"starting {workers} worker process(es); Ctrl-C stops them cleanly", flush=True)
+    codes = _run_workers(workers, study, data, url)
+    print(flush=True)
+    print_status(study, url)
+    best_file = home / f"{study}-best.yaml"
+    try:
+        export_best(study, storage=url, fmt="yaml", output=best_file)
+    except Exception as exc:  # noqa: BLE001 - report, do not hide the workers' exit codes
+        print(f"no best configuration: {exc}", file=sys.stderr)
+        return 1
+    print(f"\nbest configuration (retrain with: worker train --config {best_file} --data {data}):\n")
+    print(best_file.read_text())
+    completed, _, _ = load(study, url)
+    n_complete = sum(1 for t in completed.get_trials(deepcopy=False) if t.state.name == "COMPLETE")
+    return 0 if n_complete and all(code == 0 for code in codes) else 1
+
+
+def _run_workers(n: int, study: str, data: Path, url: str) -> list[int]:
+    """Start ``n`` ``worker run`` processes and relay their output with a prefix.
+
+    The storage URL travels in the environment, not on the command line, so a password never
+    shows in ``ps``.
+    """
+    env = {**os.environ, "TUNER_STORAGE": url, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "worker", "run", "--study", study, "--data", str(data)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+        for _ in range(n)
+    ]
+    relays = [threading.Thread(target=_relay, args=(p, f"w{i}"), daemon=True) for i, p in enumerate(procs)]
+    for relay in relays:
+        relay.start()
+    try:
+        for proc in procs:
+            proc.wait()
+    except KeyboardInterrupt:
+        print("stopping workers (their current trials are failed and re-queued)...", flush=True)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait()
+    for relay in relays:
+        relay.join(timeout=5)
+    return [proc.returncode for proc in procs]
+
+
+def _relay(proc: subprocess.Popen[str], tag: str) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "cuda" in line.lower() or line.startswith(("WARNING: All log messages", "E0000", "I0000", "W0000")):
+            continue  # TensorFlow's start-up chatter about absent GPUs
+        print(f"{tag} | {line}", end="", flush=True)

@@ -1,0 +1,138 @@
+"""Create and load studies: the coordinator's side of the study contract.
+
+Everything is validated before the database is touched, so a bad search-space file or data file
+leaves no half-created study behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+from importlib import resources
+from pathlib import Path
+import socket
+
+import optuna
+
+import storage
+from tuner import __version__
+from worker.space import SearchSpace, SpaceError
+from worker.study_spec import SPEC_ATTR, SpecError, StudySpec
+
+
+class StudyError(RuntimeError):
+    """A study-level problem for the user (missing study, existing study, bad inputs)."""
+
+
+def default_space_path() -> Path:
+    return Path(str(resources.files("tuner") / "default_space.yaml"))
+
+
+def demo_space_path() -> Path:
+    return Path(str(resources.files("tuner") / "demo_space.yaml"))
+
+
+def create_study(
+    name: str,
+    *,
+    storage_url: str | None,
+    data: Path | None,
+    fingerprint: str | None,
+    space_path: Path | None,
+    trials: int,
+    sampler: str = "tpe",
+    seed: int = 0,
+    pruner: str = "hyperband",
+    heartbeat_interval: int = 30,
+    grace_period: int = 120,
+    max_retry: int = 2,
+    overwrite: bool = False,
+    exist_ok: bool = False,
+) -> str:
+    """Create the study and return a one-paragraph summary for the user."""
+    from worker.data import DataError, fingerprint_npz
+
+    if overwrite and exist_ok:
+        raise StudyError("--overwrite and --exist-ok contradict each other; pick one")
+    if (data is None) == (fingerprint is None):
+        raise StudyError("give exactly one of --data FILE.npz or --fingerprint HEX")
+    try:
+        space = SearchSpace.load(space_path or default_space_path())
+    except SpaceError as exc:
+        raise StudyError(str(exc)) from None
+    if data is not None:
+        try:
+            fingerprint = fingerprint_npz(data)
+        except DataError as exc:
+            raise StudyError(str(exc)) from None
+    assert fingerprint is not None
+    try:
+        spec = StudySpec(
+            space=space, data_fingerprint=fingerprint, n_trials=trials, sampler=sampler, seed=seed,
+            pruner=pruner, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+            max_retry=max_retry,
+        )
+    except SpecError as exc:
+        raise StudyError(str(exc)) from None
+
+    url = storage.resolve_url(storage_url)
+    storage.init_schema(url)
+    rdb = storage.open_storage(url, heartbeat_interval=None, role="coordinator")
+    try:
+        existing = {s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)}
+        if name in existing:
+            if exist_ok:
+                spec_existing = load_spec(optuna.load_study(study_name=name, storage=rdb))
+                if spec_existing.data_fingerprint != spec.data_fingerprint:
+                    raise StudyError(
+                        f"study {name!r} exists with a different data fingerprint "
+                        f"({spec_existing.data_fingerprint[:12]} vs {spec.data_fingerprint[:12]})"
+                    )
+                return f"study {name!r} already exists in {storage.mask_url(url)}; kept as is"
+            if not overwrite:
+                raise StudyError(
+                    f"study {name!r} already exists in {storage.mask_url(url)}; "
+                    "use --overwrite to replace it or --exist-ok to keep it"
+                )
+            optuna.delete_study(study_name=name, storage=rdb)
+        study = optuna.create_study(
+            storage=rdb, study_name=name, direction="maximize",
+            sampler=spec.make_sampler(), pruner=spec.make_pruner(),
+        )
+        try:
+            study.set_user_attr(SPEC_ATTR, spec.to_attr())
+            study.set_user_attr("created", {
+                "by": socket.gethostname(),
+                "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "tuner_version": __version__,
+                "optuna_version": optuna.__version__,
+            })
+        except Exception:
+            optuna.delete_study(study_name=name, storage=rdb)  # never leave a study without spec
+            raise
+    finally:
+        rdb.engine.dispose()
+    return (
+        f"created study {name!r} in {storage.mask_url(url)}: {trials} trials, "
+        f"{len(space.params)} searched parameters, sampler {sampler} (seed {seed}), pruner {pruner} "
+        f"(max {space.max_epochs} epochs), data {fingerprint[:12]}"
+    )
+
+
+def load_spec(study: optuna.Study) -> StudySpec:
+    try:
+        return StudySpec.of(study)
+    except (SpecError, SpaceError) as exc:
+        raise StudyError(str(exc)) from None
+
+
+def load(name: str, storage_url: str | None) -> tuple[optuna.Study, StudySpec, str]:
+    """Open an existing study for reading: (study, spec, resolved url)."""
+    url = storage.resolve_url(storage_url)
+    rdb = storage.open_storage(url, heartbeat_interval=None, role="coordinator")
+    try:
+        study = optuna.load_study(study_name=name, storage=rdb)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False))
+        known = ", ".join(names) if names else "none"
+        raise StudyError(f"no study {name!r} in {storage.mask_url(url)} (studies: {known})") from None
+    return study, load_spec(study), url

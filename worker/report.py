@@ -1,0 +1,67 @@
+"""How a trial's config, provenance and results are written to the study.
+
+Every name a reader (``tuner status``, ``tuner export``, the dashboard) relies on is defined here,
+so the writer (the worker) and the readers cannot drift apart. Values are JSON-safe: NaN becomes
+``None``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from typing import Any
+
+import optuna
+
+from worker.config import TrainConfig
+
+CONFIG = "config"  # the full TrainConfig dict the trial trained (sampled + fixed values)
+WORKER = "worker"  # {"host", "pid", "gpu"}: who runs it; status shows host and age
+PROVENANCE = "provenance"  # device, library versions, python: from worker.device.describe
+MIOU = "miou"  # final validation mean IoU over classes 1-4 (also the trial's value)
+PER_CLASS_IOU = "per_class_iou"  # {"1": iou, ..., "4": iou}; None for a class absent in both
+EPOCHS_RUN = "epochs_run"
+BEST_EPOCH = "best_epoch"  # 1-based
+WALL_TIME_S = "wall_time_s"
+N_TRAIN = "n_train"
+N_VAL = "n_val"
+MODEL_ARTIFACT = "model_artifact_id"  # optuna artifact id of the saved .keras model, if uploaded
+ERROR = "error"  # one line, on FAIL
+INTERRUPTED = "interrupted"  # signal name, on FAIL by SIGTERM/SIGINT
+RETRY_OF = "retry_of"  # trial number this one re-runs (interrupted trials)
+
+
+def worker_identity(gpu: int | None) -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "gpu": gpu}
+
+
+def record_start(
+    trial: optuna.Trial, config: TrainConfig, identity: dict[str, Any], provenance: dict[str, Any]
+) -> None:
+    trial.set_user_attr(CONFIG, config.to_dict())
+    trial.set_user_attr(WORKER, identity)
+    trial.set_user_attr(PROVENANCE, provenance)
+
+
+def record_result(trial: optuna.Trial, result: Any) -> None:
+    """Write a :class:`worker.train.TrainResult` (duck-typed to keep TensorFlow out)."""
+    trial.set_user_attr(MIOU, json_safe(result.best_miou))
+    trial.set_user_attr(PER_CLASS_IOU, {str(c): json_safe(v) for c, v in result.per_class_iou.items()})
+    trial.set_user_attr(EPOCHS_RUN, int(result.epochs_run))
+    trial.set_user_attr(BEST_EPOCH, int(result.best_epoch) + 1)
+    trial.set_user_attr(WALL_TIME_S, round(float(result.wall_time_s), 3))
+    trial.set_user_attr(N_TRAIN, int(result.n_train))
+    trial.set_user_attr(N_VAL, int(result.n_val))
+
+
+def config_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
+    """The config a finished trial trained, as recorded by its worker."""
+    value = trial.user_attrs.get(CONFIG)
+    return dict(value) if isinstance(value, dict) else None
+
+
+def json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

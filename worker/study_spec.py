@@ -1,0 +1,97 @@
+"""What a study carries besides its trials, so every worker runs it the same way.
+
+Optuna does not persist a study's sampler, pruner or budget. The coordinator therefore writes a
+:class:`StudySpec` into the study's user attributes and every worker rebuilds the sampler and
+pruner from it, checks its data against the recorded fingerprint and obeys the shared budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import optuna
+
+from worker.space import SearchSpace
+
+SPEC_ATTR = "tuner_spec"
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("hyperband", "median", "none")
+
+
+class SpecError(ValueError):
+    """A study that was not created by ``tuner create`` or has an unusable spec."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySpec:
+    space: SearchSpace
+    data_fingerprint: str
+    n_trials: int
+    sampler: str = "tpe"
+    seed: int = 0
+    pruner: str = "hyperband"
+    heartbeat_interval: int = 30
+    grace_period: int = 120
+    max_retry: int = 2
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise SpecError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.pruner not in PRUNERS:
+            raise SpecError(f"pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
+        if self.n_trials < 1:
+            raise SpecError(f"the trial budget must be >= 1, got {self.n_trials}")
+        if self.grace_period <= self.heartbeat_interval:
+            raise SpecError(
+                f"grace period ({self.grace_period}s) must exceed the heartbeat interval "
+                f"({self.heartbeat_interval}s), or live trials would be failed"
+            )
+
+    def to_attr(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["space"] = self.space.to_dict()
+        return out
+
+    @classmethod
+    def from_attr(cls, value: Any) -> StudySpec:
+        if not isinstance(value, dict):
+            raise SpecError("study has no tuner spec: create it with `tuner create`")
+        values = dict(value)
+        values["space"] = SearchSpace.from_dict(values["space"])
+        return cls(**values)
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> StudySpec:
+        value = study.user_attrs.get(SPEC_ATTR)
+        if value is None:
+            raise SpecError(
+                f"study {study.study_name!r} was not created by `tuner create` (no {SPEC_ATTR} attribute)"
+            )
+        return cls.from_attr(value)
+
+    def make_sampler(self, worker_key: str = "") -> optuna.samplers.BaseSampler:
+        """The study's sampler, seeded per worker.
+
+        All workers sharing one seed would draw the same start-up configurations; mixing a
+        worker key (host, pid) into the seed keeps them apart while a single worker started
+        with an empty key reproduces the study's seed exactly.
+        """
+        seed = self.seed
+        if worker_key:
+            digest = hashlib.sha256(f"{self.seed}:{worker_key}".encode()).digest()
+            seed = int.from_bytes(digest[:4], "little")
+        if self.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        """Pruning on epochs: the resource is the epoch index reported by the worker."""
+        if self.pruner == "hyperband":
+            return optuna.pruners.HyperbandPruner(
+                min_resource=1, max_resource=self.space.max_epochs, reduction_factor=3
+            )
+        if self.pruner == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+        return optuna.pruners.NopPruner()
