@@ -91,6 +91,22 @@ class SignalGuard:
         finally:
             self._training = False
 
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold signals back during a database call inside training, then act on them.
+
+        Raising in the middle of a transaction would leave the trial's session half-used; the
+        database call is short, so the interruption waits for it.
+        """
+        was_training, self._training = self._training, False
+        try:
+            yield
+        finally:
+            self._training = was_training
+        if was_training and self.stop_requested:
+            self._training = False
+            raise Interrupted(self.signum)  # type: ignore[arg-type]
+
     def sleep(self, seconds: float) -> None:
         """Sleep, but wake up at once on a signal."""
         self._wake.wait(seconds)
@@ -277,8 +293,10 @@ class _Runner:
         def on_epoch(epoch: int, val_miou: float) -> None:
             step = epoch + 1
             value = val_miou if math.isfinite(val_miou) else 0.0
-            self._db(lambda: trial.report(value, step), "reporting an epoch")
-            if self._db(trial.should_prune, "asking the pruner"):
+            with guard.deferred():
+                self._db(lambda: trial.report(value, step), "reporting an epoch")
+                prune = self._db(trial.should_prune, "asking the pruner")
+            if prune:
                 raise optuna.TrialPruned(f"pruned at epoch {step} (val mIoU {value:.4f})")
 
         with tempfile.TemporaryDirectory(prefix="tuner-trial-") as tmp:
