@@ -1,0 +1,563 @@
+"""The Docker deployment files are wired the way docs/deployment.md says.
+
+No Docker engine exists where the tests run, so the compose files are parsed with PyYAML and
+interpolated here the way Compose does (``${VAR:-default}``, ``${VAR:?error}``, ``$$``), the
+Dockerfile is read instruction by instruction, and every ``tuner``/``worker`` command in the
+compose files and the deployment docs is checked against the real CLIs' ``--help`` output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import functools
+import os
+from pathlib import Path
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+import yaml
+
+from storage.url import ENV_PASSWORD_FILE
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN = ROOT / "docker-compose.yml"
+WORKERS = ROOT / "docker-compose.workers.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCS = ROOT / "docs" / "deployment.md"
+DOC_FILES = (DOCS, ROOT / "README.md")  # every document whose commands users copy
+BIN = Path(sys.executable).parent
+SECRET_DIR = "/run/secrets/"
+TEAM_URL = "postgresql://tuner@coordinator.example.org:5432/optuna"
+
+
+# --- Compose interpolation -------------------------------------------------------------------
+
+
+class MissingVariable(Exception):
+    """A ``${VAR:?message}`` whose variable is unset, as Compose would refuse to start."""
+
+
+_VAR = re.compile(
+    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_]\w*)"
+)
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Compose's substitution rules for the forms these files use."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        if m["bare"]:
+            return env.get(m["bare"], "")
+        name, op, arg = m["name"], m["op"], m["arg"]
+        value = env.get(name)
+        unset_or_empty = not value if op and op.startswith(":") else value is None
+        if op in (":-", "-"):
+            return arg if unset_or_empty else value
+        if op in (":?", "?"):
+            if unset_or_empty:
+                raise MissingVariable(f"{name}: {arg}")
+            return value
+        if op in (":+", "+"):
+            return "" if unset_or_empty else arg
+        return value or ""
+
+    return _VAR.sub(sub, text)
+
+
+def resolve(node: Any, env: Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, env)
+    if isinstance(node, list):
+        return [resolve(item, env) for item in node]
+    if isinstance(node, dict):
+        return {key: resolve(value, env) for key, value in node.items()}
+    return node
+
+
+def load(path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The compose file as Compose sees it after YAML anchors/merges and interpolation."""
+    return resolve(yaml.safe_load(path.read_text()), env or {})
+
+
+def coordinator(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    return load(MAIN, env)
+
+
+def team(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    return load(WORKERS, {"TUNER_STORAGE": TEAM_URL, **(env or {})})
+
+
+def env_example(commented: bool = True) -> dict[str, str]:
+    """Assignments in .env.example; commented-out ones (documented, not set) unless told not to."""
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        m = re.match(r"^(#?)\s*([A-Z][A-Z0-9_]*)=(.*)$", line.strip())
+        if m and (commented or not m[1]):
+            values[m[2]] = m[3].strip()
+    return values
+
+
+def variables(path: Path) -> dict[str, str | None]:
+    """Every ``${VAR...}`` a file references, with its ``:-`` default if it has one."""
+    found: dict[str, str | None] = {}
+    for m in _VAR.finditer(path.read_text()):
+        if m["name"]:
+            default = m["arg"] if m["op"] in (":-", "-") else None
+            found.setdefault(m["name"], default)
+    return found
+
+
+def workers(compose: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in compose["services"].items() if name.startswith("worker")}
+
+
+def devices(service: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+
+
+def service_env(service: Mapping[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):  # the KEY=VALUE list form
+        env = dict(item.split("=", 1) for item in env)
+    return {key: str(value) for key, value in env.items()}
+
+
+def gpu_ids(service: Mapping[str, Any]) -> list[str]:
+    """GPUs a service gets: Docker maps ``count: n`` to the first n GPUs (0..n-1)."""
+    (device,) = devices(service)
+    if "device_ids" in device:
+        return [str(d) for d in device["device_ids"]]
+    return [str(i) for i in range(int(device["count"]))]
+
+
+# --- The real CLIs ---------------------------------------------------------------------------
+
+
+@functools.cache
+def help_text(*argv: str) -> str:
+    """``--help`` of the installed console script, wide and uncoloured so nothing is cut."""
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
+    result = subprocess.run(
+        [str(BIN / argv[0]), *argv[1:], "--help"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, f"{' '.join(argv)} --help failed: {result.stderr[-500:]}"
+    return result.stdout
+
+
+def options(*argv: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", help_text(*argv))) - {"-"}
+
+
+def subcommands(*argv: str) -> set[str]:
+    """Names in the help's Commands box."""
+    text = help_text(*argv)
+    if "Commands" not in text:
+        return set()
+    box = text.split("Commands", 1)[1]
+    return set(re.findall(r"^\W*([a-z][a-z-]*)\s{2,}", box, flags=re.M))
+
+
+def split_cli(words: list[str]) -> tuple[list[str], list[str]]:
+    """(``["tuner", "db", "check"]``, the rest) for a command line starting with a CLI name."""
+    path = [words[0]]
+    rest = words[1:]
+    while rest and rest[0] in subcommands(*path):
+        path.append(rest.pop(0))
+    return path, rest
+
+
+def used_flags(rest: list[str]) -> set[str]:
+    return {word.split("=", 1)[0] for word in rest if word.startswith("-")}
+
+
+def compose_commands(compose: Mapping[str, Any]) -> dict[str, list[str]]:
+    return {name: [str(w) for w in svc["command"]] for name, svc in compose["services"].items()
+            if isinstance(svc.get("command"), list) and svc["command"][0] in ("tuner", "worker")}
+
+
+def docs_commands() -> list[list[str]]:
+    """Every ``tuner ...``/``worker ...`` invocation inside the docs' bash blocks."""
+    found = []
+    text = "\n".join(doc.read_text() for doc in DOC_FILES).replace("\\\n", " ")  # join continued lines
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.split(" #", 1)[0]
+            for segment in re.split(r"\|\||&&|[|;>]", line):
+                words = shlex.split(segment)
+                for i, word in enumerate(words):
+                    if word in ("tuner", "worker") and i + 1 < len(words) and words[i + 1] in subcommands(word):
+                        found.append(words[i:])
+                        break
+    return found
+
+
+# --- Services and ordering -------------------------------------------------------------------
+
+
+def test_coordinator_has_the_four_roles_and_the_team_file_has_only_workers():
+    main, other = coordinator(), team()
+    assert {"postgres", "init", "dashboard", "worker"} <= set(main["services"])
+    assert set(other["services"]) == set(workers(other)), "team file runs something besides workers"
+    assert "volumes" not in other or "pgdata" not in other["volumes"]
+    for svc in other["services"].values():
+        assert "depends_on" not in svc, "team workers cannot depend on services of another machine"
+
+
+def test_init_waits_for_healthy_postgres_and_the_rest_for_completed_init():
+    services = coordinator()["services"]
+    assert services["init"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["init"].get("restart", "no") == "no"
+    waiting = ["dashboard", *workers(coordinator())]
+    for name in waiting:
+        assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully", name
+
+
+def test_postgres_healthcheck_named_volume_and_localhost_port():
+    main = coordinator()
+    pg = main["services"]["postgres"]
+    test = " ".join(pg["healthcheck"]["test"])
+    assert "pg_isready" in test
+    # The check must name the same user and database the server was initialised with.
+    assert "$POSTGRES_USER" in test or "${POSTGRES_USER}" in test
+    assert "$POSTGRES_DB" in test or "${POSTGRES_DB}" in test
+    volume, target = pg["volumes"][0].split(":")[:2]
+    assert target == "/var/lib/postgresql/data"
+    assert volume in main["volumes"], "database must live in a named volume"
+    assert all(p.startswith("127.0.0.1:") for p in pg["ports"])
+    opened = coordinator({"POSTGRES_BIND": "10.0.0.5"})["services"]["postgres"]["ports"]
+    assert opened == ["10.0.0.5:5432:5432"], "the bind address must come from POSTGRES_BIND"
+
+
+def test_dashboard_is_published_on_localhost_only_by_default():
+    dash = coordinator()["services"]["dashboard"]
+    assert dash["ports"] == ["127.0.0.1:8080:8080"]
+    assert coordinator({"DASHBOARD_BIND": "0.0.0.0"})["services"]["dashboard"]["ports"] == ["0.0.0.0:8080:8080"]
+    cmd = dash["command"]
+    assert cmd[:2] == ["tuner", "dashboard"]
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0", "inside the container it must listen beyond loopback"
+    assert cmd[cmd.index("--port") + 1] == dash["ports"][0].rsplit(":", 1)[1]
+
+
+def test_init_creates_the_study_the_workers_join_and_is_rerunnable():
+    for env in ({}, {"TUNER_STUDY": "other-study"}):
+        main = coordinator(env)
+        cmd = main["services"]["init"]["command"]
+        assert cmd[:2] == ["tuner", "create"] and "--exist-ok" in cmd
+        name = cmd[2]
+        for svc in workers(main).values():
+            assert service_env(svc)["TUNER_STUDY"] == name
+        for svc in team(env)["services"].values():
+            assert service_env(svc)["TUNER_STUDY"] == name
+
+
+# --- GPUs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("load_file", [coordinator, team], ids=["coordinator", "team"])
+def test_each_gpu_worker_reserves_exactly_one_gpu(load_file):
+    services = workers(load_file())
+    default = devices(services["worker"])
+    assert default == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    for name, svc in services.items():
+        if name == "worker-cpu":
+            assert devices(svc) == [] and svc.get("profiles"), "CPU worker must be opt-in"
+            continue
+        (device,) = devices(svc)
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"], name
+        assert ("count" in device) != ("device_ids" in device), f"{name}: count and device_ids are exclusive"
+        assert len(gpu_ids(svc)) == 1, name
+
+
+@pytest.mark.parametrize("load_file", [coordinator, team], ids=["coordinator", "team"])
+def test_profile_gpusN_runs_one_worker_on_each_of_gpus_0_to_N_minus_1(load_file):
+    services = workers(load_file())
+    for n in range(1, 9):
+        active = [
+            svc for name, svc in services.items()
+            if name != "worker-cpu" and (not svc.get("profiles") or f"gpus{n}" in svc["profiles"])
+        ]
+        gpus = sorted(int(g) for svc in active for g in gpu_ids(svc))
+        assert gpus == list(range(n)), f"--profile gpus{n} gives GPUs {gpus}"
+
+
+def test_data_is_mounted_read_only_where_it_is_read():
+    main = coordinator()
+    readers = {"init": main["services"]["init"], **workers(main), **{f"team {k}": v for k, v in workers(team()).items()}}
+    for name, svc in readers.items():
+        mounts = [v for v in svc["volumes"] if v.split(":")[1] == "/data"]
+        assert mounts == ["./data:/data:ro"], name
+        assert service_env(svc)["TUNER_DATA"] == "/data/mars_for_students.npz", name
+    moved = coordinator({"DATA_DIR": "/srv/mars", "DATA_FILE": "x.npz"})["services"]["worker"]
+    assert "/srv/mars:/data:ro" in moved["volumes"] and service_env(moved)["TUNER_DATA"] == "/data/x.npz"
+
+
+# --- Environment and secrets -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", [{}, {"POSTGRES_USER": "alice", "POSTGRES_DB": "hpo"}], ids=["defaults", "custom"])
+def test_every_tuner_service_reaches_the_postgres_service_as_its_user_and_database(env):
+    main = coordinator(env)
+    pg_env = service_env(main["services"]["postgres"])
+    tuner_services = {n: s for n, s in main["services"].items() if n != "postgres"}
+    for name, svc in tuner_services.items():
+        url = make_url(service_env(svc)["TUNER_STORAGE"])
+        assert url.get_backend_name() == "postgresql", name
+        assert url.host == "postgres" and url.host in main["services"], name
+        assert str(url.port) == main["services"]["postgres"]["ports"][0].rsplit(":", 1)[1], name
+        assert url.username == pg_env["POSTGRES_USER"], name
+        assert url.database == pg_env["POSTGRES_DB"], name
+        assert url.password is None, f"{name}: password in the URL"
+
+
+def test_team_workers_require_TUNER_STORAGE_and_use_it_verbatim():
+    with pytest.raises(MissingVariable, match="TUNER_STORAGE"):
+        load(WORKERS, {})
+    for name, svc in team()["services"].items():
+        assert service_env(svc)["TUNER_STORAGE"] == TEAM_URL, name
+
+
+@pytest.mark.parametrize("load_file", [coordinator, team], ids=["coordinator", "team"])
+def test_password_only_travels_as_a_secret_file(load_file):
+    compose = load_file()
+    secret = compose["secrets"]["postgres_password"]
+    assert set(secret) == {"file"} and secret["file"] == "./secrets/postgres_password"
+    for name, svc in compose["services"].items():
+        env = service_env(svc)
+        for key, value in env.items():
+            if re.search(r"PASSWORD|SECRET|TOKEN", key):
+                assert key.endswith("_FILE") and value.startswith(SECRET_DIR), f"{name}: {key}={value}"
+        password_files = [v for k, v in env.items() if k in (ENV_PASSWORD_FILE, "POSTGRES_PASSWORD_FILE")]
+        assert password_files, f"{name} has no way to get the password"
+        for path in password_files:
+            assert path[len(SECRET_DIR):] in svc["secrets"], f"{name}: {path} is not a mounted secret"
+
+
+def test_no_plaintext_password_in_compose_files_or_dockerfile():
+    assignment = re.compile(r"(?i)\b\w*(PASSWORD|PASSWD|SECRET|TOKEN)\b\s*[=:]\s*(\S+)")
+    for path in (MAIN, WORKERS, DOCKERFILE):
+        for line in path.read_text().splitlines():
+            if line.lstrip().startswith("#"):
+                continue
+            for m in assignment.finditer(line):
+                assert m[2].startswith(SECRET_DIR), f"{path.name}: {line.strip()}"
+        text = interpolate(path.read_text(), {"TUNER_STORAGE": TEAM_URL})
+        for url in re.findall(r"postgres(?:ql)?://[^\s\"']+", text):
+            assert make_url(url).password is None, f"{path.name}: {url}"
+
+
+def test_env_example_documents_every_variable_with_the_same_defaults_and_no_password():
+    documented, assigned = env_example(), env_example(commented=False)
+    for path in (MAIN, WORKERS):
+        for name, default in variables(path).items():
+            assert name in documented, f"{name} ({path.name}) missing from .env.example"
+            if default is not None and name in assigned:
+                assert documented[name] == default, f"{name}: .env.example {documented[name]!r} != {default!r}"
+    text = ENV_EXAMPLE.read_text()
+    for name, value in documented.items():
+        if re.search(r"PASSWORD|SECRET|TOKEN", name):
+            assert name.endswith(("_FILE", "_FILE_HOST")) and "/" in value, f"{name}={value}"
+        assert not re.fullmatch(r"[A-Fa-f0-9]{16,}|[A-Za-z0-9+/_-]{24,}={0,2}", value), f"{name} looks like a key"
+    for url in re.findall(r"postgres(?:ql)?://\S+", text):
+        assert make_url(url).password is None, url
+    # A fresh `cp .env.example .env` gives what the built-in defaults give.
+    assert coordinator(assigned) == coordinator()
+    assert team(assigned) == team()
+
+
+def test_team_and_coordinator_workers_are_the_same_worker():
+    main, other = workers(coordinator()), workers(team())
+    assert set(main) == set(other)
+    for name in main:
+        a, b = main[name], other[name]
+        for key in ("image", "build", "command", "deploy", "profiles", "init", "restart", "stop_grace_period"):
+            assert a.get(key) == b.get(key), f"{name}.{key} differs between the files"
+        env_a, env_b = service_env(a), service_env(b)
+        for key in ("TUNER_STUDY", "TUNER_DATA", ENV_PASSWORD_FILE):
+            assert env_a[key] == env_b[key], f"{name}: {key}"
+
+
+# --- Commands against the real CLIs ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("load_file", [coordinator, team], ids=["coordinator", "team"])
+def test_compose_commands_use_only_real_flags_and_cover_required_options(load_file):
+    compose = load_file()
+    commands = compose_commands(compose)
+    assert commands
+    for name, words in commands.items():
+        path, rest = split_cli(words)
+        assert len(path) > 1, f"{name}: {words[:2]} is not a subcommand"
+        unknown = used_flags(rest) - options(*path)
+        assert not unknown, f"{name}: {' '.join(path)} has no {sorted(unknown)}"
+        env = service_env(compose["services"][name])
+        help_ = help_text(*path)
+        # Required options must be given as a flag or through their environment variable.
+        for flag, var in re.findall(r"^\W*\*\s+(--[\w-]+)[^\n]*?\[env var: (\w+)\][^\n]*\[required\]", help_, flags=re.M):
+            assert flag in rest or var in env, f"{name}: required {flag} missing"
+
+
+@pytest.mark.parametrize("load_file", [coordinator, team], ids=["coordinator", "team"])
+def test_every_TUNER_variable_set_is_one_the_CLIs_read(load_file):
+    """Catches a misspelt variable, which the CLI would silently ignore."""
+    compose = load_file()
+    read = {ENV_PASSWORD_FILE}
+    for words in compose_commands(compose).values():
+        read |= set(re.findall(r"env var: (TUNER_\w+)", help_text(*split_cli(words)[0])))
+    for name, svc in compose["services"].items():
+        for key in service_env(svc):
+            if key.startswith("TUNER_"):
+                assert key in read, f"{name}: no CLI reads {key}"
+
+
+def test_artifact_dir_is_shared_between_coordinator_workers_and_dashboard():
+    main = coordinator()
+    dash = main["services"]["dashboard"]
+    for svc in (dash, *workers(main).values()):
+        assert service_env(svc)["TUNER_ARTIFACT_DIR"] == "/artifacts"
+        assert "artifacts:/artifacts" in svc["volumes"]
+    assert "artifacts" in main["volumes"]
+    for cmd in (("worker", "run"), ("tuner", "dashboard"), ("tuner", "export")):
+        assert "env var: TUNER_ARTIFACT_DIR" in help_text(*cmd), cmd
+
+
+def test_docs_commands_use_only_real_flags():
+    commands = docs_commands()
+    seen = {" ".join(split_cli(words)[0]) for words in commands}
+    assert {"tuner export", "tuner status", "tuner db check"} <= seen, seen
+    for words in commands:
+        path, rest = split_cli(words)
+        unknown = used_flags(rest) - options(*path)
+        assert not unknown, f"docs: {' '.join(words)}: unknown {sorted(unknown)}"
+
+
+def test_docs_name_only_real_compose_services_and_profiles():
+    main, other = coordinator(), team()
+    services = set(main["services"]) | set(other["services"])
+    profiles = {p for c in (main, other) for s in c["services"].values() for p in s.get("profiles", [])}
+    text = "\n".join(doc.read_text() for doc in DOC_FILES).replace("\\\n", " ")  # join continued lines
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            words = shlex.split(line.split(" #", 1)[0])
+            if words[:2] != ["docker", "compose"]:
+                continue
+            for i, word in enumerate(words):
+                if word == "--profile":
+                    assert words[i + 1] in profiles, line
+                if word in ("up", "logs", "exec", "run", "cp") and i > 1:
+                    targets = [w.split(":")[0] for w in words[i + 1:] if not w.startswith("-") and "=" not in w]
+                    if word in ("up", "logs"):
+                        assert set(targets) <= services, line
+                    elif targets:
+                        assert targets[0] in services, line
+                    break
+
+
+# --- Dockerfile and build context ------------------------------------------------------------
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    joined, out = "", []
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.lstrip().startswith("#") and not joined:
+            continue
+        if line.rstrip().endswith("\\"):
+            joined += line.rstrip()[:-1] + " "
+            continue
+        joined += line
+        if joined.strip():
+            op, _, args = joined.strip().partition(" ")
+            out.append((op.upper(), args.strip()))
+        joined = ""
+    return out
+
+
+def test_dockerfile_base_image_matches_the_pinned_tensorflow():
+    instructions = dockerfile()
+    args = dict(a.split("=", 1) for op, a in instructions if op == "ARG" and "=" in a)
+    (base,) = [a for op, a in instructions if op == "FROM"]
+    assert base == "${BASE_IMAGE}"
+    image, tag = args["BASE_IMAGE"].split(":")
+    assert image == "tensorflow/tensorflow" and tag.endswith("-gpu")
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (tf_pin,) = [p for p in pins if re.match(r"tensorflow\b(?!-)", p)]
+    low, high = re.fullmatch(r"tensorflow>=([\d.]+),<([\d.]+)", tf_pin.replace(" ", "")).groups()
+    version = tuple(int(x) for x in tag.split("-")[0].split("."))
+    as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
+    assert as_tuple(low) <= version < as_tuple(high), f"{tag} outside {tf_pin}"
+    # Compose passes the same default, so `docker compose build` builds the GPU image.
+    for load_file in (coordinator, team):
+        for svc in workers(load_file()).values():
+            assert svc["build"]["args"]["BASE_IMAGE"] == args["BASE_IMAGE"]
+
+
+def test_dockerfile_keeps_the_base_tensorflow_and_installs_the_project():
+    runs = [a for op, a in dockerfile() if op == "RUN"]
+    freeze = next(r for r in runs if "pip freeze" in r)
+    constraints = re.search(r">\s*(\S+)", freeze)[1]
+    install = next(r for r in runs if "pip install" in r)
+    assert f"-c {constraints}" in install, "pip install must be constrained to the base image's TensorFlow"
+    assert re.search(r"pip install [^&]* \.(\s|$)", install), "the project itself must be installed"
+    assert "tensorflow" in freeze.lower()
+
+
+def test_dockerfile_copies_every_package_and_runs_unprivileged():
+    instructions = dockerfile()
+    copied = {src.rstrip("/") for op, a in instructions if op == "COPY" for src in a.split()[:-1]}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    needed = set(project["tool"]["setuptools"]["packages"]) | {"pyproject.toml", project["project"]["readme"]}
+    assert needed <= copied, f"not copied: {needed - copied}"
+    users = [a for op, a in instructions if op == "USER"]
+    assert users and users[-1] not in ("root", "0"), "containers must not run as root"
+    envs = " ".join(a for op, a in instructions if op == "ENV")
+    assert re.search(r"\bPYTHONUNBUFFERED=1\b", envs)
+    for op, a in instructions:
+        if op in ("ARG", "ENV"):
+            assert not re.search(r"(?i)PASSWORD|SECRET|TOKEN", a), f"{op} {a}"
+    last_user = max(i for i, (op, _) in enumerate(instructions) if op == "USER")
+    assert not any(op == "RUN" for op, _ in instructions[last_user:]), "RUN after USER would need root"
+
+
+def test_dockerignore_keeps_private_files_out_but_not_the_sources():
+    patterns = [p.strip() for p in DOCKERIGNORE.read_text().splitlines() if p.strip() and not p.startswith("#")]
+    for private in (".env", "secrets", "data", ".venv", ".git", "*.npz"):
+        assert private in patterns, private
+    copied = {src.rstrip("/") for op, a in dockerfile() if op == "COPY" for src in a.split()[:-1]}
+    for path in copied:
+        assert path not in patterns, f".dockerignore drops {path}, which the Dockerfile copies"
+    # SEARCH_SPACE's default is a file the Dockerfile puts into the image.
+    default_space = variables(MAIN)["SEARCH_SPACE"]
+    assert any(default_space in a for op, a in dockerfile() if op == "RUN")
+
+
+# --- Optional: Compose itself ----------------------------------------------------------------
+
+
+def _compose_available() -> bool:
+    try:
+        return subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _compose_available(), reason="docker compose plugin not installed")
+@pytest.mark.parametrize("path", [MAIN, WORKERS], ids=lambda p: p.name)
+def test_docker_compose_config_accepts_the_files(path, tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("x")
+    env = {**os.environ, "TUNER_STORAGE": TEAM_URL, "POSTGRES_PASSWORD_FILE_HOST": str(secret)}
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(path), "--profile", "gpus8", "--profile", "cpu", "config", "-q"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
