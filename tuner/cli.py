@@ -182,7 +182,9 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")], storage: St
 @app.command()
 def export(
     name: Annotated[str, typer.Argument(help="Study name.")],
-    format: Annotated[str, typer.Option("--format", help="yaml or json.")] = "yaml",
+    format: Annotated[
+        Optional[str], typer.Option("--format", help="yaml or json. Default: from the -o suffix, else yaml.")
+    ] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
     model: Annotated[
         Optional[Path],

@@ -1,0 +1,115 @@
+"""``tuner dashboard``: optuna-dashboard on the study database, opened at the right study.
+
+optuna-dashboard fails on a database without Optuna's schema, so the schema is created first
+(under the same lock as ``tuner db init``). It is given our ``RDBStorage`` (small pool,
+``pool_pre_ping``) rather than a bare URL, so it behaves like every other client of the database
+and survives a database restart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+import socket
+from typing import Any
+
+import optuna
+
+import storage as storage_lib  # `serve` has a keyword argument named storage
+from tuner.study import StudyError
+
+
+class DashboardError(StudyError):
+    """The dashboard cannot start (unknown study, port in use); one line for the user."""
+
+
+def serve(
+    target: str | None,
+    *,
+    storage: str | None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    artifact_dir: Path | None = None,
+) -> None:
+    """Run optuna-dashboard until interrupted.
+
+    Args:
+        target: ``None`` (the ``storage`` database), a storage URL (contains ``://``; it wins over
+            ``storage``), or a study name looked up on ``storage``.
+        artifact_dir: the workers' artifact store, so saved models can be downloaded in the UI.
+
+    Raises:
+        DashboardError: unknown study name, or the port cannot be bound.
+        StorageError: unreachable database.
+    """
+    import optuna_dashboard
+
+    url_given, study_name = _split_target(target, storage)
+    url = storage_lib.resolve_url(url_given)
+    rdb = open_dashboard_storage(url)
+    path = "/dashboard/"
+    if study_name is not None:
+        path = f"/dashboard/studies/{study_id(rdb, study_name, url)}"
+    shown_host = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    print(f"optuna-dashboard on {storage_lib.mask_url(url)}", flush=True)
+    print(f"open http://{_url_host(shown_host)}:{port}{path}  (Ctrl-C to stop)", flush=True)
+    try:
+        optuna_dashboard.run_server(rdb, host=host, port=port, artifact_store=_artifact_store(artifact_dir))
+    except OSError as exc:
+        raise DashboardError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rdb.engine.dispose()
+
+
+def make_app(url: str | None, artifact_dir: Path | None = None) -> Any:
+    """The dashboard as a WSGI app, e.g. for gunicorn or tests.
+
+    ``gunicorn 'tuner.dashboard:make_app("postgresql://...")'`` serves it with several workers.
+    """
+    import optuna_dashboard
+
+    resolved = storage_lib.resolve_url(url)
+    rdb = open_dashboard_storage(resolved)
+    return optuna_dashboard.wsgi(rdb, artifact_store=_artifact_store(artifact_dir))
+
+
+def open_dashboard_storage(url: str) -> optuna.storages.RDBStorage:
+    """Create the schema if missing (the dashboard fails without it), then open the storage."""
+    storage_lib.init_schema(url)
+    return storage_lib.open_storage(url, heartbeat_interval=None, role="dashboard")
+
+
+def study_id(rdb: optuna.storages.RDBStorage, name: str, url: str) -> int:
+    """The database id the dashboard's URLs use; unknown names list the studies that exist."""
+    try:
+        return rdb.get_study_id_from_name(name)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False))
+        known = ", ".join(names) if names else "none"
+        raise DashboardError(
+            f"no study {name!r} in {storage_lib.mask_url(url)} (studies: {known})"
+        ) from None
+
+
+def _split_target(target: str | None, storage_url: str | None) -> tuple[str | None, str | None]:
+    """(storage URL to resolve, study name or None)."""
+    if target is None:
+        return storage_url, None
+    if "://" in target:
+        return target, None
+    return storage_url, target
+
+
+def _artifact_store(artifact_dir: Path | None) -> Any:
+    if artifact_dir is None:
+        return None
+    from optuna.artifacts import FileSystemArtifactStore
+
+    Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(artifact_dir))
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+

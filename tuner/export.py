@@ -1,0 +1,195 @@
+"""``tuner export``: the best trial as a training config ``worker train --config`` reads back.
+
+The config is the one the worker recorded when it started the trial (sampled and fixed values
+together), so the export is exactly what was trained, even if the study's search space file was
+edited since. Only trials from older workers without that record fall back to rebuilding the
+config from the trial's parameters and the study's space.
+
+Files are written atomically (a temporary file in the same directory, then ``os.replace``): an
+interrupted export never leaves a half-written config or model behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+import os
+from pathlib import Path
+import sys
+import tempfile
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from tuner.study import StudyError, load
+from worker import report
+from worker.config import ConfigError, TrainConfig
+from worker.study_spec import StudySpec
+
+FORMATS = ("yaml", "json")
+
+
+def export_best(
+    name: str,
+    *,
+    storage: str | None,
+    fmt: str | None = "yaml",
+    output: Path | None = None,
+    model: Path | None = None,
+    artifact_dir: Path | None = None,
+) -> TrainConfig:
+    """Write the best trial's config to ``output`` (or stdout) and optionally download its model.
+
+    Args:
+        fmt: ``yaml`` or ``json``; ``None`` picks json for an ``output`` ending in ``.json`` and
+            yaml otherwise.
+        model: where to save the best trial's uploaded ``.keras`` model (must not exist).
+        artifact_dir: the artifact store the workers uploaded to (needed with ``model``).
+
+    Returns:
+        The exported config.
+
+    Raises:
+        ConfigError: unknown format, or a format that ``TrainConfig.load`` would misread.
+        StudyError: unknown study, no completed trial, no saved model, unwritable output.
+    """
+    fmt = _check_format(fmt, output)
+    if model is not None:
+        if artifact_dir is None:
+            raise StudyError("--model needs --artifact-dir (the artifact store the workers upload to)")
+        if model.exists():
+            raise StudyError(f"{model} already exists; choose another --model path or remove it")
+
+    study, spec, _ = load(name, storage)
+    best = best_trial(study)
+    config = config_of(best, spec)
+    text = render(config, fmt, study_name=name, trial=best)
+
+    if model is not None:
+        assert artifact_dir is not None
+        download_model(best, model, artifact_dir)
+        _say(f"saved the model of trial {best.number} to {model}")
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        write_atomic(output, text)
+        _say(f"wrote the config of trial {best.number} (value {best.value:.4f}) to {output}")
+    return config
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    try:
+        return study.best_trial
+    except ValueError:
+        raise StudyError(f"no completed trial yet in study {study.study_name!r}") from None
+
+
+def config_of(trial: FrozenTrial, spec: StudySpec) -> TrainConfig:
+    """The config ``trial`` trained: its worker's record, else rebuilt from params and space."""
+    recorded = report.config_of(trial)
+    try:
+        if recorded is not None:
+            return TrainConfig.from_dict(recorded)
+        return spec.space.config(trial.params)
+    except ConfigError as exc:
+        raise ConfigError(f"trial {trial.number}'s config is not usable: {exc}") from None
+
+
+def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial) -> str:
+    """The config text; YAML gets a comment header, JSON stays pure (``load`` rejects extra keys)."""
+    body = config.dumps(fmt)
+    if fmt != "yaml":
+        return body
+    per_class = trial.user_attrs.get(report.PER_CLASS_IOU)
+    per_class_text = (
+        " ".join(f"{c}={'n/a' if v is None else f'{v:.4f}'}" for c, v in sorted(per_class.items()))
+        if isinstance(per_class, dict) and per_class else "not recorded"
+    )
+    header = [
+        f"# Best trial of study {study_name!r}, exported by `tuner export`.",
+        f"# trial: {trial.number}",
+        f"# value (validation mean IoU, classes 1-4): {trial.value!r}",
+        f"# IoU per class: {per_class_text}",
+        "# Retrain with: worker train --config THIS_FILE",
+    ]
+    return "\n".join(header) + "\n" + body
+
+
+def download_model(trial: FrozenTrial, path: Path, artifact_dir: Path) -> None:
+    """Download the trial's uploaded model to ``path`` (atomically; ``path`` must not exist)."""
+    from optuna.artifacts import FileSystemArtifactStore, download_artifact
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    artifact_id = trial.user_attrs.get(report.MODEL_ARTIFACT)
+    if not artifact_id:
+        raise StudyError(
+            f"best trial {trial.number} has no saved model; run workers with --artifact-dir"
+        )
+    if not Path(artifact_dir).is_dir():
+        raise StudyError(f"artifact directory {artifact_dir} does not exist")
+    store = FileSystemArtifactStore(str(artifact_dir))
+    with _temporary_sibling(path) as tmp:
+        os.unlink(tmp)  # download_artifact refuses to overwrite, even its own temp file
+        try:
+            download_artifact(artifact_store=store, file_path=str(tmp), artifact_id=str(artifact_id))
+        except ArtifactNotFound:
+            raise StudyError(
+                f"model artifact {artifact_id} of trial {trial.number} is not in {artifact_dir}; "
+                "is that the directory the workers upload to?"
+            ) from None
+        if path.exists():  # created meanwhile: do not clobber it
+            raise StudyError(f"{path} already exists; choose another --model path or remove it")
+        os.replace(tmp, path)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so readers see the old file or the new one, never half."""
+    with _temporary_sibling(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _temporary_sibling(path: Path) -> Iterator[Path]:
+    """A temp file next to ``path`` (same filesystem, so ``os.replace`` is atomic), removed on error.
+
+    ``mkstemp`` creates it 0600; it is given the umask's usual permissions, as a plain
+    ``open`` would.
+    """
+    path = Path(path)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as exc:
+        raise StudyError(f"cannot write {path}: {exc.strerror}") from None
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)
+    tmp = Path(name)
+    try:
+        yield tmp
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _check_format(fmt: str | None, output: Path | None) -> str:
+    suffix = output.suffix.lower() if output is not None else ""
+    if fmt is None:
+        return "json" if suffix == ".json" else "yaml"
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; use yaml or json")
+    if fmt == "yaml" and suffix == ".json":
+        # TrainConfig.load picks the parser by suffix: YAML in a .json file would not load.
+        raise ConfigError(f"{output} ends in .json but the format is yaml; add --format json")
+    return fmt
+
+
+def _say(message: str) -> None:
+    """Progress goes to stderr so that stdout carries only the config (pipe-friendly)."""
+    print(message, file=sys.stderr)
