@@ -31,7 +31,7 @@ TINY_SPACE = {
         "model": "multipath", "depth": 2, "base_filters": 4, "conventional_filters": 8,
         "residual_filters": 4, "multiscale_filters": 8, "context_filters": 4, "batch_size": 16,
         "augment_flips": False, "validation_fraction": 0.25, "early_stopping_patience": 5,
-        "reduce_lr_patience": 5,
+        "reduce_lr_patience": 5, "batchnorm_momentum": 0.9,
     },
     "params": {
         "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},

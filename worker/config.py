@@ -39,6 +39,7 @@ class TrainConfig:
     residual_filters: int = 32
     multiscale_filters: int = 256
     context_filters: int = 32
+    batchnorm_momentum: float = 0.99
     # Loss.
     focal_gamma: float = 0.5
     class_weights: str = "inverse_frequency"
@@ -84,6 +85,8 @@ class TrainConfig:
         for name in ("weight_decay", "focal_gamma", "early_stopping_patience", "reduce_lr_patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.batchnorm_momentum < 1.0:
+            raise ConfigError(f"batchnorm_momentum must be in [0, 1), got {self.batchnorm_momentum}")
         if not 0.0 < self.reduce_lr_factor < 1.0:
             raise ConfigError(f"reduce_lr_factor must be in (0, 1), got {self.reduce_lr_factor}")
         if not 0.0 < self.validation_fraction < 1.0:
