@@ -226,3 +226,25 @@ def test_importing_the_training_modules_does_not_import_tensorflow() -> None:
     code = "import sys, worker.train, worker.device; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_jit_compile_needs_op_determinism_off() -> None:
+    """Keras 3 drops XLA while op determinism is on; set_op_determinism(False) lets it through."""
+    import keras
+
+    from worker.model import build_unet
+    from worker.train import set_op_determinism
+
+    def compiled_with_xla() -> bool:
+        model = build_unet(base_filters=4, depth=2)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=True)
+        return bool(model.jit_compile)
+
+    try:
+        set_op_determinism(True)
+        assert not compiled_with_xla()  # what train() would silently get without the switch
+        set_op_determinism(False)
+        assert compiled_with_xla()
+    finally:
+        set_op_determinism(True)
+        keras.utils.clear_session()

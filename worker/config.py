@@ -59,7 +59,8 @@ class TrainConfig:
     validation_fraction: float = 0.2
     max_images: int | None = None
     seed: int = 0
-    # Speed.
+    # Speed. jit_compile=True turns XLA on and TensorFlow's op determinism off (Keras 3 does
+    # not combine them), so such runs are seeded but not bit-for-bit repeatable.
     jit_compile: bool = False
     mixed_precision: str = "auto"
 

@@ -112,7 +112,9 @@ def train(
 
     keras.utils.clear_session()
     keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
+    set_op_determinism(not config.jit_compile)
+    if config.jit_compile:
+        _say(out, "jit_compile: XLA on, op determinism off (runs are seeded but not bit-exact)")
 
     images, masks = _subsample(np.asarray(data.images), np.asarray(data.masks),
                                config.max_images, config.seed)
@@ -189,6 +191,23 @@ def train(
               + " ".join(f"c{c}={_fmt(v)}" for c, v in per_class.items())
               + f"; {result.wall_time_s:.1f}s")
     return result
+
+
+def set_op_determinism(enabled: bool) -> None:
+    """Switch TensorFlow's deterministic ops on or off for the runs that follow.
+
+    Keras 3 silently compiles without XLA while op determinism is on, so ``jit_compile=True``
+    would do nothing. A config therefore chooses: bit-exact repeatability (the default) or XLA.
+    TensorFlow's switch is global and only "enable" is public; a worker that trains an XLA trial
+    after a deterministic one needs the internal "disable", hence the import below.
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    if enabled:
+        tf.config.experimental.enable_op_determinism()
+    else:
+        tf_config.disable_op_determinism()
 
 
 def save_model(model: keras.Model, path: str | Path) -> Path:
