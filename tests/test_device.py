@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.device import DeviceError, DeviceInfo, configure, describe, plan
+from worker.device import DeviceError, DeviceInfo, configure, describe, plan, with_precision
 
 TWO_GPUS = ["NVIDIA A100 (0)", "NVIDIA A100 (1)"]
 
@@ -99,3 +99,23 @@ def test_describe_without_device_detects_this_cpu() -> None:
     info = describe()
     assert info["device"] == "CPU"
     assert info["mixed_precision"] is False
+
+
+@pytest.mark.parametrize(
+    "kind, mode, expected",
+    [("GPU", "auto", True), ("GPU", "on", True), ("GPU", "off", False),
+     ("CPU", "auto", False), ("CPU", "on", False), ("CPU", "off", False)],
+)
+def test_with_precision_applies_a_configs_mode_to_the_configured_device(kind, mode, expected):
+    device = DeviceInfo(kind=kind, name="x", index=0 if kind == "GPU" else None, mixed_precision=kind == "GPU")
+    changed = with_precision(device, mode)
+    assert changed.mixed_precision is expected
+    assert (changed.kind, changed.name, changed.index) == (device.kind, device.name, device.index)
+    # The same decision plan() makes for that mode.
+    gpus = ["gpu0"] if kind == "GPU" else []
+    assert plan(gpus, None, mode).device.mixed_precision is expected
+
+
+def test_with_precision_rejects_unknown_mode():
+    with pytest.raises(DeviceError, match="mixed precision must be one of"):
+        with_precision(DeviceInfo(kind="CPU", name="x", index=None, mixed_precision=False), "half")

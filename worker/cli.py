@@ -160,7 +160,7 @@ def run(
         code = run_worker(
             study_name=study,
             data_path=data,
-            storage=storage,
+            storage_url=storage,
             gpu=gpu,
             max_trials=max_trials,
             max_failures=max_failures,

@@ -101,6 +101,20 @@ def plan(gpus: list[str], gpu: int | None, mixed_precision: str = "auto") -> Pla
     return Plan(device=device, visible=visible, warnings=tuple(notes))
 
 
+def with_precision(device: DeviceInfo, mixed_precision: str) -> DeviceInfo:
+    """The same device under another config's precision mode (same rules as :func:`plan`).
+
+    A worker configures its device once but trains configs that may each ask for their own
+    precision: a GPU honours "off", a CPU stays float32 whatever is asked.
+    """
+    if mixed_precision not in MIXED_PRECISION_MODES:
+        raise DeviceError(
+            f"mixed precision must be one of {', '.join(MIXED_PRECISION_MODES)}, got {mixed_precision!r}"
+        )
+    mixed = device.kind == "GPU" and mixed_precision in ("auto", "on")
+    return dataclasses.replace(device, mixed_precision=mixed)
+
+
 def configure(
     gpu: int | None,
     *,

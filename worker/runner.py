@@ -123,7 +123,7 @@ def run_worker(
     *,
     study_name: str,
     data_path: Path,
-    storage: str | None,
+    storage_url: str | None,
     gpu: int | None = None,
     max_trials: int | None = None,
     max_failures: int = 3,
@@ -137,14 +137,12 @@ def run_worker(
         storage.StorageError: database unreachable or without schema.
         worker.data.DataError: the local data file is invalid.
     """
-    import storage as storage_layer
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
     identity = report.worker_identity(gpu)
     say = _printer(f"[{identity['host']}:{identity['pid']}]")
-    url = storage_layer.resolve_url(storage)
+    url = storage.resolve_url(storage_url)
     spec = _read_spec(url, study_name)
 
     data = load_npz(data_path)
@@ -163,9 +161,9 @@ def run_worker(
     except DeviceError as exc:
         raise RunnerError(str(exc)) from None
     provenance = describe(device)
-    say(f"device {device.kind} {device.name}; study {study_name!r} on {storage_layer.mask_url(url)}")
+    say(f"device {device.kind} {device.name}; study {study_name!r} on {storage.mask_url(url)}")
 
-    rdb = storage_layer.open_storage(
+    rdb = storage.open_storage(
         url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period,
         max_retry=spec.max_retry,
     )
@@ -278,9 +276,11 @@ class _Runner:
 
     def run_trial(self, trial: optuna.Trial, guard: SignalGuard) -> str:
         """Train one trial and tell the study; returns complete, pruned, failed or interrupted."""
+        from worker.device import with_precision
         from worker.train import train
 
         config = self.spec.space.sample(trial)
+        device = with_precision(self.device, config.mixed_precision)
         # Interrupted trials carry RETRY_OF; Optuna's stale-trial retry records "failed_trial".
         retry_of = trial.user_attrs.get(report.RETRY_OF)
         if retry_of is None:
@@ -304,7 +304,7 @@ class _Runner:
             try:
                 with storage.Heartbeat(self.rdb, trial._trial_id), guard.training():
                     result = train(config, self.data, epoch_callback=on_epoch, verbose=self.verbose,
-                                   save_path=save_path, device=self.device)
+                                   save_path=save_path, device=device)
             except optuna.TrialPruned as exc:
                 self._tell(trial, state=TrialState.PRUNED)
                 self.say(f"trial {trial.number} {exc}")
