@@ -1,0 +1,99 @@
+"""`worker synth-data`, `inspect-data` and `train` as a user runs them: errors are one line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from worker.data import load_npz
+
+BIN = Path(sys.executable).parent
+
+
+def worker(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "worker"), *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env={**os.environ})
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_synth_data_writes_the_challenge_format_and_inspect_reads_it(tmp_path):
+    out = tmp_path / "synthetic.npz"
+    result = worker("synth-data", str(out), "--n", "60", "--seed", "2")
+    assert result.returncode == 0, result.stderr
+    with np.load(out) as npz:
+        assert npz["training_set"].shape == (60, 2, 64, 128)
+    inspected = worker("inspect-data", str(out))
+    assert inspected.returncode == 0, inspected.stderr
+    assert f"fingerprint:  {load_npz(out).fingerprint}" in inspected.stdout
+    assert "aliens removed: " in inspected.stdout
+
+
+def test_synth_data_bad_arguments(tmp_path):
+    assert "must end in .npz" in _one_error_line(worker("synth-data", str(tmp_path / "x.txt")))
+    line = _one_error_line(worker("synth-data", str(tmp_path / "x.npz"), "--n", "10", "--aliens", "20"))
+    assert "n_aliens" in line
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_inspect_bad_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, training_set=np.zeros((3, 2, 64, 64)))
+    line = _one_error_line(worker("inspect-data", str(bad)))
+    assert "shape" in line and "bad.npz" in line
+
+
+@pytest.fixture
+def npz(tmp_path) -> Path:
+    path = tmp_path / "mars.npz"
+    assert worker("synth-data", str(path), "--n", "24").returncode == 0
+    return path
+
+
+@pytest.mark.parametrize(
+    "config_text, message",
+    [
+        ("learning_rate: fast\n", "learning_rate must be float"),
+        ("bogus: 1\n", "unknown config key(s): bogus"),
+        ("epochs: [1\n", "cannot parse config"),
+        ("model: resnet\n", "model must be one of"),
+    ],
+)
+def test_train_bad_config_is_one_line_and_writes_nothing(tmp_path, npz, config_text, message):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(config_text)
+    save = tmp_path / "model.keras"
+    line = _one_error_line(worker("train", "--config", str(config), "--data", str(npz), "--save", str(save)))
+    assert message in line
+    assert not save.exists()
+
+
+def test_train_bad_data_and_paths(tmp_path, npz):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({"epochs": 1}))
+    assert "missing.npz" in _one_error_line(worker("train", "--config", str(config), "--data", str(tmp_path / "missing.npz")))
+    assert "--save must end in .keras" in _one_error_line(
+        worker("train", "--config", str(config), "--data", str(npz), "--save", str(tmp_path / "m.h5"))
+    )
+    assert "cannot read config" in _one_error_line(
+        worker("train", "--config", str(tmp_path / "nope.yaml"), "--data", str(npz))
+    )
+
+
+def test_train_on_a_gpu_this_machine_lacks_is_one_line(tmp_path, npz):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({"epochs": 1}))
+    line = _one_error_line(worker("train", "--config", str(config), "--data", str(npz), "--gpu", "3"))
+    assert "GPU" in line
