@@ -13,6 +13,8 @@ import typer
 
 from storage import StorageError
 from worker.config import ConfigError
+from worker.options import ArtifactDirOpt, StorageOpt
+from worker.options import fail as _fail
 
 app = typer.Typer(
     name="tuner",
@@ -23,21 +25,6 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Check or initialise the study database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-
-StorageOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--storage",
-        envvar="TUNER_STORAGE",
-        help="Database URL, e.g. postgresql://user@host:5432/optuna. Default: SQLite in ./.tuner.",
-        show_envvar=True,
-    ),
-]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code)
 
 
 def _version_callback(value: bool) -> None:
@@ -190,9 +177,7 @@ def export(
         Optional[Path],
         typer.Option(help="Also download the best trial's saved model (.keras) here, if a worker uploaded one."),
     ] = None,
-    artifact_dir: Annotated[
-        Optional[Path], typer.Option(envvar="TUNER_ARTIFACT_DIR", help="Artifact store the workers upload to.")
-    ] = None,
+    artifact_dir: ArtifactDirOpt = None,
     storage: StorageOpt = None,
 ) -> None:
     """Export the best trial's full training config, readable by `worker train --config`."""
@@ -212,9 +197,7 @@ def dashboard(
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
-    artifact_dir: Annotated[
-        Optional[Path], typer.Option(envvar="TUNER_ARTIFACT_DIR", help="Artifact store the workers upload to.")
-    ] = None,
+    artifact_dir: ArtifactDirOpt = None,
     storage: StorageOpt = None,
 ) -> None:
     """Open optuna-dashboard on the study database (the schema is created first if missing)."""

@@ -12,6 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from worker.options import ArtifactDirOpt, StorageOpt
+from worker.options import fail as _fail
+
 # TensorFlow's C++ start-up chatter (no CUDA device, oneDNN notes) buries the progress lines.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -37,11 +40,6 @@ GpuOpt = Annotated[
         help="Pin this process to one GPU index. Default: first GPU if any, else CPU.",
     ),
 ]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code)
 
 
 @app.command("synth-data")
@@ -130,22 +128,13 @@ def train(
 def run(
     study: Annotated[str, typer.Option("--study", envvar="TUNER_STUDY", show_envvar=True, help="Study name.")],
     data: DataOpt,
-    storage: Annotated[
-        Optional[str],
-        typer.Option(
-            "--storage", envvar="TUNER_STORAGE", show_envvar=True,
-            help="Database URL. Default: SQLite in ./.tuner.",
-        ),
-    ] = None,
+    storage: StorageOpt = None,
     gpu: GpuOpt = None,
     max_trials: Annotated[
         Optional[int], typer.Option(min=1, help="Stop after this many trials of this process (the study budget still applies).")
     ] = None,
     max_failures: Annotated[int, typer.Option(min=1, help="Stop after this many failed trials in a row.")] = 3,
-    artifact_dir: Annotated[
-        Optional[Path],
-        typer.Option(envvar="TUNER_ARTIFACT_DIR", show_envvar=True, help="Upload each new best model to this artifact store."),
-    ] = None,
+    artifact_dir: ArtifactDirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-epoch progress.")] = False,
 ) -> None:
     """Pull trials from a shared study until its budget is reached, training each one.
