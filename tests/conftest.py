@@ -41,6 +41,32 @@ def pg_url() -> Iterator[str]:
         conn.close()
 
 
+def kill_connections(url: str) -> int:
+    """Terminate every server connection to ``url``'s database, as a database restart would.
+
+    Returns how many were killed, so a test can check there was something to kill.
+    """
+    import sqlalchemy
+
+    database = sqlalchemy.make_url(url).database
+    conn = _admin()
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        )
+        killed = cur.fetchone()[0]
+    conn.close()
+    return killed
+
+
+@pytest.fixture
+def drop_connections():
+    """The :func:`kill_connections` function, for tests that simulate a database restart."""
+    return kill_connections
+
+
 @pytest.fixture
 def tuner_home(tmp_path, monkeypatch) -> Iterator[os.PathLike]:
     """An isolated embedded-default location, and no TUNER_STORAGE from the environment."""

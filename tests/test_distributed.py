@@ -13,12 +13,11 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import optuna
 from optuna.trial import TrialState
-import psycopg2
 import pytest
-import sqlalchemy
 import yaml
 
 import storage
@@ -94,27 +93,15 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _kill_connections(url: str) -> int:
-    db = sqlalchemy.make_url(url).database
-    conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()", (db,),
-        )
-        killed = cur.fetchone()[0]
-    conn.close()
-    return killed
-
-
-def test_three_workers_share_budget_exactly_and_survive_dropped_connections(pg_url, tmp_path, npz):
+def test_three_workers_share_budget_exactly_and_survive_dropped_connections(
+    pg_url, tmp_path, npz, drop_connections
+):
     budget = 7
     _create(pg_url, tmp_path, npz, trials=budget, epochs=3)
     workers = [_worker(pg_url, npz) for _ in range(3)]
     # Once trials are running, the database drops every connection: workers must reconnect.
     _wait_for(lambda: any(t.intermediate_values for t in _trials(pg_url)), 180, "a reported epoch")
-    assert _kill_connections(pg_url) >= 1
+    assert drop_connections(pg_url) >= 1
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0, 0], "\n".join(outputs)
 
@@ -190,9 +177,19 @@ def test_worker_on_unknown_study_is_one_line(pg_url, npz):
 
 def test_export_retrains_to_the_same_score(pg_url, tmp_path, npz):
     _create(pg_url, tmp_path, npz, trials=2, epochs=2, pruner="none")
-    run = _cli("worker", "run", "--study", "s", "--data", str(npz), "--quiet", url=pg_url, timeout=600)
+    artifacts = tmp_path / "artifacts"
+    run = _cli("worker", "run", "--study", "s", "--data", str(npz), "--quiet",
+               "--artifact-dir", str(artifacts), url=pg_url, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     best = max((t for t in _trials(pg_url) if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert report.MODEL_ARTIFACT in best.user_attrs  # each new best model is uploaded
+
+    model = tmp_path / "best.keras"
+    fetched = _cli("tuner", "export", "s", "--artifact-dir", str(artifacts), "--model", str(model),
+                   "-o", str(tmp_path / "with-model.yaml"), url=pg_url)
+    assert fetched.returncode == 0, fetched.stderr
+    with zipfile.ZipFile(model) as archive:  # a Keras v3 model file
+        assert "config.json" in archive.namelist()
 
     exported = tmp_path / "best.yaml"
     result = _cli("tuner", "export", "s", "-o", str(exported), url=pg_url)

@@ -9,7 +9,6 @@ import time
 
 import optuna
 from optuna.trial import TrialState
-import psycopg2
 import pytest
 import sqlalchemy
 
@@ -170,23 +169,13 @@ def test_heartbeat_thread_keeps_trial_alive_and_stale_trial_is_retried(pg_url):
     assert retried.params == study.trials[0].params
 
 
-def test_storage_survives_database_dropping_its_connections(pg_url):
+def test_storage_survives_database_dropping_its_connections(pg_url, drop_connections):
     """pool_pre_ping: killed server-side connections are replaced, not fatal."""
     storage.init_schema(pg_url)
     rdb = storage.open_storage(pg_url)
     study = optuna.create_study(storage=rdb, study_name="reconnect")
     study.enqueue_trial({"x": 1.0})
-    db = sqlalchemy.make_url(pg_url).database
-    conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
-            (db,),
-        )
-        assert cur.fetchone()[0] >= 1  # the pool really held a connection that is now dead
-    conn.close()
+    assert drop_connections(pg_url) >= 1  # the pool really held a connection that is now dead
     study.enqueue_trial({"x": 2.0})
     assert len(study.trials) == 2
 
