@@ -37,7 +37,7 @@ def _load(url: str, name: str = "s") -> optuna.Study:
 
 def test_create_stores_spec_and_refuses_to_overwrite(pg_url, npz):
     result = tuner("create", "s", "--data", str(npz), "--trials", "12", "--seed", "7",
-                   "--pruner", "median", url=pg_url)
+                   "--pruner", "median", "--min-epochs", "4", url=pg_url)
     assert result.returncode == 0, result.stderr
     assert "created study 's'" in result.stdout
     study = _load(pg_url)
@@ -46,6 +46,7 @@ def test_create_stores_spec_and_refuses_to_overwrite(pg_url, npz):
     assert spec.data_fingerprint == fingerprint_npz(npz)
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     assert isinstance(spec.make_pruner(), optuna.pruners.MedianPruner)
+    assert spec.min_epochs == 4
     assert "learning_rate" in spec.space.params
 
     again = tuner("create", "s", "--data", str(npz), url=pg_url)
@@ -66,6 +67,7 @@ def test_create_stores_spec_and_refuses_to_overwrite(pg_url, npz):
         (["--pruner", "asha"], "pruner must be one of"),
         (["--sampler", "cmaes"], "sampler must be one of"),
         (["--heartbeat-interval", "60", "--grace-period", "30"], "grace period (30s) must exceed"),
+        (["--min-epochs", "201"], "min epochs before pruning must be in 1..200"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(pg_url, npz, args, message):
@@ -96,3 +98,43 @@ def test_exist_ok_with_other_data_is_refused(pg_url, npz):
     with pytest.raises(StudyError, match="different data fingerprint"):
         create_study("s", storage_url=pg_url, data=npz, fingerprint=None, space_path=None, trials=1,
                      exist_ok=True)
+
+
+def _pruned_epochs(spec: StudySpec) -> list[int]:
+    """20 good fake trials, then 10 bad ones reported epoch by epoch: where were they pruned?
+
+    Several bad trials, because Hyperband spreads trials over brackets whose first rung is
+    min_epochs, 3 x min_epochs, ...
+    """
+    study = optuna.create_study(direction="maximize", pruner=spec.make_pruner(),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(20):
+        trial = study.ask()
+        for step in range(1, 10):
+            trial.report(0.8 + i / 100, step)
+            trial.should_prune()  # as the worker does: Hyperband records rungs here
+        study.tell(trial, 0.8 + i / 100)
+    pruned = []
+    for _ in range(10):
+        bad = study.ask()
+        for step in range(1, 10):
+            bad.report(0.0, step)
+            if bad.should_prune():
+                pruned.append(step)
+                break
+        study.tell(bad, state=optuna.trial.TrialState.PRUNED)
+    return pruned
+
+
+@pytest.mark.parametrize("pruner", ["hyperband", "median"])
+def test_min_epochs_is_where_pruning_may_start(pruner):
+    from tuner.study import default_space_path
+    from worker.space import SearchSpace
+
+    space = SearchSpace.load(default_space_path())
+    early = _pruned_epochs(StudySpec(space=space, data_fingerprint="f", n_trials=30, pruner=pruner))
+    late = _pruned_epochs(
+        StudySpec(space=space, data_fingerprint="f", n_trials=30, pruner=pruner, min_epochs=3)
+    )
+    assert early and min(early) == 1
+    assert late and min(late) == 3

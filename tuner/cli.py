@@ -107,6 +107,9 @@ def create(
     sampler: Annotated[str, typer.Option(help="tpe or random.")] = "tpe",
     seed: Annotated[int, typer.Option(help="Sampler seed (each worker derives its own from it).")] = 0,
     pruner: Annotated[str, typer.Option(help="hyperband, median or none (resource: epochs).")] = "hyperband",
+    min_epochs: Annotated[
+        int, typer.Option(min=1, help="Epochs a trial trains before it can be pruned (Hyperband's min resource).")
+    ] = 1,
     heartbeat_interval: Annotated[int, typer.Option(min=1, help="Seconds between worker heartbeats.")] = 30,
     grace_period: Annotated[
         int, typer.Option(min=1, help="Seconds without heartbeat before a running trial is failed and retried.")
@@ -132,6 +135,7 @@ def create(
             sampler=sampler,
             seed=seed,
             pruner=pruner,
+            min_epochs=min_epochs,
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
             max_retry=max_retry,

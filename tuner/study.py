@@ -42,6 +42,7 @@ def create_study(
     sampler: str = "tpe",
     seed: int = 0,
     pruner: str = "hyperband",
+    min_epochs: int = 1,
     heartbeat_interval: int = 30,
     grace_period: int = 120,
     max_retry: int = 2,
@@ -68,7 +69,7 @@ def create_study(
     try:
         spec = StudySpec(
             space=space, data_fingerprint=fingerprint, n_trials=trials, sampler=sampler, seed=seed,
-            pruner=pruner, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+            pruner=pruner, min_epochs=min_epochs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
             max_retry=max_retry,
         )
     except SpecError as exc:

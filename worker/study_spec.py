@@ -32,6 +32,7 @@ class StudySpec:
     sampler: str = "tpe"
     seed: int = 0
     pruner: str = "hyperband"
+    min_epochs: int = 1
     heartbeat_interval: int = 30
     grace_period: int = 120
     max_retry: int = 2
@@ -41,6 +42,11 @@ class StudySpec:
             raise SpecError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.pruner not in PRUNERS:
             raise SpecError(f"pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
+        if not 1 <= self.min_epochs <= self.space.max_epochs:
+            raise SpecError(
+                f"min epochs before pruning must be in 1..{self.space.max_epochs} "
+                f"(the space's epoch budget), got {self.min_epochs}"
+            )
         if self.n_trials < 1:
             raise SpecError(f"the trial budget must be >= 1, got {self.n_trials}")
         if self.grace_period <= self.heartbeat_interval:
@@ -87,11 +93,15 @@ class StudySpec:
         return optuna.samplers.TPESampler(seed=seed)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
-        """Pruning on epochs: the resource is the epoch index reported by the worker."""
+        """Pruning on epochs: the resource is the 1-based epoch number reported by the worker.
+
+        ``min_epochs`` is the least a trial trains before it can be pruned (Hyperband's minimum
+        resource, the median pruner's warm-up): raise it when early epochs say little.
+        """
         if self.pruner == "hyperband":
             return optuna.pruners.HyperbandPruner(
-                min_resource=1, max_resource=self.space.max_epochs, reduction_factor=3
+                min_resource=self.min_epochs, max_resource=self.space.max_epochs, reduction_factor=3
             )
         if self.pruner == "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+            return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=self.min_epochs)
         return optuna.pruners.NopPruner()
