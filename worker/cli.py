@@ -117,7 +117,7 @@ def train(
         f"{c}:{v:.4f}" if v == v else f"{c}:n/a" for c, v in result.per_class_iou.items()
     )
     typer.echo(f"mean IoU (classes 1-4): {result.best_miou:.4f}  per class: {per_class}")
-    typer.echo(f"epochs: {result.epochs_run} (best {result.best_epoch})  wall time: {result.wall_time_s:.1f}s")
+    typer.echo(f"epochs: {result.epochs_run} (best {result.best_epoch + 1})  wall time: {result.wall_time_s:.1f}s")
     if save is not None:
         typer.echo(f"model saved to {save}")
     if result_json is not None:

@@ -128,9 +128,12 @@ def configure(
     policy itself (that is global state); :func:`worker.train.train` sets it from
     :attr:`DeviceInfo.policy` around model building.
     """
-    import tensorflow as tf
+    from worker.quiet import native_stderr_captured
 
-    physical = tf.config.list_physical_devices("GPU")
+    with native_stderr_captured():
+        import tensorflow as tf
+
+        physical = tf.config.list_physical_devices("GPU")
     decided = plan([_gpu_name(tf, d) for d in physical], gpu, mixed_precision)
     for message in decided.warnings:
         warnings.warn(message, RuntimeWarning, stacklevel=2)
