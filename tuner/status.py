@@ -23,6 +23,7 @@ from rich.table import Table
 
 import storage
 from storage.counts import count_trials
+from tuner.study import open_study
 from worker import report
 from worker.study_spec import SPEC_ATTR, StudySpec
 
@@ -235,35 +236,13 @@ def print_status(name: str, storage_url: str | None, console: Console | None = N
         StorageError: unreachable database or no schema.
     """
     console = console or Console()
-    study, spec, url, rdb = open_study(name, storage_url)
+    study, url, rdb = open_study(name, storage_url)
+    spec = spec_or_none(study)
     try:
         summary = summarize(study, spec, counts=count_trials(rdb, name))
     finally:
         rdb.engine.dispose()
     render_status(summary, storage.mask_url(url), console)
-
-
-def open_study(name: str, storage_url: str | None) -> tuple[optuna.Study, StudySpec | None, str, Any]:
-    """Like :func:`tuner.study.load`, but foreign studies (no spec) are shown too.
-
-    Returns (study, spec or None, resolved url, the RDBStorage to dispose of).
-    """
-    from tuner.study import StudyError
-
-    url = storage.resolve_url(storage_url)
-    rdb = storage.open_storage(url, heartbeat_interval=None, role="coordinator")
-    try:
-        study = optuna.load_study(study_name=name, storage=rdb)
-        spec = spec_or_none(study)
-    except KeyError:
-        names = sorted(s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False))
-        rdb.engine.dispose()
-        known = ", ".join(names) if names else "none"
-        raise StudyError(f"no study {name!r} in {storage.mask_url(url)} (studies: {known})") from None
-    except BaseException:
-        rdb.engine.dispose()
-        raise
-    return study, spec, url, rdb
 
 
 def render_status(summary: StatusSummary, masked_url: str, console: Console) -> None:

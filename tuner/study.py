@@ -12,6 +12,7 @@ from pathlib import Path
 import socket
 
 import optuna
+from optuna.storages import RDBStorage
 
 import storage
 from tuner import __version__
@@ -126,14 +127,24 @@ def load_spec(study: optuna.Study) -> StudySpec:
         raise StudyError(str(exc)) from None
 
 
-def load(name: str, storage_url: str | None) -> tuple[optuna.Study, StudySpec, str]:
-    """Open an existing study for reading: (study, spec, resolved url)."""
+def open_study(name: str, storage_url: str | None) -> tuple[optuna.Study, str, RDBStorage]:
+    """Open an existing study: (study, resolved url, its storage, for the caller to dispose of).
+
+    Raises:
+        StudyError: no such study; the message lists the studies that exist.
+    """
     url = storage.resolve_url(storage_url)
     rdb = storage.open_storage(url, heartbeat_interval=None, role="coordinator")
     try:
-        study = optuna.load_study(study_name=name, storage=rdb)
+        return optuna.load_study(study_name=name, storage=rdb), url, rdb
     except KeyError:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False))
+        rdb.engine.dispose()
         known = ", ".join(names) if names else "none"
         raise StudyError(f"no study {name!r} in {storage.mask_url(url)} (studies: {known})") from None
+
+
+def load(name: str, storage_url: str | None) -> tuple[optuna.Study, StudySpec, str]:
+    """Open an existing study created by ``tuner create``: (study, spec, resolved url)."""
+    study, url, _ = open_study(name, storage_url)
     return study, load_spec(study), url
