@@ -15,11 +15,11 @@ from typing import Any
 import optuna
 
 import storage as storage_lib  # `serve` has a keyword argument named storage
-from tuner.study import StudyError
+from tuner.study import StudyError, unknown_study
 
 
 class DashboardError(StudyError):
-    """The dashboard cannot start (unknown study, port in use); one line for the user."""
+    """The dashboard cannot start (port in use); one line for the user."""
 
 
 def serve(
@@ -38,7 +38,8 @@ def serve(
         artifact_dir: the workers' artifact store, so saved models can be downloaded in the UI.
 
     Raises:
-        DashboardError: unknown study name, or the port cannot be bound.
+        StudyError: unknown study name.
+        DashboardError: the port cannot be bound.
         StorageError: unreachable database.
     """
     import optuna_dashboard
@@ -85,11 +86,7 @@ def study_id(rdb: optuna.storages.RDBStorage, name: str, url: str) -> int:
     try:
         return rdb.get_study_id_from_name(name)
     except KeyError:
-        names = sorted(s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False))
-        known = ", ".join(names) if names else "none"
-        raise DashboardError(
-            f"no study {name!r} in {storage_lib.mask_url(url)} (studies: {known})"
-        ) from None
+        raise unknown_study(name, rdb, url) from None
 
 
 def _split_target(target: str | None, storage_url: str | None) -> tuple[str | None, str | None]:

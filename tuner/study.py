@@ -138,10 +138,16 @@ def open_study(name: str, storage_url: str | None) -> tuple[optuna.Study, str, R
     try:
         return optuna.load_study(study_name=name, storage=rdb), url, rdb
     except KeyError:
-        names = sorted(s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False))
+        error = unknown_study(name, rdb, url)
         rdb.engine.dispose()
-        known = ", ".join(names) if names else "none"
-        raise StudyError(f"no study {name!r} in {storage.mask_url(url)} (studies: {known})") from None
+        raise error from None
+
+
+def unknown_study(name: str, rdb: RDBStorage, url: str) -> StudyError:
+    """The error for a study name that is not in the database, listing the ones that are."""
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False))
+    known = ", ".join(names) if names else "none"
+    return StudyError(f"no study {name!r} in {storage.mask_url(url)} (studies: {known})")
 
 
 def load(name: str, storage_url: str | None) -> tuple[optuna.Study, StudySpec, str]:
