@@ -101,7 +101,7 @@ def train(
         raise _fail(f"{save}: --save must end in .keras")
     try:
         cfg = TrainConfig.load(config)
-        loaded = load_npz(data, max_images=cfg.max_images, seed=cfg.seed)
+        loaded = load_npz(data, max_images=cfg.max_images, seed=cfg.seed, load_test=False)
     except (ConfigError, DataError) as exc:
         raise _fail(str(exc)) from None
 

@@ -145,7 +145,7 @@ def run_worker(
     url = storage.resolve_url(storage_url)
     spec = _read_spec(url, study_name)
 
-    data = load_npz(data_path)
+    data = load_npz(data_path, load_test=False)  # training needs no test images (~650 MB)
     if data.fingerprint != spec.data_fingerprint:
         raise RunnerError(
             f"refusing to join study {study_name!r}: local data {data_path} has fingerprint "
