@@ -151,6 +151,7 @@ def test_check_unreachable_host_masks_password():
 # --- heartbeats and recovery ----------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_heartbeat_thread_keeps_trial_alive_and_stale_trial_is_retried(pg_url):
     storage.init_schema(pg_url)
     rdb = storage.open_storage(pg_url, heartbeat_interval=1, grace_period=2, max_retry=1)
