@@ -317,8 +317,8 @@ def test_write_atomic_never_leaves_a_partial_file(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export.os, "replace", broken_replace)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(StudyError, match="cannot write .*best.yaml: No space left on device"):
         export.write_atomic(target, "new: true\n")
     assert target.read_text() == "old: true\n"
     assert [p.name for p in tmp_path.iterdir()] == ["best.yaml"]

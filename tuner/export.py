@@ -11,18 +11,16 @@ interrupted export never leaves a half-written config or model behind.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 import os
 from pathlib import Path
 import sys
-import tempfile
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from tuner.study import StudyError, load
 from worker import report
+from worker.atomic import replacing
 from worker.config import ConfigError, TrainConfig
 from worker.study_spec import StudySpec
 
@@ -129,52 +127,30 @@ def download_model(trial: FrozenTrial, path: Path, artifact_dir: Path) -> None:
     if not Path(artifact_dir).is_dir():
         raise StudyError(f"artifact directory {artifact_dir} does not exist")
     store = FileSystemArtifactStore(str(artifact_dir))
-    with _temporary_sibling(path) as tmp:
-        os.unlink(tmp)  # download_artifact refuses to overwrite, even its own temp file
-        try:
+    try:
+        with replacing(path, suffix=path.suffix) as tmp:
             download_artifact(artifact_store=store, file_path=str(tmp), artifact_id=str(artifact_id))
-        except ArtifactNotFound:
-            raise StudyError(
-                f"model artifact {artifact_id} of trial {trial.number} is not in {artifact_dir}; "
-                "is that the directory the workers upload to?"
-            ) from None
-        if path.exists():  # created meanwhile: do not clobber it
-            raise StudyError(f"{path} already exists; choose another --model path or remove it")
-        os.replace(tmp, path)
+            if path.exists():  # created meanwhile: do not clobber it
+                raise StudyError(f"{path} already exists; choose another --model path or remove it")
+    except ArtifactNotFound:
+        raise StudyError(
+            f"model artifact {artifact_id} of trial {trial.number} is not in {artifact_dir}; "
+            "is that the directory the workers upload to?"
+        ) from None
+    except OSError as exc:
+        raise StudyError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so readers see the old file or the new one, never half."""
-    with _temporary_sibling(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _temporary_sibling(path: Path) -> Iterator[Path]:
-    """A temp file next to ``path`` (same filesystem, so ``os.replace`` is atomic), removed on error.
-
-    ``mkstemp`` creates it 0600; it is given the umask's usual permissions, as a plain
-    ``open`` would.
-    """
-    path = Path(path)
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        with replacing(path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
     except OSError as exc:
         raise StudyError(f"cannot write {path}: {exc.strerror}") from None
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)
-    tmp = Path(name)
-    try:
-        yield tmp
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _check_format(fmt: str | None, output: Path | None) -> str:

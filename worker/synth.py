@@ -30,11 +30,11 @@ Seeded: the same arguments give identical arrays. ``training_set`` does not depe
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 
+from worker.atomic import replacing
 from worker.data import (
     ALIEN_MIN_REPEATS,
     CLASS_NAMES,
@@ -128,22 +128,11 @@ def write_npz(
     """
     path = Path(path)
     arrays = generate(n, seed, n_aliens=n_aliens, n_test=n_test)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_name = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    # os.open (unlike mkstemp's 0600) gives the file the usual umask-based permissions.
-    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    with replacing(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
 
     masks = arrays["training_set"][:, 1].astype(np.uint8)
     clean = masks[~alien_mask_flags(masks)]
