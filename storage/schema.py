@@ -17,26 +17,40 @@ from sqlalchemy.pool import NullPool
 from storage.engine import engine_kwargs
 from storage.errors import StorageError
 from storage.locks import named_lock
-from storage.url import mask_url, scrub
+from storage.url import mask_url, scrub, sqlite_path
 
 SCHEMA_LOCK = "mars-tuner:schema"
 REQUIRED_TABLES = ("studies", "trials", "version_info", "alembic_version")
 
 
 def short_engine(url: str) -> sqlalchemy.Engine:
-    """An engine without a pool, for one-off checks that must not keep connections open."""
+    """An engine without a pool, for one-off checks that must not keep connections open.
+
+    Raises:
+        StorageError: SQLAlchemy cannot build an engine for the URL (unknown driver, bad form).
+    """
     connect_args: dict[str, object] = {}
     if make_url(url).get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = 5
-    return sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        return sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    except (sqlalchemy.exc.ArgumentError, ImportError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StorageError(f"cannot use {mask_url(url)}: {scrub(reason, url)}") from None
 
 
 def current_revision(url: str) -> str | None:
     """The schema's alembic revision, or ``None`` when the schema has not been created.
 
+    A SQLite file that does not exist has no schema; it is not created by asking (read-only
+    commands such as ``tuner list`` must not leave empty database files behind).
+
     Raises:
         StorageError: the database cannot be reached.
     """
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return None
     engine = short_engine(url)
     try:
         with engine.connect() as conn:
@@ -45,7 +59,7 @@ def current_revision(url: str) -> str | None:
                 return None
             row = conn.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).first()
             return None if row is None else str(row[0])
-    except sqlalchemy.exc.SQLAlchemyError as exc:
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
         raise connection_error(exc, url) from None
     finally:
         engine.dispose()

@@ -25,7 +25,10 @@ ENV_PASSWORD_FILE = "TUNER_DB_PASSWORD_FILE"
 DEFAULT_DB_NAME = "tuner.db"
 MASK = "***"
 
-_USERINFO = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<at>@)")
+# USER:PASSWORD@ up to the LAST "@" of the line: an unencoded "@" or space in a password must not
+# leave its tail visible. Over-masking an error message is harmless; under-masking is not.
+_USERINFO = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>.*)(?P<at>@)")
+_DRIVERS = {"postgresql": ("postgresql", "postgresql+psycopg2"), "sqlite": ("sqlite", "sqlite+pysqlite")}
 
 
 def default_home() -> Path:
@@ -49,12 +52,25 @@ def resolve_url(explicit: str | None = None) -> str:
     if raw.startswith("postgres://"):
         # Many hosting providers hand out this spelling; SQLAlchemy 2 only accepts postgresql://.
         raw = "postgresql://" + raw[len("postgres://") :]
-    url = parse_url(raw)
-    if url.get_backend_name() not in ("postgresql", "sqlite"):
+    if _authority(raw).count("@") > 1:
         raise StorageError(
-            f"unsupported storage backend {url.get_backend_name()!r} in {mask_url(raw)}: "
+            f"storage URL {mask_url(raw)!r} has more than one '@': "
+            "percent-encode an '@' in the user or password as %40"
+        )
+    url = parse_url(raw)
+    backend = url.get_backend_name()
+    if backend not in _DRIVERS:
+        raise StorageError(
+            f"unsupported storage backend {backend!r} in {mask_url(raw)}: "
             "use postgresql://USER[:PASSWORD]@HOST[:PORT]/DB or sqlite:///PATH"
         )
+    if url.drivername not in _DRIVERS[backend]:
+        raise StorageError(
+            f"driver {url.drivername!r} in {mask_url(raw)} is not installed with the tuner: "
+            f"use {backend}:// ({'psycopg2' if backend == 'postgresql' else 'the built-in sqlite3'})"
+        )
+    if backend == "sqlite":
+        _check_sqlite(url)
     if url.drivername == "postgresql":
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2-binary.
         url = url.set(drivername="postgresql+psycopg2")
@@ -80,10 +96,12 @@ def mask_url(url: str | URL) -> str:
     """
     if isinstance(url, URL):
         return url.render_as_string(hide_password=True)
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return _USERINFO.sub(lambda m: m["head"] + MASK + m["at"], url)
+    if _authority(url).count("@") <= 1:
+        try:
+            return make_url(url).render_as_string(hide_password=True)
+        except (ArgumentError, ValueError):
+            pass
+    return _USERINFO.sub(lambda m: m["head"] + MASK + m["at"], url)
 
 
 def scrub(message: str, url: str | URL) -> str:
@@ -95,6 +113,33 @@ def scrub(message: str, url: str | URL) -> str:
     if password:
         message = message.replace(str(password), MASK)
     return _USERINFO.sub(lambda m: m["head"] + MASK + m["at"], message)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL (relative to the working directory), else ``None``."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return Path(parsed.database)
+
+
+def _authority(raw: str) -> str:
+    """What precedes the query string: where USER:PASSWORD@HOST lives."""
+    return raw.partition("?")[0]
+
+
+def _check_sqlite(url: URL) -> None:
+    """A SQLite URL must name a file: workers are separate processes that share it."""
+    if url.username or url.password or url.host:
+        raise StorageError(
+            f"a SQLite URL has no user, password or host: use sqlite:///RELATIVE/PATH or "
+            f"sqlite:////ABSOLUTE/PATH, not {mask_url(url)}"
+        )
+    if not url.database or url.database == ":memory:" or url.database.startswith("file::memory:"):
+        raise StorageError(
+            "in-memory SQLite is not supported (every worker process would see its own empty "
+            "database): use sqlite:///PATH"
+        )
 
 
 def _with_password_file(url: URL) -> URL:

@@ -41,6 +41,17 @@ def test_unreachable_database_is_one_masked_line(command):
     assert len(errors) == 1 and errors[0].startswith("error: cannot reach")
     assert "topsecret" not in result.stdout + result.stderr
     assert "alice:***@" in errors[0]
+    assert "schema:" not in result.stdout  # nothing is known about an unreachable database
+
+
+def test_read_only_commands_leave_no_database_file(tmp_path):
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    listed = tuner("list", "--storage", url)
+    assert listed.returncode == 0 and "no studies" in listed.stdout
+    status = tuner("status", "s", "--storage", url)
+    assert status.returncode == 1 and status.stderr.startswith("error: ")
+    assert tuner("db", "check", "--storage", url).returncode == 1
+    assert not (tmp_path / "new.db").exists()
 
 
 def test_embedded_default_needs_no_server(tmp_path):

@@ -75,6 +75,47 @@ def test_mask_and_scrub():
     )
 
 
+@pytest.mark.parametrize(
+    "raw, secret",
+    [
+        ("postgresql://u:hun@ter2@127.0.0.1:1/db", "ter2"),  # unencoded "@": SQLAlchemy splits at the first
+        ("postgresql://u:hun@ter2@127.0.0.1:x/db", "ter2"),
+        ("postgresql://u:hun ter2@127.0.0.1:x/db", "ter2"),  # unparseable, password with a space
+    ],
+)
+def test_passwords_with_at_or_space_are_masked_whole(tuner_home, raw, secret):
+    with pytest.raises(storage.StorageError) as info:
+        resolve_url(raw)
+    message = str(info.value)
+    assert secret not in message and "u:***@" in message
+    assert secret not in mask_url(raw)
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("postgresql+psycopg://u:hunter2@h/d", "driver 'postgresql+psycopg'"),
+        ("postgresql+asyncpg://u:hunter2@h/d", "driver 'postgresql+asyncpg'"),
+        ("sqlite://u:hunter2@/tmp/x.db", "a SQLite URL has no user"),
+        ("sqlite://", "in-memory SQLite is not supported"),
+        ("sqlite:///:memory:", "in-memory SQLite is not supported"),
+    ],
+)
+def test_urls_sqlalchemy_parses_but_we_cannot_use(tuner_home, raw, expected):
+    with pytest.raises(storage.StorageError) as info:
+        resolve_url(raw)
+    assert expected in str(info.value)
+    assert "hunter2" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_asking_a_missing_sqlite_file_does_not_create_it(tmp_path):
+    url = resolve_url(f"sqlite:///{tmp_path / 'new.db'}")
+    assert storage.current_revision(url) is None
+    health = storage.check(url)
+    assert not health.ok and "no database file" in (health.error or "")
+    assert not (tmp_path / "new.db").exists()
+
+
 def test_postgres_engine_settings_are_small_pool_with_pre_ping():
     kwargs = engine_kwargs("postgresql+psycopg2://u@h/d")
     assert kwargs["pool_size"] <= 2 and kwargs["max_overflow"] <= 2

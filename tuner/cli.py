@@ -62,6 +62,8 @@ def db_check(storage: StorageOpt = None) -> None:
     except StorageError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"storage:  {health.url}")
+    if not health.reachable:
+        raise _fail(health.error or "database not reachable")
     typer.echo(f"server:   {health.server_version or '-'}")
     typer.echo(f"schema:   {health.schema_revision or 'none'} (this Optuna: {health.head_revision})")
     if health.n_studies is not None:
@@ -200,7 +202,7 @@ def dashboard(
         Optional[str], typer.Argument(help="A study name (on --storage) or a storage URL.")
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
     artifact_dir: ArtifactDirOpt = None,
     storage: StorageOpt = None,
 ) -> None:
