@@ -76,6 +76,23 @@ def test_sampling_respects_ranges_and_round_trips():
         ({"fixed": {"epochs": -1}}, "fixed: epochs must be > 0"),
         ({"fixed": {"bogus": 1}}, "fixed.bogus: not a training config field"),
         ({"extra": 1}, "unknown top-level key"),
+        # Wrong shapes from YAML: each one used to be a TypeError/ValueError traceback.
+        ({"fixed": [1, 2]}, "'fixed' must be a mapping of training config fields, got list"),
+        ({"fixed": "abc"}, "'fixed' must be a mapping of training config fields, got str"),
+        ({"fixed": [["epochs", 5]]}, "'fixed' must be a mapping"),  # dict() would have accepted it
+        ({"params": [1, 2]}, "'params' must be a mapping of training config fields, got list"),
+        ({1: 2}, "top level: key 1 is not a name (keys must be strings)"),
+        ({1: 2, "x": 3}, "top level: key 1 is not a name"),  # sorting mixed keys raised TypeError
+        ({"params": {1: {"type": "bool"}}}, "params: key 1 is not a name"),
+        ({"params": {None: {"type": "bool"}}}, "params: key None is not a name"),
+        ({"fixed": {1: 2}}, "fixed: key 1 is not a name"),
+        ({"params": {"tta": {"type": "bool", 1: 2}}}, "params.tta: key 1 is not a name"),
+        ({"fixed": {}, "params": {"epochs": {"type": "categorical", "choices": [1, 2]}}},
+         "params.epochs: must be type int (it is the pruner's epoch budget)"),
+        ({"fixed": {}, "params": {"epochs": {"type": "bool"}}}, "params.epochs: must be type int"),
+        ({"fixed": {}, "params": {"epochs": {"type": "float", "low": 1, "high": 5}}}, "params.epochs: must be type int"),
+        ({"params": {"learning_rate": {"type": "float", "low": 1, "high": 10**400}}}, "must be finite numbers"),
+        ({"fixed": {"weight_decay": 10**400}}, "weight_decay must be finite"),
     ],
 )
 def test_bad_spaces_give_one_clear_error(change, message):
@@ -96,3 +113,30 @@ def test_unreadable_and_unparsable_files(tmp_path: Path):
     wrong.write_text(yaml.safe_dump({"params": {"learning_rate": {"type": "float"}}}))
     with pytest.raises(SpaceError, match=r"wrong.yaml: params.learning_rate: 'low' must be"):
         SearchSpace.load(wrong)
+
+
+def test_epochs_as_an_int_range_is_the_epoch_budget():
+    space = SearchSpace.from_dict({"params": {"epochs": {"type": "int", "low": 2, "high": 9}}})
+    assert space.max_epochs == 9
+
+
+def test_parse_errors_name_the_problem_and_its_position(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params: [1,\n")
+    with pytest.raises(SpaceError) as info:
+        SearchSpace.load(bad)
+    assert str(info.value) == (
+        f"cannot parse search space {bad}: line 2, column 1: "
+        "expected the node content, but found '<stream end>'"
+    )
+    bad.write_text("params:\n  learning_rate: {type: float, low: 1: 2}\n")
+    with pytest.raises(SpaceError, match=r"line 2, column 38: expected ',' or '}', but got ':'$"):
+        SearchSpace.load(bad)
+
+
+def test_a_binary_file_is_not_a_search_space(tmp_path: Path):
+    binary = tmp_path / "space.yaml"
+    binary.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(SpaceError) as info:
+        SearchSpace.load(binary)
+    assert str(info.value) == f"cannot read search space {binary}: not a UTF-8 text file"

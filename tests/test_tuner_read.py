@@ -353,6 +353,20 @@ def test_export_model_downloads_the_uploaded_artifact(pg_url, tmp_path):
         export.export_best("withmodel", storage=pg_url, model=model, artifact_dir=artifacts)
     with pytest.raises(StudyError, match="--artifact-dir"):
         export.export_best("withmodel", storage=pg_url, model=tmp_path / "m2.keras")
+    with pytest.raises(StudyError, match=r"name it \*\.keras"):
+        export.export_best("withmodel", storage=pg_url, model=tmp_path / "m2.h5", artifact_dir=artifacts)
+    with pytest.raises(StudyError, match="is a file, not a directory"):
+        export.export_best("withmodel", storage=pg_url, model=tmp_path / "m2.keras",
+                           artifact_dir=tmp_path / "trial.keras")
+
+    # The config cannot be written: the model is not left behind either.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(StudyError, match="cannot write .*is a file, not a directory"):
+        export.export_best("withmodel", storage=pg_url, output=blocker / "c.yaml",
+                           model=tmp_path / "m3.keras", artifact_dir=artifacts)
+    assert not (tmp_path / "m3.keras").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m3.keras")]
     b.close()
 
 
@@ -428,6 +442,20 @@ def test_dashboard_on_a_busy_port_is_one_clear_error(pg_url, capsys):
         with pytest.raises(dashboard.DashboardError, match=f"cannot listen on 127.0.0.1:{port}"):
             dashboard.serve(pg_url, storage="sqlite:///not-used.db", port=port)  # a URL target wins
     assert storage.mask_url(pg_url) in capsys.readouterr().out
+
+
+def test_dashboard_bad_inputs_fail_before_serving_and_write_nothing(pg_url, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    with pytest.raises(dashboard.DashboardError, match="artifact directory .* is a file"):
+        dashboard.serve(pg_url, storage=None, artifact_dir=a_file)
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    with pytest.raises(StudyError, match=r"no study 'typo'.*\(studies: none\)"):
+        dashboard.serve("typo", storage=fresh)
+    assert not (tmp_path / "fresh.db").exists()  # a mistyped name creates no database
+    result = _run("dashboard", "--storage", pg_url, "--port", "99999")
+    assert result.returncode == 2 and "--port" in result.stderr and "Traceback" not in result.stderr
+    assert storage.current_revision(pg_url) is None
 
 
 def _free_port() -> int:

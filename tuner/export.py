@@ -11,6 +11,8 @@ interrupted export never leaves a half-written config or model behind.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+import contextlib
 import os
 from pathlib import Path
 import sys
@@ -20,8 +22,10 @@ from optuna.trial import FrozenTrial
 
 from tuner.study import StudyError, load
 from worker import report
+from worker.artifacts import ArtifactDirError, open_artifact_store
 from worker.atomic import replacing
 from worker.config import ConfigError, TrainConfig
+from worker.space import SpaceError
 from worker.study_spec import StudySpec
 
 FORMATS = ("yaml", "json")
@@ -55,6 +59,8 @@ def export_best(
     if model is not None:
         if artifact_dir is None:
             raise StudyError("--model needs --artifact-dir (the artifact store the workers upload to)")
+        if model.suffix != ".keras":
+            raise StudyError(f"--model {model}: the saved model is a Keras archive; name it *.keras")
         if model.exists():
             raise StudyError(f"{model} already exists; choose another --model path or remove it")
 
@@ -63,17 +69,24 @@ def export_best(
     config = config_of(best, spec)
     text = render(config, fmt, study_name=name, trial=best)
 
-    if model is not None:
-        assert artifact_dir is not None
-        download_model(best, model, artifact_dir)
-        _say(f"saved the model of trial {best.number} to {model}")
+    if model is None:
+        _emit(text, output, best)
+        return config
+    assert artifact_dir is not None
+    # The model lands only if the config was written too: a failed export leaves neither.
+    with downloaded_model(best, model, artifact_dir):
+        _emit(text, output, best)
+    _say(f"saved the model of trial {best.number} to {model}")
+    return config
+
+
+def _emit(text: str, output: Path | None, best: FrozenTrial) -> None:
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
-    else:
-        write_atomic(output, text)
-        _say(f"wrote the config of trial {best.number} (value {best.value:.4f}) to {output}")
-    return config
+        return
+    write_atomic(output, text)
+    _say(f"wrote the config of trial {best.number} (value {best.value:.4f}) to {output}")
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
@@ -90,7 +103,7 @@ def config_of(trial: FrozenTrial, spec: StudySpec) -> TrainConfig:
         if recorded is not None:
             return TrainConfig.from_dict(recorded)
         return spec.space.config(trial.params)
-    except ConfigError as exc:
+    except (ConfigError, SpaceError) as exc:
         raise ConfigError(f"trial {trial.number}'s config is not usable: {exc}") from None
 
 
@@ -114,9 +127,10 @@ def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial
     return "\n".join(header) + "\n" + body
 
 
-def download_model(trial: FrozenTrial, path: Path, artifact_dir: Path) -> None:
-    """Download the trial's uploaded model to ``path`` (atomically; ``path`` must not exist)."""
-    from optuna.artifacts import FileSystemArtifactStore, download_artifact
+@contextlib.contextmanager
+def downloaded_model(trial: FrozenTrial, path: Path, artifact_dir: Path) -> Iterator[None]:
+    """Download the trial's model to a temporary file; it becomes ``path`` if the body succeeds."""
+    from optuna.artifacts import download_artifact
     from optuna.artifacts.exceptions import ArtifactNotFound
 
     artifact_id = trial.user_attrs.get(report.MODEL_ARTIFACT)
@@ -124,14 +138,16 @@ def download_model(trial: FrozenTrial, path: Path, artifact_dir: Path) -> None:
         raise StudyError(
             f"best trial {trial.number} has no saved model; run workers with --artifact-dir"
         )
-    if not Path(artifact_dir).is_dir():
-        raise StudyError(f"artifact directory {artifact_dir} does not exist")
-    store = FileSystemArtifactStore(str(artifact_dir))
+    try:
+        store = open_artifact_store(artifact_dir, create=False)
+    except ArtifactDirError as exc:
+        raise StudyError(str(exc)) from None
     try:
         with replacing(path, suffix=path.suffix) as tmp:
             download_artifact(artifact_store=store, file_path=str(tmp), artifact_id=str(artifact_id))
             if path.exists():  # created meanwhile: do not clobber it
                 raise StudyError(f"{path} already exists; choose another --model path or remove it")
+            yield
     except ArtifactNotFound:
         raise StudyError(
             f"model artifact {artifact_id} of trial {trial.number} is not in {artifact_dir}; "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import contextlib
+import errno
 import os
 from pathlib import Path
 import secrets
@@ -24,6 +25,11 @@ def replacing(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Pat
     (``.keras``, ``.npz``).
     """
     path = Path(path)
+    for parent in path.parents:  # "File exists" from mkdir would hide which part is wrong
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory", str(parent))
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}")
     try:
@@ -31,3 +37,22 @@ def replacing(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Pat
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def writable_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` could not be written by :func:`replacing`, or ``None`` if it looks fine.
+
+    Checked before long work (training) so that a typo in an output path fails in a second,
+    not after an hour with the result lost.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a directory"
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a directory"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"{parent} is not writable"
+            return None
+    return None

@@ -104,6 +104,9 @@ class TrainConfig:
         """Build from a plain mapping; unknown keys are an error, not silently dropped."""
         if not isinstance(values, dict):
             raise ConfigError(f"a training config must be a mapping, got {type(values).__name__}")
+        for key in values:
+            if not isinstance(key, str):  # YAML reads `1:` or `null:` as non-string keys
+                raise ConfigError(f"config keys must be field names (strings), got {key!r}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -124,12 +127,18 @@ class TrainConfig:
             text = path.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"cannot read config {path}: not a UTF-8 text file") from None
         try:
             values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"cannot parse config {path}: {first}") from None
-        return cls.from_dict(values or {})
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"cannot parse config {path}: {exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot parse config {path}: {yaml_error_line(exc)}") from None
+        try:
+            return cls.from_dict(values or {})
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None  # name the file, as the search space does
 
     def dumps(self, fmt: str = "yaml") -> str:
         """Serialise as ``yaml`` or ``json`` text that :meth:`load` reads back."""
@@ -138,6 +147,20 @@ class TrainConfig:
         if fmt == "yaml":
             return yaml.safe_dump(self.to_dict(), sort_keys=False)
         raise ConfigError(f"unknown format {fmt!r}; use json or yaml")
+
+
+def yaml_error_line(exc: yaml.YAMLError) -> str:
+    """One line naming the problem and where it is.
+
+    PyYAML's own message spans several lines and starts with the context ("while parsing a flow
+    node"), so its first line alone tells the user neither what is wrong nor where.
+    """
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {' '.join(str(problem).split())}"
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_types(config: TrainConfig) -> None:
@@ -149,8 +172,11 @@ def _check_types(config: TrainConfig) -> None:
         if value is None and type(None) in allowed:
             continue
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-            object.__setattr__(config, field.name, float(value))
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an int literal beyond float range
+                raise ConfigError(f"{field.name} must be finite, got {value!r}") from None
+            object.__setattr__(config, field.name, value)
         if isinstance(value, bool) and bool not in allowed:
             raise ConfigError(f"{field.name} must be {_name(allowed)}, got {value!r}")
         if not isinstance(value, allowed):

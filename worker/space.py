@@ -30,7 +30,7 @@ from optuna.distributions import (
 )
 import yaml
 
-from worker.config import ConfigError, TrainConfig
+from worker.config import ConfigError, TrainConfig, yaml_error_line
 
 PARAM_TYPES = ("float", "int", "categorical", "bool")
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -102,8 +102,10 @@ class SearchSpace:
             values = yaml.safe_load(path.read_text())
         except OSError as exc:
             raise SpaceError(f"cannot read search space {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise SpaceError(f"cannot read search space {path}: not a UTF-8 text file") from None
         except yaml.YAMLError as exc:
-            raise SpaceError(f"cannot parse search space {path}: {str(exc).splitlines()[0]}") from None
+            raise SpaceError(f"cannot parse search space {path}: {yaml_error_line(exc)}") from None
         try:
             return cls.from_dict(values)
         except SpaceError as exc:
@@ -113,13 +115,12 @@ class SearchSpace:
     def from_dict(cls, values: Any) -> SearchSpace:
         if not isinstance(values, dict):
             raise SpaceError("a search space must be a mapping with 'params' (and optional 'fixed')")
+        _require_string_keys("top level", values)
         unknown = sorted(set(values) - {"params", "fixed"})
         if unknown:
             raise SpaceError(f"unknown top-level key(s): {', '.join(unknown)} (use params, fixed)")
-        raw_params = values.get("params") or {}
-        fixed = dict(values.get("fixed") or {})
-        if not isinstance(raw_params, dict) or not isinstance(fixed, dict):
-            raise SpaceError("'params' and 'fixed' must be mappings")
+        raw_params = _mapping("params", values.get("params"))
+        fixed = _mapping("fixed", values.get("fixed"))
         if not raw_params:
             raise SpaceError("'params' is empty: nothing to search")
         params = {name: _parse_param(name, spec) for name, spec in raw_params.items()}
@@ -171,15 +172,40 @@ class SearchSpace:
                     raise SpaceError(f"params.{name}: value {value!r} is invalid: {exc}") from None
 
 
+def _mapping(section: str, value: Any) -> dict[str, Any]:
+    """A ``params`` or ``fixed`` section as a dict; an empty section (``fixed:``) is ``{}``.
+
+    Checked before ``dict()``, which would turn a list of pairs into a mapping or fail with a
+    TypeError that does not name the section.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpaceError(f"'{section}' must be a mapping of training config fields, got {type(value).__name__}")
+    _require_string_keys(section, value)
+    return dict(value)
+
+
+def _require_string_keys(where: str, mapping: dict[Any, Any]) -> None:
+    """YAML reads ``1:`` or ``null:`` as non-string keys; every key here names a field or option."""
+    for key in mapping:
+        if not isinstance(key, str):
+            raise SpaceError(f"{where}: key {key!r} is not a name (keys must be strings)")
+
+
 def _parse_param(name: str, spec: Any) -> Param:
     where = f"params.{name}"
     if name not in _CONFIG_FIELDS:
         raise SpaceError(f"{where}: not a training config field")
     if not isinstance(spec, dict) or "type" not in spec:
         raise SpaceError(f"{where}: needs a mapping with a 'type' ({', '.join(PARAM_TYPES)})")
+    _require_string_keys(where, spec)
     kind = spec["type"]
     if kind not in PARAM_TYPES:
         raise SpaceError(f"{where}: type {kind!r} is not one of {', '.join(PARAM_TYPES)}")
+    if name == "epochs" and kind != "int":
+        # max_epochs reads the range's high end: Hyperband's maximum resource.
+        raise SpaceError(f"{where}: must be type int (it is the pruner's epoch budget)")
     allowed = {
         "float": {"type", "low", "high", "log", "step"},
         "int": {"type", "low", "high", "log", "step"},
@@ -224,5 +250,8 @@ def _parse_range(where: str, name: str, kind: str, spec: dict[str, Any]) -> Para
         if isinstance(step, bool) or not isinstance(step, number) or step <= 0:
             raise SpaceError(f"{where}: 'step' must be a positive number")
     if kind == "float":
-        low, high = float(low), float(high)
+        try:
+            low, high = float(low), float(high)
+        except OverflowError:  # an int literal beyond float range
+            raise SpaceError(f"{where}: 'low' and 'high' must be finite numbers") from None
     return Param(name, kind, low=low, high=high, log=log, step=step)

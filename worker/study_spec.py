@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from worker.space import SearchSpace
+from worker.space import SearchSpace, SpaceError
 
 SPEC_ATTR = "tuner_spec"
 SAMPLERS = ("tpe", "random")
@@ -38,6 +38,7 @@ class StudySpec:
     max_retry: int = 2
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.sampler not in SAMPLERS:
             raise SpecError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.pruner not in PRUNERS:
@@ -62,11 +63,26 @@ class StudySpec:
 
     @classmethod
     def from_attr(cls, value: Any) -> StudySpec:
+        """Rebuild from :meth:`to_attr`'s output, checking every field.
+
+        The attribute lives in a shared database, so another tuner version (or a hand edit) may
+        have written it; anything unusable is a :class:`SpecError` naming the field.
+        """
         if not isinstance(value, dict):
-            raise SpecError("study has no tuner spec: create it with `tuner create`")
-        values = dict(value)
-        values["space"] = SearchSpace.from_dict(values["space"])
-        return cls(**values)
+            raise SpecError(f"expected a mapping, got {type(value).__name__}")
+        fields = dataclasses.fields(cls)
+        names = {f.name for f in fields}
+        for key in value:
+            if key not in names:
+                raise SpecError(f"unexpected field {str(key)!r}")
+        for f in fields:
+            if f.name not in value and f.default is dataclasses.MISSING:
+                raise SpecError(f"missing field {f.name!r}")
+        try:
+            space = SearchSpace.from_dict(value["space"])
+        except SpaceError as exc:
+            raise SpecError(f"space: {exc}") from None
+        return cls(**{**value, "space": space})
 
     @classmethod
     def of(cls, study: optuna.Study) -> StudySpec:
@@ -75,7 +91,17 @@ class StudySpec:
             raise SpecError(
                 f"study {study.study_name!r} was not created by `tuner create` (no {SPEC_ATTR} attribute)"
             )
-        return cls.from_attr(value)
+        try:
+            return cls.from_attr(value)
+        except (SpecError, KeyError, TypeError, ValueError) as exc:
+            # KeyError/TypeError/ValueError: a shape the checks above missed; still one line.
+            detail = (str(exc).splitlines() or [""])[0]
+            if not isinstance(exc, SpecError):
+                detail = f"{type(exc).__name__}: {detail}"
+            raise SpecError(
+                f"study {study.study_name!r} has an unreadable tuner spec: {detail} "
+                "(written by another tuner version?)"
+            ) from None
 
     def make_sampler(self, worker_key: str = "") -> optuna.samplers.BaseSampler:
         """The study's sampler, seeded per worker.
@@ -105,3 +131,15 @@ class StudySpec:
         if self.pruner == "median":
             return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=self.min_epochs)
         return optuna.pruners.NopPruner()
+
+
+_FIELD_TYPES: dict[str, type] = {"int": int, "str": str, "SearchSpace": SearchSpace}
+
+
+def _check_types(spec: StudySpec) -> None:
+    """Reject wrong types by field name; a stored spec is JSON that anyone could have written."""
+    for field in dataclasses.fields(spec):
+        expected = _FIELD_TYPES[field.type] if isinstance(field.type, str) else field.type
+        value = getattr(spec, field.name)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise SpecError(f"{field.name} must be {expected.__name__}, got {value!r}")
