@@ -168,6 +168,17 @@ def test_worker_with_other_data_is_refused(pg_url, tmp_path, npz):
     assert _trials(pg_url) == []
 
 
+def test_worker_with_unusable_artifact_dir_is_refused_before_training(pg_url, tmp_path, npz):
+    _create(pg_url, tmp_path, npz, trials=1)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    result = _cli("worker", "run", "--study", "s", "--data", str(npz), "--artifact-dir", str(a_file), url=pg_url)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "is a file, not a directory" in lines[0], result.stderr
+    assert _trials(pg_url) == []
+
+
 def test_worker_on_unknown_study_is_one_line(pg_url, npz):
     storage.init_schema(pg_url)
     result = _cli("worker", "run", "--study", "nope", "--data", str(npz), url=pg_url)

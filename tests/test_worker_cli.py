@@ -33,6 +33,8 @@ def test_synth_data_writes_the_challenge_format_and_inspect_reads_it(tmp_path):
     out = tmp_path / "synthetic.npz"
     result = worker("synth-data", str(out), "--n", "60", "--seed", "2")
     assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {out}: 60 training images (")
+    assert "class shares: background " in result.stdout
     with np.load(out) as npz:
         assert npz["training_set"].shape == (60, 2, 64, 128)
     inspected = worker("inspect-data", str(out))
@@ -90,6 +92,16 @@ def test_train_bad_data_and_paths(tmp_path, npz):
     assert "cannot read config" in _one_error_line(
         worker("train", "--config", str(tmp_path / "nope.yaml"), "--data", str(npz))
     )
+    # Output paths are checked before training, not after it: nothing is written.
+    save, blocker = tmp_path / "best.keras", tmp_path / "a-file"
+    blocker.write_text("")
+    line = _one_error_line(worker("train", "--config", str(config), "--data", str(npz), "--save", str(save),
+                                  "--result", str(blocker / "r.json")))
+    assert line.startswith(f"error: --result {blocker / 'r.json'}: {blocker} is a file")
+    assert not save.exists()
+    line = _one_error_line(worker("train", "--config", str(config), "--data", str(npz),
+                                  "--save", str(blocker / "m.keras")))
+    assert "--save" in line and "is a file, not a directory" in line
 
 
 def test_train_on_a_gpu_this_machine_lacks_is_one_line(tmp_path, npz):

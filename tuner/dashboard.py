@@ -16,6 +16,7 @@ import optuna
 
 import storage as storage_lib  # `serve` has a keyword argument named storage
 from tuner.study import StudyError, unknown_study
+from worker.artifacts import ArtifactDirError, open_artifact_store
 
 
 class DashboardError(StudyError):
@@ -39,13 +40,17 @@ def serve(
 
     Raises:
         StudyError: unknown study name.
-        DashboardError: the port cannot be bound.
+        DashboardError: the port cannot be bound; the artifact directory is unusable.
         StorageError: unreachable database.
     """
     import optuna_dashboard
 
     url_given, study_name = _split_target(target, storage)
     url = storage_lib.resolve_url(url_given)
+    artifact_store = _artifact_store(artifact_dir)
+    if study_name is not None and storage_lib.current_revision(url) is None:
+        # No schema, so no study: say so instead of creating tables for a mistyped name.
+        raise StudyError(f"no study {study_name!r} in {storage_lib.mask_url(url)} (studies: none)")
     rdb = open_dashboard_storage(url)
     path = "/dashboard/"
     if study_name is not None:
@@ -54,7 +59,7 @@ def serve(
     print(f"optuna-dashboard on {storage_lib.mask_url(url)}", flush=True)
     print(f"open http://{_url_host(shown_host)}:{port}{path}  (Ctrl-C to stop)", flush=True)
     try:
-        optuna_dashboard.run_server(rdb, host=host, port=port, artifact_store=_artifact_store(artifact_dir))
+        optuna_dashboard.run_server(rdb, host=host, port=port, artifact_store=artifact_store)
     except OSError as exc:
         raise DashboardError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
@@ -101,10 +106,10 @@ def _split_target(target: str | None, storage_url: str | None) -> tuple[str | No
 def _artifact_store(artifact_dir: Path | None) -> Any:
     if artifact_dir is None:
         return None
-    from optuna.artifacts import FileSystemArtifactStore
-
-    Path(artifact_dir).mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(str(artifact_dir))
+    try:
+        return open_artifact_store(artifact_dir, create=True)
+    except ArtifactDirError as exc:
+        raise DashboardError(str(exc)) from None
 
 
 def _url_host(host: str) -> str:

@@ -63,7 +63,12 @@ def synth_data(
         raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"cannot write {out}: {exc.strerror}") from None
-    typer.echo(f"wrote {out}: {summary}")
+    shares = ", ".join(f"{name} {share:.1%}" for name, share in summary["class_shares"].items())
+    typer.echo(
+        f"wrote {out}: {summary['n']} training images ({summary['n_aliens']} repeated-mask aliens, "
+        f"{summary['big_rock_images']} with big rock), {summary['n_test']} test images, seed {seed}"
+    )
+    typer.echo(f"class shares: {shares}")
 
 
 @app.command("inspect-data")
@@ -97,8 +102,14 @@ def train(
     from worker.config import ConfigError, TrainConfig
     from worker.data import DataError, load_npz
 
+    from worker.atomic import replacing, writable_problem
+
     if save is not None and save.suffix != ".keras":
         raise _fail(f"{save}: --save must end in .keras")
+    for option, path in (("--save", save), ("--result", result_json)):
+        problem = writable_problem(path) if path is not None else None
+        if problem:
+            raise _fail(f"{option} {path}: {problem}")
     try:
         cfg = TrainConfig.load(config)
         loaded = load_npz(data, max_images=cfg.max_images, seed=cfg.seed, load_test=False)
@@ -121,7 +132,12 @@ def train(
     if save is not None:
         typer.echo(f"model saved to {save}")
     if result_json is not None:
-        result_json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        try:
+            with replacing(result_json) as tmp:
+                tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        except OSError as exc:
+            raise _fail(f"cannot write {result_json}: {exc.strerror}") from None
+        typer.echo(f"result written to {result_json}")
 
 
 @app.command()

@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 import storage
 from storage.retry import with_db_retry
 from worker import report
+from worker.artifacts import ArtifactDirError, open_artifact_store
 from worker.budget import ask_within_budget
 from worker.data import MarsData, load_npz
 from worker.study_spec import SpecError, StudySpec
@@ -145,6 +146,13 @@ def run_worker(
     url = storage.resolve_url(storage_url)
     spec = _read_spec(url, study_name)
 
+    artifacts = None
+    if artifact_dir is not None:  # before loading data or training: a bad path must not cost a trial
+        try:
+            artifacts = open_artifact_store(artifact_dir, create=True)
+        except ArtifactDirError as exc:
+            raise RunnerError(str(exc)) from None
+
     data = load_npz(data_path, load_test=False)  # training needs no test images (~650 MB)
     if data.fingerprint != spec.data_fingerprint:
         raise RunnerError(
@@ -172,13 +180,6 @@ def run_worker(
         sampler=spec.make_sampler(f"{identity['host']}:{identity['pid']}:{gpu}"),
         pruner=spec.make_pruner(),
     )
-    artifacts = None
-    if artifact_dir is not None:
-        from optuna.artifacts import FileSystemArtifactStore
-
-        artifact_dir.mkdir(parents=True, exist_ok=True)
-        artifacts = FileSystemArtifactStore(str(artifact_dir))
-
     runner = _Runner(study, rdb, url, spec, data, device, provenance, identity, artifacts, say, verbose)
     outcomes: dict[str, int] = {}
     consecutive_failures = 0
