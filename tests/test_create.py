@@ -78,6 +78,25 @@ def test_bad_input_is_one_line_and_writes_nothing(pg_url, npz, args, message):
     assert storage.current_revision(pg_url) is None  # validated before touching the database
 
 
+@pytest.mark.parametrize(
+    "name, args, message",
+    [
+        ("", [], "the study name is empty"),
+        (" s", [], "starts or ends with whitespace"),
+        ("n" * 600, [], "at most 512 fit"),
+        ("s", ["--fingerprint", "not hex at all"], "is not a data fingerprint"),
+        ("s", ["--fingerprint", ""], "is not a data fingerprint"),
+    ],
+)
+def test_bad_name_or_fingerprint_is_one_line_and_writes_nothing(pg_url, npz, name, args, message):
+    data = [] if args else ["--data", str(npz)]
+    result = tuner("create", name, *data, *args, url=pg_url)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert storage.current_revision(pg_url) is None
+
+
 def test_bad_data_file_is_refused(pg_url, tmp_path):
     broken = tmp_path / "broken.npz"
     broken.write_bytes(b"not a zip")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 from importlib import resources
 from pathlib import Path
+import re
 import socket
 
 import optuna
@@ -18,6 +19,11 @@ import storage
 from tuner import __version__
 from worker.space import SearchSpace, SpaceError
 from worker.study_spec import SPEC_ATTR, SpecError, StudySpec
+
+
+#: ``studies.study_name`` is VARCHAR(512) in Optuna's schema.
+MAX_STUDY_NAME = 512
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
 class StudyError(RuntimeError):
@@ -55,8 +61,14 @@ def create_study(
 
     if overwrite and exist_ok:
         raise StudyError("--overwrite and --exist-ok contradict each other; pick one")
+    check_study_name(name)
     if (data is None) == (fingerprint is None):
         raise StudyError("give exactly one of --data FILE.npz or --fingerprint HEX")
+    if fingerprint is not None and not _FINGERPRINT.fullmatch(fingerprint):
+        raise StudyError(
+            f"--fingerprint {fingerprint!r} is not a data fingerprint: give the 64 lowercase hex "
+            "digits `worker inspect-data FILE.npz` prints"
+        )
     try:
         space = SearchSpace.load(space_path or default_space_path())
     except SpaceError as exc:
@@ -118,6 +130,20 @@ def create_study(
         f"{len(space.params)} searched parameters, sampler {sampler} (seed {seed}), pruner {pruner} "
         f"(max {space.max_epochs} epochs), data {fingerprint[:12]}"
     )
+
+
+def check_study_name(name: str) -> None:
+    """Refuse names Optuna would store but users could not type back (or the schema truncates).
+
+    Raises:
+        StudyError: empty, padded with spaces, or longer than the schema's column.
+    """
+    if not name.strip():
+        raise StudyError("the study name is empty")
+    if name != name.strip():
+        raise StudyError(f"study name {name!r} starts or ends with whitespace")
+    if len(name) > MAX_STUDY_NAME:
+        raise StudyError(f"the study name is {len(name)} characters long; at most {MAX_STUDY_NAME} fit")
 
 
 def load_spec(study: optuna.Study) -> StudySpec:
