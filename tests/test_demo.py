@@ -7,8 +7,12 @@ from pathlib import Path
 import subprocess
 import sys
 
+import optuna
 import yaml
 
+import storage
+from tuner.demo import DEMO_ATTR
+from tuner.study import create_study
 from worker.config import TrainConfig
 
 BIN = Path(sys.executable).parent
@@ -30,3 +34,22 @@ def test_demo_runs_a_local_search_and_prints_the_best_config(tmp_path):
     assert yaml.safe_load(best.read_text()) == config.to_dict()
     assert "best configuration" in out and f"learning_rate: {config.learning_rate}" in out
     assert (tmp_path / "home" / "tuner.db").exists()
+    url = storage.resolve_url(f"sqlite:///{tmp_path / 'home' / 'tuner.db'}")
+    study = optuna.load_study(study_name="demo", storage=storage.open_storage(url, heartbeat_interval=None))
+    assert study.user_attrs[DEMO_ATTR] is True  # so the next `tuner demo` may replace it
+
+
+def test_demo_never_replaces_a_study_it_did_not_create(tmp_path):
+    url = f"sqlite:///{tmp_path / 'team.db'}"
+    create_study("demo", storage_url=url, data=None, fingerprint="ab" * 32, space_path=None, trials=5)
+    env = {**os.environ, "TUNER_HOME": str(tmp_path / "home"), "TUNER_STORAGE": url}
+    result = subprocess.run(
+        [str(BIN / "tuner"), "demo", "--workers", "1", "--trials", "1", "--images", "16"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "was not created by `tuner demo`" in lines[0], result.stderr
+    study = optuna.load_study(study_name="demo", storage=storage.open_storage(url, heartbeat_interval=None))
+    assert study.user_attrs["tuner_spec"]["n_trials"] == 5  # untouched
+    assert not (tmp_path / "home").exists()  # no data generated either

@@ -15,11 +15,15 @@ import subprocess
 import sys
 import threading
 
+import optuna
+
 import storage
 from storage.url import default_home
-from tuner.study import create_study, demo_space_path, load
+from tuner.study import StudyError, create_study, demo_space_path, load
 
 DEMO_SEED = 0
+#: Study user attribute that marks a study as the demo's own (safe to replace on the next run).
+DEMO_ATTR = "tuner_demo"
 
 
 def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url: str | None) -> int:
@@ -30,6 +34,7 @@ def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url:
     from tuner.status import print_status
 
     url = storage.resolve_url(storage_url)
+    _check_replaceable(study, url)  # also fails fast, before any file is written, if unreachable
     home = default_home()
     home.mkdir(parents=True, exist_ok=True)
     data = home / f"demo-{images}.npz"
@@ -41,6 +46,8 @@ def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url:
         trials=trials, seed=DEMO_SEED, pruner="hyperband", heartbeat_interval=5, grace_period=30,
         max_retry=1, overwrite=True,
     ), flush=True)
+    created, _, _ = load(study, url)
+    created.set_user_attr(DEMO_ATTR, True)
 
     print(f"starting {workers} worker process(es); Ctrl-C stops them cleanly", flush=True)
     codes = _run_workers(workers, study, data, url)
@@ -57,6 +64,31 @@ def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url:
     completed, _, _ = load(study, url)
     n_complete = sum(1 for t in completed.get_trials(deepcopy=False) if t.state.name == "COMPLETE")
     return 0 if n_complete and all(code == 0 for code in codes) else 1
+
+
+def _check_replaceable(study: str, url: str) -> None:
+    """The demo re-creates its study on every run; never a study it did not make itself.
+
+    ``tuner demo`` honours ``TUNER_STORAGE``, so on a team database a name clash would otherwise
+    delete a real study.
+
+    Raises:
+        StudyError: a study of that name exists and was not created by ``tuner demo``.
+        StorageError: the database cannot be reached.
+    """
+    if storage.current_revision(url) is None:
+        return
+    rdb = storage.open_storage(url, heartbeat_interval=None, role="coordinator")
+    try:
+        summaries = optuna.get_all_study_summaries(rdb, include_best_trial=False)
+    finally:
+        rdb.engine.dispose()
+    for summary in summaries:
+        if summary.study_name == study and not summary.user_attrs.get(DEMO_ATTR):
+            raise StudyError(
+                f"study {study!r} in {storage.mask_url(url)} was not created by `tuner demo`; "
+                "the demo replaces its study on every run, so choose another --study"
+            )
 
 
 def _run_workers(n: int, study: str, data: Path, url: str) -> list[int]:
