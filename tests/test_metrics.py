@@ -179,6 +179,16 @@ def test_sample_weight_zero_drops_pixels() -> None:
     assert float(metric.result()) == pytest.approx(1.0)
 
 
+def test_small_sample_weights_scale_counts_not_the_iou() -> None:
+    """IoU is a ratio: weighting every pixel by 0.1 must not change it (unions below 1 included)."""
+    y = np.array([[[1, 2], [2, 0]]])
+    pred = np.array([[[1, 1], [2, 0]]])
+    metric = MeanIoUForeground()
+    metric.update_state(y, _probs(pred), sample_weight=np.full(y.shape, 0.1))
+    assert float(metric.result()) == pytest.approx(0.5)
+    assert float(metric.result()) == pytest.approx(np.nanmean(list(metric.per_class().values())))
+
+
 def test_metric_is_serialisable() -> None:
     metric = MeanIoUForeground(name="val_thing")
     clone = keras.metrics.deserialize(keras.metrics.serialize(metric))

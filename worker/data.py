@@ -129,7 +129,7 @@ def fingerprint_npz(path: str | Path) -> str:
 
 
 def alien_mask_flags(masks: np.ndarray) -> np.ndarray:
-    """Boolean (N,): True for images whose mask is byte-identical to > ALIEN_MIN_REPEATS others'.
+    """Boolean (N,): True for images whose exact mask is shared by > ALIEN_MIN_REPEATS images.
 
     Masks are grouped by their exact bytes with one vectorised ``np.unique`` over a void view (a
     collision-free equivalent of hashing each mask).

@@ -158,7 +158,8 @@ class MeanIoUForeground(keras.metrics.Metric):
         inter = ops.take(diag, idx)
         union = ops.take(union, idx)
         present = ops.greater(union, 0.0)
-        iou = ops.where(present, inter / ops.maximum(union, 1.0), 0.0)
+        # Guard the division without clamping: weighted unions may lie in (0, 1).
+        iou = ops.where(present, inter / ops.where(present, union, 1.0), 0.0)
         n_present = ops.sum(ops.cast(present, "float64"))
         mean = ops.sum(iou) / ops.maximum(n_present, 1.0)  # 0.0 when nothing is present
         return ops.cast(mean, "float32")
