@@ -91,7 +91,7 @@ def db_init(storage: StorageOpt = None) -> None:
 
 @app.command()
 def create(
-    name: Annotated[str, typer.Argument(help="Study name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Study name.")],
     data: Annotated[
         Optional[Path],
         typer.Option(
@@ -161,7 +161,7 @@ def list_studies(storage: StorageOpt = None) -> None:
 
 
 @app.command()
-def status(name: Annotated[str, typer.Argument(help="Study name.")], storage: StorageOpt = None) -> None:
+def status(name: Annotated[str, typer.Argument(metavar="NAME", help="Study name.")], storage: StorageOpt = None) -> None:
     """Show a study's trial counts per state, best value, and running trials with host and age."""
     from tuner.status import print_status
     from tuner.study import StudyError
@@ -174,7 +174,7 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")], storage: St
 
 @app.command()
 def export(
-    name: Annotated[str, typer.Argument(help="Study name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Study name.")],
     format: Annotated[
         Optional[str], typer.Option("--format", help="yaml or json. Default: from the -o suffix, else yaml.")
     ] = None,
@@ -199,7 +199,7 @@ def export(
 @app.command()
 def dashboard(
     target: Annotated[
-        Optional[str], typer.Argument(help="A study name (on --storage) or a storage URL.")
+        Optional[str], typer.Argument(metavar="TARGET", help="A study name (on --storage) or a storage URL.")
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,

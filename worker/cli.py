@@ -44,7 +44,7 @@ GpuOpt = Annotated[
 
 @app.command("synth-data")
 def synth_data(
-    out: Annotated[Path, typer.Argument(help="Output .npz path.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT.npz", help="Output .npz path.")],
     n: Annotated[int, typer.Option("--n", min=8, help="Training images.")] = 500,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     aliens: Annotated[
@@ -72,7 +72,7 @@ def synth_data(
 
 
 @app.command("inspect-data")
-def inspect_data(data: Annotated[Path, typer.Argument(help="The challenge .npz.")]) -> None:
+def inspect_data(data: Annotated[Path, typer.Argument(metavar="DATA.npz", help="The challenge .npz.")]) -> None:
     """Validate a data file and print its size, aliens removed, class shares and fingerprint."""
     from worker.data import DataError, class_pixel_shares, load_npz
 
