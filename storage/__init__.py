@@ -8,7 +8,7 @@ reports health with passwords masked.
 from storage.errors import StorageError
 from storage.factory import open_storage
 from storage.health import Health, check
-from storage.heartbeat import Heartbeat, fail_stale_trials
+from storage.heartbeat import Heartbeat, adopt_orphans, fail_stale_trials
 from storage.schema import current_revision, init_schema, schema_exists
 from storage.url import default_sqlite_url, mask_url, resolve_url
 
@@ -16,6 +16,7 @@ __all__ = [
     "Health",
     "Heartbeat",
     "StorageError",
+    "adopt_orphans",
     "check",
     "current_revision",
     "default_sqlite_url",

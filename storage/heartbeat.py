@@ -16,6 +16,7 @@ import warnings
 
 import optuna
 from optuna.storages import RDBStorage
+import sqlalchemy
 
 _logger = logging.getLogger(__name__)
 
@@ -66,6 +67,31 @@ class Heartbeat:
         except Exception as exc:  # noqa: BLE001 - any DB error must not kill the trial
             self.failures += 1
             _logger.warning("heartbeat for trial %d failed: %s", self._trial_id, type(exc).__name__)
+
+
+_ORPHANS = sqlalchemy.text(
+    "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+    "WHERE t.study_id = :sid AND t.state = 'RUNNING' AND h.trial_id IS NULL"
+)
+
+
+def adopt_orphans(storage: RDBStorage, study_id: int) -> list[int]:
+    """Give a first heartbeat to RUNNING trials that have none; return their ids.
+
+    Optuna never fails a RUNNING trial without a heartbeat row, so a worker that died (or lost
+    its connection) between ``ask`` and its first beat would leave a trial RUNNING forever, and
+    a shared budget would wait for it forever. Call this under the budget lock, where every
+    worker records its trial's first beat right after asking: a beat-less trial seen there has
+    no live owner. Its adopted beat is stamped by the database clock and is never renewed, so the
+    ordinary stale-trial check fails it (and queues its retry) after the grace period; an owner
+    that is alive after all simply keeps beating it.
+    """
+    with storage.engine.connect() as conn:
+        orphans = [int(row[0]) for row in conn.execute(_ORPHANS, {"sid": study_id})]
+    for trial_id in orphans:
+        storage.record_heartbeat(trial_id)  # Optuna ignores the duplicate if its owner beat first
+        _logger.warning("trial %d had no heartbeat (its worker died right after asking); adopted", trial_id)
+    return orphans
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

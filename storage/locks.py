@@ -13,11 +13,14 @@ from collections.abc import Iterator
 import contextlib
 import fcntl
 import hashlib
+import logging
 from pathlib import Path
 
 import sqlalchemy
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
+
+_logger = logging.getLogger(__name__)
 
 
 def lock_key(name: str) -> int:
@@ -65,8 +68,24 @@ def named_lock(url: str, name: str, engine: sqlalchemy.Engine | None = None) -> 
             try:
                 yield
             finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
+                _unlock(conn, key, name)
     finally:
         if owned:
             engine.dispose()
+
+
+def _unlock(conn: sqlalchemy.Connection, key: int, name: str) -> None:
+    """Release the lock; a connection that died meanwhile released it already.
+
+    Raising here would make the caller redo work that succeeded (an ``ask`` that created a
+    trial), so a lost connection is logged, not raised.
+    """
+    try:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        conn.commit()
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+        # Close the connection for good rather than return it to the pool: if the session is
+        # somehow still alive, closing it is what releases its lock.
+        conn.invalidate()
+        _logger.warning("lock %r: connection lost before unlock (%s); the server released it",
+                        name, type(exc).__name__)

@@ -8,6 +8,7 @@ database lock, so workers racing for the last slot create exactly one trial.
 from __future__ import annotations
 
 from collections import Counter
+import contextlib
 import warnings
 
 import optuna
@@ -25,10 +26,12 @@ def ask_within_budget(
 ) -> tuple[optuna.Trial | None, Counter[TrialState]]:
     """Return a new (or queued) trial if the budget allows, else ``None``; plus the counts.
 
-    Stale trials of dead workers are failed first (their retries are queued as WAITING). A
-    WAITING trial is always handed out: it already holds a budget slot.
+    Stale trials of dead workers are failed first (their retries are queued as WAITING), and
+    trials left without any heartbeat are adopted so that they go stale too. A WAITING trial is
+    always handed out: it already holds a budget slot. The new trial has its first heartbeat.
     """
-    with named_lock(url, f"mars-tuner:budget:{study.study_name}", engine=rdb.engine):
+    with budget_lock(study, rdb, url):
+        storage.adopt_orphans(rdb, study._study_id)
         storage.fail_stale_trials(study)
         counts = count_trials(rdb, study.study_name)
         allocated = sum(counts[state] for state in ALLOCATED)
@@ -36,5 +39,20 @@ def ask_within_budget(
             with warnings.catch_warnings():
                 # We run heartbeats ourselves (storage.Heartbeat); Optuna's hint is for optimize().
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-                return study.ask(), counts
+                trial = study.ask()
+            # The first beat, still under the lock: a trial is never RUNNING without one for
+            # longer than this section (see storage.adopt_orphans).
+            rdb.record_heartbeat(trial._trial_id)
+            return trial, counts
         return None, counts
+
+
+def budget_lock(
+    study: optuna.Study, rdb: optuna.storages.RDBStorage, url: str
+) -> contextlib.AbstractContextManager[None]:
+    """The lock under which a study's trials are counted and their states change budget-wise.
+
+    Asking, and failing a trial together with queueing its retry, both hold it: a worker counting
+    in between would otherwise see a slot free and overrun the budget.
+    """
+    return named_lock(url, f"mars-tuner:budget:{study.study_name}", engine=rdb.engine)
