@@ -144,10 +144,18 @@ def test_sigkilled_worker_trial_is_failed_and_retried(pg_url, tmp_path, npz):
 
 
 def test_sigterm_fails_trial_cleanly_and_requeues_it(pg_url, tmp_path, npz):
+    from storage.locks import named_lock
+
     _create(pg_url, tmp_path, npz, trials=1, epochs=40, pruner="none")
     proc = _worker(pg_url, npz)
     _wait_for(lambda: any(t.intermediate_values for t in _trials(pg_url)), 180, "the first epoch")
-    proc.send_signal(signal.SIGTERM)
+    # FAIL and re-queue happen under the budget lock (a worker counting between the two would
+    # see a free slot): while the test holds it, the trial stays RUNNING.
+    with named_lock(pg_url, "mars-tuner:budget:s"):
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(2)
+        assert proc.poll() is None
+        assert [t.state for t in _trials(pg_url)] == [TrialState.RUNNING]
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     trials = _trials(pg_url)
@@ -155,6 +163,26 @@ def test_sigterm_fails_trial_cleanly_and_requeues_it(pg_url, tmp_path, npz):
     assert trials[0].user_attrs[report.INTERRUPTED] == "SIGTERM"
     assert trials[1].user_attrs[report.RETRY_OF] == 0
     assert "interrupted by SIGTERM" in out
+
+
+def test_worker_frozen_past_the_grace_period_drops_its_result_and_carries_on(pg_url, tmp_path, npz):
+    _create(pg_url, tmp_path, npz, trials=1, epochs=40, heartbeat_interval="1", grace_period="4",
+            max_retry="1", pruner="none")
+    frozen = _worker(pg_url, npz)
+    _wait_for(lambda: any(t.intermediate_values for t in _trials(pg_url)), 180, "the first epoch")
+    frozen.send_signal(signal.SIGSTOP)  # e.g. a VM paused, or a network partition
+    try:
+        rescuer = _worker(pg_url, npz)
+        _wait_for(lambda: [t.state for t in _trials(pg_url)][:1] == [TrialState.FAIL], 120,
+                  "the frozen worker's trial to be failed as stale")
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    out, _ = frozen.communicate(timeout=600)
+    rescued, _ = rescuer.communicate(timeout=600)
+    assert frozen.returncode == 0, out
+    assert rescuer.returncode == 0, rescued
+    assert "result is dropped" in out and "Traceback" not in out
+    assert [t.state for t in _trials(pg_url)] == [TrialState.FAIL, TrialState.COMPLETE]
 
 
 def test_worker_with_other_data_is_refused(pg_url, tmp_path, npz):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import signal
 from typing import Annotated, Optional
 
 import typer
@@ -174,4 +175,8 @@ def run(
         )
     except (RunnerError, StorageError, DataError) as exc:
         raise _fail(str(exc)) from None
+    # Every trial is settled; a second SIGTERM (compose, systemd) during interpreter and
+    # TensorFlow teardown must not turn a clean exit into 143.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise typer.Exit(code)

@@ -29,7 +29,7 @@ import storage
 from storage.retry import with_db_retry
 from worker import report
 from worker.artifacts import ArtifactDirError, open_artifact_store
-from worker.budget import ask_within_budget
+from worker.budget import ask_within_budget, budget_lock
 from worker.data import MarsData, load_npz
 from worker.study_spec import SpecError, StudySpec
 
@@ -276,7 +276,20 @@ class _Runner:
     # -- running ----------------------------------------------------------------------------
 
     def run_trial(self, trial: optuna.Trial, guard: SignalGuard) -> str:
-        """Train one trial and tell the study; returns complete, pruned, failed or interrupted."""
+        """Train one trial and tell the study; returns complete, pruned, failed, interrupted or dropped.
+
+        "dropped": another worker failed this trial as stale meanwhile (this process was frozen
+        or cut off from the database for longer than the grace period) and queued its retry;
+        whatever this worker still had to write about it is dropped, and the loop goes on.
+        """
+        try:
+            return self._run_trial(trial, guard)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.say(f"trial {trial.number} was finished elsewhere meanwhile (failed as stale by "
+                     "another worker, which queued its retry); this worker's result is dropped")
+            return "dropped"
+
+    def _run_trial(self, trial: optuna.Trial, guard: SignalGuard) -> str:
         from worker.device import with_precision
         from worker.train import train
 
@@ -313,6 +326,8 @@ class _Runner:
             except Interrupted as exc:
                 self._interrupted(trial, exc)
                 return "interrupted"
+            except optuna.exceptions.UpdateFinishedTrialError:
+                raise  # not the config's fault: see run_trial
             except Exception as exc:  # noqa: BLE001 - one bad config must not kill the worker
                 traceback.print_exc(file=sys.stderr)
                 line = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
@@ -337,14 +352,24 @@ class _Runner:
         return "complete"
 
     def _interrupted(self, trial: optuna.Trial, exc: Interrupted) -> None:
-        """Fail the trial and queue the same parameters again for any worker."""
+        """Fail the trial and queue the same parameters again for any worker.
+
+        Both happen under the budget lock: a worker counting between the FAIL and the queued
+        copy would see a free slot, ask a new trial, and the study would overrun its budget.
+        """
         name = str(exc)
         self._db(lambda: trial.set_user_attr(report.INTERRUPTED, name), "recording the interruption")
-        self._tell(trial, state=TrialState.FAIL)
-        self._db(
-            lambda: self.study.enqueue_trial(trial.params, user_attrs={report.RETRY_OF: trial.number}),
-            "re-queueing the trial",
-        )
+        failed = False
+
+        def fail_and_requeue() -> None:
+            nonlocal failed
+            with budget_lock(self.study, self.rdb, self.url):
+                if not failed:  # a retry after a lost connection must not fail it twice
+                    self._tell_now(trial, state=TrialState.FAIL)
+                    failed = True
+                self.study.enqueue_trial(trial.params, user_attrs={report.RETRY_OF: trial.number})
+
+        self._db(fail_and_requeue, "failing and re-queueing the trial")
         self.say(f"trial {trial.number} interrupted by {name}: marked FAIL and queued again")
 
     def _upload_if_best(self, trial: optuna.Trial, value: float, path: Path) -> None:
@@ -364,16 +389,18 @@ class _Runner:
         self.say(f"trial {trial.number}: new best, model uploaded as artifact {artifact_id}")
 
     def _tell(self, trial: optuna.Trial, **kwargs: Any) -> None:
-        try:
-            self._db(lambda: self.study.tell(trial, **kwargs), "reporting the trial's end")
-        except optuna.exceptions.UpdateFinishedTrialError:
-            # The database was unreachable longer than the grace period, another worker failed
-            # this trial as stale and queued a retry. Its result is dropped, not double-counted.
-            self.say(f"trial {trial.number} was already failed as stale by another worker; result dropped")
-        except ValueError as exc:
-            if "finished" not in str(exc):
-                raise
-            self.say(f"trial {trial.number} was already finished elsewhere; result dropped")
+        self._db(lambda: self._tell_now(trial, **kwargs), "reporting the trial's end")
+
+    def _tell_now(self, trial: optuna.Trial, **kwargs: Any) -> None:
+        """``study.tell``, but a trial finished elsewhere is UpdateFinishedTrialError.
+
+        Optuna raises a plain ValueError ("Cannot tell a FAIL trial") when the trial was failed
+        as stale before this tell began; only a race inside the tell gives the specific error.
+        Both mean the same here, and :meth:`run_trial` turns it into "dropped".
+        """
+        if self.rdb.get_trial(trial._trial_id).state.is_finished():
+            raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} is already finished")
+        self.study.tell(trial, **kwargs)
 
     def _db(self, call: Callable[[], Any], what: str) -> Any:
         return with_db_retry(call, what=what, max_wait_s=float(self.spec.grace_period), on_retry=self.say)
