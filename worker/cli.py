@@ -100,10 +100,9 @@ def train(
     """Train one configuration and print its validation mean IoU (classes 1-4)."""
     import json
 
+    from worker.atomic import replacing, writable_problem
     from worker.config import ConfigError, TrainConfig
     from worker.data import DataError, load_npz
-
-    from worker.atomic import replacing, writable_problem
 
     if save is not None and save.suffix != ".keras":
         raise _fail(f"{save}: --save must end in .keras")
