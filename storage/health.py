@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 
 from storage.errors import StorageError
 from storage.schema import connection_error, current_revision, short_engine
-from storage.url import mask_url, sqlite_path
+from storage.url import mask_url, missing_sqlite_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +55,8 @@ def check(url: str) -> Health:
     masked = mask_url(url)
     backend = make_url(url).get_backend_name()
     head = head_revision()
-    path = sqlite_path(url)
-    if path is not None and not path.exists():
+    path = missing_sqlite_file(url)
+    if path is not None:
         error = f"no database file {path}: create it with `tuner db init` or `tuner create`"
         return Health(masked, backend, False, head_revision=head, error=error)
     try:

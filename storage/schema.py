@@ -17,7 +17,7 @@ from sqlalchemy.pool import NullPool
 from storage.engine import engine_kwargs
 from storage.errors import StorageError
 from storage.locks import named_lock
-from storage.url import mask_url, scrub, sqlite_path
+from storage.url import mask_url, missing_sqlite_file, scrub
 
 SCHEMA_LOCK = "mars-tuner:schema"
 REQUIRED_TABLES = ("studies", "trials", "version_info", "alembic_version")
@@ -48,8 +48,7 @@ def current_revision(url: str) -> str | None:
     Raises:
         StorageError: the database cannot be reached.
     """
-    path = sqlite_path(url)
-    if path is not None and not path.exists():
+    if missing_sqlite_file(url) is not None:
         return None
     engine = short_engine(url)
     try:

@@ -115,12 +115,16 @@ def scrub(message: str, url: str | URL) -> str:
     return _USERINFO.sub(lambda m: m["head"] + MASK + m["at"], message)
 
 
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a SQLite URL (relative to the working directory), else ``None``."""
+def missing_sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL if it does not exist yet, else ``None``.
+
+    Read-only commands stop there: connecting would create an empty file.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database:
         return None
-    return Path(parsed.database)
+    path = Path(parsed.database)  # relative paths are relative to the working directory
+    return None if path.exists() else path
 
 
 def _authority(raw: str) -> str:

@@ -25,11 +25,9 @@ def replacing(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Pat
     (``.keras``, ``.npz``).
     """
     path = Path(path)
-    for parent in path.parents:  # "File exists" from mkdir would hide which part is wrong
-        if parent.exists():
-            if not parent.is_dir():
-                raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory", str(parent))
-            break
+    ancestor = _existing_ancestor(path)
+    if ancestor is not None and not ancestor.is_dir():  # mkdir would only say "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, f"{ancestor} is a file, not a directory", str(ancestor))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}")
     try:
@@ -48,11 +46,16 @@ def writable_problem(path: str | os.PathLike[str]) -> str | None:
     path = Path(path)
     if path.is_dir():
         return f"{path} is a directory"
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                return f"{parent} is a file, not a directory"
-            if not os.access(parent, os.W_OK | os.X_OK):
-                return f"{parent} is not writable"
-            return None
+    ancestor = _existing_ancestor(path)
+    if ancestor is None:
+        return None
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file, not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{ancestor} is not writable"
     return None
+
+
+def _existing_ancestor(path: Path) -> Path | None:
+    """The nearest parent of ``path`` that exists: where ``mkdir(parents=True)`` would start."""
+    return next((parent for parent in path.parents if parent.exists()), None)
