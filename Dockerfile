@@ -33,6 +33,7 @@ RUN python3 -m pip freeze --all \
 
 # Only what `pip install .` needs; .dockerignore keeps data, secrets and the venv out.
 COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY storage ./storage
 COPY worker ./worker
 COPY tuner ./tuner

@@ -1,9 +1,9 @@
 """Pruning efficiency: a fixed trial budget with Hyperband vs without pruning.
 
-Both arms run the same search space on the same synthetic data with ``worker.train.train`` and
+Both arms run the same search space on the same synthetic data with ``worker.training.train.train`` and
 the worker's own per-epoch report (``trial.report(val_miou, epoch + 1)`` then
 ``trial.should_prune()``), in one process with an in-memory study. The pruner is built exactly
-as a study created by ``tuner create`` builds it (:meth:`worker.study_spec.StudySpec.make_pruner`:
+as a study created by ``tuner create`` builds it (:meth:`contract.study_spec.StudySpec.make_pruner`:
 ``HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)``).
 
 The sampler is the study's seeded TPE. With a budget of at most ``n_startup_trials`` (10) trials
@@ -39,7 +39,7 @@ ARMS = ("none", "hyperband")
 
 def make_space(epochs: int, max_images: int) -> Any:
     """A small search space over the Multipath UNet; widths stay tiny so CPU runs finish."""
-    from worker.space import SearchSpace
+    from contract.space import SearchSpace
 
     return SearchSpace.from_dict({
         "fixed": {
@@ -64,8 +64,8 @@ def run_arm(arm: str, space: Any, data: Any, n_trials: int, seed: int) -> dict[s
     """One study of ``n_trials`` trials with pruner ``arm``; per-trial rows and totals."""
     import optuna
 
-    from worker.study_spec import StudySpec
-    from worker.train import train
+    from contract.study_spec import StudySpec
+    from worker.training.train import train
 
     spec = StudySpec(space=space, data_fingerprint=data.fingerprint, n_trials=n_trials,
                      sampler="tpe", seed=seed, pruner=arm)
@@ -147,12 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         args.trials, args.epochs, args.images = 1, 2, 12
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import optuna
-
     import tempfile
 
-    from worker.data import load_npz
-    from worker.synth import write_npz
+    import optuna
+
+    from contract.data import load_npz
+    from contract.synth import write_npz
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -7,12 +7,12 @@ warm-up epoch (the warm-up absorbs graph tracing / XLA compilation; its time is 
 * ``baseline``: ``model.fit(x_numpy, y_numpy, batch_size=B, shuffle=True)`` on the four flips
   materialised in memory (so an epoch sees the same 4N images), float32, Keras' default
   ``jit_compile="auto"`` (which is *off* on CPU), no op determinism;
-* ``pipeline``: what ``worker.train.train`` does: ``worker.pipeline.make_train_dataset`` (lazy
+* ``pipeline``: what ``worker.training.train.train`` does: ``worker.training.pipeline.make_train_dataset`` (lazy
   flips, shuffle, parallel map, prefetch), the device plan's precision policy (mixed float16 on a
   GPU, float32 on CPU), op determinism on, ``jit_compile=False``;
 * ``pipeline_xla``: the same with ``jit_compile=True`` (``TrainConfig.jit_compile``). Keras 3
   silently turns XLA off while TensorFlow op determinism is on (``model_supports_jit``), so
-  ``worker.train.train`` switches determinism off for such configs, and so does this row (the
+  ``worker.training.train.train`` switches determinism off for such configs, and so does this row (the
   ``xla_active`` column confirms XLA compiled).
 
 All variants use the worker's loss (focal, class weights from the training masks), AdamW and the
@@ -45,9 +45,8 @@ import time
 from typing import Any
 import warnings
 
-import numpy as np
-
 from _report import write_result  # bench/ is on sys.path when a script runs
+import numpy as np
 
 VARIANTS = ("baseline", "pipeline", "pipeline_xla")
 GOAL_RATIO = 1.5
@@ -55,7 +54,7 @@ GOAL_RATIO = 1.5
 
 def make_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Synthetic challenge-format images in [0, 1] (float32) and masks (uint8), no aliens."""
-    from worker.synth import generate
+    from contract.synth import generate
 
     train = generate(n, seed, n_aliens=0)["training_set"]
     return (train[:, 0] / 255.0).astype(np.float32), train[:, 1].astype(np.uint8)
@@ -70,7 +69,7 @@ def flipped(images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def config_for(model: str, base_filters: int, batch: int, jit: bool) -> Any:
     """A ``TrainConfig`` at ``base_filters`` with the seed's width ratios for the bottleneck."""
-    from worker.config import TrainConfig
+    from contract.config import TrainConfig
 
     return TrainConfig(
         model=model, base_filters=base_filters, depth=3,
@@ -85,15 +84,15 @@ def measure_variant(variant: str, model_name: str, images: np.ndarray, masks: np
     """Build, warm up and time one variant; returns images/s, step times and the wait share."""
     import keras
 
-    from worker.losses import class_weights_from_masks, focal_loss
-    from worker.metrics import MeanIoUForeground
-    from worker.model import build_model
-    from worker.pipeline import make_train_dataset, steps_per_epoch
-    from worker.train import set_op_determinism
+    from worker.training.losses import class_weights_from_masks, focal_loss
+    from worker.training.metrics import MeanIoUForeground
+    from worker.training.model import build_model
+    from worker.training.pipeline import make_train_dataset, steps_per_epoch
+    from worker.training.train import set_op_determinism
 
     ours = variant != "baseline"
     config = config_for(model_name, args.base_filters, args.batch, jit=variant == "pipeline_xla")
-    # As worker.train.train does: deterministic ops unless the config asks for XLA.
+    # As worker.training.train.train does: deterministic ops unless the config asks for XLA.
     deterministic = not config.jit_compile
     keras.utils.clear_session()
     keras.utils.set_random_seed(args.seed)
@@ -210,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from worker.device import plan
+    from worker.training.device import plan
 
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     device = plan(gpus, None, "auto").device

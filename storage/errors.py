@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from contract.errors import TunerError
 
-class StorageError(RuntimeError):
+
+class StorageError(TunerError, RuntimeError):
     """A database problem explained in one line, with any password already masked.
 
     The CLI prints ``str(error)`` as is and exits non-zero, so messages must never contain a

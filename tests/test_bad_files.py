@@ -16,11 +16,11 @@ from typing import Any
 import optuna
 import pytest
 
+from contract.config import ConfigError, TrainConfig
+from contract.study_spec import SPEC_ATTR, SpecError, StudySpec
+from contract.synth import write_npz
 import storage
 from tuner.study import create_study
-from worker.config import ConfigError, TrainConfig
-from worker.study_spec import SPEC_ATTR, SpecError, StudySpec
-from worker.synth import write_npz
 
 BIN = Path(sys.executable).parent
 BINARY = bytes(range(128, 256))  # not UTF-8 anywhere

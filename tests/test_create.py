@@ -10,11 +10,11 @@ import sys
 import optuna
 import pytest
 
+from contract.data import fingerprint_npz
+from contract.study_spec import StudySpec
+from contract.synth import write_npz
 import storage
 from tuner.study import StudyError, create_study
-from worker.data import fingerprint_npz
-from worker.study_spec import StudySpec
-from worker.synth import write_npz
 
 BIN = Path(sys.executable).parent
 
@@ -147,8 +147,8 @@ def _pruned_epochs(spec: StudySpec) -> list[int]:
 
 @pytest.mark.parametrize("pruner", ["hyperband", "median"])
 def test_min_epochs_is_where_pruning_may_start(pruner):
+    from contract.space import SearchSpace
     from tuner.study import default_space_path
-    from worker.space import SearchSpace
 
     space = SearchSpace.load(default_space_path())
     early = _pruned_epochs(StudySpec(space=space, data_fingerprint="f", n_trials=30, pruner=pruner))

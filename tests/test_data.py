@@ -1,4 +1,4 @@
-"""worker.data: loading, validation, alien removal, fingerprint, split (numpy only)."""
+"""contract.data: loading, validation, alien removal, fingerprint, split (numpy only)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from worker import data, synth
-from worker.data import DataError
+from contract import data, synth
+from contract.data import DataError
 
 
 def _write(path, **arrays):
@@ -288,7 +288,7 @@ def test_class_pixel_shares():
 
 def test_data_and_synth_do_not_import_tensorflow():
     code = (
-        "import sys, worker.data, worker.synth; "
+        "import sys, contract.data, contract.synth; "
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,10 +10,10 @@ import sys
 import optuna
 import yaml
 
+from contract.config import TrainConfig
 import storage
 from tuner.demo import DEMO_ATTR
 from tuner.study import create_study
-from worker.config import TrainConfig
 
 BIN = Path(sys.executable).parent
 

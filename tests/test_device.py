@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from worker.device import DeviceError, DeviceInfo, configure, describe, plan, with_precision
+from worker.training.device import (
+    DeviceError,
+    DeviceInfo,
+    configure,
+    describe,
+    plan,
+    with_precision,
+)
 
 TWO_GPUS = ["NVIDIA A100 (0)", "NVIDIA A100 (1)"]
 

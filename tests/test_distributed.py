@@ -20,9 +20,9 @@ from optuna.trial import TrialState
 import pytest
 import yaml
 
+from contract import report
+from contract.synth import write_npz
 import storage
-from worker import report
-from worker.synth import write_npz
 
 BIN = Path(sys.executable).parent
 TINY_SPACE = {

@@ -1,4 +1,4 @@
-"""worker.losses: focal loss against numpy and against Keras' cross-entropy; class weights."""
+"""worker.training.losses: focal loss against numpy and against Keras' cross-entropy; class weights."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-from worker.losses import class_weights_from_masks, focal_loss, focal_loss_numpy
+from worker.training.losses import (
+    class_weights_from_masks,
+    focal_loss,
+    focal_loss_numpy,
+)
 
 SEED_WEIGHTS = [0.0, 0.0359, 0.0523, 0.0663, 9.2720]
 

@@ -1,4 +1,4 @@
-"""worker.metrics: mean IoU over classes 1-4 on hand-made masks, numpy vs the Keras metric."""
+"""worker.training.metrics: mean IoU over classes 1-4 on hand-made masks, numpy vs the Keras metric."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from worker.losses import focal_loss
-from worker.metrics import (
+from worker.training.losses import focal_loss
+from worker.training.metrics import (
     MeanIoUForeground,
     confusion_counts,
     iou_per_class,

@@ -1,4 +1,4 @@
-"""worker.model: the seed's Multipath UNet, the plain UNet, and build_model's dispatch."""
+"""worker.training.model: the seed's Multipath UNet, the plain UNet, and build_model's dispatch."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import keras
 import numpy as np
 import pytest
 
-from worker.config import TrainConfig
-from worker.model import build_model, build_multipath_unet, build_unet
+from contract.config import TrainConfig
+from worker.training.model import build_model, build_multipath_unet, build_unet
 
 TINY = dict(base_filters=4, conventional_filters=8, residual_filters=8, multiscale_filters=8,
             context_filters=8)
-SEED_PARAMS = 6_067_049  # reported in worker/model.py's docstring
+SEED_PARAMS = 6_067_049  # reported in worker/training/model.py's docstring
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""worker.pipeline: lazy flip augmentation, eval pipeline, flip test-time augmentation."""
+"""worker.training.pipeline: lazy flip augmentation, eval pipeline, flip test-time augmentation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from worker import pipeline  # noqa: E402
+from worker.training import pipeline  # noqa: E402
 
 N = 6
 

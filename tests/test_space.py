@@ -8,9 +8,9 @@ import optuna
 import pytest
 import yaml
 
+from contract.config import TrainConfig
+from contract.space import SearchSpace, SpaceError
 from tuner.study import default_space_path, demo_space_path
-from worker.config import TrainConfig
-from worker.space import SearchSpace, SpaceError
 
 GOOD = {
     "fixed": {"epochs": 5, "model": "unet"},

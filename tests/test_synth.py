@@ -1,4 +1,4 @@
-"""worker.synth: challenge format, seeding, realistic class shares, aliens, atomic writes."""
+"""contract.synth: challenge format, seeding, realistic class shares, aliens, atomic writes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from worker import data, synth
+from contract import data, synth
 
 
 def test_challenge_format_exactly():

@@ -9,15 +9,15 @@ import contextlib
 import io
 import json
 import math
-import warnings
 from pathlib import Path
+import warnings
 
 import numpy as np
 import pytest
 
-from worker.config import TrainConfig
-from worker.data import load_npz, split
-from worker.train import TrainResult, train
+from contract.config import TrainConfig
+from contract.data import load_npz, split
+from worker.training.train import TrainResult, train
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ TINY = TrainConfig(
 
 @pytest.fixture(scope="module")
 def npz_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from worker.synth import write_npz
+    from contract.synth import write_npz
 
     path = tmp_path_factory.mktemp("data") / "mars.npz"
     write_npz(path, N_IMAGES, seed=1, n_aliens=0)
@@ -119,7 +119,7 @@ def test_verbose_prints_one_line_per_epoch(first_run) -> None:
 def test_saved_model_loads_and_reproduces_the_reported_evaluation(first_run, data) -> None:
     import keras
 
-    from worker.metrics import iou_per_class, mean_iou
+    from worker.training.metrics import iou_per_class, mean_iou
 
     result, _, save_dir, _ = first_run
     assert sorted(p.name for p in save_dir.iterdir()) == ["best.keras"]  # no temp file left
@@ -134,7 +134,7 @@ def test_saved_model_loads_and_reproduces_the_reported_evaluation(first_run, dat
 
 
 def test_class_weights_come_from_the_training_split_only(first_run, data) -> None:
-    from worker.losses import class_weights_from_masks
+    from worker.training.losses import class_weights_from_masks
 
     result, _, _, _ = first_run
     train_idx, _ = _val_split(data, TINY)
@@ -186,7 +186,7 @@ def test_exception_in_epoch_callback_propagates_and_stops_training(data) -> None
     # global policy is set while training and restored even when training is interrupted.
     import keras
 
-    from worker.device import DeviceInfo
+    from worker.training.device import DeviceInfo
 
     seen: list[tuple[int, str]] = []
 
@@ -202,7 +202,7 @@ def test_exception_in_epoch_callback_propagates_and_stops_training(data) -> None
 
 
 def test_max_images_subset_batch_clamp_and_tta(npz_path: Path, data) -> None:
-    from worker.losses import class_weights_from_masks
+    from worker.training.losses import class_weights_from_masks
 
     config = TINY.replace(max_images=12, batch_size=64, epochs=1, tta=True)
     out = io.StringIO()
@@ -224,7 +224,7 @@ def test_importing_the_training_modules_does_not_import_tensorflow() -> None:
     import subprocess
     import sys
 
-    code = "import sys, worker.train, worker.device; print('tensorflow' in sys.modules)"
+    code = "import sys, worker.training.train, worker.training.device; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -233,8 +233,8 @@ def test_jit_compile_needs_op_determinism_off() -> None:
     """Keras 3 drops XLA while op determinism is on; set_op_determinism(False) lets it through."""
     import keras
 
-    from worker.model import build_unet
-    from worker.train import set_op_determinism
+    from worker.training.model import build_unet
+    from worker.training.train import set_op_determinism
 
     def compiled_with_xla() -> bool:
         model = build_unet(base_filters=4, depth=2)

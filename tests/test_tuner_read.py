@@ -1,7 +1,7 @@
 """The coordinator's read side: ``tuner list``, ``status``, ``export`` and ``dashboard``.
 
 Studies are built without training: trials are asked and told by hand, with the user attributes
-written through :mod:`worker.report` exactly as a worker writes them.
+written through :mod:`contract.report` exactly as a worker writes them.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ import pytest
 from rich.console import Console
 import yaml
 
+from contract import report
+from contract.config import ConfigError, TrainConfig
+from contract.study_spec import StudySpec
 import storage
 from storage.counts import count_trials
 from tuner import dashboard, export, status
 from tuner.study import StudyError, create_study
-from worker import report
-from worker.config import ConfigError, TrainConfig
-from worker.study_spec import StudySpec
 
 TUNER = Path(sys.executable).parent / "tuner"
 FINGERPRINT = "ab" * 32
@@ -42,7 +42,7 @@ FINGERPRINT = "ab" * 32
 
 @dataclasses.dataclass
 class FakeResult:
-    """The fields of worker.train.TrainResult that report.record_result reads."""
+    """The fields of worker.training.train.TrainResult that report.record_result reads."""
 
     best_miou: float
     per_class_iou: dict[int, float | None]

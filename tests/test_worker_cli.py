@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from worker.data import load_npz
+from contract.data import load_npz
 
 BIN = Path(sys.executable).parent
 

@@ -11,10 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from storage import StorageError
-from worker.config import ConfigError
-from worker.options import ArtifactDirOpt, StorageOpt
-from worker.options import fail as _fail
+from contract.options import ArtifactDirOpt, CliGroup, StorageOpt
+from contract.options import fail as _fail
 
 app = typer.Typer(
     name="tuner",
@@ -22,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=CliGroup,
 )
 db_app = typer.Typer(help="Check or initialise the study database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -57,10 +56,7 @@ def db_check(storage: StorageOpt = None) -> None:
     """
     from storage import check, resolve_url
 
-    try:
-        health = check(resolve_url(storage))
-    except StorageError as exc:
-        raise _fail(str(exc)) from None
+    health = check(resolve_url(storage))
     typer.echo(f"storage:  {health.url}")
     if not health.reachable:
         raise _fail(health.error or "database not reachable")
@@ -81,11 +77,8 @@ def db_init(storage: StorageOpt = None) -> None:
     """
     from storage import init_schema, mask_url, resolve_url
 
-    try:
-        url = resolve_url(storage)
-        revision = init_schema(url)
-    except StorageError as exc:
-        raise _fail(str(exc)) from None
+    url = resolve_url(storage)
+    revision = init_schema(url)
     typer.echo(f"schema {revision} ready in {mask_url(url)}")
 
 
@@ -124,28 +117,25 @@ def create(
     storage: StorageOpt = None,
 ) -> None:
     """Create a study from a search-space file (schema is created if missing)."""
-    from tuner.study import StudyError, create_study
+    from tuner.study import create_study
 
-    try:
-        summary = create_study(
-            name,
-            storage_url=storage,
-            data=data,
-            fingerprint=fingerprint,
-            space_path=space,
-            trials=trials,
-            sampler=sampler,
-            seed=seed,
-            pruner=pruner,
-            min_epochs=min_epochs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            max_retry=max_retry,
-            overwrite=overwrite,
-            exist_ok=exist_ok,
-        )
-    except (StudyError, StorageError, ConfigError) as exc:
-        raise _fail(str(exc)) from None
+    summary = create_study(
+        name,
+        storage_url=storage,
+        data=data,
+        fingerprint=fingerprint,
+        space_path=space,
+        trials=trials,
+        sampler=sampler,
+        seed=seed,
+        pruner=pruner,
+        min_epochs=min_epochs,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_retry=max_retry,
+        overwrite=overwrite,
+        exist_ok=exist_ok,
+    )
     typer.echo(summary)
 
 
@@ -154,22 +144,15 @@ def list_studies(storage: StorageOpt = None) -> None:
     """List the studies in the database with their trial counts and best values."""
     from tuner.status import print_study_list
 
-    try:
-        print_study_list(storage)
-    except StorageError as exc:
-        raise _fail(str(exc)) from None
+    print_study_list(storage)
 
 
 @app.command()
 def status(name: Annotated[str, typer.Argument(metavar="NAME", help="Study name.")], storage: StorageOpt = None) -> None:
     """Show a study's trial counts per state, best value, and running trials with host and age."""
     from tuner.status import print_status
-    from tuner.study import StudyError
 
-    try:
-        print_status(name, storage)
-    except (StudyError, StorageError) as exc:
-        raise _fail(str(exc)) from None
+    print_status(name, storage)
 
 
 @app.command()
@@ -188,12 +171,8 @@ def export(
 ) -> None:
     """Export the best trial's full training config, readable by `worker train --config`."""
     from tuner.export import export_best
-    from tuner.study import StudyError
 
-    try:
-        export_best(name, storage=storage, fmt=format, output=output, model=model, artifact_dir=artifact_dir)
-    except (StudyError, StorageError, ConfigError) as exc:
-        raise _fail(str(exc)) from None
+    export_best(name, storage=storage, fmt=format, output=output, model=model, artifact_dir=artifact_dir)
 
 
 @app.command()
@@ -208,12 +187,8 @@ def dashboard(
 ) -> None:
     """Open optuna-dashboard on the study database (the schema is created first if missing)."""
     from tuner.dashboard import serve
-    from tuner.study import StudyError
 
-    try:
-        serve(target, storage=storage, host=host, port=port, artifact_dir=artifact_dir)
-    except (StudyError, StorageError) as exc:
-        raise _fail(str(exc)) from None
+    serve(target, storage=storage, host=host, port=port, artifact_dir=artifact_dir)
 
 
 @app.command()
@@ -229,10 +204,6 @@ def demo(
     Uses the embedded SQLite database unless --storage is given, then prints the best config.
     """
     from tuner.demo import run_demo
-    from tuner.study import StudyError
 
-    try:
-        code = run_demo(study=study, workers=workers, trials=trials, images=images, storage_url=storage)
-    except (StudyError, StorageError, ConfigError) as exc:
-        raise _fail(str(exc)) from None
+    code = run_demo(study=study, workers=workers, trials=trials, images=images, storage_url=storage)
     raise typer.Exit(code)

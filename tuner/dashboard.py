@@ -14,9 +14,9 @@ from typing import Any
 
 import optuna
 
+from contract.artifacts import ArtifactDirError, open_artifact_store
 import storage as storage_lib  # `serve` has a keyword argument named storage
 from tuner.study import StudyError, unknown_study
-from worker.artifacts import ArtifactDirError, open_artifact_store
 
 
 class DashboardError(StudyError):

@@ -28,8 +28,7 @@ DEMO_ATTR = "tuner_demo"
 
 def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url: str | None) -> int:
     """Run the local search; return 0 when at least one trial completed."""
-    from worker.synth import write_npz
-
+    from contract.synth import write_npz
     from tuner.export import export_best
     from tuner.status import print_status
 

@@ -20,13 +20,13 @@ import sys
 import optuna
 from optuna.trial import FrozenTrial
 
+from contract import report
+from contract.artifacts import ArtifactDirError, open_artifact_store
+from contract.atomic import replacing
+from contract.config import ConfigError, TrainConfig
+from contract.space import SpaceError
+from contract.study_spec import StudySpec
 from tuner.study import StudyError, load
-from worker import report
-from worker.artifacts import ArtifactDirError, open_artifact_store
-from worker.atomic import replacing
-from worker.config import ConfigError, TrainConfig
-from worker.space import SpaceError
-from worker.study_spec import StudySpec
 
 FORMATS = ("yaml", "json")
 

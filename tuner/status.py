@@ -21,11 +21,11 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
+from contract import report
+from contract.study_spec import SPEC_ATTR, StudySpec
 import storage
 from storage.counts import count_trials
 from tuner.study import open_study
-from worker import report
-from worker.study_spec import SPEC_ATTR, StudySpec
 
 #: The states shown by ``tuner status``, in display order.
 STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL)
@@ -98,7 +98,9 @@ def spec_or_none(study: optuna.Study) -> StudySpec | None:
     """The study's spec, or ``None`` for a study created outside ``tuner`` (still listable)."""
     if SPEC_ATTR not in study.user_attrs:
         return None
-    from tuner.study import load_spec  # raises StudyError for a corrupt spec: worth reporting
+    from tuner.study import (
+        load_spec,  # raises StudyError for a corrupt spec: worth reporting
+    )
 
     return load_spec(study)
 

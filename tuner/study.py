@@ -15,18 +15,18 @@ import socket
 import optuna
 from optuna.storages import RDBStorage
 
+from contract.errors import TunerError
+from contract.space import SearchSpace, SpaceError
+from contract.study_spec import SPEC_ATTR, SpecError, StudySpec
 import storage
 from tuner import __version__
-from worker.space import SearchSpace, SpaceError
-from worker.study_spec import SPEC_ATTR, SpecError, StudySpec
-
 
 #: ``studies.study_name`` is VARCHAR(512) in Optuna's schema.
 MAX_STUDY_NAME = 512
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
-class StudyError(RuntimeError):
+class StudyError(TunerError, RuntimeError):
     """A study-level problem for the user (missing study, existing study, bad inputs)."""
 
 
@@ -57,7 +57,7 @@ def create_study(
     exist_ok: bool = False,
 ) -> str:
     """Create the study and return a one-paragraph summary for the user."""
-    from worker.data import DataError, fingerprint_npz
+    from contract.data import DataError, fingerprint_npz
 
     if overwrite and exist_ok:
         raise StudyError("--overwrite and --exist-ok contradict each other; pick one")

@@ -13,8 +13,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from worker.options import ArtifactDirOpt, StorageOpt
-from worker.options import fail as _fail
+from contract.options import ArtifactDirOpt, CliGroup, StorageOpt
+from contract.options import fail as _fail
 
 # TensorFlow's C++ start-up chatter (no CUDA device, oneDNN notes) buries the progress lines.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=CliGroup,
 )
 
 DataOpt = Annotated[
@@ -54,14 +55,12 @@ def synth_data(
     test: Annotated[int, typer.Option(min=0, help="Unlabelled test images.")] = 0,
 ) -> None:
     """Write a synthetic data set in exactly the challenge's .npz format."""
-    from worker.synth import write_npz
+    from contract.synth import write_npz
 
     if out.suffix != ".npz":
         raise _fail(f"{out}: output must end in .npz")
     try:
         summary = write_npz(out, n, seed=seed, n_aliens=aliens, n_test=test)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"cannot write {out}: {exc.strerror}") from None
     shares = ", ".join(f"{name} {share:.1%}" for name, share in summary["class_shares"].items())
@@ -75,12 +74,9 @@ def synth_data(
 @app.command("inspect-data")
 def inspect_data(data: Annotated[Path, typer.Argument(metavar="DATA.npz", help="The challenge .npz.")]) -> None:
     """Validate a data file and print its size, aliens removed, class shares and fingerprint."""
-    from worker.data import DataError, class_pixel_shares, load_npz
+    from contract.data import class_pixel_shares, load_npz
 
-    try:
-        loaded = load_npz(data)
-    except DataError as exc:
-        raise _fail(str(exc)) from None
+    loaded = load_npz(data)
     shares = ", ".join(f"{c}:{s:.2%}" for c, s in enumerate(class_pixel_shares(loaded.masks)))
     typer.echo(f"images:       {len(loaded)} (aliens removed: {loaded.aliens_removed})")
     typer.echo(f"test images:  {0 if loaded.test_images is None else len(loaded.test_images)}")
@@ -100,9 +96,9 @@ def train(
     """Train one configuration and print its validation mean IoU (classes 1-4)."""
     import json
 
-    from worker.atomic import replacing, writable_problem
-    from worker.config import ConfigError, TrainConfig
-    from worker.data import DataError, load_npz
+    from contract.atomic import replacing, writable_problem
+    from contract.config import TrainConfig
+    from contract.data import load_npz
 
     if save is not None and save.suffix != ".keras":
         raise _fail(f"{save}: --save must end in .keras")
@@ -110,19 +106,13 @@ def train(
         problem = writable_problem(path) if path is not None else None
         if problem:
             raise _fail(f"{option} {path}: {problem}")
-    try:
-        cfg = TrainConfig.load(config)
-        loaded = load_npz(data, max_images=cfg.max_images, seed=cfg.seed, load_test=False)
-    except (ConfigError, DataError) as exc:
-        raise _fail(str(exc)) from None
+    cfg = TrainConfig.load(config)
+    loaded = load_npz(data, max_images=cfg.max_images, seed=cfg.seed, load_test=False)
 
-    from worker.device import DeviceError, configure
-    from worker.train import train as run_training
+    from worker.training.device import configure
+    from worker.training.train import train as run_training
 
-    try:
-        device = configure(gpu, mixed_precision=cfg.mixed_precision)
-    except DeviceError as exc:
-        raise _fail(str(exc)) from None
+    device = configure(gpu, mixed_precision=cfg.mixed_precision)
     result = run_training(cfg, loaded, verbose=not quiet, save_path=save, device=device)
     per_class = ", ".join(
         f"{c}:{v:.4f}" if v == v else f"{c}:n/a" for c, v in result.per_class_iou.items()
@@ -157,23 +147,18 @@ def run(
 
     SIGTERM or Ctrl-C fails the current trial cleanly and queues it again for another worker.
     """
-    from storage import StorageError
-    from worker.data import DataError
-    from worker.runner import RunnerError, run_worker
+    from worker.runner import run_worker
 
-    try:
-        code = run_worker(
-            study_name=study,
-            data_path=data,
-            storage_url=storage,
-            gpu=gpu,
-            max_trials=max_trials,
-            max_failures=max_failures,
-            artifact_dir=artifact_dir,
-            verbose=not quiet,
-        )
-    except (RunnerError, StorageError, DataError) as exc:
-        raise _fail(str(exc)) from None
+    code = run_worker(
+        study_name=study,
+        data_path=data,
+        storage_url=storage,
+        gpu=gpu,
+        max_trials=max_trials,
+        max_failures=max_failures,
+        artifact_dir=artifact_dir,
+        verbose=not quiet,
+    )
     # Every trial is settled; a second SIGTERM (compose, systemd) during interpreter and
     # TensorFlow teardown must not turn a clean exit into 143.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -25,20 +25,21 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
+from contract import report
+from contract.artifacts import ArtifactDirError, open_artifact_store
+from contract.data import MarsData, load_npz
+from contract.errors import TunerError
+from contract.study_spec import SpecError, StudySpec
 import storage
 from storage.retry import with_db_retry
-from worker import report
-from worker.artifacts import ArtifactDirError, open_artifact_store
 from worker.budget import ask_within_budget, budget_lock
-from worker.data import MarsData, load_npz
-from worker.study_spec import SpecError, StudySpec
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
 WAIT_POLL_S = 10.0
 
 
-class RunnerError(RuntimeError):
+class RunnerError(TunerError, RuntimeError):
     """The worker cannot join the study; one line for the user."""
 
 
@@ -136,7 +137,7 @@ def run_worker(
     Raises:
         RunnerError: no such study, or the local data differ from the study's.
         storage.StorageError: database unreachable or without schema.
-        worker.data.DataError: the local data file is invalid.
+        contract.data.DataError: the local data file is invalid.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -162,7 +163,7 @@ def run_worker(
     say(f"data {data_path}: {len(data)} images (aliens removed: {data.aliens_removed}), "
         f"fingerprint {data.fingerprint[:12]} matches the study")
 
-    from worker.device import DeviceError, configure, describe
+    from worker.training.device import DeviceError, configure, describe
 
     try:
         device = configure(gpu)
@@ -290,8 +291,8 @@ class _Runner:
             return "dropped"
 
     def _run_trial(self, trial: optuna.Trial, guard: SignalGuard) -> str:
-        from worker.device import with_precision
-        from worker.train import train
+        from worker.training.device import with_precision
+        from worker.training.train import train
 
         config = self.spec.space.sample(trial)
         device = with_precision(self.device, config.mixed_precision)

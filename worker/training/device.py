@@ -21,11 +21,12 @@ import sys
 import warnings
 from importlib import metadata
 from typing import Any, Literal
+from contract.errors import TunerError
 
 MIXED_PRECISION_MODES = ("auto", "on", "off")
 
 
-class DeviceError(RuntimeError):
+class DeviceError(TunerError, RuntimeError):
     """The requested device cannot be used; the message is one line for the user."""
 
 
@@ -125,10 +126,10 @@ def configure(
 
     Call it before any TensorFlow op runs: TensorFlow fixes visible devices and memory settings
     when its runtime initialises and refuses changes afterwards. It does not set the Keras dtype
-    policy itself (that is global state); :func:`worker.train.train` sets it from
+    policy itself (that is global state); :func:`worker.training.train.train` sets it from
     :attr:`DeviceInfo.policy` around model building.
     """
-    from worker.quiet import native_stderr_captured
+    from worker.training.quiet import native_stderr_captured
 
     with native_stderr_captured():
         import tensorflow as tf

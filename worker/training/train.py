@@ -30,14 +30,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from worker.atomic import replacing
-from worker.config import TrainConfig
-from worker.device import DeviceInfo, describe, plan
+from contract.atomic import replacing
+from contract.config import TrainConfig
+from worker.training.device import DeviceInfo, describe, plan
 
 if TYPE_CHECKING:
     import keras
 
-    from worker.data import MarsData
+    from contract.data import MarsData
 
 EpochCallback = Callable[[int, float], None]
 MONITOR = "val_miou"
@@ -88,7 +88,7 @@ def train(
 
     ``epoch_callback(epoch_index, val_miou)`` runs after every epoch; whatever it raises (for
     example ``optuna.TrialPruned``) stops training and propagates unchanged. ``device`` is what
-    :func:`worker.device.configure` returned; without it the device is detected and
+    :func:`worker.training.device.configure` returned; without it the device is detected and
     ``config.mixed_precision`` decides the precision. ``save_path`` receives the best model as a
     ``.keras`` file, written atomically.
 
@@ -98,11 +98,11 @@ def train(
     import keras
     import tensorflow as tf
 
-    from worker.data import split
-    from worker.losses import class_weights_from_masks, focal_loss
-    from worker.metrics import MeanIoUForeground
-    from worker.model import build_model
-    from worker.pipeline import make_eval_dataset, make_train_dataset
+    from contract.data import split
+    from worker.training.losses import class_weights_from_masks, focal_loss
+    from worker.training.metrics import MeanIoUForeground
+    from worker.training.model import build_model
+    from worker.training.pipeline import make_eval_dataset, make_train_dataset
 
     started = time.perf_counter()
     out = sys.stdout if verbose else None
@@ -232,7 +232,7 @@ def _subsample(
     full and picks the same subset (stratified on big rock, same generator), so both routes
     train on the same images.
     """
-    from worker.data import subset_indices
+    from contract.data import subset_indices
 
     if max_images is None or len(images) <= max_images:
         return images, masks
@@ -244,8 +244,8 @@ def _evaluate(
     model: keras.Model, images: np.ndarray, masks: np.ndarray, batch_size: int, *, tta: bool
 ) -> tuple[float, dict[int, float]]:
     """Numpy mean IoU over classes 1-4 of the model's predictions on the whole split."""
-    from worker.metrics import iou_per_class, mean_iou
-    from worker.pipeline import flip_tta_predict
+    from worker.training.metrics import iou_per_class, mean_iou
+    from worker.training.pipeline import flip_tta_predict
 
     if tta:
         probs = flip_tta_predict(model, images, batch_size)

@@ -14,11 +14,11 @@ from typing import Any
 
 import optuna
 
-from worker.config import TrainConfig
+from contract.config import TrainConfig
 
 CONFIG = "config"  # the full TrainConfig dict the trial trained (sampled + fixed values)
 WORKER = "worker"  # {"host", "pid", "gpu"}: who runs it; status shows host and age
-PROVENANCE = "provenance"  # device, library versions, python: from worker.device.describe
+PROVENANCE = "provenance"  # device, library versions, python: from worker.training.device.describe
 MIOU = "miou"  # final validation mean IoU over classes 1-4 (also the trial's value)
 PER_CLASS_IOU = "per_class_iou"  # {"1": iou, ..., "4": iou}; None for a class absent in both
 EPOCHS_RUN = "epochs_run"
@@ -45,7 +45,7 @@ def record_start(
 
 
 def record_result(trial: optuna.Trial, result: Any) -> None:
-    """Write a :class:`worker.train.TrainResult` (duck-typed to keep TensorFlow out)."""
+    """Write a :class:`worker.training.train.TrainResult` (duck-typed to keep TensorFlow out)."""
     trial.set_user_attr(MIOU, json_safe(result.best_miou))
     trial.set_user_attr(PER_CLASS_IOU, {str(c): json_safe(v) for c, v in result.per_class_iou.items()})
     trial.set_user_attr(EPOCHS_RUN, int(result.epochs_run))

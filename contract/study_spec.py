@@ -13,14 +13,15 @@ from typing import Any
 
 import optuna
 
-from worker.space import SearchSpace, SpaceError
+from contract.space import SearchSpace, SpaceError
+from contract.errors import TunerError
 
 SPEC_ATTR = "tuner_spec"
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "median", "none")
 
 
-class SpecError(ValueError):
+class SpecError(TunerError, ValueError):
     """A study that was not created by ``tuner create`` or has an unusable spec."""
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+from contract.errors import TunerError
 
 if TYPE_CHECKING:
     from optuna.artifacts import FileSystemArtifactStore
 
 
-class ArtifactDirError(RuntimeError):
+class ArtifactDirError(TunerError, RuntimeError):
     """The artifact directory cannot be used; one line for the user."""
 
 

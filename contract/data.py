@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from contract.errors import TunerError
 
 IMAGE_HEIGHT = 64
 IMAGE_WIDTH = 128
@@ -36,7 +37,7 @@ ALIEN_MIN_REPEATS = 5
 _FINGERPRINT_VERSION = b"mars-data-fingerprint-v1\n"
 
 
-class DataError(ValueError):
+class DataError(TunerError, ValueError):
     """A data file or array that cannot be used; the message is one line for the user."""
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import yaml
+from contract.errors import TunerError
 
 MODEL_NAMES = ("multipath", "unet")
 CLASS_WEIGHT_SCHEMES = ("inverse_frequency", "sqrt_inverse_frequency", "uniform")
 
 
-class ConfigError(ValueError):
+class ConfigError(TunerError, ValueError):
     """A training configuration that cannot be used; the message is one line for the user."""
 
 

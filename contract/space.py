@@ -1,6 +1,6 @@
 """The search space file: what the user edits, what each trial samples.
 
-A YAML file with two sections, both keyed by :class:`~worker.config.TrainConfig` field names::
+A YAML file with two sections, both keyed by :class:`~contract.config.TrainConfig` field names::
 
     fixed:                       # the same for every trial
       epochs: 60
@@ -30,13 +30,14 @@ from optuna.distributions import (
 )
 import yaml
 
-from worker.config import ConfigError, TrainConfig, yaml_error_line
+from contract.config import ConfigError, TrainConfig, yaml_error_line
+from contract.errors import TunerError
 
 PARAM_TYPES = ("float", "int", "categorical", "bool")
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-class SpaceError(ValueError):
+class SpaceError(TunerError, ValueError):
     """A search space file that cannot be used; one line naming the parameter and the problem."""
 
 

@@ -20,7 +20,7 @@ sand ~18%, big rock ~0.1-1%).
 "Aliens" mimic the artefact of the real file: ``n_aliens`` images share ONE identical label mask
 while their images differ (and do not match the mask). By default ``n >= 50`` files get
 ``max(6, round(4.2% of n))`` aliens (the real file has 110 of 2615 = 4.2%; 6 is the smallest count
-above ``ALIEN_MIN_REPEATS`` = 5 that :func:`worker.data.load_npz` detects) and smaller files get
+above ``ALIEN_MIN_REPEATS`` = 5 that :func:`contract.data.load_npz` detects) and smaller files get
 none. An explicit ``n_aliens`` of 1..5 is allowed but, by design, is not detected as aliens.
 
 Seeded: the same arguments give identical arrays. ``training_set`` does not depend on
@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.atomic import replacing
-from worker.data import (
+from contract.atomic import replacing
+from contract.data import (
+    DataError,
     ALIEN_MIN_REPEATS,
     CLASS_NAMES,
     IMAGE_HEIGHT as H,
@@ -81,7 +82,7 @@ def generate(
     n_test = _count(n_test, "n_test", minimum=0)
     n_aliens = default_n_aliens(n) if n_aliens is None else _count(n_aliens, "n_aliens", minimum=0)
     if n_aliens > n - 1:
-        raise ValueError(f"n_aliens must leave at least one real image: {n_aliens} of n={n}")
+        raise DataError(f"n_aliens must leave at least one real image: {n_aliens} of n={n}")
 
     train_seq, test_seq = np.random.SeedSequence(seed).spawn(2)
     rng = np.random.default_rng(train_seq)
@@ -154,9 +155,9 @@ def write_npz(
 
 def _count(value, name: str, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise DataError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise DataError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 

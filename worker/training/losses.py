@@ -121,7 +121,7 @@ def class_weights_from_masks(
     """Per-class loss weights from label masks; call it on the **training split only**.
 
     Computing weights from validation (or all) masks leaks validation statistics into training;
-    ``worker.train.train`` passes the training split's masks, before flip augmentation (flips do
+    ``worker.training.train.train`` passes the training split's masks, before flip augmentation (flips do
     not change pixel counts, so the 4x flipped set gives the same normalised weights).
 
     Schemes, before normalisation, with ``n_c`` the pixel count of class ``c``:

@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
+
+from contract.errors import TunerError
 
 StorageOpt = Annotated[
     Optional[str],
@@ -31,3 +34,17 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``error: message`` on stderr and return the Exit to raise."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code)
+
+
+class CliGroup(TyperGroup):
+    """The click group of both CLIs: the one place a :class:`TunerError` becomes ``error: ...``.
+
+    Catching here rather than in ``Typer.__call__`` means Typer's ``CliRunner`` in the tests sees
+    exactly what a user sees.
+    """
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except TunerError as exc:
+            raise fail(str(exc)) from None

@@ -39,7 +39,7 @@ import keras
 from keras import layers
 
 if TYPE_CHECKING:  # pragma: no cover
-    from worker.config import TrainConfig
+    from contract.config import TrainConfig
 
 SE_RATIO = 16
 DILATIONS = (1, 2, 4)
