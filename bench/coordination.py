@@ -48,9 +48,8 @@ from typing import Any
 import uuid
 import warnings
 
-import numpy as np
-
 from _report import write_result  # bench/ is on sys.path when a script runs
+import numpy as np
 
 ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 URL_TEMPLATE = os.environ.get("BENCH_PG_URL_TEMPLATE", "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}")
@@ -74,7 +73,11 @@ def objective(trial: Any) -> float:
 
 
 def _distributions() -> dict[str, Any]:
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
 
     return {
         "learning_rate": FloatDistribution(1e-4, 1e-2, log=True),
@@ -172,10 +175,14 @@ def _worker(mode: str, url: str, study_name: str, seconds: float, index: int,
 
     _quiet()
     if mode == "project":
+        from contract.study_spec import StudySpec
         import storage
         from worker.budget import ask_within_budget
 
-        rdb = storage.open_storage(url)
+        rdb = storage.open_storage(
+            url, heartbeat_interval=StudySpec.heartbeat_interval, grace_period=StudySpec.grace_period,
+            max_retry=StudySpec.max_retry,
+        )
         study = optuna.load_study(study_name=study_name, storage=rdb,
                                   sampler=optuna.samplers.TPESampler(seed=1000 + index))
 
@@ -348,8 +355,8 @@ def run_history(url: str, sizes: list[int], n_asks: int) -> dict[str, Any]:
     import optuna
     from optuna.storages import GrpcStorageProxy
 
-    from storage.counts import count_trials
     import storage
+    from storage.counts import count_trials
 
     out: dict[str, Any] = {"sizes": sizes, "asks_per_point": n_asks, "variants": {}, "count_ms": {}}
     variants = history_variants(url)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+
 from contract.errors import TunerError
 
 if TYPE_CHECKING:

@@ -8,16 +8,25 @@ the seed's configuration (Multipath UNet, ~6.1M parameters, focal gamma 0.5, Ada
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import yaml
+
 from contract.errors import TunerError
 
 MODEL_NAMES = ("multipath", "unet")
 CLASS_WEIGHT_SCHEMES = ("inverse_frequency", "sqrt_inverse_frequency", "uniform")
+
+
+class ConfigFormat(str, enum.Enum):
+    """The two file formats a training config is written and read in."""
+
+    YAML = "yaml"
+    JSON = "json"
 
 
 class ConfigError(TunerError, ValueError):

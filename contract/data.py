@@ -15,13 +15,14 @@ NaN/inf, labels, pixels, then ``test_set``), so a file with several problems rep
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import hashlib
+from pathlib import Path
 import zipfile
 import zlib
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+
 from contract.errors import TunerError
 
 IMAGE_HEIGHT = 64

@@ -7,7 +7,8 @@ One definition each, so a flag and its environment variable mean the same thing 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+import sys
+from typing import Annotated, Any, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -40,8 +41,31 @@ class CliGroup(TyperGroup):
     """The click group of both CLIs: the one place a :class:`TunerError` becomes ``error: ...``.
 
     Catching here rather than in ``Typer.__call__`` means Typer's ``CliRunner`` in the tests sees
-    exactly what a user sees.
+    exactly what a user sees. Usage errors (unknown option, bad choice) get the same one line,
+    with click's exit code 2, instead of a usage box.
     """
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as exc:  # click's ClickException and its usage errors
+            if not standalone_mode:
+                raise
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `tuner` alone: the help is the answer
+                exc.show()
+                sys.exit(0)
+            command = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) else ""
+            message = exc.format_message().replace("Value error, ", "")
+            typer.secho(f"error: {message}{command}", fg=typer.colors.RED, err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            typer.secho("error: aborted", fg=typer.colors.RED, err=True)
+            sys.exit(1)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         try:

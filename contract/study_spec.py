@@ -8,17 +8,35 @@ pruner from it, checks its data against the recorded fingerprint and obeys the s
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 from typing import Any
 
 import optuna
 
-from contract.space import SearchSpace, SpaceError
 from contract.errors import TunerError
+from contract.space import SearchSpace, SpaceError
 
 SPEC_ATTR = "tuner_spec"
-SAMPLERS = ("tpe", "random")
-PRUNERS = ("hyperband", "median", "none")
+
+
+class Sampler(str, enum.Enum):
+    """How workers draw the next configuration (``tuner create --sampler``)."""
+
+    TPE = "tpe"
+    RANDOM = "random"
+
+
+class Pruner(str, enum.Enum):
+    """How workers stop unpromising trials early, on epochs (``tuner create --pruner``)."""
+
+    HYPERBAND = "hyperband"
+    MEDIAN = "median"
+    NONE = "none"
+
+
+SAMPLERS = tuple(s.value for s in Sampler)
+PRUNERS = tuple(p.value for p in Pruner)
 
 
 class SpecError(TunerError, ValueError):
@@ -27,12 +45,14 @@ class SpecError(TunerError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class StudySpec:
+    """The study's settings; its field defaults are the only defaults ``tuner create`` knows."""
+
     space: SearchSpace
     data_fingerprint: str
     n_trials: int
-    sampler: str = "tpe"
+    sampler: str = Sampler.TPE.value
     seed: int = 0
-    pruner: str = "hyperband"
+    pruner: str = Pruner.HYPERBAND.value
     min_epochs: int = 1
     heartbeat_interval: int = 30
     grace_period: int = 120
@@ -115,7 +135,7 @@ class StudySpec:
         if worker_key:
             digest = hashlib.sha256(f"{self.seed}:{worker_key}".encode()).digest()
             seed = int.from_bytes(digest[:4], "little")
-        if self.sampler == "random":
+        if self.sampler == Sampler.RANDOM:
             return optuna.samplers.RandomSampler(seed=seed)
         return optuna.samplers.TPESampler(seed=seed)
 
@@ -125,11 +145,11 @@ class StudySpec:
         ``min_epochs`` is the least a trial trains before it can be pruned (Hyperband's minimum
         resource, the median pruner's warm-up): raise it when early epochs say little.
         """
-        if self.pruner == "hyperband":
+        if self.pruner == Pruner.HYPERBAND:
             return optuna.pruners.HyperbandPruner(
                 min_resource=self.min_epochs, max_resource=self.space.max_epochs, reduction_factor=3
             )
-        if self.pruner == "median":
+        if self.pruner == Pruner.MEDIAN:
             return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=self.min_epochs)
         return optuna.pruners.NopPruner()
 

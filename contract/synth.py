@@ -36,14 +36,18 @@ import numpy as np
 
 from contract.atomic import replacing
 from contract.data import (
-    DataError,
     ALIEN_MIN_REPEATS,
     CLASS_NAMES,
-    IMAGE_HEIGHT as H,
-    IMAGE_WIDTH as W,
+    DataError,
     alien_mask_flags,
     class_pixel_shares,
     has_big_rock,
+)
+from contract.data import (
+    IMAGE_HEIGHT as H,
+)
+from contract.data import (
+    IMAGE_WIDTH as W,
 )
 
 ALIEN_FRACTION = 0.042  # 110 / 2615 in the real file

@@ -9,7 +9,7 @@ from storage.errors import StorageError
 from storage.factory import open_storage
 from storage.health import Health, check
 from storage.heartbeat import Heartbeat, adopt_orphans, fail_stale_trials
-from storage.schema import current_revision, init_schema, schema_exists
+from storage.schema import current_revision, init_schema
 from storage.url import default_sqlite_url, mask_url, resolve_url
 
 __all__ = [
@@ -25,5 +25,4 @@ __all__ = [
     "mask_url",
     "open_storage",
     "resolve_url",
-    "schema_exists",
 ]

@@ -19,20 +19,19 @@ from storage.errors import StorageError
 from storage.schema import connection_error, current_revision
 from storage.url import mask_url
 
-HEARTBEAT_INTERVAL_S = 30
-GRACE_PERIOD_S = 120
-MAX_RETRY = 2
-
 
 def open_storage(
     url: str,
     *,
-    heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
-    grace_period: int | None = GRACE_PERIOD_S,
-    max_retry: int | None = MAX_RETRY,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int | None = None,
     role: str = "worker",
 ) -> RDBStorage:
     """Return an ``RDBStorage`` with our engine and heartbeat settings.
+
+    Without ``heartbeat_interval`` the storage sends no heartbeats (readers, the coordinator);
+    workers pass their study's values, whose defaults live in ``contract.study_spec.StudySpec``.
 
     Args:
         url: a resolved URL (see :func:`storage.url.resolve_url`).

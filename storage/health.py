@@ -6,7 +6,6 @@ import dataclasses
 import functools
 
 from optuna.storages import RDBStorage
-
 import sqlalchemy
 from sqlalchemy.engine import make_url
 

@@ -64,10 +64,6 @@ def current_revision(url: str) -> str | None:
         engine.dispose()
 
 
-def schema_exists(url: str) -> bool:
-    return current_revision(url) is not None
-
-
 def init_schema(url: str) -> str:
     """Create the schema if needed, safely under concurrency, and return its revision.
 

@@ -64,15 +64,15 @@ def test_create_stores_spec_and_refuses_to_overwrite(pg_url, npz):
     "args, message",
     [
         (["--space", "/nonexistent/space.yaml"], "cannot read search space"),
-        (["--pruner", "asha"], "pruner must be one of"),
-        (["--sampler", "cmaes"], "sampler must be one of"),
+        (["--pruner", "asha"], "'asha' is not one of 'hyperband', 'median', 'none'"),
+        (["--sampler", "cmaes"], "'cmaes' is not one of 'tpe', 'random'"),
         (["--heartbeat-interval", "60", "--grace-period", "30"], "grace period (30s) must exceed"),
         (["--min-epochs", "201"], "min epochs before pruning must be in 1..200"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(pg_url, npz, args, message):
     result = tuner("create", "s", "--data", str(npz), *args, url=pg_url)
-    assert result.returncode == 1
+    assert result.returncode in (1, 2)  # 2: a usage error click found (bad choice)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert storage.current_revision(pg_url) is None  # validated before touching the database

@@ -16,7 +16,6 @@ import storage
 from storage.engine import engine_kwargs
 from storage.url import mask_url, resolve_url, scrub
 
-
 # --- URL resolution -----------------------------------------------------------------------
 
 
@@ -166,9 +165,10 @@ def test_workers_never_create_tables(pg_url):
 
 def test_open_storage_uses_small_pool(pg_url):
     storage.init_schema(pg_url)
-    rdb = storage.open_storage(pg_url)
+    rdb = storage.open_storage(pg_url, heartbeat_interval=7, grace_period=20, max_retry=1)
     assert rdb.engine.pool.size() <= 2
-    assert rdb.get_heartbeat_interval() == storage.factory.HEARTBEAT_INTERVAL_S
+    assert rdb.get_heartbeat_interval() == 7
+    assert storage.open_storage(pg_url).get_heartbeat_interval() is None  # readers never beat
 
 
 # --- health -------------------------------------------------------------------------------

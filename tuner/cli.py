@@ -11,8 +11,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from contract.config import ConfigFormat
 from contract.options import ArtifactDirOpt, CliGroup, StorageOpt
 from contract.options import fail as _fail
+from contract.study_spec import Pruner, Sampler, StudySpec
 
 app = typer.Typer(
     name="tuner",
@@ -98,18 +100,28 @@ def create(
     space: Annotated[
         Optional[Path], typer.Option(help="Search-space YAML. Default: the seed's ranges (shipped).")
     ] = None,
-    trials: Annotated[int, typer.Option(min=1, help="Trial budget for the whole study, across all workers.")] = 50,
-    sampler: Annotated[str, typer.Option(help="tpe or random.")] = "tpe",
-    seed: Annotated[int, typer.Option(help="Sampler seed (each worker derives its own from it).")] = 0,
-    pruner: Annotated[str, typer.Option(help="hyperband, median or none (resource: epochs).")] = "hyperband",
+    trials: Annotated[
+        int, typer.Option(min=1, help="Trial budget for the whole study, across all workers.")
+    ] = 50,
+    sampler: Annotated[Sampler, typer.Option(case_sensitive=False, help="How workers draw configurations.")] = Sampler(
+        StudySpec.sampler
+    ),
+    seed: Annotated[int, typer.Option(help="Sampler seed (each worker derives its own from it).")] = StudySpec.seed,
+    pruner: Annotated[
+        Pruner, typer.Option(case_sensitive=False, help="Early stopping of unpromising trials (resource: epochs).")
+    ] = Pruner(StudySpec.pruner),
     min_epochs: Annotated[
         int, typer.Option(min=1, help="Epochs a trial trains before it can be pruned (Hyperband's min resource).")
-    ] = 1,
-    heartbeat_interval: Annotated[int, typer.Option(min=1, help="Seconds between worker heartbeats.")] = 30,
+    ] = StudySpec.min_epochs,
+    heartbeat_interval: Annotated[
+        int, typer.Option(min=1, help="Seconds between worker heartbeats.")
+    ] = StudySpec.heartbeat_interval,
     grace_period: Annotated[
         int, typer.Option(min=1, help="Seconds without heartbeat before a running trial is failed and retried.")
-    ] = 120,
-    max_retry: Annotated[int, typer.Option(min=0, help="How often a trial of a dead worker is retried.")] = 2,
+    ] = StudySpec.grace_period,
+    max_retry: Annotated[
+        int, typer.Option(min=0, help="How often a trial of a dead worker is retried.")
+    ] = StudySpec.max_retry,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing study of that name first.")] = False,
     exist_ok: Annotated[
         bool, typer.Option("--exist-ok", help="If the study exists, keep it and exit 0 (for re-runnable init jobs).")
@@ -126,9 +138,9 @@ def create(
         fingerprint=fingerprint,
         space_path=space,
         trials=trials,
-        sampler=sampler,
+        sampler=sampler.value,
         seed=seed,
-        pruner=pruner,
+        pruner=pruner.value,
         min_epochs=min_epochs,
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
@@ -159,7 +171,8 @@ def status(name: Annotated[str, typer.Argument(metavar="NAME", help="Study name.
 def export(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Study name.")],
     format: Annotated[
-        Optional[str], typer.Option("--format", help="yaml or json. Default: from the -o suffix, else yaml.")
+        Optional[ConfigFormat],
+        typer.Option("--format", case_sensitive=False, help="Default: from the -o suffix, else yaml."),
     ] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
     model: Annotated[
@@ -172,7 +185,7 @@ def export(
     """Export the best trial's full training config, readable by `worker train --config`."""
     from tuner.export import export_best
 
-    export_best(name, storage=storage, fmt=format, output=output, model=model, artifact_dir=artifact_dir)
+    export_best(name, storage=storage, fmt=format.value if format else None, output=output, model=model, artifact_dir=artifact_dir)
 
 
 @app.command()

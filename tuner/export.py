@@ -23,12 +23,12 @@ from optuna.trial import FrozenTrial
 from contract import report
 from contract.artifacts import ArtifactDirError, open_artifact_store
 from contract.atomic import replacing
-from contract.config import ConfigError, TrainConfig
+from contract.config import ConfigError, ConfigFormat, TrainConfig
 from contract.space import SpaceError
 from contract.study_spec import StudySpec
 from tuner.study import StudyError, load
 
-FORMATS = ("yaml", "json")
+FORMATS = tuple(f.value for f in ConfigFormat)
 
 
 def export_best(
