@@ -7,10 +7,8 @@ Studies live in SQLite files under ``tmp_path``: the defects are in parsing, not
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 import subprocess
-import sys
 from typing import Any
 
 import optuna
@@ -19,25 +17,21 @@ import pytest
 from contract.config import ConfigError, TrainConfig
 from contract.study_spec import SPEC_ATTR, SpecError, StudySpec
 from contract.synth import write_npz
+from helpers import one_error_line as _one_error_line
+from helpers import run_cli
 import storage
 from tuner.study import create_study
 
-BIN = Path(sys.executable).parent
 BINARY = bytes(range(128, 256))  # not UTF-8 anywhere
 
 
 def run(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "TUNER_STORAGE"}
-    return subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd, env={**env, "TUNER_HOME": str(cwd / "tuner-home")})
+    # The embedded default under cwd, whatever TUNER_STORAGE the environment has.
+    return run_cli(tool, *args, cwd=cwd, env={"TUNER_STORAGE": None, "TUNER_HOME": str(cwd / "tuner-home")})
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
+    return _one_error_line(result.stderr, result.returncode)
 
 
 @pytest.fixture(scope="module")

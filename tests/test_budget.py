@@ -27,6 +27,7 @@ def _drain(url: str, n_trials: int) -> int:
         ran += 1
 
 
+@pytest.mark.slow
 def test_eight_processes_never_overrun_the_budget(pg_url):
     storage.init_schema(pg_url)
     optuna.create_study(storage=storage.open_storage(pg_url, heartbeat_interval=None), study_name="b")

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 import subprocess
-import sys
 
 import pytest
 
-BIN = Path(sys.executable).parent
+from helpers import run_cli
 
 
-def tuner(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "tuner"), *args], capture_output=True, text=True, timeout=120,
-        env={**os.environ, **(env or {})},
-    )
+def tuner(*args: str, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli("tuner", *args, env=env, timeout=120)
 
 
 def test_version():
@@ -24,6 +18,7 @@ def test_version():
     assert result.returncode == 0 and result.stdout.startswith("tuner ")
 
 
+@pytest.mark.slow
 def test_db_init_then_check_on_postgres(pg_url):
     assert tuner("db", "check", "--storage", pg_url).returncode == 1
     init = tuner("db", "init", "--storage", pg_url)
@@ -44,6 +39,7 @@ def test_unreachable_database_is_one_masked_line(command):
     assert "schema:" not in result.stdout  # nothing is known about an unreachable database
 
 
+@pytest.mark.slow
 def test_read_only_commands_leave_no_database_file(tmp_path):
     url = f"sqlite:///{tmp_path / 'new.db'}"
     listed = tuner("list", "--storage", url)
@@ -54,6 +50,7 @@ def test_read_only_commands_leave_no_database_file(tmp_path):
     assert not (tmp_path / "new.db").exists()
 
 
+@pytest.mark.slow
 def test_embedded_default_needs_no_server(tmp_path):
     env = {"TUNER_HOME": str(tmp_path / "home"), "TUNER_STORAGE": ""}
     assert tuner("db", "init", env=env).returncode == 0

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 import subprocess
-import sys
 
 import optuna
 import pytest
@@ -13,15 +11,13 @@ import pytest
 from contract.data import fingerprint_npz
 from contract.study_spec import StudySpec
 from contract.synth import write_npz
+from helpers import run_cli
 import storage
 from tuner.study import StudyError, create_study
 
-BIN = Path(sys.executable).parent
-
 
 def tuner(*args: str, url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "tuner"), *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "TUNER_STORAGE": url})
+    return run_cli("tuner", *args, env={"TUNER_STORAGE": url}, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +31,7 @@ def _load(url: str, name: str = "s") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage.open_storage(url, heartbeat_interval=None))
 
 
+@pytest.mark.slow
 def test_create_stores_spec_and_refuses_to_overwrite(pg_url, npz):
     result = tuner("create", "s", "--data", str(npz), "--trials", "12", "--seed", "7",
                    "--pruner", "median", "--min-epochs", "4", url=pg_url)

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import subprocess
-import sys
 
 import optuna
+import pytest
 import yaml
 
 from contract.config import TrainConfig
+from helpers import BIN
 import storage
 from tuner.demo import DEMO_ATTR
 from tuner.study import create_study
 
-BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow  # real worker processes train models
 
 
 def test_demo_runs_a_local_search_and_prints_the_best_config(tmp_path):

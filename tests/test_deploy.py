@@ -15,7 +15,6 @@ from pathlib import Path
 import re
 import shlex
 import subprocess
-import sys
 import tomllib
 from typing import Any
 
@@ -23,6 +22,7 @@ import pytest
 from sqlalchemy.engine import make_url
 import yaml
 
+from helpers import BIN
 from storage.url import ENV_PASSWORD_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,6 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCS = ROOT / "docs" / "deployment.md"
 DOC_FILES = (DOCS, ROOT / "README.md")  # every document whose commands users copy
-BIN = Path(sys.executable).parent
 SECRET_DIR = "/run/secrets/"
 TEAM_URL = "postgresql://tuner@coordinator.example.org:5432/optuna"
 
@@ -389,6 +388,7 @@ def test_team_and_coordinator_workers_are_the_same_worker():
 # --- Commands against the real CLIs ----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("load_file", [coordinator, team], ids=["coordinator", "team"])
 def test_compose_commands_use_only_real_flags_and_cover_required_options(load_file):
     compose = load_file()
@@ -430,6 +430,7 @@ def test_artifact_dir_is_shared_between_coordinator_workers_and_dashboard():
         assert "env var: TUNER_ARTIFACT_DIR" in help_text(*cmd), cmd
 
 
+@pytest.mark.slow
 def test_docs_commands_use_only_real_flags():
     commands = docs_commands()
     seen = {" ".join(split_cli(words)[0]) for words in commands}

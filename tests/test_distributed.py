@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 import signal
 import subprocess
-import sys
 import time
 import zipfile
 
@@ -22,9 +21,11 @@ import yaml
 
 from contract import report
 from contract.synth import write_npz
+from helpers import BIN, run_cli
 import storage
 
-BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow  # real worker processes train models
+
 TINY_SPACE = {
     "fixed": {
         "model": "multipath", "depth": 2, "base_filters": 4, "conventional_filters": 8,
@@ -54,10 +55,7 @@ def _space(tmp_path: Path, epochs: int) -> Path:
 
 
 def _cli(name: str, *args: str, url: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / name), *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "TUNER_STORAGE": url},
-    )
+    return run_cli(name, *args, env={"TUNER_STORAGE": url}, timeout=timeout)
 
 
 def _create(url: str, tmp_path: Path, npz: Path, *, trials: int, epochs: int = 2, **options: str) -> None:

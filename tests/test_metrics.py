@@ -196,6 +196,7 @@ def test_metric_is_serialisable() -> None:
     assert clone.name == "val_thing" and clone.classes == (1, 2, 3, 4)
 
 
+@pytest.mark.slow
 def test_metric_inside_model_fit_with_jit_compile() -> None:
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -221,6 +222,7 @@ def test_metric_inside_model_fit_with_jit_compile() -> None:
     np.testing.assert_allclose(logs["miou"], mean_iou(y[12:], pred), rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # Keras' save
 def test_compiled_model_with_loss_and_metric_saves_and_loads(tmp_path) -> None:
     rng = np.random.default_rng(1)

@@ -144,6 +144,7 @@ def test_output_stays_float32_under_mixed_precision() -> None:
     np.testing.assert_allclose(out.sum(axis=-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # Keras' save
 def test_saved_model_loads_and_predicts_the_same(tmp_path) -> None:
     model = build_multipath_unet(**TINY)

@@ -145,6 +145,7 @@ def _init_in_child(url: str) -> str:
     return storage.init_schema(url)
 
 
+@pytest.mark.slow
 def test_schema_created_once_under_eight_concurrent_processes(pg_url):
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=8, mp_context=ctx) as pool:
@@ -192,6 +193,7 @@ def test_check_unreachable_host_masks_password():
 # --- heartbeats and recovery ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_heartbeat_thread_keeps_trial_alive_and_stale_trial_is_retried(pg_url):
     storage.init_schema(pg_url)

@@ -11,10 +11,8 @@ import dataclasses
 import datetime
 import json
 import os
-from pathlib import Path
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -31,12 +29,13 @@ import yaml
 from contract import report
 from contract.config import ConfigError, TrainConfig
 from contract.study_spec import StudySpec
+from helpers import BIN
 import storage
 from storage.counts import count_trials
 from tuner import dashboard, export, status
 from tuner.study import StudyError, create_study
 
-TUNER = Path(sys.executable).parent / "tuner"
+TUNER = BIN / "tuner"
 FINGERPRINT = "ab" * 32
 
 
@@ -397,6 +396,7 @@ def _get(url: str) -> tuple[int, object]:
         return exc.code, None
 
 
+@pytest.mark.slow
 def test_dashboard_app_serves_the_study(pg_url):
     b = _mixed(pg_url)
     study_id = b.rdb.get_study_id_from_name("mars")
@@ -468,6 +468,7 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(TUNER), *args], capture_output=True, text=True, timeout=120, env=env)
 
 
+@pytest.mark.slow
 def test_cli_dashboard_comes_up(pg_url):
     b = Builder(pg_url, "mars")
     study_id = b.rdb.get_study_id_from_name("mars")
@@ -495,6 +496,7 @@ def test_cli_dashboard_comes_up(pg_url):
     assert f"http://127.0.0.1:{port}/dashboard/studies/{study_id}" in out
 
 
+@pytest.mark.slow
 def test_cli_status_list_export(pg_url, tmp_path):
     b = _mixed(pg_url)
     number, value = b.best()

@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import yaml
 
 from contract.data import load_npz
-
-BIN = Path(sys.executable).parent
+from helpers import one_error_line, run_cli
 
 
 def worker(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "worker"), *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd, env={**os.environ})
+    return run_cli("worker", *args, cwd=cwd)
 
 
 def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, result.stdout + result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
+    return one_error_line(result.stderr, result.returncode)
 
 
 def test_synth_data_writes_the_challenge_format_and_inspect_reads_it(tmp_path):
@@ -82,6 +74,7 @@ def test_train_bad_config_is_one_line_and_writes_nothing(tmp_path, npz, config_t
     assert not save.exists()
 
 
+@pytest.mark.slow
 def test_train_bad_data_and_paths(tmp_path, npz):
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump({"epochs": 1}))
@@ -104,6 +97,7 @@ def test_train_bad_data_and_paths(tmp_path, npz):
     assert "--save" in line and "is a file, not a directory" in line
 
 
+@pytest.mark.slow
 def test_train_on_a_gpu_this_machine_lacks_is_one_line(tmp_path, npz):
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump({"epochs": 1}))

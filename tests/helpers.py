@@ -1,0 +1,39 @@
+"""What the test modules share: the installed CLIs as real processes, and the one-line-error check.
+
+Tests that only check arguments and error lines use Typer's ``CliRunner`` in-process; these run the
+console scripts as a user does, for tests that need a real process (signals, exit codes, stderr).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+#: The venv's ``bin`` directory holding the ``tuner`` and ``worker`` console scripts.
+BIN = Path(sys.executable).parent
+
+
+def run_cli(
+    tool: str,
+    *args: str,
+    env: dict[str, str | None] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``tool`` (``tuner`` or ``worker``) to completion; ``env`` adds to ours (None removes)."""
+    merged = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [str(BIN / tool), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+        env={k: v for k, v in merged.items() if v is not None},
+    )
+
+
+def one_error_line(output: str, exit_code: int, *, expected: int = 1) -> str:
+    """Assert the project's error contract (one ``error:`` line, no traceback) and return the line."""
+    assert exit_code == expected, output
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    return lines[0]
