@@ -17,6 +17,16 @@ from sqlalchemy.engine import make_url
 POOL_SIZE = 2
 MAX_OVERFLOW = 2
 CONNECT_TIMEOUT_S = 10
+# A peer that vanished (machine off, network partition) is noticed in about idle + 3 x interval
+# seconds instead of the kernel's two hours, by the client (libpq) and by the server (GUCs).
+KEEPALIVES_IDLE_S = 10
+KEEPALIVES_INTERVAL_S = 5
+KEEPALIVES_COUNT = 3
+# No statement of ours takes a minute; one that waits that long is stuck behind a frozen session.
+STATEMENT_TIMEOUT_MS = 60_000
+LOCK_TIMEOUT_MS = 30_000
+# A frozen process must not keep row locks: its open transaction is ended by the server.
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
 SQLITE_BUSY_TIMEOUT_S = 60
 
 
@@ -38,6 +48,27 @@ def engine_kwargs(url: str, *, role: str = "worker") -> dict[str, Any]:
             "max_overflow": int(os.environ.get("TUNER_MAX_OVERFLOW", MAX_OVERFLOW)),
             "pool_pre_ping": True,
             "pool_recycle": 1800,
-            "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": app},
+            "connect_args": {
+                "connect_timeout": CONNECT_TIMEOUT_S, "application_name": app, **_keepalive_args(),
+            },
         }
     return {"pool_pre_ping": True}
+
+
+def _keepalive_args() -> dict[str, Any]:
+    """libpq keepalives plus the server-side timeouts, as psycopg2 ``connect`` arguments."""
+    server = {
+        "tcp_keepalives_idle": KEEPALIVES_IDLE_S,
+        "tcp_keepalives_interval": KEEPALIVES_INTERVAL_S,
+        "tcp_keepalives_count": KEEPALIVES_COUNT,
+        "statement_timeout": STATEMENT_TIMEOUT_MS,
+        "lock_timeout": LOCK_TIMEOUT_MS,
+        "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT_MS,
+    }
+    return {
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVES_IDLE_S,
+        "keepalives_interval": KEEPALIVES_INTERVAL_S,
+        "keepalives_count": KEEPALIVES_COUNT,
+        "options": " ".join(f"-c {name}={value}" for name, value in server.items()),
+    }

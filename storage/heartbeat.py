@@ -24,9 +24,13 @@ _logger = logging.getLogger(__name__)
 class Heartbeat:
     """Context manager: ``with Heartbeat(storage, trial_id): train()``."""
 
-    def __init__(self, storage: RDBStorage, trial_id: int, interval: float | None = None) -> None:
+    def __init__(
+        self, storage: RDBStorage, trial_id: int, interval: float | None = None, *, number: int | None = None
+    ) -> None:
         self._storage = storage
         self._trial_id = trial_id
+        # Users know trials by number (status, dashboard); the id is only the database's key.
+        self._label = f"trial {number}" if number is not None else f"trial id {trial_id}"
         self._interval = float(interval or storage.get_heartbeat_interval() or 0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -66,11 +70,11 @@ class Heartbeat:
             self.beats += 1
         except Exception as exc:  # noqa: BLE001 - any DB error must not kill the trial
             self.failures += 1
-            _logger.warning("heartbeat for trial %d failed: %s", self._trial_id, type(exc).__name__)
+            _logger.warning("heartbeat for %s failed: %s", self._label, type(exc).__name__)
 
 
 _ORPHANS = sqlalchemy.text(
-    "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+    "SELECT t.trial_id, t.number FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
     "WHERE t.study_id = :sid AND t.state = 'RUNNING' AND h.trial_id IS NULL"
 )
 
@@ -87,11 +91,11 @@ def adopt_orphans(storage: RDBStorage, study_id: int) -> list[int]:
     that is alive after all simply keeps beating it.
     """
     with storage.engine.connect() as conn:
-        orphans = [int(row[0]) for row in conn.execute(_ORPHANS, {"sid": study_id})]
-    for trial_id in orphans:
+        rows = [(int(row[0]), int(row[1])) for row in conn.execute(_ORPHANS, {"sid": study_id})]
+    for trial_id, number in rows:
         storage.record_heartbeat(trial_id)  # Optuna ignores the duplicate if its owner beat first
-        _logger.warning("trial %d had no heartbeat (its worker died right after asking); adopted", trial_id)
-    return orphans
+        _logger.warning("trial %d had no heartbeat (its worker died right after asking); adopted", number)
+    return [trial_id for trial_id, _ in rows]
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

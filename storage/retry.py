@@ -2,7 +2,9 @@
 
 A worker that has trained for an hour must not crash because PostgreSQL restarted at the moment
 it reports. ``pool_pre_ping`` replaces dead pooled connections; this module retries the call
-itself, with exponential backoff, for errors that mean "the database is not there right now".
+itself, with exponential backoff, for errors that mean "the database is not there right now",
+until the whole ``max_wait_s`` (the study's grace period) has passed: the last try is made at the
+deadline, not one back-off step before it.
 """
 
 from __future__ import annotations
@@ -20,17 +22,45 @@ _logger = logging.getLogger(__name__)
 
 # Connection-level failures. IntegrityError and friends are real bugs and are not retried.
 _TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+# A session whose connection died mid-transaction answers the next call with PendingRollbackError
+# until it is rolled back (Optuna's scoped session does that on the way out): worth one more try.
+_TRANSIENT_AFTER_LOSS = (sqlalchemy.exc.PendingRollbackError,)
+# The same, raised by the driver itself where SQLAlchemy did not wrap it (class names of DB-API 2).
+_DBAPI_TRANSIENT_NAMES = {"OperationalError", "InterfaceError"}
+_MAX_CHAIN = 8
+
+
+class DatabaseUnavailable(Exception):
+    """Marker base for errors that mean the database was unreachable (see :func:`is_transient`)."""
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for errors caused by an unreachable or restarting database."""
-    if isinstance(exc, _TRANSIENT):
+    """True for errors caused by an unreachable or restarting database, or a killed connection.
+
+    Follows the ``__cause__`` / ``__context__`` chain: Optuna wraps commit-time SQLAlchemy errors
+    in ``StorageInternalError``, and a killed connection often surfaces as
+    OperationalError -> PendingRollbackError -> StorageInternalError.
+    """
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < _MAX_CHAIN:
+        if _is_transient_one(current):
+            return True
+        if not isinstance(current, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)):
+            return False  # only look through database wrappers, not any error raised while handling one
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False
+
+
+def _is_transient_one(exc: BaseException) -> bool:
+    if isinstance(exc, (*_TRANSIENT, *_TRANSIENT_AFTER_LOSS, DatabaseUnavailable)):
         return True
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
         return True
-    # Optuna wraps commit-time SQLAlchemy errors in StorageInternalError.
-    if isinstance(exc, optuna.exceptions.StorageInternalError):
-        return exc.__cause__ is not None and is_transient(exc.__cause__)
+    module = type(exc).__module__ or ""
+    if module.split(".")[0] in ("psycopg2", "psycopg"):
+        return any(cls.__name__ in _DBAPI_TRANSIENT_NAMES for cls in type(exc).__mro__)
     return False
 
 
@@ -44,7 +74,8 @@ def with_db_retry(
 ) -> T:
     """Run ``call``; on a transient database error, wait and try again for up to ``max_wait_s``.
 
-    ``on_retry`` receives a one-line message per retry (workers print it). The last error is
+    ``on_retry`` receives a one-line message per retry (workers print it); without it the line
+    goes to this module's logger, so each retry is reported exactly once. The last error is
     re-raised when the time is up.
     """
     deadline = time.monotonic() + max_wait_s
@@ -53,11 +84,14 @@ def with_db_retry(
         try:
             return call()
         except Exception as exc:
-            if not is_transient(exc) or time.monotonic() + delay > deadline:
+            left = deadline - time.monotonic()
+            if not is_transient(exc) or left <= 0:
                 raise
-            message = f"database unavailable during {what} ({type(exc).__name__}); retrying in {delay:.0f}s"
-            _logger.warning(message)
+            wait = min(delay, left)
+            message = f"database unavailable during {what} ({type(exc).__name__}); retrying in {wait:.0f}s"
             if on_retry is not None:
                 on_retry(message)
-            time.sleep(delay)
+            else:
+                _logger.warning(message)
+            time.sleep(wait)
             delay = min(delay * 2, 30.0)

@@ -11,19 +11,24 @@ from importlib import resources
 from pathlib import Path
 import re
 import socket
+import uuid
 
 import optuna
 from optuna.storages import RDBStorage
+import sqlalchemy
 
 from contract.errors import TunerError
 from contract.space import SearchSpace, SpaceError
 from contract.study_spec import SPEC_ATTR, SpecError, StudySpec
 import storage
+from storage.locks import named_lock
 from tuner import __version__
 
 #: ``studies.study_name`` is VARCHAR(512) in Optuna's schema.
 MAX_STUDY_NAME = 512
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+#: The private name a study has while ``tuner create`` builds it.
+BUILDING_PREFIX = ".mars-tuner-building-"
 
 
 class StudyError(TunerError, RuntimeError):
@@ -92,37 +97,25 @@ def create_study(
     storage.init_schema(url)
     rdb = storage.open_storage(url, heartbeat_interval=None, role="coordinator")
     try:
-        existing = {s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)}
-        if name in existing:
-            if exist_ok:
-                spec_existing = load_spec(optuna.load_study(study_name=name, storage=rdb))
-                if spec_existing.data_fingerprint != spec.data_fingerprint:
+        # One creator at a time per name (compose's init job may run twice at once), and the
+        # study appears under its name only when complete (see _create_complete).
+        with named_lock(url, f"mars-tuner:create:{name}"):
+            existing = {s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)}
+            if name in existing:
+                if exist_ok:
+                    spec_existing = load_spec(optuna.load_study(study_name=name, storage=rdb))
+                    if spec_existing.data_fingerprint != spec.data_fingerprint:
+                        raise StudyError(
+                            f"study {name!r} exists with a different data fingerprint "
+                            f"({spec_existing.data_fingerprint[:12]} vs {spec.data_fingerprint[:12]})"
+                        )
+                    return f"study {name!r} already exists in {storage.mask_url(url)}; kept as is"
+                if not overwrite:
                     raise StudyError(
-                        f"study {name!r} exists with a different data fingerprint "
-                        f"({spec_existing.data_fingerprint[:12]} vs {spec.data_fingerprint[:12]})"
+                        f"study {name!r} already exists in {storage.mask_url(url)}; "
+                        "use --overwrite to replace it or --exist-ok to keep it"
                     )
-                return f"study {name!r} already exists in {storage.mask_url(url)}; kept as is"
-            if not overwrite:
-                raise StudyError(
-                    f"study {name!r} already exists in {storage.mask_url(url)}; "
-                    "use --overwrite to replace it or --exist-ok to keep it"
-                )
-            optuna.delete_study(study_name=name, storage=rdb)
-        study = optuna.create_study(
-            storage=rdb, study_name=name, direction="maximize",
-            sampler=spec.make_sampler(), pruner=spec.make_pruner(),
-        )
-        try:
-            study.set_user_attr(SPEC_ATTR, spec.to_attr())
-            study.set_user_attr("created", {
-                "by": socket.gethostname(),
-                "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "tuner_version": __version__,
-                "optuna_version": optuna.__version__,
-            })
-        except Exception:
-            optuna.delete_study(study_name=name, storage=rdb)  # never leave a study without spec
-            raise
+            _create_complete(rdb, name, spec, replace=name in existing)
     finally:
         rdb.engine.dispose()
     return (
@@ -130,6 +123,39 @@ def create_study(
         f"{len(space.params)} searched parameters, sampler {sampler} (seed {seed}), pruner {pruner} "
         f"(max {space.max_epochs} epochs), data {fingerprint[:12]}"
     )
+
+
+def _create_complete(rdb: RDBStorage, name: str, spec: StudySpec, *, replace: bool) -> None:
+    """Create the study with its spec, visible under ``name`` only once it is whole.
+
+    Optuna creates a study and sets its attributes in separate transactions, so a worker could
+    load a study without a spec. The study is built under a private name and renamed in one
+    statement. Replacing deletes the old study first: its workers then stop ("replaced or
+    deleted") instead of writing into the new one.
+    """
+    building = f"{BUILDING_PREFIX}{uuid.uuid4().hex}"
+    study = optuna.create_study(
+        storage=rdb, study_name=building, direction="maximize",
+        sampler=spec.make_sampler(), pruner=spec.make_pruner(),
+    )
+    try:
+        study.set_user_attr(SPEC_ATTR, spec.to_attr())
+        study.set_user_attr("created", {
+            "by": socket.gethostname(),
+            "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "tuner_version": __version__,
+            "optuna_version": optuna.__version__,
+        })
+        if replace:
+            optuna.delete_study(study_name=name, storage=rdb)
+        with rdb.engine.begin() as conn:
+            conn.execute(
+                sqlalchemy.text("UPDATE studies SET study_name = :name WHERE study_id = :id"),
+                {"name": name, "id": study._study_id},
+            )
+    except BaseException:
+        optuna.delete_study(study_name=building, storage=rdb)  # never leave a half-made study
+        raise
 
 
 def check_study_name(name: str) -> None:

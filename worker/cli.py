@@ -142,6 +142,13 @@ def run(
     max_failures: Annotated[int, typer.Option(min=1, help="Stop after this many failed trials in a row.")] = 3,
     artifact_dir: ArtifactDirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-epoch progress.")] = False,
+    wait_for_db: Annotated[
+        float, typer.Option(
+            "--wait-for-db", envvar="TUNER_WAIT_FOR_DB", show_envvar=True, min=0, metavar="SECONDS",
+            help="At start-up, wait up to this long for the database (and the study) to appear, "
+                 "printing a line every few seconds. 0: fail at once.",
+        ),
+    ] = 0.0,
 ) -> None:
     """Pull trials from a shared study until its budget is reached, training each one.
 
@@ -158,6 +165,7 @@ def run(
         max_failures=max_failures,
         artifact_dir=artifact_dir,
         verbose=not quiet,
+        wait_for_db_s=wait_for_db,
     )
     # Every trial is settled; a second SIGTERM (compose, systemd) during interpreter and
     # TensorFlow teardown must not turn a clean exit into 143.

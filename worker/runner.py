@@ -9,21 +9,27 @@ them itself (:class:`storage.Heartbeat`) and fails stale trials before every ask
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterator
 import contextlib
+import dataclasses
+import enum
+import logging
 import math
 from pathlib import Path
 import signal
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 import warnings
 
 import optuna
 from optuna.trial import TrialState
+import sqlalchemy
 
 from contract import report
 from contract.artifacts import ArtifactDirError, open_artifact_store
@@ -31,12 +37,14 @@ from contract.data import MarsData, load_npz
 from contract.errors import TunerError
 from contract.study_spec import SpecError, StudySpec
 import storage
-from storage.retry import with_db_retry
+from storage.retry import DatabaseUnavailable, is_transient, with_db_retry
 from worker.budget import ask_within_budget, budget_lock
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
 WAIT_POLL_S = 10.0
+WAIT_FOR_DB_LINE_S = 5.0
+T = TypeVar("T")
 
 
 class RunnerError(TunerError, RuntimeError):
@@ -121,129 +129,176 @@ class SignalGuard:
             raise Interrupted(signum)
 
 
-def run_worker(
-    *,
-    study_name: str,
-    data_path: Path,
-    storage_url: str | None,
-    gpu: int | None = None,
-    max_trials: int | None = None,
-    max_failures: int = 3,
-    artifact_dir: Path | None = None,
-    verbose: bool = True,
-) -> int:
-    """Join ``study_name`` and run trials until its budget is reached; return an exit code.
+class Outcome(enum.Enum):
+    """How one trial ended for this worker."""
+
+    COMPLETE = "complete"
+    PRUNED = "pruned"
+    FAILED = "failed"  # the configuration failed (counts towards --max-failures)
+    INTERRUPTED = "interrupted"  # SIGTERM/SIGINT: failed and queued again
+    REQUEUED = "re-queued"  # the database went away mid-trial and came back: queued again
+    DROPPED = "dropped"  # failed as stale by another worker meanwhile, which queued its retry
+
+
+class StudyGone(RunnerError):
+    """The study was deleted or replaced (``tuner create --overwrite``) while this worker ran."""
+
+
+class DatabaseLost(RunnerError):
+    """The database stayed unreachable for longer than the grace period."""
+
+
+class _GaveUp(DatabaseUnavailable):
+    """A database call kept failing for the whole grace period (raised through Keras' fit)."""
+
+    def __init__(self, what: str, seconds: float, cause: BaseException) -> None:
+        super().__init__(f"database unavailable for {seconds:.0f}s during {what} ({type(cause).__name__})")
+        self.what = what
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerOptions:
+    """What ``worker run`` was asked to do."""
+
+    study_name: str
+    data_path: Path
+    storage_url: str | None
+    gpu: int | None = None
+    max_trials: int | None = None
+    max_failures: int = 3
+    artifact_dir: Path | None = None
+    verbose: bool = True
+    wait_for_db_s: float = 0.0
+
+
+def run_worker(**options: Any) -> int:
+    """Join a study and run trials until its budget is reached; return an exit code.
+
+    Takes the fields of :class:`WorkerOptions` as keywords.
 
     Raises:
-        RunnerError: no such study, or the local data differ from the study's.
-        storage.StorageError: database unreachable or without schema.
+        RunnerError: no such study, the local data differ from the study's, the study was
+            replaced meanwhile, or the database stayed away longer than the grace period.
+        storage.StorageError: database unreachable (after ``wait_for_db_s``) or without schema.
         contract.data.DataError: the local data file is invalid.
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-    identity = report.worker_identity(gpu)
-    say = _printer(f"[{identity['host']}:{identity['pid']}]")
-    url = storage.resolve_url(storage_url)
-    spec = _read_spec(url, study_name)
-
-    artifacts = None
-    if artifact_dir is not None:  # before loading data or training: a bad path must not cost a trial
-        try:
-            artifacts = open_artifact_store(artifact_dir, create=True)
-        except ArtifactDirError as exc:
-            raise RunnerError(str(exc)) from None
-
-    data = load_npz(data_path, load_test=False)  # training needs no test images (~650 MB)
-    if data.fingerprint != spec.data_fingerprint:
-        raise RunnerError(
-            f"refusing to join study {study_name!r}: local data {data_path} has fingerprint "
-            f"{data.fingerprint[:12]}, the study was created for {spec.data_fingerprint[:12]}"
-        )
-    say(f"data {data_path}: {len(data)} images (aliens removed: {data.aliens_removed}), "
-        f"fingerprint {data.fingerprint[:12]} matches the study")
-
-    from worker.training.device import DeviceError, configure, describe
-
+    session = WorkerSession.open(WorkerOptions(**options))
     try:
-        device = configure(gpu)
-    except DeviceError as exc:
-        raise RunnerError(str(exc)) from None
-    provenance = describe(device)
-    say(f"device {device.kind} {device.name}; study {study_name!r} on {storage.mask_url(url)}")
-
-    rdb = storage.open_storage(
-        url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period,
-        max_retry=spec.max_retry,
-    )
-    study = optuna.load_study(
-        study_name=study_name, storage=rdb,
-        sampler=spec.make_sampler(f"{identity['host']}:{identity['pid']}:{gpu}"),
-        pruner=spec.make_pruner(),
-    )
-    runner = _Runner(study, rdb, url, spec, data, device, provenance, identity, artifacts, say, verbose)
-    outcomes: dict[str, int] = {}
-    consecutive_failures = 0
-    code = EXIT_OK
-    with SignalGuard() as guard:
-        while not guard.stop_requested:
-            if max_trials is not None and sum(outcomes.values()) >= max_trials:
-                say(f"ran --max-trials {max_trials} trial(s); stopping")
-                break
-            trial = runner.next_trial(guard)
-            if trial is None:
-                break
-            outcome = runner.run_trial(trial, guard)
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            consecutive_failures = consecutive_failures + 1 if outcome == "failed" else 0
-            if consecutive_failures >= max_failures:
-                say(f"{consecutive_failures} trials failed in a row; stopping this worker")
-                code = EXIT_FAILURES
-                break
-        if guard.stop_requested:
-            say(f"stopped by {signal.Signals(guard.signum).name}")  # type: ignore[arg-type]
-    summary = ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())) or "no trials"
-    say(f"done: {summary}")
-    rdb.engine.dispose()
-    return code
-
-
-def _read_spec(url: str, study_name: str) -> StudySpec:
-    probe = storage.open_storage(url, heartbeat_interval=None)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=probe)
-    except KeyError:
-        raise RunnerError(
-            f"no study {study_name!r} in {storage.mask_url(url)}: create it with `tuner create`"
-        ) from None
+        return session.loop()
     finally:
-        probe.engine.dispose()
-    try:
-        return StudySpec.of(study)
-    except (SpecError, ValueError) as exc:
-        raise RunnerError(str(exc)) from None
+        session.close()
 
 
-class _Runner:
-    """State shared by the trials of one worker process."""
+class WorkerSession:
+    """One worker process joined to one study: what its trials share, and the trial loop."""
 
     def __init__(
-        self,
-        study: optuna.Study,
-        rdb: optuna.storages.RDBStorage,
-        url: str,
-        spec: StudySpec,
-        data: MarsData,
-        device: Any,
-        provenance: dict[str, Any],
-        identity: dict[str, Any],
-        artifacts: Any,
-        say: Callable[[str], None],
-        verbose: bool,
+        self, options: WorkerOptions, say: Callable[[str], None], url: str, spec: StudySpec
     ) -> None:
-        self.study, self.rdb, self.url, self.spec, self.data = study, rdb, url, spec, data
-        self.device, self.provenance, self.identity = device, provenance, identity
-        self.artifacts, self.say, self.verbose = artifacts, say, verbose
+        self.options, self.say, self.url, self.spec = options, say, url, spec
+        self.identity = report.worker_identity(options.gpu)
+        self.artifacts: Any = None
+        self.data: MarsData | None = None
+        self.device: Any = None
+        self.provenance: dict[str, Any] = {}
+        self.rdb: optuna.storages.RDBStorage | None = None
+        self.study: optuna.Study | None = None
+        self._log_handler = _SayHandler(say)
+
+    # -- joining ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, options: WorkerOptions) -> WorkerSession:
+        """Check everything that can be checked before the first trial, in order of cost."""
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        identity = report.worker_identity(options.gpu)
+        say = _printer(f"[{identity['host']}:{identity['pid']}]")
+        url = storage.resolve_url(options.storage_url)
+        spec = _wait_for_spec(url, options.study_name, options.wait_for_db_s, say)
+        session = cls(options, say, url, spec)
+        session._log_handler.attach()
+        try:
+            session._join()
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    def _join(self) -> None:
+        opts = self.options
+        if opts.artifact_dir is not None:  # before loading data or training: a bad path must not cost a trial
+            try:
+                self.artifacts = open_artifact_store(opts.artifact_dir, create=True)
+            except ArtifactDirError as exc:
+                raise RunnerError(str(exc)) from None
+
+        data = load_npz(opts.data_path, load_test=False)  # training needs no test images (~650 MB)
+        if data.fingerprint != self.spec.data_fingerprint:
+            raise RunnerError(
+                f"refusing to join study {opts.study_name!r}: local data {opts.data_path} has fingerprint "
+                f"{data.fingerprint[:12]}, the study was created for {self.spec.data_fingerprint[:12]}"
+            )
+        self.data = data
+        self.say(f"data {opts.data_path}: {len(data)} images (aliens removed: {data.aliens_removed}), "
+                 f"fingerprint {data.fingerprint[:12]} matches the study")
+
+        from worker.training.device import DeviceError, configure, describe
+
+        try:
+            self.device = configure(opts.gpu)
+        except DeviceError as exc:
+            raise RunnerError(str(exc)) from None
+        self.provenance = describe(self.device)
+        self.say(f"device {self.device.kind} {self.device.name}; study {opts.study_name!r} "
+                 f"on {storage.mask_url(self.url)}")
+
+        self.rdb = storage.open_storage(
+            self.url, heartbeat_interval=self.spec.heartbeat_interval, grace_period=self.spec.grace_period,
+            max_retry=self.spec.max_retry,
+        )
+        try:
+            self.study = optuna.load_study(
+                study_name=opts.study_name, storage=self.rdb,
+                sampler=self.spec.make_sampler(f"{self.identity['host']}:{self.identity['pid']}:{opts.gpu}"),
+                pruner=self.spec.make_pruner(),
+            )
+        except KeyError:
+            raise self._gone() from None
+
+    def close(self) -> None:
+        self._log_handler.detach()
+        if self.rdb is not None:
+            self.rdb.engine.dispose()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def loop(self) -> int:
+        """Run trials until the budget is reached, ``--max-trials``, a signal or too many failures."""
+        opts = self.options
+        outcomes: collections.Counter[Outcome] = collections.Counter()
+        consecutive_failures = 0
+        code = EXIT_OK
+        with SignalGuard() as guard:
+            while not guard.stop_requested:
+                if opts.max_trials is not None and sum(outcomes.values()) >= opts.max_trials:
+                    self.say(f"ran --max-trials {opts.max_trials} trial(s); stopping")
+                    break
+                trial = self.next_trial(guard)
+                if trial is None:
+                    break
+                outcome = self.run_trial(trial, guard)
+                outcomes[outcome] += 1
+                consecutive_failures = consecutive_failures + 1 if outcome is Outcome.FAILED else 0
+                if consecutive_failures >= opts.max_failures:
+                    self.say(f"{consecutive_failures} trials failed in a row; stopping this worker")
+                    code = EXIT_FAILURES
+                    break
+            if guard.stop_requested:
+                self.say(f"stopped by {signal.Signals(guard.signum).name}")  # type: ignore[arg-type]
+        summary = ", ".join(f"{n} {k.value}" for k, n in sorted(outcomes.items(), key=lambda i: i[0].value))
+        self.say(f"done: {summary or 'no trials'}")
+        return code
 
     # -- asking -----------------------------------------------------------------------------
 
@@ -253,14 +308,32 @@ class _Runner:
         Counting and asking happen under one database lock, so N workers racing for the last
         trial create exactly one. Queued retries (WAITING) are always taken. When the budget is
         fully allocated but other workers still run trials, wait: one of them may die, and its
-        retry needs a worker.
+        retry needs a worker. A signal while waiting for the lock stops the worker at once.
         """
+        assert self.study is not None and self.rdb is not None
+        study, rdb = self.study, self.rdb
+
+        def stop_waiting(waited_s: float) -> None:
+            if guard.stop_requested:
+                raise Interrupted(guard.signum)  # type: ignore[arg-type]
+
         announced = False
         while not guard.stop_requested:
-            trial, counts = with_db_retry(
-                lambda: ask_within_budget(self.study, self.rdb, self.url, self.spec.n_trials),
-                what="asking for a trial", on_retry=self.say,
-            )
+            try:
+                trial, counts = self._db(
+                    lambda: ask_within_budget(study, rdb, self.url, self.spec.n_trials,
+                                              on_wait=stop_waiting, on_log=self.say),
+                    "asking for a trial",
+                )
+            except Interrupted:
+                return None  # the loop reports the signal
+            except _GaveUp as exc:
+                raise DatabaseLost(f"{exc}; no trial was running; start the worker again when "
+                                   "the database is back") from None
+            except (KeyError, sqlalchemy.exc.IntegrityError):
+                if self._study_replaced():
+                    raise self._gone() from None
+                raise
             if trial is not None:
                 return trial
             finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
@@ -276,30 +349,33 @@ class _Runner:
 
     # -- running ----------------------------------------------------------------------------
 
-    def run_trial(self, trial: optuna.Trial, guard: SignalGuard) -> str:
-        """Train one trial and tell the study; returns complete, pruned, failed, interrupted or dropped.
+    def run_trial(self, trial: optuna.Trial, guard: SignalGuard) -> Outcome:
+        """Train one trial and tell the study how it ended.
 
-        "dropped": another worker failed this trial as stale meanwhile (this process was frozen
-        or cut off from the database for longer than the grace period) and queued its retry;
-        whatever this worker still had to write about it is dropped, and the loop goes on.
+        Database trouble is never the configuration's fault: a trial cut off from the database
+        for the whole grace period is queued again if the database is back, and otherwise the
+        worker stops with one line, leaving the trial RUNNING for the heartbeat check to fail and
+        retry. A trial failed as stale by another worker meanwhile is "dropped".
         """
         try:
             return self._run_trial(trial, guard)
         except optuna.exceptions.UpdateFinishedTrialError:
             self.say(f"trial {trial.number} was finished elsewhere meanwhile (failed as stale by "
                      "another worker, which queued its retry); this worker's result is dropped")
-            return "dropped"
+            return Outcome.DROPPED
+        except Exception as exc:
+            if self._study_replaced():
+                raise self._gone() from None
+            if is_transient(exc):
+                return self._database_lost(trial, exc)
+            raise
 
-    def _run_trial(self, trial: optuna.Trial, guard: SignalGuard) -> str:
+    def _run_trial(self, trial: optuna.Trial, guard: SignalGuard) -> Outcome:
         from worker.training.device import with_precision
-        from worker.training.train import train
 
-        config = self.spec.space.sample(trial)
+        config = self._db(lambda: self.spec.space.sample(trial), "sampling the trial's parameters")
         device = with_precision(self.device, config.mixed_precision)
-        # Interrupted trials carry RETRY_OF; Optuna's stale-trial retry records "failed_trial".
-        retry_of = trial.user_attrs.get(report.RETRY_OF)
-        if retry_of is None:
-            retry_of = self.rdb.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        retry_of = self._db(lambda: self._retry_of(trial), "reading the trial's origin")
         self._db(lambda: report.record_start(trial, config, self.identity, self.provenance), "recording the trial")
         params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
         again = f" (retry of trial {retry_of})" if retry_of is not None else ""
@@ -317,94 +393,302 @@ class _Runner:
         with tempfile.TemporaryDirectory(prefix="tuner-trial-") as tmp:
             save_path = Path(tmp) / f"trial-{trial.number}.keras" if self.artifacts else None
             try:
-                with storage.Heartbeat(self.rdb, trial._trial_id), guard.training():
-                    result = train(config, self.data, epoch_callback=on_epoch, verbose=self.verbose,
-                                   save_path=save_path, device=device)
+                with self._heartbeat(trial), guard.training():
+                    result = self._train(config, on_epoch, save_path, device)
             except optuna.TrialPruned as exc:
                 self._tell(trial, state=TrialState.PRUNED)
                 self.say(f"trial {trial.number} {exc}")
-                return "pruned"
+                return Outcome.PRUNED
             except Interrupted as exc:
-                self._interrupted(trial, exc)
-                return "interrupted"
+                self._requeue(trial, interrupted=str(exc))
+                self.say(f"trial {trial.number} interrupted by {exc}: marked FAIL and queued again")
+                return Outcome.INTERRUPTED
             except optuna.exceptions.UpdateFinishedTrialError:
                 raise  # not the config's fault: see run_trial
             except Exception as exc:  # noqa: BLE001 - one bad config must not kill the worker
+                if is_transient(exc) or self._study_replaced():
+                    raise  # not the config's fault: see run_trial
                 traceback.print_exc(file=sys.stderr)
                 line = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
-                self._db(lambda: trial.set_user_attr(report.ERROR, line), "recording the error")
-                self._tell(trial, state=TrialState.FAIL)
-                self.say(f"trial {trial.number} failed: {line}")
-                return "failed"
+                return self._fail(trial, line)
 
+            # The result first: an upload that fails (disk full) must not cost the trial.
             self._db(lambda: report.record_result(trial, result), "recording the result")
             if not math.isfinite(result.best_miou):
-                message = "mean IoU undefined: no class 1-4 pixel in the validation split"
-                self._db(lambda: trial.set_user_attr(report.ERROR, message), "recording the error")
-                self._tell(trial, state=TrialState.FAIL)
-                self.say(f"trial {trial.number} failed: {message}")
-                return "failed"
+                return self._fail(trial, "mean IoU undefined: no class 1-4 pixel in the validation split")
             if save_path is not None:
-                self._upload_if_best(trial, result.best_miou, save_path)
+                with self._heartbeat(trial):
+                    self._upload_if_best(trial, result.best_miou, save_path)
             self._tell(trial, values=result.best_miou)
         per_class = " ".join(f"c{c}={_short(v)}" for c, v in result.per_class_iou.items())
         self.say(f"trial {trial.number} complete: mIoU {result.best_miou:.4f} ({per_class}) "
                  f"in {result.wall_time_s:.0f}s, {result.epochs_run} epochs")
-        return "complete"
+        return Outcome.COMPLETE
 
-    def _interrupted(self, trial: optuna.Trial, exc: Interrupted) -> None:
+    def _train(self, config: Any, on_epoch: Callable[[int, float], None], save_path: Path | None,
+               device: Any) -> Any:
+        """The one place a trial trains."""
+        from worker.training.train import train
+
+        assert self.data is not None
+        return train(config, self.data, epoch_callback=on_epoch, verbose=self.options.verbose,
+                     save_path=save_path, device=device)
+
+    def _heartbeat(self, trial: optuna.Trial) -> storage.Heartbeat:
+        assert self.rdb is not None
+        return storage.Heartbeat(self.rdb, trial._trial_id, number=trial.number)
+
+    def _retry_of(self, trial: optuna.Trial) -> Any:
+        # Interrupted trials carry RETRY_OF; Optuna's stale-trial retry records "failed_trial".
+        assert self.rdb is not None
+        retry_of = trial.user_attrs.get(report.RETRY_OF)
+        if retry_of is None:
+            retry_of = self.rdb.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        return retry_of
+
+    def _fail(self, trial: optuna.Trial, line: str) -> Outcome:
+        self._db(lambda: trial.set_user_attr(report.ERROR, line), "recording the error")
+        self._tell(trial, state=TrialState.FAIL)
+        self.say(f"trial {trial.number} failed: {line}")
+        return Outcome.FAILED
+
+    def _database_lost(self, trial: optuna.Trial, exc: Exception) -> Outcome:
+        """The database failed this trial's calls for the whole grace period.
+
+        If it answers again now, the trial is failed and queued again like an interrupted one
+        (it says "database unavailable", never counts as a failed configuration). If not, the
+        worker stops with one line and leaves the trial RUNNING: it stops beating, so after the
+        grace period the next worker to ask fails it and queues its retry.
+        """
+        reason = str(exc) if isinstance(exc, _GaveUp) else f"database unavailable ({type(exc).__name__})"
+        try:
+            self._requeue(trial, error=reason, patient=False)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise  # failed as stale meanwhile: run_trial reports it as dropped
+        except Exception as again:  # noqa: BLE001
+            if not is_transient(again):
+                raise
+            raise DatabaseLost(
+                f"{reason}, longer than the study's grace period ({self.spec.grace_period}s); trial "
+                f"{trial.number} is left RUNNING: once the database is back, the next worker to ask "
+                "fails it as stale and queues its retry"
+            ) from None
+        self.say(f"trial {trial.number}: {reason}; marked FAIL and queued again")
+        return Outcome.REQUEUED
+
+    def _requeue(
+        self, trial: optuna.Trial, *, interrupted: str | None = None, error: str | None = None,
+        patient: bool = True,
+    ) -> None:
         """Fail the trial and queue the same parameters again for any worker.
 
         Both happen under the budget lock: a worker counting between the FAIL and the queued
         copy would see a free slot, ask a new trial, and the study would overrun its budget.
+        Safe to repeat after a lost reply: a FAIL already stored, or a retry already queued (by
+        this worker or by Optuna's stale-trial callback), is not done twice.
         """
-        name = str(exc)
-        self._db(lambda: trial.set_user_attr(report.INTERRUPTED, name), "recording the interruption")
-        failed = False
+        assert self.study is not None and self.rdb is not None
+        study, rdb = self.study, self.rdb
+
+        def mark() -> None:
+            if interrupted is not None:
+                trial.set_user_attr(report.INTERRUPTED, interrupted)
+            if error is not None:
+                trial.set_user_attr(report.ERROR, error)
 
         def fail_and_requeue() -> None:
-            nonlocal failed
-            with budget_lock(self.study, self.rdb, self.url):
-                if not failed:  # a retry after a lost connection must not fail it twice
+            with budget_lock(study, rdb, self.url):
+                if not rdb.get_trial(trial._trial_id).state.is_finished():
+                    mark()
                     self._tell_now(trial, state=TrialState.FAIL)
-                    failed = True
-                self.study.enqueue_trial(trial.params, user_attrs={report.RETRY_OF: trial.number})
+                elif rdb.get_trial(trial._trial_id).state != TrialState.FAIL:
+                    raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} finished elsewhere")
+                if not _has_retry(study, trial.number):
+                    study.enqueue_trial(trial.params, user_attrs={report.RETRY_OF: trial.number})
 
-        self._db(fail_and_requeue, "failing and re-queueing the trial")
-        self.say(f"trial {trial.number} interrupted by {name}: marked FAIL and queued again")
+        if patient:
+            self._db(fail_and_requeue, "failing and re-queueing the trial")
+        else:
+            fail_and_requeue()
 
     def _upload_if_best(self, trial: optuna.Trial, value: float, path: Path) -> None:
+        """Upload the model if it is the study's best so far; a failure is only a warning."""
+        assert self.study is not None
         try:
-            best = self.study.best_value
+            best = self._db(lambda: self.study.best_value, "reading the best value")  # type: ignore[union-attr]
         except ValueError:  # no completed trial yet
             best = -math.inf
         if value <= best:
             return
         from optuna.artifacts import upload_artifact
 
-        artifact_id = self._db(
-            lambda: upload_artifact(artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial),
-            "uploading the model",
-        )
-        self._db(lambda: trial.set_user_attr(report.MODEL_ARTIFACT, artifact_id), "recording the model")
+        store = _CleanupStore(self.artifacts)
+        try:
+            artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+            self._db(lambda: trial.set_user_attr(report.MODEL_ARTIFACT, artifact_id), "recording the model")
+        except Exception as exc:  # noqa: BLE001 - the trial's result is worth more than its model file
+            store.discard()
+            if is_transient(exc) or self._study_replaced():
+                raise
+            reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+            self.say(f"warning: trial {trial.number}: model upload to {self.options.artifact_dir} failed "
+                     f"({reason}); the trial's result is kept, its model is not")
+            return
         self.say(f"trial {trial.number}: new best, model uploaded as artifact {artifact_id}")
+
+    # -- telling ----------------------------------------------------------------------------
 
     def _tell(self, trial: optuna.Trial, **kwargs: Any) -> None:
         self._db(lambda: self._tell_now(trial, **kwargs), "reporting the trial's end")
 
     def _tell_now(self, trial: optuna.Trial, **kwargs: Any) -> None:
-        """``study.tell``, but a trial finished elsewhere is UpdateFinishedTrialError.
+        """``study.tell``, safe to repeat; a trial finished by someone else is UpdateFinishedTrialError.
 
-        Optuna raises a plain ValueError ("Cannot tell a FAIL trial") when the trial was failed
-        as stale before this tell began; only a race inside the tell gives the specific error.
-        Both mean the same here, and :meth:`run_trial` turns it into "dropped".
+        A tell whose reply was lost (connection killed after the commit) is retried and finds
+        the trial finished: if it holds what this tell says, the tell had worked. Otherwise the
+        trial was failed as stale before this tell (Optuna raises a plain ValueError for that,
+        and UpdateFinishedTrialError only for a race inside the tell); :meth:`run_trial` turns
+        both into "dropped".
         """
-        if self.rdb.get_trial(trial._trial_id).state.is_finished():
+        assert self.study is not None and self.rdb is not None
+        stored = self.rdb.get_trial(trial._trial_id)
+        if stored.state.is_finished():
+            if _holds(stored, **kwargs):
+                return
             raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} is already finished")
         self.study.tell(trial, **kwargs)
 
-    def _db(self, call: Callable[[], Any], what: str) -> Any:
-        return with_db_retry(call, what=what, max_wait_s=float(self.spec.grace_period), on_retry=self.say)
+    # -- database ---------------------------------------------------------------------------
+
+    def _db(self, call: Callable[[], T], what: str) -> T:
+        """``call`` with retries for the study's grace period, then :class:`_GaveUp`."""
+        grace = float(self.spec.grace_period)
+        try:
+            return with_db_retry(call, what=what, max_wait_s=grace, on_retry=self.say)
+        except Exception as exc:
+            if is_transient(exc) and not isinstance(exc, DatabaseUnavailable):
+                raise _GaveUp(what, grace, exc) from exc
+            raise
+
+    def _study_replaced(self) -> bool:
+        """True when the study this worker joined no longer exists under its name."""
+        assert self.rdb is not None
+        if self.study is None:
+            return False
+        try:
+            return self.rdb.get_study_id_from_name(self.options.study_name) != self.study._study_id
+        except KeyError:
+            return True
+        except Exception:  # noqa: BLE001 - cannot tell (database away): not replaced as far as we know
+            return False
+
+    def _gone(self) -> StudyGone:
+        return StudyGone(f"study {self.options.study_name!r} was replaced or deleted "
+                         "(`tuner create --overwrite`?); stopping this worker")
+
+
+def _has_retry(study: optuna.Study, number: int) -> bool:
+    """Whether a copy of trial ``number`` is already queued or run (by us or by Optuna's callback)."""
+    for other in study.get_trials(deepcopy=False):
+        if other.number == number:
+            continue
+        if number in other.system_attrs.get("retry_history", ()) or other.user_attrs.get(report.RETRY_OF) == number:
+            return True
+    return False
+
+
+def _holds(stored: optuna.trial.FrozenTrial, *, state: TrialState | None = None,
+           values: float | None = None) -> bool:
+    """Whether a finished trial holds what ``study.tell(state=..., values=...)`` would have stored."""
+    if values is not None:
+        return stored.state == TrialState.COMPLETE and stored.value == values
+    return stored.state == state
+
+
+class _CleanupStore:
+    """An artifact store that removes what a failed upload left behind (a partial file)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._written: list[str] = []
+
+    def open_reader(self, artifact_id: str) -> Any:
+        return self._inner.open_reader(artifact_id)
+
+    def write(self, artifact_id: str, content_body: Any) -> None:
+        self._written.append(artifact_id)
+        self._inner.write(artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self._inner.remove(artifact_id)
+
+    def discard(self) -> None:
+        for artifact_id in self._written:
+            with contextlib.suppress(Exception):
+                self._inner.remove(artifact_id)
+        self._written.clear()
+
+
+def _wait_for_spec(url: str, study_name: str, wait_s: float, say: Callable[[str], None]) -> StudySpec:
+    """Read the study's spec, waiting up to ``wait_s`` for the database (and the study) to appear.
+
+    A coordinator that reboots, or a compose stack whose database and ``tuner create`` job are
+    still starting, is not a reason to give up at once when ``--wait-for-db`` says so.
+    """
+    deadline = time.monotonic() + wait_s
+    next_line = 0.0
+    while True:
+        try:
+            return _read_spec(url, study_name)
+        except (storage.StorageError, StudyMissing) as exc:
+            now = time.monotonic()
+            if now >= deadline:
+                raise
+            if now >= next_line:
+                say(f"waiting for the database ({deadline - now:.0f}s left of --wait-for-db {wait_s:.0f}): {exc}")
+                next_line = now + WAIT_FOR_DB_LINE_S
+            time.sleep(min(1.0, max(0.0, deadline - now)))
+
+
+class StudyMissing(RunnerError):
+    """No study of that name (yet)."""
+
+
+def _read_spec(url: str, study_name: str) -> StudySpec:
+    probe = storage.open_storage(url, heartbeat_interval=None)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=probe)
+    except KeyError:
+        raise StudyMissing(
+            f"no study {study_name!r} in {storage.mask_url(url)}: create it with `tuner create`"
+        ) from None
+    finally:
+        probe.engine.dispose()
+    try:
+        return StudySpec.of(study)
+    except (SpecError, ValueError) as exc:
+        raise RunnerError(str(exc)) from None
+
+
+class _SayHandler(logging.Handler):
+    """Print the storage layer's warnings (heartbeats, lock waits) as this worker's lines."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self._say = say
+        self._logger = logging.getLogger("storage")
+        self._propagate = self._logger.propagate
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._say(f"warning: {record.getMessage()}")
+
+    def attach(self) -> None:
+        self._logger.addHandler(self)
+        self._logger.propagate = False
+
+    def detach(self) -> None:
+        self._logger.removeHandler(self)
+        self._logger.propagate = self._propagate
 
 
 def _printer(prefix: str) -> Callable[[str], None]:
@@ -420,4 +704,7 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-__all__ = ["Interrupted", "RunnerError", "SignalGuard", "run_worker"]
+__all__ = [
+    "DatabaseLost", "Interrupted", "Outcome", "RunnerError", "SignalGuard", "StudyGone", "WorkerOptions",
+    "WorkerSession", "run_worker",
+]
