@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import re
 from typing import TYPE_CHECKING
 
 from contract.errors import TunerError
@@ -48,4 +49,14 @@ def open_artifact_store(path: Path, *, create: bool) -> FileSystemArtifactStore:
     return FileSystemArtifactStore(str(path))
 
 
-__all__ = ["ArtifactDirError", "open_artifact_store"]
+#: Optuna's artifact ids are UUID4 strings; anything path-like ("..", "a/b") is refused, since
+#: the file-system store joins the id onto its directory.
+_ARTIFACT_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}")
+
+
+def is_artifact_id(value: object) -> bool:
+    """Whether ``value`` can name a file inside the store (no separators, no dot names)."""
+    return isinstance(value, str) and _ARTIFACT_ID.fullmatch(value) is not None
+
+
+__all__ = ["ArtifactDirError", "is_artifact_id", "open_artifact_store"]

@@ -16,7 +16,9 @@ from typing import Any, get_args, get_origin
 
 import yaml
 
+from contract import textfile
 from contract.errors import TunerError
+from contract.textfile import short_repr
 
 MODEL_NAMES = ("multipath", "unet")
 CLASS_WEIGHT_SCHEMES = ("inverse_frequency", "sqrt_inverse_frequency", "uniform")
@@ -77,14 +79,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         if self.model not in MODEL_NAMES:
-            raise ConfigError(f"model must be one of {', '.join(MODEL_NAMES)}, got {self.model!r}")
+            raise ConfigError(f"model must be one of {', '.join(MODEL_NAMES)}, got {short_repr(self.model)}")
         if self.class_weights not in CLASS_WEIGHT_SCHEMES:
             raise ConfigError(
                 f"class_weights must be one of {', '.join(CLASS_WEIGHT_SCHEMES)}, "
-                f"got {self.class_weights!r}"
+                f"got {short_repr(self.class_weights)}"
             )
         if self.mixed_precision not in ("auto", "on", "off"):
-            raise ConfigError(f"mixed_precision must be auto, on or off, got {self.mixed_precision!r}")
+            raise ConfigError(f"mixed_precision must be auto, on or off, got {short_repr(self.mixed_precision)}")
         positive = (
             "base_filters", "depth", "conventional_filters", "residual_filters",
             "multiscale_filters", "context_filters", "batch_size", "epochs",
@@ -116,11 +118,11 @@ class TrainConfig:
             raise ConfigError(f"a training config must be a mapping, got {type(values).__name__}")
         for key in values:
             if not isinstance(key, str):  # YAML reads `1:` or `null:` as non-string keys
-                raise ConfigError(f"config keys must be field names (strings), got {key!r}")
+                raise ConfigError(f"config keys must be field names (strings), got {short_repr(key)}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown config key(s): {', '.join(key[:40] for key in unknown[:8])}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,17 +136,15 @@ class TrainConfig:
         """Read a ``.yaml``/``.yml`` or ``.json`` file."""
         path = Path(path)
         try:
-            text = path.read_text()
+            values = textfile.load_file(path, json_format=path.suffix == ".json")
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"cannot read config {path}: not a UTF-8 text file") from None
-        try:
-            values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"cannot parse config {path}: {exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"cannot parse config {path}: {yaml_error_line(exc)}") from None
+        except ValueError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
         try:
             return cls.from_dict(values or {})
         except ConfigError as exc:
@@ -185,14 +185,14 @@ def _check_types(config: TrainConfig) -> None:
             try:
                 value = float(value)
             except OverflowError:  # an int literal beyond float range
-                raise ConfigError(f"{field.name} must be finite, got {value!r}") from None
+                raise ConfigError(f"{field.name} must be finite, got {short_repr(value)}") from None
             object.__setattr__(config, field.name, value)
         if isinstance(value, bool) and bool not in allowed:
-            raise ConfigError(f"{field.name} must be {_name(allowed)}, got {value!r}")
+            raise ConfigError(f"{field.name} must be {_name(allowed)}, got {short_repr(value)}")
         if not isinstance(value, allowed):
-            raise ConfigError(f"{field.name} must be {_name(allowed)}, got {value!r}")
+            raise ConfigError(f"{field.name} must be {_name(allowed)}, got {short_repr(value)}")
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{field.name} must be finite, got {value!r}")
+            raise ConfigError(f"{field.name} must be finite, got {short_repr(value)}")
 
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import hashlib
+import math
 from pathlib import Path
 import zipfile
 import zlib
@@ -34,6 +35,10 @@ BIG_ROCK = 4
 # A label mask shared by MORE than this many images is the "alien" artefact (the real file has
 # one mask shared by 110 images; no genuine mask repeats anywhere near this often).
 ALIEN_MIN_REPEATS = 5
+
+#: Largest array (as stored, uncompressed) a data file may hold: the real training_set is 343 MB
+#: as float64; this leaves room for a 20x larger set, and refuses a decompression bomb.
+MAX_ARRAY_BYTES = 8 * 1024**3
 
 _FINGERPRINT_VERSION = b"mars-data-fingerprint-v1\n"
 
@@ -123,6 +128,41 @@ def load_npz(
         aliens_removed=aliens_removed,
         fingerprint=fingerprint,
     )
+
+
+#: Fewest images a run can split into training and validation (one each).
+MIN_TRAINABLE_IMAGES = 2
+
+
+def check_trainable(masks: np.ndarray, *, validation_fraction: float = 0.2) -> None:
+    """Refuse data no training run can learn from, before a study or a run is started on it.
+
+    Training needs an image to train on and one to validate on, and a labelled (class 1-4)
+    pixel on the training side: class weights are inverse class frequencies, so all-background
+    training masks give an all-zero loss. Images with foreground in more than the validation
+    split's size guarantee that, whichever images the seeded split picks. The message has no
+    path: callers prefix the option and file.
+
+    Raises:
+        DataError: too few images or too few with labelled pixels.
+    """
+    masks = np.asarray(masks)
+    n = int(masks.shape[0])
+    if n < MIN_TRAINABLE_IMAGES:
+        raise DataError(
+            f"{n} usable image(s) (after removing aliens); training needs at least "
+            f"{MIN_TRAINABLE_IMAGES}: one to train on, one to validate on"
+        )
+    labelled = int(np.count_nonzero(masks.reshape(n, -1).max(axis=1) > 0))
+    n_val = min(max(int(round(validation_fraction * n)), 1), n - 1)
+    if labelled <= n_val:
+        what = "every label is background (0)" if labelled == 0 else (
+            f"only {labelled} of {n} images have labelled (class 1-4) pixels"
+        )
+        raise DataError(
+            f"{what}: the training split would have nothing to learn "
+            f"(needs more than {n_val} labelled images with validation_fraction {validation_fraction})"
+        )
 
 
 def fingerprint_npz(path: str | Path) -> str:
@@ -218,6 +258,7 @@ def _open_npz(path: Path):
 
 
 def _read_array(npz, key: str, path: Path) -> np.ndarray:
+    _check_declared_size(npz, key, path)
     try:
         return npz[key]
     except ValueError as exc:
@@ -230,6 +271,49 @@ def _read_array(npz, key: str, path: Path) -> np.ndarray:
         raise DataError(
             f"{path}: cannot read '{key}' (corrupt file?): {_first_line(exc)}"
         ) from None
+
+
+def _check_declared_size(npz, key: str, path: Path) -> None:
+    """Refuse an array whose header declares more bytes than the file holds, before allocating.
+
+    numpy allocates the declared shape first and reads afterwards, so a 100-byte file whose
+    header says 1 PiB would end in MemoryError (or, below the machine's memory, in a huge
+    allocation) instead of a one-line error.
+    """
+    name = f"{key}.npy" if f"{key}.npy" in npz.zip.namelist() else key
+    try:
+        info = npz.zip.getinfo(name)
+        with npz.zip.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(member)
+            stored = info.file_size - member.tell()
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read '{key}' (corrupt file?): {_first_line(exc)[:200]}") from None
+    if dtype.hasobject:
+        return  # pickled objects: _read_array reports them
+    declared = math.prod(int(d) for d in shape) * dtype.itemsize
+    if declared > stored:
+        raise DataError(
+            f"{path}: '{key}' declares shape {tuple(shape)} ({_bytes(declared)}) "
+            f"but the file holds {_bytes(max(stored, 0))} of it (corrupt or hostile header)"
+        )
+    if declared > MAX_ARRAY_BYTES:
+        raise DataError(
+            f"{path}: '{key}' is {_bytes(declared)} uncompressed; at most "
+            f"{_bytes(MAX_ARRAY_BYTES)} is read"
+        )
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
 
 
 def _check_numeric(array: np.ndarray, key: str, path: Path) -> None:

@@ -30,10 +30,14 @@ from optuna.distributions import (
 )
 import yaml
 
+from contract import textfile
 from contract.config import ConfigError, TrainConfig, yaml_error_line
 from contract.errors import TunerError
+from contract.textfile import short_repr
 
 PARAM_TYPES = ("float", "int", "categorical", "bool")
+#: Longer keys cannot be field names; refusing them keeps messages short.
+MAX_KEY_LENGTH = 64
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
@@ -100,13 +104,13 @@ class SearchSpace:
     def load(cls, path: str | Path) -> SearchSpace:
         path = Path(path)
         try:
-            values = yaml.safe_load(path.read_text())
+            values = textfile.load_file(path)
         except OSError as exc:
             raise SpaceError(f"cannot read search space {path}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise SpaceError(f"cannot read search space {path}: not a UTF-8 text file") from None
         except yaml.YAMLError as exc:
             raise SpaceError(f"cannot parse search space {path}: {yaml_error_line(exc)}") from None
+        except ValueError as exc:
+            raise SpaceError(f"cannot read search space {path}: {exc}") from None
         try:
             return cls.from_dict(values)
         except SpaceError as exc:
@@ -119,7 +123,7 @@ class SearchSpace:
         _require_string_keys("top level", values)
         unknown = sorted(set(values) - {"params", "fixed"})
         if unknown:
-            raise SpaceError(f"unknown top-level key(s): {', '.join(unknown)} (use params, fixed)")
+            raise SpaceError(f"unknown top-level key(s): {', '.join(unknown[:8])} (use params, fixed)")
         raw_params = _mapping("params", values.get("params"))
         fixed = _mapping("fixed", values.get("fixed"))
         if not raw_params:
@@ -170,7 +174,7 @@ class SearchSpace:
                 try:
                     TrainConfig.from_dict({**self.fixed, name: value})
                 except ConfigError as exc:
-                    raise SpaceError(f"params.{name}: value {value!r} is invalid: {exc}") from None
+                    raise SpaceError(f"params.{name}: value {short_repr(value)} is invalid: {exc}") from None
 
 
 def _mapping(section: str, value: Any) -> dict[str, Any]:
@@ -191,7 +195,9 @@ def _require_string_keys(where: str, mapping: dict[Any, Any]) -> None:
     """YAML reads ``1:`` or ``null:`` as non-string keys; every key here names a field or option."""
     for key in mapping:
         if not isinstance(key, str):
-            raise SpaceError(f"{where}: key {key!r} is not a name (keys must be strings)")
+            raise SpaceError(f"{where}: key {short_repr(key)} is not a name (keys must be strings)")
+        if len(key) > MAX_KEY_LENGTH or not key.isprintable():
+            raise SpaceError(f"{where}: key {short_repr(key)} is not a field or option name")
 
 
 def _parse_param(name: str, spec: Any) -> Param:
@@ -203,7 +209,7 @@ def _parse_param(name: str, spec: Any) -> Param:
     _require_string_keys(where, spec)
     kind = spec["type"]
     if kind not in PARAM_TYPES:
-        raise SpaceError(f"{where}: type {kind!r} is not one of {', '.join(PARAM_TYPES)}")
+        raise SpaceError(f"{where}: type {short_repr(kind)} is not one of {', '.join(PARAM_TYPES)}")
     if name == "epochs" and kind != "int":
         # max_epochs reads the range's high end: Hyperband's maximum resource.
         raise SpaceError(f"{where}: must be type int (it is the pruner's epoch budget)")
@@ -215,7 +221,7 @@ def _parse_param(name: str, spec: Any) -> Param:
     }[kind]
     extra = sorted(set(spec) - allowed)
     if extra:
-        raise SpaceError(f"{where}: unknown key(s) {', '.join(extra)} for type {kind}")
+        raise SpaceError(f"{where}: unknown key(s) {', '.join(extra[:8])} for type {kind}")
     if kind in ("float", "int"):
         return _parse_range(where, name, kind, spec)
     if kind == "categorical":
@@ -235,7 +241,7 @@ def _parse_range(where: str, name: str, kind: str, spec: dict[str, Any]) -> Para
     for key in ("low", "high"):
         value = spec.get(key)
         if value is None or isinstance(value, bool) or not isinstance(value, number):
-            raise SpaceError(f"{where}: '{key}' must be a{'n int' if kind == 'int' else ' number'}, got {value!r}")
+            raise SpaceError(f"{where}: '{key}' must be a{'n int' if kind == 'int' else ' number'}, got {short_repr(value)}")
     low, high = spec["low"], spec["high"]
     log = spec.get("log", False)
     step = spec.get("step")

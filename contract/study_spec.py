@@ -37,6 +37,7 @@ class Pruner(str, enum.Enum):
 
 SAMPLERS = tuple(s.value for s in Sampler)
 PRUNERS = tuple(p.value for p in Pruner)
+MAX_SEED = 2**32 - 1
 
 
 class SpecError(TunerError, ValueError):
@@ -71,6 +72,8 @@ class StudySpec:
             )
         if self.n_trials < 1:
             raise SpecError(f"the trial budget must be >= 1, got {self.n_trials}")
+        if not 0 <= self.seed <= MAX_SEED:  # numpy's seeds, which Optuna's samplers use
+            raise SpecError(f"--seed must be in 0..{MAX_SEED}, got {self.seed}")
         if self.grace_period <= self.heartbeat_interval:
             raise SpecError(
                 f"grace period ({self.grace_period}s) must exceed the heartbeat interval "

@@ -56,6 +56,9 @@ ROCK_IMAGE_FRACTION = 0.06  # share of (non-alien) images with big rocks
 
 # Scene "kinds": 0 sky/far range, 1 soil, 2 bedrock, 3 sand, 4 big rock, 5 rover hardware.
 # Labels are the kinds with rover hardware folded into background (0).
+#: Most images (training or test) one call generates: about 8x the real file, ~3 GB of float64
+#: while generating; more would exhaust memory rather than fail cleanly.
+MAX_IMAGES = 20_000
 _ROVER = 5
 _KIND_TO_LABEL = np.array([0, 1, 2, 3, 4, 0], dtype=np.uint8)
 # Per kind: mean grey level, white-noise std, blotch (medium-scale noise) std, ripple amplitude.
@@ -84,6 +87,9 @@ def generate(
     """
     n = _count(n, "n", minimum=1)
     n_test = _count(n_test, "n_test", minimum=0)
+    for name, value in (("n", n), ("n_test", n_test)):
+        if value > MAX_IMAGES:
+            raise DataError(f"{name} must be <= {MAX_IMAGES}, got {value}")
     n_aliens = default_n_aliens(n) if n_aliens is None else _count(n_aliens, "n_aliens", minimum=0)
     if n_aliens > n - 1:
         raise DataError(f"n_aliens must leave at least one real image: {n_aliens} of n={n}")

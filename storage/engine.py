@@ -14,6 +14,8 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from storage.errors import StorageError
+
 POOL_SIZE = 2
 MAX_OVERFLOW = 2
 CONNECT_TIMEOUT_S = 10
@@ -44,8 +46,8 @@ def engine_kwargs(url: str, *, role: str = "worker") -> dict[str, Any]:
     if backend == "postgresql":
         app = f"mars-tuner-{role}@{socket.gethostname()}:{os.getpid()}"[:63]
         return {
-            "pool_size": int(os.environ.get("TUNER_POOL_SIZE", POOL_SIZE)),
-            "max_overflow": int(os.environ.get("TUNER_MAX_OVERFLOW", MAX_OVERFLOW)),
+            "pool_size": _env_count("TUNER_POOL_SIZE", POOL_SIZE, least=1),
+            "max_overflow": _env_count("TUNER_MAX_OVERFLOW", MAX_OVERFLOW, least=0),
             "pool_pre_ping": True,
             "pool_recycle": 1800,
             "connect_args": {
@@ -72,3 +74,17 @@ def _keepalive_args() -> dict[str, Any]:
         "keepalives_count": KEEPALIVES_COUNT,
         "options": " ".join(f"-c {name}={value}" for name, value in server.items()),
     }
+
+
+def _env_count(name: str, default: int, *, least: int) -> int:
+    """A whole number from the environment; a typo is one line naming the variable."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise StorageError(f"{name} must be a whole number >= {least}, got {raw[:40]!r}")
+    return value

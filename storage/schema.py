@@ -77,8 +77,15 @@ def init_schema(url: str) -> str:
             storage.engine.dispose()
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise connection_error(exc, url) from None
+    except StorageError:
+        raise
     except RuntimeError as exc:  # Optuna's schema-compatibility error
         raise StorageError(f"{mask_url(url)}: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:  # the SQLite lock file beside the database (read-only directory)
+        raise StorageError(
+            f"cannot create the database in {mask_url(url)}: {exc.strerror} "
+            "(is its directory writable?)"
+        ) from None
     if make_url(url).get_backend_name() == "sqlite":
         _enable_wal(url)
     return revision

@@ -28,7 +28,18 @@ MASK = "***"
 # USER:PASSWORD@ up to the LAST "@" of the line: an unencoded "@" or space in a password must not
 # leave its tail visible. Over-masking an error message is harmless; under-masking is not.
 _USERINFO = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>.*)(?P<at>@)")
-_DRIVERS = {"postgresql": ("postgresql", "postgresql+psycopg2"), "sqlite": ("sqlite", "sqlite+pysqlite")}
+# postgresql:// is psycopg 3 in SQLAlchemy 2.1, and so in optuna-dashboard, the optuna CLI and
+# optuna.load_study: we ship that driver so the URL a user types works in every tool, unchanged.
+# postgresql+psycopg2:// keeps working (psycopg2-binary is installed too).
+_DRIVERS = {
+    "postgresql": ("postgresql", "postgresql+psycopg", "postgresql+psycopg2"),
+    "sqlite": ("sqlite", "sqlite+pysqlite"),
+}
+# libpq also takes secrets in the query string (?password=..., ?sslpassword=...) and in
+# key=value DSNs that drivers echo in errors: mask both.
+_QUERY_SECRET = re.compile(r"(?i)\b((?:ssl)?password=)([^&\s#]*)")
+#: Bytes read from TUNER_DB_PASSWORD_FILE at most: a password file, not a data file.
+MAX_PASSWORD_FILE_BYTES = 4096
 
 
 def default_home() -> Path:
@@ -67,15 +78,28 @@ def resolve_url(explicit: str | None = None) -> str:
     if url.drivername not in _DRIVERS[backend]:
         raise StorageError(
             f"driver {url.drivername!r} in {mask_url(raw)} is not installed with the tuner: "
-            f"use {backend}:// ({'psycopg2' if backend == 'postgresql' else 'the built-in sqlite3'})"
+            + ("use postgresql:// (psycopg 3) or postgresql+psycopg2://" if backend == "postgresql"
+               else "use sqlite:// (the built-in sqlite3)")
         )
     if backend == "sqlite":
         _check_sqlite(url)
-    if url.drivername == "postgresql":
-        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2-binary.
-        url = url.set(drivername="postgresql+psycopg2")
     url = _with_password_file(url)
     return url.render_as_string(hide_password=False)
+
+
+def without_file_password(url: str) -> str:
+    """``url`` minus its password when that password is what ``TUNER_DB_PASSWORD_FILE`` holds.
+
+    For handing a resolved URL to child processes: they inherit the variable and read the file
+    themselves, so the secret never sits in their environment (``/proc/PID/environ``).
+    """
+    parsed = make_url(url)
+    if parsed.password is None or not os.environ.get(ENV_PASSWORD_FILE):
+        return url
+    bare = parsed._replace(password=None)  # URL.set ignores None
+    if _with_password_file(bare).password != parsed.password:
+        return url  # typed by the user, not from the file
+    return bare.render_as_string(hide_password=False)
 
 
 def parse_url(raw: str) -> URL:
@@ -95,24 +119,40 @@ def mask_url(url: str | URL) -> str:
     Works on strings SQLAlchemy cannot parse too, so error messages about bad URLs stay safe.
     """
     if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
+        return _mask_query(url.render_as_string(hide_password=True))
     if _authority(url).count("@") <= 1:
         try:
-            return make_url(url).render_as_string(hide_password=True)
+            return _mask_query(make_url(url).render_as_string(hide_password=True))
         except (ArgumentError, ValueError):
             pass
-    return _USERINFO.sub(lambda m: m["head"] + MASK + m["at"], url)
+    return _mask_query(_USERINFO.sub(lambda m: m["head"] + MASK + m["at"], url))
 
 
 def scrub(message: str, url: str | URL) -> str:
     """Remove the URL's password from an arbitrary message (driver errors may echo a DSN)."""
     try:
-        password = (url if isinstance(url, URL) else make_url(url)).password
+        parsed = url if isinstance(url, URL) else make_url(url)
+        secrets = [parsed.password, *_query_secrets(parsed)]
     except (ArgumentError, ValueError):
-        password = None
-    if password:
-        message = message.replace(str(password), MASK)
-    return _USERINFO.sub(lambda m: m["head"] + MASK + m["at"], message)
+        secrets = []
+    for secret in secrets:
+        if secret:
+            message = message.replace(str(secret), MASK)
+    return _mask_query(_USERINFO.sub(lambda m: m["head"] + MASK + m["at"], message))
+
+
+def _mask_query(text: str) -> str:
+    """``password=VALUE`` (query string or libpq key=value DSN) -> ``password=***``."""
+    return _QUERY_SECRET.sub(lambda m: m[1] + MASK, text)
+
+
+def _query_secrets(url: URL) -> list[str]:
+    """The values of secret query parameters (``?password=``), however often they are given."""
+    out: list[str] = []
+    for key, value in url.query.items():
+        if key.lower() in ("password", "sslpassword"):
+            out.extend([value] if isinstance(value, str) else list(value))
+    return out
 
 
 def missing_sqlite_file(url: str) -> Path | None:
@@ -148,10 +188,19 @@ def _check_sqlite(url: URL) -> None:
 
 def _with_password_file(url: URL) -> URL:
     path = os.environ.get(ENV_PASSWORD_FILE)
-    if not path or url.password or url.get_backend_name() == "sqlite":
+    if not path or url.password or _query_secrets(url) or url.get_backend_name() == "sqlite":
         return url
     try:
-        password = Path(path).read_text().strip()
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_PASSWORD_FILE_BYTES + 1)
     except OSError as exc:
         raise StorageError(f"cannot read {ENV_PASSWORD_FILE}={path}: {exc.strerror}") from None
+    if len(raw) > MAX_PASSWORD_FILE_BYTES:
+        raise StorageError(
+            f"{ENV_PASSWORD_FILE}={path} is larger than {MAX_PASSWORD_FILE_BYTES} bytes: not a password file"
+        )
+    try:
+        password = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise StorageError(f"{ENV_PASSWORD_FILE}={path} is not UTF-8 text") from None
     return url.set(password=password)

@@ -21,12 +21,12 @@ from storage.url import mask_url, resolve_url, scrub
 
 def test_explicit_url_beats_environment(tuner_home, monkeypatch):
     monkeypatch.setenv("TUNER_STORAGE", "postgresql://env@dbhost/envdb")
-    assert resolve_url("postgresql://cli@otherhost/clidb") == "postgresql+psycopg2://cli@otherhost/clidb"
+    assert resolve_url("postgresql://cli@otherhost/clidb") == "postgresql://cli@otherhost/clidb"
 
 
 def test_environment_beats_default(tuner_home, monkeypatch):
     monkeypatch.setenv("TUNER_STORAGE", "postgresql://env@dbhost/envdb")
-    assert resolve_url(None) == "postgresql+psycopg2://env@dbhost/envdb"
+    assert resolve_url(None) == "postgresql://env@dbhost/envdb"
 
 
 def test_nothing_given_is_sqlite_under_tuner_home(tuner_home):
@@ -35,7 +35,7 @@ def test_nothing_given_is_sqlite_under_tuner_home(tuner_home):
 
 
 def test_postgres_scheme_alias_and_driver(tuner_home):
-    assert resolve_url("postgres://u@h:5433/d") == "postgresql+psycopg2://u@h:5433/d"
+    assert resolve_url("postgres://u@h:5433/d") == "postgresql://u@h:5433/d"
     # An explicitly chosen driver is kept.
     assert resolve_url("postgresql+psycopg2://u@h/d") == "postgresql+psycopg2://u@h/d"
 
@@ -44,8 +44,8 @@ def test_password_file_is_injected_only_without_password(tuner_home, tmp_path, m
     secret = tmp_path / "pw"
     secret.write_text("from-file\n")
     monkeypatch.setenv("TUNER_DB_PASSWORD_FILE", str(secret))
-    assert resolve_url("postgresql://u@h/d") == "postgresql+psycopg2://u:from-file@h/d"
-    assert resolve_url("postgresql://u:given@h/d") == "postgresql+psycopg2://u:given@h/d"
+    assert resolve_url("postgresql://u@h/d") == "postgresql://u:from-file@h/d"
+    assert resolve_url("postgresql://u:given@h/d") == "postgresql://u:given@h/d"
 
 
 def test_missing_password_file_is_one_clear_error(tuner_home, tmp_path, monkeypatch):
@@ -93,7 +93,6 @@ def test_passwords_with_at_or_space_are_masked_whole(tuner_home, raw, secret):
 @pytest.mark.parametrize(
     "raw, expected",
     [
-        ("postgresql+psycopg://u:hunter2@h/d", "driver 'postgresql+psycopg'"),
         ("postgresql+asyncpg://u:hunter2@h/d", "driver 'postgresql+asyncpg'"),
         ("sqlite://u:hunter2@/tmp/x.db", "a SQLite URL has no user"),
         ("sqlite://", "in-memory SQLite is not supported"),

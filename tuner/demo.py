@@ -18,8 +18,14 @@ import threading
 import optuna
 
 import storage
-from storage.url import default_home
-from tuner.study import StudyError, create_study, demo_space_path, load
+from storage.url import default_home, without_file_password
+from tuner.study import (
+    StudyError,
+    check_file_safe_name,
+    create_study,
+    demo_space_path,
+    load,
+)
 
 DEMO_SEED = 0
 #: Study user attribute that marks a study as the demo's own (safe to replace on the next run).
@@ -32,6 +38,7 @@ def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url:
     from tuner.export import export_best
     from tuner.status import print_status
 
+    check_file_safe_name(study)  # before anything is written: the files are named after it
     url = storage.resolve_url(storage_url)
     _check_replaceable(study, url)  # also fails fast, before any file is written, if unreachable
     home = default_home()
@@ -94,9 +101,10 @@ def _run_workers(n: int, study: str, data: Path, url: str) -> list[int]:
     """Start ``n`` ``worker run`` processes and relay their output with a prefix.
 
     The storage URL travels in the environment, not on the command line, so a password never
-    shows in ``ps``.
+    shows in ``ps``; a password read from ``TUNER_DB_PASSWORD_FILE`` stays in that file (the
+    workers inherit the variable and read it themselves), out of their environment.
     """
-    env = {**os.environ, "TUNER_STORAGE": url, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TUNER_STORAGE": without_file_password(url), "PYTHONUNBUFFERED": "1"}
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "worker", "run", "--study", study, "--data", str(data)],

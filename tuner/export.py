@@ -21,11 +21,12 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from contract import report
-from contract.artifacts import ArtifactDirError, open_artifact_store
+from contract.artifacts import ArtifactDirError, is_artifact_id, open_artifact_store
 from contract.atomic import replacing
 from contract.config import ConfigError, ConfigFormat, TrainConfig
 from contract.space import SpaceError
 from contract.study_spec import StudySpec
+from contract.textfile import short_repr
 from tuner.study import StudyError, load
 
 FORMATS = tuple(f.value for f in ConfigFormat)
@@ -122,7 +123,7 @@ def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial
         f"# trial: {trial.number}",
         f"# value (validation mean IoU, classes 1-4): {trial.value!r}",
         f"# IoU per class: {per_class_text}",
-        "# Retrain with: worker train --config THIS_FILE",
+        "# Retrain with: worker train --config THIS_FILE --data DATA.npz",
     ]
     return "\n".join(header) + "\n" + body
 
@@ -137,6 +138,11 @@ def downloaded_model(trial: FrozenTrial, path: Path, artifact_dir: Path) -> Iter
     if not artifact_id:
         raise StudyError(
             f"best trial {trial.number} has no saved model; run workers with --artifact-dir"
+        )
+    if not is_artifact_id(artifact_id):
+        raise StudyError(
+            f"--model: trial {trial.number}'s model artifact id {short_repr(artifact_id)} is not "
+            "an artifact id (expected a UUID); refusing to read outside --artifact-dir"
         )
     try:
         store = open_artifact_store(artifact_dir, create=False)

@@ -15,11 +15,13 @@ import dataclasses
 import datetime
 import textwrap
 from typing import Any
+import unicodedata
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from contract import report
 from contract.study_spec import SPEC_ATTR, StudySpec
@@ -214,13 +216,13 @@ def print_study_list(storage_url: str | None, console: Console | None = None) ->
     if not rows:
         console.print(f"no studies in {storage.mask_url(url)}", markup=False, highlight=False)
         return
-    table = Table(title=f"studies in {storage.mask_url(url)}", title_justify="left")
+    table = Table(title=Text(printable(f"studies in {storage.mask_url(url)}")), title_justify="left")
     for column, justify in (("study", "left"), ("finished/budget", "right"), ("running", "right"),
                             ("failed", "right"), ("best", "right"), ("created (UTC)", "left")):
         table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in rows:
         table.add_row(
-            row.name,
+            Text(printable(row.name)),
             f"{row.finished}/{row.budget if row.budget is not None else '-'}",
             str(row.running),
             str(row.failed),
@@ -251,10 +253,12 @@ def render_status(summary: StatusSummary, masked_url: str, console: Console) -> 
     """Print a :class:`StatusSummary`; plain lines plus two tables, fitted to ``console.width``."""
 
     def line(text: str) -> None:
-        console.print(text, markup=False, highlight=False)
+        # Values are escaped where they are composed; this catches anything else (keeping the
+        # line breaks of wrapped text).
+        console.print("\n".join(map(printable, text.split("\n"))), markup=False, highlight=False)
 
     budget = summary.budget if summary.budget is not None else "-"
-    line(f"study:    {summary.name}")
+    line(f"study:    {printable(summary.name)}")
     line(f"storage:  {masked_url}")
     if summary.budget is None:
         line("spec:     none (study not created by `tuner create`)")
@@ -294,18 +298,32 @@ def render_status(summary: StatusSummary, masked_url: str, console: Console) -> 
     for run in summary.running:
         cells = [
             str(run.number),
-            run.host or "-",
+            Text(printable(run.host or "-")),
             str(run.pid) if run.pid is not None else "-",
             str(run.gpu) if run.gpu is not None else "-",
             format_age(run.age_s),
             str(run.last_step) if run.last_step is not None else "-",
             _value(run.last_value),
         ]
-        table.add_row(*cells, *([_params(run.params)] if wide else []))
+        table.add_row(*cells, *([Text(_params(run.params))] if wide else []))
     console.print(table)
     if not wide:
         for run in summary.running:
             line(_wrap(f"trial {run.number}: {_params(run.params)}", console.width, indent=2, hang=2))
+
+
+def printable(text: str) -> str:
+    """``text`` with control and format characters (ESC, bidi overrides) shown as escapes.
+
+    Study names, hosts and parameter values come from the database, where anyone with access
+    can write anything; raw, an ESC sequence would drive the user's terminal. Rich markup is
+    the other half: cells are passed as ``Text`` and lines with ``markup=False``.
+    """
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in ("Cc", "Cf")
+        else ch
+        for ch in text
+    )
 
 
 def format_age(seconds: float | None) -> str:
@@ -346,4 +364,4 @@ def _params(params: Mapping[str, Any]) -> str:
     def short(v: Any) -> str:
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 
-    return ", ".join(f"{k}={short(v)}" for k, v in params.items()) or "-"
+    return printable(", ".join(f"{k}={short(v)}" for k, v in params.items())) or "-"

@@ -29,6 +29,7 @@ MAX_STUDY_NAME = 512
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 #: The private name a study has while ``tuner create`` builds it.
 BUILDING_PREFIX = ".mars-tuner-building-"
+_FILE_SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 
 class StudyError(TunerError, RuntimeError):
@@ -62,7 +63,7 @@ def create_study(
     exist_ok: bool = False,
 ) -> str:
     """Create the study and return a one-paragraph summary for the user."""
-    from contract.data import DataError, fingerprint_npz
+    from contract.data import DataError, check_trainable, load_npz
 
     if overwrite and exist_ok:
         raise StudyError("--overwrite and --exist-ok contradict each other; pick one")
@@ -80,9 +81,15 @@ def create_study(
         raise StudyError(str(exc)) from None
     if data is not None:
         try:
-            fingerprint = fingerprint_npz(data)
+            loaded = load_npz(data, load_test=False)
         except DataError as exc:
             raise StudyError(str(exc)) from None
+        try:
+            check_trainable(loaded.masks)  # else every trial would fail
+        except DataError as exc:
+            raise StudyError(f"--data {data}: {exc}") from None
+        fingerprint = loaded.fingerprint
+        del loaded
     assert fingerprint is not None
     try:
         spec = StudySpec(
@@ -170,6 +177,25 @@ def check_study_name(name: str) -> None:
         raise StudyError(f"study name {name!r} starts or ends with whitespace")
     if len(name) > MAX_STUDY_NAME:
         raise StudyError(f"the study name is {len(name)} characters long; at most {MAX_STUDY_NAME} fit")
+    if not name.isprintable():
+        raise StudyError(f"study name {name!r} contains control characters")
+
+
+def check_file_safe_name(name: str, option: str = "--study") -> None:
+    """Refuse study names that cannot be used as part of a file name (``../x``, ``a/b``, ``.x``).
+
+    ``tuner demo`` names its files after the study; a name with a separator would write
+    outside ``TUNER_HOME``.
+
+    Raises:
+        StudyError: the name has characters other than letters, digits, ``.``, ``_``, ``-``,
+            or starts with a dot.
+    """
+    if not _FILE_SAFE.fullmatch(name):
+        raise StudyError(
+            f"{option} {name!r}: names files here, so use letters, digits, '.', '_' or '-' "
+            "(not starting with '.'), at most 100 characters"
+        )
 
 
 def load_spec(study: optuna.Study) -> StudySpec:

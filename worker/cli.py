@@ -6,7 +6,6 @@ instant.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 import signal
 from typing import Annotated, Optional
@@ -15,9 +14,11 @@ import typer
 
 from contract.options import ArtifactDirOpt, CliGroup, StorageOpt
 from contract.options import fail as _fail
+from worker.training.quiet import silence_native_logs
 
-# TensorFlow's C++ start-up chatter (no CUDA device, oneDNN notes) buries the progress lines.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ log lines (no CUDA device, oneDNN notes, E0000 tf.data NodeDef mismatches)
+# bury the progress lines; before any TensorFlow import.
+silence_native_logs()
 
 app = typer.Typer(
     name="worker",
@@ -55,10 +56,13 @@ def synth_data(
     test: Annotated[int, typer.Option(min=0, help="Unlabelled test images.")] = 0,
 ) -> None:
     """Write a synthetic data set in exactly the challenge's .npz format."""
-    from contract.synth import write_npz
+    from contract.synth import MAX_IMAGES, write_npz
 
     if out.suffix != ".npz":
         raise _fail(f"{out}: output must end in .npz")
+    for option, value in (("--n", n), ("--test", test)):
+        if value > MAX_IMAGES:
+            raise _fail(f"{option} {value}: at most {MAX_IMAGES} images per file")
     try:
         summary = write_npz(out, n, seed=seed, n_aliens=aliens, n_test=test)
     except OSError as exc:
@@ -98,7 +102,7 @@ def train(
 
     from contract.atomic import replacing, writable_problem
     from contract.config import TrainConfig
-    from contract.data import load_npz
+    from contract.data import DataError, check_trainable, load_npz
 
     if save is not None and save.suffix != ".keras":
         raise _fail(f"{save}: --save must end in .keras")
@@ -108,26 +112,43 @@ def train(
             raise _fail(f"{option} {path}: {problem}")
     cfg = TrainConfig.load(config)
     loaded = load_npz(data, max_images=cfg.max_images, seed=cfg.seed, load_test=False)
+    try:
+        check_trainable(loaded.masks, validation_fraction=cfg.validation_fraction)
+    except DataError as exc:
+        raise _fail(f"--data {data}: {exc}") from None
 
     from worker.training.device import configure
     from worker.training.train import train as run_training
 
+    def report(result) -> None:  # type: ignore[no-untyped-def]
+        """The outcome is out (terminal, --result) before saving the model can fail."""
+        per_class = ", ".join(
+            f"{c}:{v:.4f}" if v == v else f"{c}:n/a" for c, v in result.per_class_iou.items()
+        )
+        typer.echo(f"mean IoU (classes 1-4): {result.best_miou:.4f}  per class: {per_class}")
+        typer.echo(f"epochs: {result.epochs_run} (best {result.best_epoch + 1})  wall time: {result.wall_time_s:.1f}s")
+        if result_json is not None:
+            try:
+                with replacing(result_json) as tmp:
+                    tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+            except OSError as exc:
+                raise _fail(f"--result {result_json}: cannot write: {exc.strerror}") from None
+            typer.echo(f"result written to {result_json}")
+
     device = configure(gpu, mixed_precision=cfg.mixed_precision)
-    result = run_training(cfg, loaded, verbose=not quiet, save_path=save, device=device)
-    per_class = ", ".join(
-        f"{c}:{v:.4f}" if v == v else f"{c}:n/a" for c, v in result.per_class_iou.items()
-    )
-    typer.echo(f"mean IoU (classes 1-4): {result.best_miou:.4f}  per class: {per_class}")
-    typer.echo(f"epochs: {result.epochs_run} (best {result.best_epoch + 1})  wall time: {result.wall_time_s:.1f}s")
+    try:
+        run_training(cfg, loaded, verbose=not quiet, save_path=save, device=device, on_result=report)
+    except OSError as exc:
+        if save is None:
+            raise
+        raise _fail(f"--save {save}: cannot save the model: {exc.strerror or _first_line(exc)}") from None
     if save is not None:
         typer.echo(f"model saved to {save}")
-    if result_json is not None:
-        try:
-            with replacing(result_json) as tmp:
-                tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        except OSError as exc:
-            raise _fail(f"cannot write {result_json}: {exc.strerror}") from None
-        typer.echo(f"result written to {result_json}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 @app.command()

@@ -15,12 +15,13 @@ run on a CPU worker instead of failing every trial there.
 from __future__ import annotations
 
 import dataclasses
+from importlib import metadata
 import platform
 import socket
 import sys
-import warnings
-from importlib import metadata
 from typing import Any, Literal
+import warnings
+
 from contract.errors import TunerError
 
 MIXED_PRECISION_MODES = ("auto", "on", "off")

@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
+import numpy as np
 
 EPSILON = 1e-7
 SCHEMES = ("inverse_frequency", "sqrt_inverse_frequency", "uniform")

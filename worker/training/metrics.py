@@ -31,8 +31,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
-import numpy as np
 from keras import ops
+import numpy as np
 
 NUM_CLASSES = 5
 FOREGROUND = (1, 2, 3, 4)

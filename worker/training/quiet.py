@@ -4,8 +4,12 @@
 descriptor 2 ("oneDNN custom operations are on", "failed call to cuInit" on machines without a
 GPU), before ``TF_CPP_MIN_LOG_LEVEL`` takes effect. They bury our own one-line errors and
 progress. While TensorFlow starts, fd 2 goes to a temporary file; if starting fails, the
-captured text is replayed so nothing needed for a diagnosis is lost. ``TUNER_TF_VERBOSE=1``
-turns the capture off.
+captured text is replayed so nothing needed for a diagnosis is lost. Later lines (an
+``E0000 ...`` ERROR-level line about a tf.data ``NodeDef`` attribute in the middle of training,
+oneDNN notes) are ERROR-level logs of conditions TensorFlow handles itself; a real failure
+reaches us as a Python exception with its own message. So worker processes raise TensorFlow's
+native log threshold to FATAL (:func:`silence_native_logs`). ``TUNER_TF_VERBOSE=1`` turns both
+off and leaves ``TF_CPP_MIN_LOG_LEVEL`` as the environment has it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,18 @@ import sys
 import tempfile
 
 ENV_VERBOSE = "TUNER_TF_VERBOSE"
+#: TensorFlow's native threshold in worker processes: 3 = FATAL only (0 shows everything).
+NATIVE_LOG_LEVEL = "3"
+
+
+def silence_native_logs() -> None:
+    """Keep TensorFlow's native INFO/WARNING/ERROR lines out of a worker's output.
+
+    Must run before TensorFlow is imported (it reads ``TF_CPP_MIN_LOG_LEVEL`` once). Overrides
+    the variable (the Docker image sets it to 1): ``TUNER_TF_VERBOSE=1`` is the switch.
+    """
+    if os.environ.get(ENV_VERBOSE) != "1":
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = NATIVE_LOG_LEVEL
 
 
 @contextlib.contextmanager

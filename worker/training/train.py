@@ -19,13 +19,13 @@ same data and machine give bit-identical histories on CPU.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import functools
 import math
+from pathlib import Path
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
@@ -83,6 +83,7 @@ def train(
     verbose: bool = True,
     save_path: str | Path | None = None,
     device: DeviceInfo | None = None,
+    on_result: Callable[[TrainResult], None] | None = None,
 ) -> TrainResult:
     """Train ``config`` on ``data`` and evaluate the best epoch on the validation split.
 
@@ -168,8 +169,6 @@ def train(
                   callbacks=callbacks, verbose=0, shuffle=False)  # the dataset shuffles
         # EarlyStopping has restored the best epoch's weights by now.
         best_miou, per_class = _evaluate(model, x_val, y_val, batch_size, tta=config.tta)
-        if save_path is not None:
-            save_model(model, save_path)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -189,6 +188,10 @@ def train(
               f"{' (flip TTA)' if config.tta else ''}; "
               + " ".join(f"c{c}={_fmt(v)}" for c, v in per_class.items())
               + f"; {result.wall_time_s:.1f}s")
+    if on_result is not None:
+        on_result(result)  # out before saving, which can fail (full disk) after all the work
+    if save_path is not None:
+        save_model(model, save_path)
     return result
 
 

@@ -1,0 +1,473 @@
+"""Hostile or unusable input: secrets, study names, files, data, options (issue 11, items 10-17).
+
+Each test is a fault that used to end in a traceback, a leaked secret, a write outside its place
+or unbounded memory. Commands run in-process through Typer's ``CliRunner`` (the same click group
+catches errors as for a user) unless a real process is the point.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+from pathlib import Path
+import resource
+import stat
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from contract import report
+from contract.atomic import replacing, writable_problem
+from contract.config import ConfigError, TrainConfig
+from contract.data import DataError, check_trainable, load_npz
+from contract.space import SearchSpace, SpaceError
+from contract.synth import write_npz
+import storage
+from storage.engine import engine_kwargs
+from storage.url import mask_url, resolve_url, scrub
+from tuner.cli import app as tuner_app
+from worker.cli import app as worker_app
+
+BIN = Path(sys.executable).parent
+SECRET = "hunter2secret"
+
+
+def invoke(app, *args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+
+def one_error(result, *needles: str) -> str:
+    """The single ``error:`` line of a failed command; it contains every needle."""
+    assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr, result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[:2000]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert len(lines[0]) < 400, lines[0][:400]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "mars.npz"
+    write_npz(path, 24, seed=0)
+    return path
+
+
+def _subset(npz: Path, out: Path, n: int, *, background: bool = False) -> Path:
+    train = np.load(npz)["training_set"][:n].copy()
+    if background:
+        train[:, 1] = 0
+    np.savez(out, training_set=train)
+    return out
+
+
+# --- 10. a password in the query string is masked everywhere ---------------------------------
+
+
+def test_query_string_password_is_masked():
+    url = f"postgresql://u@h/d?password={SECRET}&sslmode=disable"
+    assert SECRET not in mask_url(url) and "password=***" in mask_url(url)
+    assert "sslmode=disable" in mask_url(url)
+    assert SECRET not in mask_url(f"postgresql://u@h:notaport/d?sslpassword={SECRET}")
+    message = scrub(f"connection to server failed: password={SECRET} host=h", url)
+    assert SECRET not in message
+
+
+def test_query_string_password_is_masked_in_cli_lines(pg_url):
+    url = f"{pg_url}?password={SECRET}"
+    created = invoke(tuner_app, "db", "init", "--storage", url)
+    assert created.exit_code == 0, created.stderr
+    assert "password=***" in created.stdout and SECRET not in created.stdout
+    unreachable = f"postgresql://postgres@127.0.0.1:1/x?password={SECRET}"
+    line = one_error(invoke(tuner_app, "db", "check", "--storage", unreachable), "password=***")
+    assert SECRET not in line
+    # The worker's lines go through the same mask: "no study" comes before TensorFlow loads.
+    no_study = invoke(worker_app, "run", "--study", "nope", "--data", "x.npz", "--storage", url)
+    assert SECRET not in no_study.stdout + no_study.stderr
+
+
+# --- 11. tuner demo hands its workers the password file, not the password ---------------------
+
+
+def test_demo_workers_get_the_password_file_not_the_secret(tuner_home, tmp_path, monkeypatch):
+    from tuner import demo
+
+    secret_file = tmp_path / "pgpass"
+    secret_file.write_text(SECRET + "\n")
+    monkeypatch.setenv("TUNER_DB_PASSWORD_FILE", str(secret_file))
+    url = resolve_url("postgresql://tuner@db.example.org/optuna")
+    assert SECRET in url  # what the coordinator itself connects with
+    seen: list[dict[str, str]] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(args, **kwargs):  # a real (trivial) child, with the env demo built
+        seen.append(dict(kwargs["env"]))
+        return real_popen([sys.executable, "-c", "pass"], stdout=kwargs["stdout"],
+                          stderr=kwargs["stderr"], text=True)
+
+    monkeypatch.setattr(demo.subprocess, "Popen", recording_popen)
+    assert demo._run_workers(2, "s", tmp_path / "d.npz", url) == [0, 0]
+    assert len(seen) == 2
+    for env in seen:
+        assert not any(SECRET in value for value in env.values())
+        assert env["TUNER_STORAGE"] == "postgresql://tuner@db.example.org/optuna"
+        assert env["TUNER_DB_PASSWORD_FILE"] == str(secret_file)
+        # ... and the worker, reading the file, gets the same URL the coordinator used.
+        monkeypatch.setenv("TUNER_STORAGE", env["TUNER_STORAGE"])
+        assert resolve_url(None) == url
+
+
+# --- 12. study names: no markup, no escape sequences, no paths ---------------------------------
+
+
+HOSTILE_NAME = "[bold red]pwned[/] \x1b[2J\x1b]0;title\x07"
+
+
+def test_list_and_status_show_hostile_names_literally(tuner_home, tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    storage.init_schema(url)
+    optuna.create_study(study_name=HOSTILE_NAME, storage=url)  # written by anyone with DB access
+    for args in (("list",), ("status", HOSTILE_NAME)):
+        result = invoke(tuner_app, *args, "--storage", url, env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.stderr
+        assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+        assert "[bold red]pwned[/]" in result.stdout
+        assert "\\x1b[2J" in result.stdout
+
+
+def test_create_refuses_control_characters_in_names(tuner_home, tmp_path, npz):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    one_error(invoke(tuner_app, "create", "a\x1b[31mb", "--data", npz, "--storage", url), "control characters")
+
+
+@pytest.mark.parametrize("name", ["../escaped", "a/b", ".hidden", "/abs"])
+def test_demo_study_name_cannot_write_outside_tuner_home(tmp_path, monkeypatch, name):
+    home = tmp_path / "deep" / "home"
+    monkeypatch.setenv("TUNER_HOME", str(home))
+    monkeypatch.delenv("TUNER_STORAGE", raising=False)
+    one_error(invoke(tuner_app, "demo", "--study", name), "--study")
+    assert list(tmp_path.rglob("*")) == [tmp_path / "deep"] or not (tmp_path / "deep").exists()
+
+
+# --- 13. hostile YAML and files: bounded size, bounded messages, one line --------------------
+
+
+def _alias_bomb(levels: int, last: str) -> str:
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
+    return "\n".join([*lines, last.format(top=f"*a{levels}")]) + "\n"
+
+
+def _hostile_files(tmp_path: Path, kind: str) -> dict[str, Path]:
+    # 9**6 "lol"s: small enough that the unfixed code finished (with a ~4 MB message), not OOM.
+    last = "params: {{learning_rate: {top}}}" if kind == "space" else "model: {top}"
+    files = {
+        "alias bomb": tmp_path / f"bomb-{kind}.yaml",
+        "deep nesting": tmp_path / f"deep-{kind}.yaml",
+        "huge value": tmp_path / f"huge-{kind}.yaml",
+        "too large": tmp_path / f"large-{kind}.yaml",
+        "fifo": tmp_path / f"fifo-{kind}.yaml",
+        "device": Path("/dev/zero"),
+    }
+    files["alias bomb"].write_text(_alias_bomb(6, last))
+    files["deep nesting"].write_text("[" * 10000)
+    files["huge value"].write_text(
+        ("params: {learning_rate: {type: float, low: 'x%s', high: 1}}" if kind == "space" else "model: 'x%s'")
+        % ("y" * 500_000)
+    )
+    files["too large"].write_text("# padding\n" * 200_000)
+    os.mkfifo(files["fifo"])
+    return files
+
+
+@pytest.mark.parametrize("case", ["alias bomb", "deep nesting", "huge value", "too large", "fifo", "device"])
+def test_hostile_space_files_are_one_short_line(tuner_home, tmp_path, npz, case):
+    path = _hostile_files(tmp_path, "space")[case]
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    one_error(invoke(tuner_app, "create", "s", "--data", npz, "--space", path, "--storage", url), str(path))
+    assert not (tmp_path / "db.sqlite").exists()
+    with pytest.raises(SpaceError):
+        SearchSpace.load(path)
+
+
+@pytest.mark.parametrize("case", ["alias bomb", "deep nesting", "huge value", "too large", "fifo", "device"])
+def test_hostile_config_files_are_one_short_line(tmp_path, npz, case):
+    path = _hostile_files(tmp_path, "config")[case]
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.load(path)
+    assert len(str(info.value)) < 300 and "\n" not in str(info.value)
+    one_error(invoke(worker_app, "train", "--config", path, "--data", npz), str(path))
+
+
+def test_aliases_are_refused_but_plain_yaml_still_loads(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("epochs: 3\nbatch_size: 8\n")
+    assert TrainConfig.load(path).epochs == 3
+    path.write_text("base: &b 8\nbatch_size: *b\n")
+    with pytest.raises(ConfigError, match="aliases"):
+        TrainConfig.load(path)
+
+
+# --- 14. outputs replace regular files only ------------------------------------------------------
+
+
+def _specials(tmp_path: Path) -> dict[str, Path]:
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    link = tmp_path / "link.npz"
+    link.symlink_to(target)
+    fifo = tmp_path / "fifo.npz"
+    os.mkfifo(fifo)
+    directory = tmp_path / "dir.npz"
+    directory.mkdir()
+    out = {"symlink": link, "fifo": fifo, "directory": directory}
+    if os.geteuid() == 0:  # a private copy of /dev/null: what `-o /dev/null` would replace as root
+        device = tmp_path / "null.npz"
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        out["device"] = device
+    return out
+
+
+def _unchanged(path: Path, kind: str, tmp_path: Path) -> None:
+    mode = os.lstat(path).st_mode
+    assert {"symlink": stat.S_ISLNK, "fifo": stat.S_ISFIFO, "directory": stat.S_ISDIR,
+            "device": stat.S_ISCHR}[kind](mode), f"{path} was replaced"
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory", "device"])
+def test_outputs_refuse_non_regular_targets(tmp_path, kind):
+    specials = _specials(tmp_path)
+    if kind not in specials:
+        pytest.skip("creating a device node needs root")
+    path = specials[kind]
+    assert "not a regular file" in (writable_problem(path) or "")
+    with pytest.raises(OSError, match="not a regular file"):
+        with replacing(path) as tmp:
+            tmp.write_text("new")
+    _unchanged(path, kind, tmp_path)
+    one_error(invoke(worker_app, "synth-data", path, "--n", "8"), "not a regular file")
+    _unchanged(path, kind, tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".tmp.npz"))]
+
+
+def test_a_target_swapped_for_a_symlink_during_the_write_is_not_replaced(tmp_path):
+    path = tmp_path / "out.txt"
+    with pytest.raises(OSError, match="symbolic link"):
+        with replacing(path) as tmp:
+            tmp.write_text("new")
+            path.symlink_to(tmp_path / "elsewhere")
+    assert path.is_symlink()
+
+
+def test_regular_files_are_still_replaced(tmp_path):
+    path = tmp_path / "out.txt"
+    path.write_text("old")
+    with replacing(path) as tmp:
+        tmp.write_text("new")
+    assert path.read_text() == "new" and not path.is_symlink()
+
+
+# --- 15. data that can never train; outputs that fail late ---------------------------------------
+
+
+def test_check_trainable_refuses_unlearnable_data(npz, tmp_path):
+    masks = load_npz(npz).masks
+    check_trainable(masks)
+    with pytest.raises(DataError, match="at least 2"):
+        check_trainable(masks[:1])
+    with pytest.raises(DataError, match="every label is background"):
+        check_trainable(np.zeros_like(masks[:8]))
+    only_one = np.zeros_like(masks[:8])
+    only_one[0, 0, 0] = 1  # the validation split could take the only labelled image
+    with pytest.raises(DataError, match="only 1 of 8"):
+        check_trainable(only_one)
+
+
+@pytest.mark.parametrize("case", ["one image", "all background"])
+def test_untrainable_data_is_one_line_in_create_and_train(tuner_home, tmp_path, npz, case):
+    data = _subset(npz, tmp_path / "bad.npz", 1 if case == "one image" else 4, background=case == "all background")
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    one_error(invoke(tuner_app, "create", "s", "--data", data, "--storage", url), f"--data {data}")
+    assert not (tmp_path / "db.sqlite").exists()
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 1\n")
+    one_error(invoke(worker_app, "train", "--config", config, "--data", data), f"--data {data}")
+
+
+def test_save_name_too_long_fails_before_training(tmp_path, npz):
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 1\n")
+    save = tmp_path / ("m" * 250 + ".keras")
+    one_error(invoke(worker_app, "train", "--config", config, "--data", npz, "--save", save),
+              "--save", "at most 255")
+
+
+def test_a_name_that_just_fits_gets_a_temporary_name_that_fits(tmp_path):
+    path = tmp_path / ("m" * 249 + ".keras")
+    with replacing(path, suffix=".keras") as tmp:
+        assert len(tmp.name) <= 255
+        tmp.write_bytes(b"model")
+    assert path.read_bytes() == b"model"
+
+
+TINY = """\
+model: unet
+base_filters: 4
+depth: 2
+batch_size: 8
+epochs: 1
+augment_flips: false
+max_images: 12
+"""
+
+
+def _limit_file_size() -> None:
+    # A full disk, for this process only: writes beyond 64 KiB fail with EFBIG (Python ignores
+    # SIGXFSZ), as writes on a full disk fail with ENOSPC. The model is larger, the result not.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+@pytest.mark.slow
+def test_full_disk_on_save_keeps_the_result_and_is_one_line(tmp_path, npz):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    save, result_json = tmp_path / "out" / "model.keras", tmp_path / "result.json"
+    (tmp_path / "out").mkdir()
+    proc = subprocess.run(
+        [str(BIN / "worker"), "train", "--config", str(config), "--data", str(npz), "--quiet",
+         "--save", str(save), "--result", str(result_json)],
+        capture_output=True, text=True, timeout=600, preexec_fn=_limit_file_size,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "--save" in errors[0] and os.strerror(errno.EFBIG) in errors[0], proc.stderr
+    assert "mean IoU (classes 1-4):" in proc.stdout
+    assert "E0000" not in proc.stderr  # item 17: no native TensorFlow log lines
+    assert result_json.exists() and '"best_miou"' in result_json.read_text()
+    assert list((tmp_path / "out").iterdir()) == []  # no partial model, no temporary file
+
+
+# --- 16. one line naming the option -----------------------------------------------------------
+
+
+def _npz_declaring(path: Path, shape: tuple[int, ...]) -> Path:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("training_set.npy", header.getvalue() + b"\0" * 64)
+    return path
+
+
+def test_npz_header_declaring_a_pebibyte_is_refused_before_allocating(tmp_path):
+    path = _npz_declaring(tmp_path / "bomb.npz", (2**50 // (2 * 64 * 128 * 8), 2, 64, 128))
+    with pytest.raises(DataError, match="declares shape") as info:
+        load_npz(path)
+    assert "(1.0 PiB) but the file holds 64 B" in str(info.value)
+    one_error(invoke(worker_app, "inspect-data", path), "1.0 PiB")
+
+
+def test_synth_data_with_absurd_n_is_one_line(tmp_path):
+    one_error(invoke(worker_app, "synth-data", tmp_path / "x.npz", "--n", "100000000"), "--n")
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_create_with_negative_seed_is_one_line_and_leaves_no_schema(tuner_home, tmp_path, npz):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    one_error(invoke(tuner_app, "create", "s", "--data", npz, "--seed", "-5", "--storage", url), "--seed")
+    assert not (tmp_path / "db.sqlite").exists()
+
+
+def test_sqlite_in_a_read_only_directory_is_one_line(tuner_home, tmp_path, npz):
+    if os.geteuid() == 0:
+        directory = Path("/sys")  # root ignores permission bits; sysfs refuses new files anyway
+    else:
+        directory = tmp_path / "ro"
+        directory.mkdir()
+        directory.chmod(0o555)
+    url = f"sqlite:///{directory / 'tuner-test.db'}"
+    one_error(invoke(tuner_app, "create", "s", "--data", npz, "--storage", url), "cannot create the database")
+    assert not (directory / "tuner-test.db").exists()
+
+
+def test_non_utf8_password_file_is_one_line(tuner_home, tmp_path, monkeypatch):
+    secret = tmp_path / "pw"
+    secret.write_bytes(b"\xff\xfe" + SECRET.encode("utf-16-le"))
+    monkeypatch.setenv("TUNER_DB_PASSWORD_FILE", str(secret))
+    with pytest.raises(storage.StorageError, match="TUNER_DB_PASSWORD_FILE.*not UTF-8"):
+        resolve_url("postgresql://u@h/d")
+    one_error(invoke(tuner_app, "db", "check", "--storage", "postgresql://u@127.0.0.1:1/d"), "TUNER_DB_PASSWORD_FILE")
+
+
+@pytest.mark.parametrize("variable, value", [("TUNER_POOL_SIZE", "abc"), ("TUNER_MAX_OVERFLOW", "-1")])
+def test_bad_pool_settings_are_one_line(tuner_home, pg_url, tmp_path, npz, monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(storage.StorageError, match=variable):
+        engine_kwargs(pg_url)
+    one_error(invoke(tuner_app, "create", "s", "--data", npz, "--storage", pg_url), variable)
+
+
+@pytest.mark.parametrize("artifact_id", ["..", ".", "../secret.keras", "a/b"])
+def test_path_like_artifact_ids_are_refused(tuner_home, tmp_path, npz, artifact_id):
+    from tuner.study import create_study
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    create_study("s", storage_url=url, data=npz, fingerprint=None, space_path=None, trials=1)
+    (tmp_path / "secret.keras").write_text("not yours")
+    store = tmp_path / "store"
+    store.mkdir()
+    study = optuna.load_study(study_name="s", storage=url)
+    study.add_trial(optuna.trial.create_trial(
+        value=0.5, user_attrs={report.CONFIG: TrainConfig().to_dict(), report.MODEL_ARTIFACT: artifact_id},
+    ))
+    model = tmp_path / "out" / "best.keras"
+    one_error(invoke(tuner_app, "export", "s", "--model", model, "--artifact-dir", store, "--storage", url),
+              "--model", "not an artifact id")
+    assert not model.exists()
+
+
+# --- 17. (part) no native TensorFlow log lines; the exported YAML tells how to retrain ---------
+
+
+@pytest.mark.slow
+def test_worker_processes_print_no_native_tensorflow_error_lines(tmp_path):
+    # After the worker CLI is imported (what `worker run/train` do first), TensorFlow's native
+    # ERROR lines stay off stderr. Without a GPU, the first device query logs one
+    # ("E0000 ... failed call to cuInit"), as a tf.data NodeDef mismatch does mid-training.
+    script = (
+        "import worker.cli\n"
+        "import tensorflow as tf\n"
+        "tf.config.list_physical_devices('GPU')\n"
+    )
+
+    def stderr(env_extra: dict[str, str]) -> str:
+        env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TUNER_TF_VERBOSE")}
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=300, env={**env, **env_extra}, cwd=tmp_path).stderr
+
+    assert "E0000" not in stderr({"TF_CPP_MIN_LOG_LEVEL": "1"})  # the Docker image's setting
+    verbose = stderr({"TUNER_TF_VERBOSE": "1"})
+    if "cuInit" not in verbose:
+        pytest.skip("this machine's TensorFlow logs no native error line to silence (GPU present?)")
+    assert "E0000" in verbose  # the switch still shows them
+
+
+
+
+def test_exported_yaml_header_names_every_required_option():
+    from tuner.export import render
+
+    trial = optuna.trial.create_trial(value=0.5)
+    text = render(TrainConfig(), "yaml", study_name="s", trial=trial)
+    retrain = next(line for line in text.splitlines() if "worker train" in line)
+    assert "--config" in retrain and "--data" in retrain
