@@ -113,3 +113,14 @@ def test_fast_enough():
     start = time.perf_counter()
     synth.generate(500, seed=0)
     assert time.perf_counter() - start < 5.0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_alien_mask_is_structured_like_the_artefact(seed):
+    # The challenge's artefact is one real scene's labels (several classes) on unrelated images;
+    # a uniform repeated mask would be genuine data and is kept by load_npz.
+    ts = synth.generate(60, seed=seed)["training_set"]
+    masks = ts[:, 1].astype(np.uint8)
+    flags = data.alien_mask_flags(masks)
+    assert flags.sum() == synth.default_n_aliens(60)
+    assert data.is_structured_mask(masks[flags][0])
