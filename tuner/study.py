@@ -55,9 +55,13 @@ def create_study(
     max_retry: int = 2,
     overwrite: bool = False,
     exist_ok: bool = False,
+    enqueue: list[Path] | None = None,
+    seed_config: bool = True,
+    remove_aliens: bool = True,
 ) -> str:
     """Create the study and return a one-paragraph summary for the user."""
     from contract.data import DataError, fingerprint_npz
+    from tuner import warm_start
 
     if overwrite and exist_ok:
         raise StudyError("--overwrite and --exist-ok contradict each other; pick one")
@@ -75,7 +79,7 @@ def create_study(
         raise StudyError(str(exc)) from None
     if data is not None:
         try:
-            fingerprint = fingerprint_npz(data)
+            fingerprint = fingerprint_npz(data, remove_aliens=remove_aliens)
         except DataError as exc:
             raise StudyError(str(exc)) from None
     assert fingerprint is not None
@@ -83,10 +87,13 @@ def create_study(
         spec = StudySpec(
             space=space, data_fingerprint=fingerprint, n_trials=trials, sampler=sampler, seed=seed,
             pruner=pruner, min_epochs=min_epochs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-            max_retry=max_retry,
+            max_retry=max_retry, remove_aliens=remove_aliens,
         )
     except SpecError as exc:
         raise StudyError(str(exc)) from None
+    queued, queue_note = warm_start.plan(space, list(enqueue or []), seed_config=seed_config)
+    if len(queued) > trials:
+        raise StudyError(f"{len(queued)} configurations to enqueue exceed the budget of {trials} trials")
 
     url = storage.resolve_url(storage_url)
     storage.init_schema(url)
@@ -120,6 +127,8 @@ def create_study(
                 "tuner_version": __version__,
                 "optuna_version": optuna.__version__,
             })
+            for item in queued:  # exactly once, here: workers never enqueue
+                study.enqueue_trial(item["params"], user_attrs={"enqueued_from": item["source"]})
         except Exception:
             optuna.delete_study(study_name=name, storage=rdb)  # never leave a study without spec
             raise
@@ -129,6 +138,7 @@ def create_study(
         f"created study {name!r} in {storage.mask_url(url)}: {trials} trials, "
         f"{len(space.params)} searched parameters, sampler {sampler} (seed {seed}), pruner {pruner} "
         f"(max {space.max_epochs} epochs), data {fingerprint[:12]}"
+        + (f"; {queue_note}" if queue_note else "")
     )
 
 

@@ -154,7 +154,8 @@ def run_worker(
         except ArtifactDirError as exc:
             raise RunnerError(str(exc)) from None
 
-    data = load_npz(data_path, load_test=False)  # training needs no test images (~650 MB)
+    # Training needs no test images (~650 MB); aliens are removed as the study's data was.
+    data = load_npz(data_path, load_test=False, remove_aliens=spec.remove_aliens)
     if data.fingerprint != spec.data_fingerprint:
         raise RunnerError(
             f"refusing to join study {study_name!r}: local data {data_path} has fingerprint "
