@@ -32,9 +32,14 @@ IMAGE_SHAPE = (IMAGE_HEIGHT, IMAGE_WIDTH)
 NUM_CLASSES = 5
 CLASS_NAMES = ("background", "soil", "bedrock", "sand", "big_rock")
 BIG_ROCK = 4
-# A label mask shared by MORE than this many images is the "alien" artefact (the real file has
-# one mask shared by 110 images; no genuine mask repeats anywhere near this often).
+# A *structured* label mask (two or more terrain classes) shared by MORE than this many images is
+# the "alien" artefact (the challenge file has one such mask shared by 110 unrelated images). A
+# structured mask cannot repeat by chance across different photos; a uniform one (one terrain
+# class, possibly inside an unlabelled border) does: the real AI4Mars tiles hold 9 such masks
+# shared by 6-37 tiles each, and they are genuine data.
 ALIEN_MIN_REPEATS = 5
+# Terrain classes (1..4) a mask must contain to count as structured.
+ALIEN_MIN_CLASSES = 2
 
 #: Largest array (as stored, uncompressed) a data file may hold: the real training_set is 343 MB
 #: as float64; this leaves room for a 20x larger set, and refuses a decompression bomb.
@@ -60,6 +65,9 @@ class MarsData:
     test_images: np.ndarray | None  # (M, 64, 128) float32 in [0, 1], or None if absent/not loaded
     aliens_removed: int  # images dropped because they carry the repeated "alien" mask
     fingerprint: str  # sha256 hex of the cleaned training data BEFORE ``max_images`` subsetting
+    # (N,) int64 source-photo id per image (the file's optional ``groups``), or None: images that
+    # share an id are split to the same side (see :func:`split`).
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -99,6 +107,7 @@ def load_npz(
         train = _read_array(npz, "training_set", path)
         images8, masks8 = _validate_training_set(train, path)
         del train
+        groups = _validate_groups(npz, len(masks8), path)
         test_images = None
         if load_test and "test_set" in npz.files:
             test_images = _validate_test_set(_read_array(npz, "test_set", path), path)
@@ -114,12 +123,14 @@ def load_npz(
                     f"(all masks are one repeated mask)"
                 )
             images8, masks8 = images8[keep], masks8[keep]
+            groups = None if groups is None else groups[keep]
 
-    fingerprint = _fingerprint(images8, masks8)
+    fingerprint = _fingerprint(images8, masks8, groups)
 
     if max_images is not None and max_images < len(masks8):
         chosen = subset_indices(masks8, max_images, seed)
         images8, masks8 = images8[chosen], masks8[chosen]
+        groups = None if groups is None else groups[chosen]
 
     return MarsData(
         images=_normalise(images8),
@@ -127,6 +138,7 @@ def load_npz(
         test_images=test_images,
         aliens_removed=aliens_removed,
         fingerprint=fingerprint,
+        groups=groups,
     )
 
 
@@ -165,16 +177,19 @@ def check_trainable(masks: np.ndarray, *, validation_fraction: float = 0.2) -> N
         )
 
 
-def fingerprint_npz(path: str | Path) -> str:
+def fingerprint_npz(path: str | Path, *, remove_aliens: bool = True) -> str:
     """The data-set fingerprint of a challenge file (aliens removed, as training uses it)."""
-    return load_npz(path, load_test=False).fingerprint
+    return load_npz(path, load_test=False, remove_aliens=remove_aliens).fingerprint
 
 
 def alien_mask_flags(masks: np.ndarray) -> np.ndarray:
-    """Boolean (N,): True for images whose exact mask is shared by > ALIEN_MIN_REPEATS images.
+    """Boolean (N,): True for images carrying the challenge's repeated-mask artefact.
 
-    Masks are grouped by their exact bytes with one vectorised ``np.unique`` over a void view (a
-    collision-free equivalent of hashing each mask).
+    An image is an alien when its exact mask is shared by more than :data:`ALIEN_MIN_REPEATS`
+    images AND that mask is structured (:func:`is_structured_mask`). Uniform masks repeat in
+    genuine data (every all-soil tile inside the same unlabelled border has the same mask), so
+    repetition alone would delete real images. Masks are grouped by their exact bytes with one
+    vectorised ``np.unique`` over a void view (a collision-free equivalent of hashing each mask).
     """
     masks = np.ascontiguousarray(masks, dtype=np.uint8)
     n = masks.shape[0]
@@ -182,8 +197,23 @@ def alien_mask_flags(masks: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=bool)
     rows = masks.reshape(n, -1)
     keys = rows.view(np.dtype((np.void, rows.shape[1]))).ravel()
-    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    return counts[inverse.ravel()] > ALIEN_MIN_REPEATS
+    _, first, inverse, counts = np.unique(
+        keys, return_index=True, return_inverse=True, return_counts=True
+    )
+    repeated = counts > ALIEN_MIN_REPEATS
+    for k in np.flatnonzero(repeated):
+        repeated[k] = is_structured_mask(masks[first[k]])
+    return repeated[inverse.ravel()]
+
+
+def is_structured_mask(mask: np.ndarray) -> bool:
+    """True when a mask holds at least :data:`ALIEN_MIN_CLASSES` terrain classes (1..4).
+
+    Such a mask traces class boundaries of one particular scene, so the same mask on several
+    unrelated images is an artefact; a one-class mask is what any uniform tile looks like.
+    """
+    present = np.unique(np.asarray(mask))
+    return int(np.count_nonzero(present > 0)) >= ALIEN_MIN_CLASSES
 
 
 def has_big_rock(masks: np.ndarray) -> np.ndarray:
@@ -205,7 +235,10 @@ def subset_indices(masks: np.ndarray, max_images: int, seed: int) -> np.ndarray:
 
 
 def split(
-    masks: np.ndarray, validation_fraction: float, seed: int
+    masks: np.ndarray,
+    validation_fraction: float,
+    seed: int,
+    groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Seeded train/validation split -> (train_indices, validation_indices), both sorted int64.
 
@@ -213,6 +246,10 @@ def split(
     images (at least 1, at most N - 1). Stratified on "contains big rock": the big-rock images
     are split in the same proportion, and when there are at least 2 of them both sides get at
     least one. Split the clean images first and augment only the training side afterwards.
+
+    With ``groups`` (one id per image, e.g. the source photo of two tiles) whole groups go to
+    one side, so no photo is half trained on and half validated; the sizes and the big-rock
+    stratification then hold as far as the group sizes allow (see :func:`_grouped_split`).
     """
     masks = np.asarray(masks)
     if masks.ndim != 3:
@@ -224,7 +261,10 @@ def split(
         raise DataError(f"need at least 2 images to split into train and validation, got {n}")
     n_val = min(max(int(round(validation_fraction * n)), 1), n - 1)
     rng = np.random.default_rng(seed)
-    validation = np.sort(_stratified_choice(has_big_rock(masks), n_val, rng))
+    if groups is not None:
+        validation = _grouped_split(has_big_rock(masks), _check_groups(groups, n), n_val, rng)
+    else:
+        validation = np.sort(_stratified_choice(has_big_rock(masks), n_val, rng))
     train = np.setdiff1d(np.arange(n, dtype=np.int64), validation, assume_unique=True)
     return train, validation
 
@@ -404,13 +444,90 @@ def _normalise(images: np.ndarray) -> np.ndarray:
     return out
 
 
-def _fingerprint(images8: np.ndarray, masks8: np.ndarray) -> str:
+def _fingerprint(images8: np.ndarray, masks8: np.ndarray, groups: np.ndarray | None = None) -> str:
+    """sha256 of images and masks, plus the groups when the file has them (they steer the split).
+
+    A file without ``groups`` hashes exactly as before groups existed.
+    """
     digest = hashlib.sha256(_FINGERPRINT_VERSION)
     for name, array in (("images", images8), ("masks", masks8)):
         array = np.ascontiguousarray(array, dtype=np.uint8)
         digest.update(f"{name}:{array.shape}\n".encode())
         digest.update(memoryview(array).cast("B"))
+    if groups is not None:
+        array = np.ascontiguousarray(groups, dtype="<i8")
+        digest.update(f"groups:{array.shape}\n".encode())
+        digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()
+
+
+def _validate_groups(npz, n: int, path: Path) -> np.ndarray | None:
+    """The optional ``groups`` array as int64 (N,), or None when the file has none."""
+    if "groups" not in npz.files:
+        return None
+    groups = _read_array(npz, "groups", path)
+    if groups.ndim != 1 or groups.shape[0] != n:
+        raise DataError(
+            f"{path}: 'groups' has shape {groups.shape}, expected ({n},) (one id per training image)"
+        )
+    if not np.issubdtype(groups.dtype, np.integer):
+        raise DataError(f"{path}: 'groups' must hold integer ids, found dtype {groups.dtype}")
+    return groups.astype(np.int64)
+
+
+def _check_groups(groups: np.ndarray, n: int) -> np.ndarray:
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise DataError(f"groups must have shape ({n},) like the masks, got {groups.shape}")
+    if len(np.unique(groups)) < 2:
+        raise DataError("need at least 2 groups to split into train and validation by group")
+    return groups
+
+
+def _grouped_split(
+    rock: np.ndarray, groups: np.ndarray, n_val: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Validation indices made of whole groups, about ``n_val`` images, stratified on big rock.
+
+    A group counts as "big rock" when any of its images has big rock. Big-rock groups are taken
+    in random order until their images reach the validation side's share of big-rock images
+    (at least one group, and at least one left for training, when there are 2 or more such
+    groups); the other groups fill up to ``n_val`` images. Both sides stay non-empty.
+    """
+    ids, inverse = np.unique(groups, return_inverse=True)
+    inverse = inverse.ravel()
+    sizes = np.bincount(inverse, minlength=len(ids))
+    group_rock = np.bincount(inverse, weights=rock.astype(np.float64), minlength=len(ids)) > 0
+    pos = rng.permutation(np.flatnonzero(group_rock))
+    neg = rng.permutation(np.flatnonzero(~group_rock))
+    n = len(groups)
+    pos_images = int(sizes[pos].sum())
+    target_pos = int(round(n_val * pos_images / n))
+    take_pos = _take_until(sizes[pos], target_pos)
+    if len(pos) >= 2:
+        take_pos = min(max(take_pos, 1), len(pos) - 1)
+    taken = int(sizes[pos[:take_pos]].sum())
+    take_neg = _take_until(sizes[neg], n_val - taken)
+    chosen = np.concatenate([pos[:take_pos], neg[:take_neg]])
+    if len(chosen) == 0:  # n_val smaller than any group: one group, the smallest side wins
+        chosen = (neg if len(neg) else pos)[:1]
+    if len(chosen) == len(ids):  # every group on one side: give the last one back to training
+        chosen = chosen[:-1]
+    val_groups = np.zeros(len(ids), dtype=bool)
+    val_groups[chosen] = True
+    return np.flatnonzero(val_groups[inverse]).astype(np.int64)
+
+
+def _take_until(sizes: np.ndarray, target: int) -> int:
+    """How many leading groups to take so their total size is closest to ``target``."""
+    if target <= 0 or len(sizes) == 0:
+        return 0
+    cumulative = np.cumsum(sizes)
+    k = int(np.searchsorted(cumulative, target))  # first prefix reaching the target
+    if k >= len(sizes):
+        return len(sizes)
+    below = cumulative[k - 1] if k > 0 else 0
+    return k + 1 if cumulative[k] - target <= target - below else k
 
 
 def _stratified_choice(flags: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -58,6 +58,9 @@ class StudySpec:
     heartbeat_interval: int = 30
     grace_period: int = 120
     max_retry: int = 2
+    # Whether the study's data had the repeated-mask "alien" images removed (the fingerprint is
+    # of that cleaned data); workers load their file the same way. Specs from before: True.
+    remove_aliens: bool = True
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -157,7 +160,7 @@ class StudySpec:
         return optuna.pruners.NopPruner()
 
 
-_FIELD_TYPES: dict[str, type] = {"int": int, "str": str, "SearchSpace": SearchSpace}
+_FIELD_TYPES: dict[str, type] = {"int": int, "str": str, "bool": bool, "SearchSpace": SearchSpace}
 
 
 def _check_types(spec: StudySpec) -> None:

@@ -17,8 +17,9 @@ scene is a rover-like view:
 Class pixel shares land near the real file's (background ~24%, soil ~34%, bedrock ~23%,
 sand ~18%, big rock ~0.1-1%).
 
-"Aliens" mimic the artefact of the real file: ``n_aliens`` images share ONE identical label mask
-while their images differ (and do not match the mask). By default ``n >= 50`` files get
+"Aliens" mimic the artefact of the real file: ``n_aliens`` images share ONE identical, structured
+label mask (at least two terrain classes, like a real scene's labels) while their images differ
+(and do not match the mask). By default ``n >= 50`` files get
 ``max(6, round(4.2% of n))`` aliens (the real file has 110 of 2615 = 4.2%; 6 is the smallest count
 above ``ALIEN_MIN_REPEATS`` = 5 that :func:`contract.data.load_npz` detects) and smaller files get
 none. An explicit ``n_aliens`` of 1..5 is allowed but, by design, is not detected as aliens.
@@ -42,6 +43,7 @@ from contract.data import (
     alien_mask_flags,
     class_pixel_shares,
     has_big_rock,
+    is_structured_mask,
 )
 from contract.data import (
     IMAGE_HEIGHT as H,
@@ -108,6 +110,8 @@ def generate(
         # One shared mask from its own scene; the images come from other scenes, so they vary
         # and do not match the mask (the artefact).
         shared_mask, _ = _scenes(rng, 1, 0)
+        while not is_structured_mask(shared_mask[0]):  # the artefact is a real scene's labels
+            shared_mask, _ = _scenes(rng, 1, 0)
         _, alien_images = _scenes(rng, n_aliens, 0)
         masks[alien_at] = shared_mask[0]
         images[alien_at] = alien_images

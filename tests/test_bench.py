@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 import subprocess
 import sys
@@ -96,3 +97,29 @@ def test_pruning_smoke(tmp_path):
     assert arms["none"]["total_epochs"] == result["n_trials"] * result["epochs"]
     # The same seeded start-up trials in both arms: identical parameters.
     assert [t["params"] for t in arms["none"]["trials"]] == [t["params"] for t in arms["hyperband"]["trials"]]
+
+
+REAL_DATA = Path(os.environ.get("MARS_REAL_DATA") or ROOT.parent / "shared" / "data" / "real_mars.npz")
+
+
+@pytest.mark.skipif(not REAL_DATA.is_file(), reason=f"real data file absent: {REAL_DATA} (set MARS_REAL_DATA)")
+def test_search_quality_smoke(tmp_path):
+    result = _run("search_quality.py", tmp_path / "sq.json", timeout=600)
+    assert result["benchmark"] == "search_quality"
+    arms = {a["arm"]: a for a in result["arms"]}
+    assert {"none", "hyperband-min1"} <= set(arms) and len(arms) >= 3
+    full = result["seeds"] * result["n_trials"] * result["epochs"]
+    assert arms["none"]["epochs"] == full and arms["none"]["epochs_share"] == 1.0
+    for arm in arms.values():
+        assert len(arm["best_per_seed"]) == result["seeds"]
+        assert 0 < arm["epochs"] <= full
+        assert arm["epochs"] == sum(t["epochs"] for r in arm["per_seed"] for t in r["trials"])
+        assert 0.0 <= arm["best_mean"] <= 1.0 and arm["best_std"] >= 0.0
+    # Every recorded run has one validation mIoU per epoch (what the pruners were replayed on).
+    for runs in result["runs"].values():
+        assert [len(r["curve"]) for r in runs] == [result["epochs"]] * result["n_trials"]
+    baseline = result["constant_baseline"]
+    assert 0.0 < baseline["miou"] < 0.5 and baseline["label"] in range(5)
+    search = result["real_search"]
+    assert search["search"]["n_trials"] >= 1 and 0.0 <= search["seed_config_cpu"]["best_miou"] <= 1.0
+    assert result["summary"]

@@ -292,3 +292,92 @@ def test_data_and_synth_do_not_import_tensorflow():
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- artefact-specific aliens, groups
+
+
+def _uniform_mask(label: int, border: int = 1) -> np.ndarray:
+    """A genuine-looking uniform tile mask: one terrain class inside an unlabelled border."""
+    mask = np.zeros((64, 128), dtype=np.float64)
+    mask[border:, border:-border] = label
+    return mask
+
+
+def test_uniform_repeated_masks_are_kept_structured_ones_removed(tmp_path):
+    # Real AI4Mars tiles: many all-soil tiles share one mask. They are data, not the artefact.
+    ts = _training_set(n=40, n_aliens=0)
+    ts[0:12, 1] = _uniform_mask(1)
+    ts[12:20, 1] = _uniform_mask(2, border=3)
+    ts[20:27, 1] = 3.0  # one class, no border at all
+    assert not data.is_structured_mask(ts[0, 1].astype(np.uint8))
+    path = _write(tmp_path / "uniform.npz", training_set=ts)
+    assert data.load_npz(path).aliens_removed == 0
+    # The same repetition with a structured mask (two terrain classes) is the artefact.
+    structured = _uniform_mask(1)
+    structured[40:, 60:] = 2
+    ts[0:12, 1] = structured
+    assert data.is_structured_mask(structured.astype(np.uint8))
+    assert data.load_npz(_write(tmp_path / "alien.npz", training_set=ts)).aliens_removed == 12
+
+
+def test_groups_loaded_and_follow_alien_removal_and_subset(tmp_path):
+    ts = _training_set(n=30, n_aliens=7)
+    groups = np.arange(30, dtype=np.int64) // 2
+    path = _write(tmp_path / "g.npz", training_set=ts, groups=groups)
+    d = data.load_npz(path)
+    keep = ~data.alien_mask_flags(ts[:, 1].astype(np.uint8))
+    np.testing.assert_array_equal(d.groups, groups[keep])
+    sub = data.load_npz(path, max_images=10, seed=3)
+    chosen = data.subset_indices(ts[keep, 1].astype(np.uint8), 10, 3)
+    np.testing.assert_array_equal(sub.groups, groups[keep][chosen])
+    np.testing.assert_array_equal(sub.masks, ts[keep, 1][chosen])
+    # Groups steer the split, so they are part of the fingerprint; a file without them is not.
+    no_groups = data.load_npz(_write(tmp_path / "n.npz", training_set=ts))
+    assert no_groups.groups is None and no_groups.fingerprint != d.fingerprint
+    other = _write(tmp_path / "o.npz", training_set=ts, groups=groups[::-1].copy())
+    assert data.load_npz(other).fingerprint != d.fingerprint
+
+
+@pytest.mark.parametrize("groups, message", [
+    (np.arange(11), r"'groups' has shape \(11,\), expected \(12,\)"),
+    (np.zeros((12, 2), dtype=np.int64), r"'groups' has shape \(12, 2\)"),
+    (np.linspace(0, 1, 12), "'groups' must hold integer ids"),
+])
+def test_bad_groups_one_line(tmp_path, groups, message):
+    path = _write(tmp_path / "bad.npz", training_set=_training_set(), groups=groups)
+    with pytest.raises(DataError, match=message) as info:
+        data.load_npz(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_split_keeps_groups_whole_and_stratified(seed):
+    rng = np.random.default_rng(seed)
+    n = 200
+    groups = np.repeat(np.arange(120), 2)[:n]  # pairs of tiles, like two tiles of one photo
+    masks = np.ones((n, 64, 128), dtype=np.uint8)
+    rock = rng.choice(n, size=20, replace=False)
+    masks[rock, 30, 30] = data.BIG_ROCK
+    train, val = data.split(masks, 0.25, seed, groups)
+    assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == n
+    assert not set(groups[train]) & set(groups[val])
+    assert abs(len(val) - 50) <= 2
+    rock_val = np.isin(val, rock).sum()
+    assert 1 <= rock_val <= 19 and abs(rock_val - 5) <= 3
+    again = data.split(masks, 0.25, seed, groups)
+    np.testing.assert_array_equal(again[1], val)
+    # A row split of the same masks would cut pairs apart; the grouped one never does.
+    row_train, row_val = data.split(masks, 0.25, seed)
+    assert set(groups[row_train]) & set(groups[row_val])
+
+
+def test_grouped_split_edge_cases():
+    masks = np.ones((4, 64, 128), dtype=np.uint8)
+    train, val = data.split(masks, 0.5, 0, np.array([7, 7, 7, 9]))
+    assert len(train) and len(val)
+    assert {tuple(train), tuple(val)} == {(0, 1, 2), (3,)}
+    with pytest.raises(DataError, match="at least 2 groups"):
+        data.split(masks, 0.5, 0, np.zeros(4, dtype=np.int64))
+    with pytest.raises(DataError, match="groups must have shape"):
+        data.split(masks, 0.5, 0, np.zeros(3, dtype=np.int64))

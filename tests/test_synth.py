@@ -106,3 +106,13 @@ def test_write_npz_failure_leaves_no_temp_file(tmp_path, monkeypatch):
         synth.write_npz(tmp_path / "x.npz", 10)
     assert list(tmp_path.iterdir()) == []
 
+
+@pytest.mark.parametrize("seed", range(8))
+def test_alien_mask_is_structured_like_the_artefact(seed):
+    # The challenge's artefact is one real scene's labels (several classes) on unrelated images;
+    # a uniform repeated mask would be genuine data and is kept by load_npz.
+    ts = synth.generate(60, seed=seed)["training_set"]
+    masks = ts[:, 1].astype(np.uint8)
+    flags = data.alien_mask_flags(masks)
+    assert flags.sum() == synth.default_n_aliens(60)
+    assert data.is_structured_mask(masks[flags][0])

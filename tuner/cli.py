@@ -127,6 +127,17 @@ def create(
         bool, typer.Option("--exist-ok", help="If the study exists, keep it and exit 0 (for re-runnable init jobs).")
     ] = False,
     storage: StorageOpt = None,
+    enqueue: Annotated[
+        Optional[list[Path]],
+        typer.Option("--enqueue", metavar="FILE.yaml",
+                     help="Enqueue this training config as a first trial (repeatable); it must fit the space."),
+    ] = None,
+    seed_config: Annotated[
+        bool, typer.Option("--seed-config/--no-seed-config", help="Enqueue the seed team's best configuration.")
+    ] = True,
+    keep_aliens: Annotated[
+        bool, typer.Option("--keep-aliens", help="Do not remove repeated-mask 'alien' images (recorded in the study).")
+    ] = False,
 ) -> None:
     """Create a study from a search-space file (schema is created if missing)."""
     from tuner.study import create_study
@@ -147,6 +158,9 @@ def create(
         max_retry=max_retry,
         overwrite=overwrite,
         exist_ok=exist_ok,
+        enqueue=enqueue,
+        seed_config=seed_config,
+        remove_aliens=not keep_aliens,
     )
     typer.echo(summary)
 

@@ -61,9 +61,13 @@ def create_study(
     max_retry: int = StudySpec.max_retry,
     overwrite: bool = False,
     exist_ok: bool = False,
+    enqueue: list[Path] | None = None,
+    seed_config: bool = True,
+    remove_aliens: bool = True,
 ) -> str:
     """Create the study and return a one-paragraph summary for the user."""
     from contract.data import DataError, check_trainable, load_npz
+    from tuner import warm_start
 
     if overwrite and exist_ok:
         raise StudyError("--overwrite and --exist-ok contradict each other; pick one")
@@ -81,7 +85,7 @@ def create_study(
         raise StudyError(str(exc)) from None
     if data is not None:
         try:
-            loaded = load_npz(data, load_test=False)
+            loaded = load_npz(data, load_test=False, remove_aliens=remove_aliens)
         except DataError as exc:
             raise StudyError(str(exc)) from None
         try:
@@ -95,10 +99,13 @@ def create_study(
         spec = StudySpec(
             space=space, data_fingerprint=fingerprint, n_trials=trials, sampler=sampler, seed=seed,
             pruner=pruner, min_epochs=min_epochs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-            max_retry=max_retry,
+            max_retry=max_retry, remove_aliens=remove_aliens,
         )
     except SpecError as exc:
         raise StudyError(str(exc)) from None
+    queued, queue_note = warm_start.plan(space, list(enqueue or []), seed_config=seed_config)
+    if len(queued) > trials:
+        raise StudyError(f"{len(queued)} configurations to enqueue exceed the budget of {trials} trials")
 
     url = storage.resolve_url(storage_url)
     storage.init_schema(url)
@@ -122,17 +129,20 @@ def create_study(
                         f"study {name!r} already exists in {storage.mask_url(url)}; "
                         "use --overwrite to replace it or --exist-ok to keep it"
                     )
-            _create_complete(rdb, name, spec, replace=name in existing)
+            _create_complete(rdb, name, spec, queued, replace=name in existing)
     finally:
         rdb.engine.dispose()
     return (
         f"created study {name!r} in {storage.mask_url(url)}: {trials} trials, "
         f"{len(space.params)} searched parameters, sampler {sampler} (seed {seed}), pruner {pruner} "
         f"(max {space.max_epochs} epochs), data {fingerprint[:12]}"
+        + (f"; {queue_note}" if queue_note else "")
     )
 
 
-def _create_complete(rdb: RDBStorage, name: str, spec: StudySpec, *, replace: bool) -> None:
+def _create_complete(
+    rdb: RDBStorage, name: str, spec: StudySpec, queued: list[dict], *, replace: bool
+) -> None:
     """Create the study with its spec, visible under ``name`` only once it is whole.
 
     Optuna creates a study and sets its attributes in separate transactions, so a worker could
@@ -153,6 +163,8 @@ def _create_complete(rdb: RDBStorage, name: str, spec: StudySpec, *, replace: bo
             "tuner_version": __version__,
             "optuna_version": optuna.__version__,
         })
+        for item in queued:  # exactly once, here: workers never enqueue
+            study.enqueue_trial(item["params"], user_attrs={"enqueued_from": item["source"]})
         if replace:
             optuna.delete_study(study_name=name, storage=rdb)
         with rdb.engine.begin() as conn:

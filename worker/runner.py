@@ -233,7 +233,8 @@ class WorkerSession:
             except ArtifactDirError as exc:
                 raise RunnerError(str(exc)) from None
 
-        data = load_npz(opts.data_path, load_test=False)  # training needs no test images (~650 MB)
+        # Training needs no test images (~650 MB); aliens are removed as the study's data was.
+        data = load_npz(opts.data_path, load_test=False, remove_aliens=self.spec.remove_aliens)
         if data.fingerprint != self.spec.data_fingerprint:
             raise RunnerError(
                 f"refusing to join study {opts.study_name!r}: local data {opts.data_path} has fingerprint "

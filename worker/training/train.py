@@ -116,9 +116,9 @@ def train(
     if config.jit_compile:
         _say(out, "jit_compile: XLA on, op determinism off (runs are seeded but not bit-exact)")
 
-    images, masks = _subsample(np.asarray(data.images), np.asarray(data.masks),
-                               config.max_images, config.seed)
-    train_idx, val_idx = split(masks, config.validation_fraction, config.seed)
+    images, masks, groups = _subsample(np.asarray(data.images), np.asarray(data.masks),
+                                       data.groups, config.max_images, config.seed)
+    train_idx, val_idx = split(masks, config.validation_fraction, config.seed, groups)
     x_train, y_train = images[train_idx], masks[train_idx]
     x_val, y_val = images[val_idx], masks[val_idx]
     weights = np.asarray(
@@ -227,20 +227,21 @@ def save_model(model: keras.Model, path: str | Path) -> Path:
 
 
 def _subsample(
-    images: np.ndarray, masks: np.ndarray, max_images: int | None, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+    images: np.ndarray, masks: np.ndarray, groups: np.ndarray | None,
+    max_images: int | None, seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """A seeded subset of ``max_images`` images (kept in file order), or everything.
 
     ``load_npz(max_images=..., seed=...)`` subsamples at load time; this covers data loaded in
     full and picks the same subset (stratified on big rock, same generator), so both routes
-    train on the same images.
+    train on the same images. The group ids (if any) follow their images.
     """
     from contract.data import subset_indices
 
     if max_images is None or len(images) <= max_images:
-        return images, masks
+        return images, masks, groups
     keep = subset_indices(masks, max_images, seed)
-    return images[keep], masks[keep]
+    return images[keep], masks[keep], None if groups is None else groups[keep]
 
 
 def _evaluate(
