@@ -345,7 +345,7 @@ class _Runner:
                 self.say(f"trial {trial.number} failed: {message}")
                 return "failed"
             if save_path is not None:
-                self._upload_if_best(trial, result.best_miou, save_path)
+                self._upload_if_best(trial, result.best_miou, save_path, getattr(result, "preview", None))
             self._tell(trial, values=result.best_miou)
         per_class = " ".join(f"c{c}={_short(v)}" for c, v in result.per_class_iou.items())
         self.say(f"trial {trial.number} complete: mIoU {result.best_miou:.4f} ({per_class}) "
@@ -373,7 +373,7 @@ class _Runner:
         self._db(fail_and_requeue, "failing and re-queueing the trial")
         self.say(f"trial {trial.number} interrupted by {name}: marked FAIL and queued again")
 
-    def _upload_if_best(self, trial: optuna.Trial, value: float, path: Path) -> None:
+    def _upload_if_best(self, trial: optuna.Trial, value: float, path: Path, preview: Any = None) -> None:
         try:
             best = self.study.best_value
         except ValueError:  # no completed trial yet
@@ -388,6 +388,13 @@ class _Runner:
         )
         self._db(lambda: trial.set_user_attr(report.MODEL_ARTIFACT, artifact_id), "recording the model")
         self.say(f"trial {trial.number}: new best, model uploaded as artifact {artifact_id}")
+        if preview is not None:  # validation images with truth and prediction, for `tuner report`
+            from worker.training.preview import write_png
+
+            png = write_png(preview, path.with_suffix(".png"))
+            preview_id = self._db(lambda: upload_artifact(artifact_store=self.artifacts, file_path=str(png),
+                                                          study_or_trial=trial), "uploading the preview")
+            self._db(lambda: trial.set_user_attr(report.PREVIEW_ARTIFACT, preview_id), "recording the preview")
 
     def _tell(self, trial: optuna.Trial, **kwargs: Any) -> None:
         self._db(lambda: self._tell_now(trial, **kwargs), "reporting the trial's end")
