@@ -313,11 +313,19 @@ def _best_section(data: ReportData, figure: Any) -> str:
         encoded = base64.b64encode(data.preview_png).decode("ascii")
         parts.append('<figure><img class="preview" alt="validation images: image, truth, prediction" '
                      f'src="data:image/png;base64,{encoded}"><figcaption>validation images of trial '
-                     f"{best.number}: image, truth, prediction (colours: soil, bedrock, sand, big rock; "
-                     "black = background)</figcaption></figure>")
+                     f"{best.number}: image, truth, prediction. {_legend()}</figcaption></figure>")
     else:
         parts.append(_note(f"validation images: {data.preview_note}"))
     return "\n".join(parts)
+
+
+def _legend() -> str:
+    from tuner.report_figures import CLASS_NAMES
+
+    return " ".join(
+        f'<span class="swatch" style="background: rgb{attrs.CLASS_COLOURS[c]}"></span>{CLASS_NAMES[c]}'
+        for c in range(len(attrs.CLASS_COLOURS))
+    )
 
 
 def _config_section(data: ReportData) -> str:
@@ -374,6 +382,8 @@ table { border-collapse: collapse; } th, td { padding: 2px 10px; text-align: lef
 table.header th { color: #555; font-weight: normal; } table.iou td { text-align: right; }
 p.note { color: #777; font-style: italic; } p.meta { color: #777; }
 pre.config { background: #f6f6f6; padding: 1em; overflow-x: auto; }
+span.swatch { display: inline-block; width: 1em; height: 1em; margin: 0 0.3em 0 0.8em;
+              vertical-align: middle; border: 1px solid #999; }
 img.preview { image-rendering: pixelated; max-width: 100%; border: 1px solid #ccc; }
 """
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.report import CLASS_COLOURS
+
 #: Class colours (RGB): 0 background black, 1 soil, 2 bedrock, 3 sand, 4 big rock.
-PALETTE = np.array([(0, 0, 0), (166, 118, 29), (117, 112, 179), (230, 171, 2), (231, 41, 138)], dtype=np.uint8)
+PALETTE = np.array(CLASS_COLOURS, dtype=np.uint8)
 N_IMAGES = 6
 SCALE = 2  # 64x128 tiles are small: each pixel becomes SCALE x SCALE
 GAP = 4  # white pixels between tiles
