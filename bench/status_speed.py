@@ -206,17 +206,16 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def time_command(args: list[str], url: str, repeat: int) -> dict[str, Any]:
+def time_command(args: list[str], url: str, repeat: int, root: Path = ROOT) -> dict[str, Any]:
     """Run ``python -m tuner ARGS --storage URL`` ``repeat`` times: wall seconds, and the CPU
     seconds of the command's process (user + system; not the database server's), which a busy
     shared machine inflates much less than wall time."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               COLUMNS="160")
+    env = dict(os.environ, PYTHONPATH=str(root), COLUMNS="160")
     times, cpu = [], []
     for _ in range(repeat):
         t, c = time.perf_counter(), _children_cpu()
         proc = subprocess.run([sys.executable, "-m", "tuner", *args, "--storage", url],
-                              capture_output=True, text=True, env=env, cwd=ROOT)
+                              capture_output=True, text=True, env=env, cwd=root)
         times.append(time.perf_counter() - t)
         cpu.append(_children_cpu() - c)
         if proc.returncode != 0:
@@ -269,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the database (its URL is printed)")
     parser.add_argument("--report-out", type=Path, help="keep the generated report here")
     parser.add_argument("--out", type=Path, help="JSON result path (default bench/results/...)")
+    parser.add_argument("--baseline", type=Path,
+                        help="another checkout (e.g. `git worktree add /tmp/old COMMIT`): time its status and list too")
     args = parser.parse_args(argv)
     if args.smoke:
         args.trials, args.epochs, args.repeat = 200, 5, 1
@@ -290,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
             time_command(["list"], url, args.repeat),
             time_command(["report", STUDY, "-o", str(report_path)], url, args.repeat),
         ]
+        baseline = [] if args.baseline is None else [
+            {**time_command(cmd, url, args.repeat, root=args.baseline.resolve()), "tree": str(args.baseline)}
+            for cmd in (["status", STUDY], ["list"])
+        ]
         reference = {} if args.no_reference else reference_reads(url)
         report_bytes = report_path.stat().st_size
     except BenchError as exc:
@@ -310,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         ok = "met" if row["median_s"] < GOAL_S else "NOT met"
         print(f"| `{row['command']}` | {row['median_s']:.2f} | {row['min_s']:.2f} | {row['median_cpu_s']:.2f} | {ok} |")
+    for row in baseline:
+        print(f"| `{row['command']}` ({row['tree']}) | {row['median_s']:.2f} | {row['min_s']:.2f} | "
+              f"{row['median_cpu_s']:.2f} | baseline |")
     for key, value in reference.items():
         print(f"reference: {key} = {value:.2f}s")
     print(f"report: {report_bytes / 1e6:.1f} MB")
@@ -318,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
         "trials": args.trials, "epochs": args.epochs, "repeat": args.repeat, "inserted": inserted,
-        "build_s": build_s, "startup_s": startup, "commands": rows, "reference": reference,
+        "build_s": build_s, "startup_s": startup, "commands": rows, "baseline": baseline, "reference": reference,
         "report_bytes": report_bytes, "goal_s": GOAL_S,
     }, "status_speed", args.out)
     return 0

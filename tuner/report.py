@@ -181,13 +181,17 @@ def header_rows(data: ReportData) -> list[tuple[str, str]]:
         if isinstance(who, dict):
             workers[(who.get("host"), who.get("pid"))] += 1
             hosts[str(who.get("host"))] += 1
-    rows.append(("workers", f"{len(workers)} processes on {len(hosts)} hosts"))
+    rows.append(("workers", f"{_count(len(workers), 'process', 'processes')} on {_count(len(hosts), 'host')}"))
     if hosts:
         rows.append(("hosts", ", ".join(f"{h} ({n} trials)" for h, n in sorted(hosts.items()))))
     if data.best is not None:
         rows.append(("best", f"trial {data.best.number}: {METRIC_NAME} {data.best.values[0]:.4f}"))
     return rows
 
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _duration(seconds: float) -> str:
@@ -200,9 +204,12 @@ def _duration(seconds: float) -> str:
 
 def render(data: ReportData) -> str:
     """The whole HTML page."""
+    from optuna.exceptions import ExperimentalWarning
+
     from tuner.report_figures import no_template
 
-    with no_template():
+    with no_template(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # PED-ANOVA is "experimental" in Optuna
         return _render(data)
 
 
@@ -213,7 +220,6 @@ def _render(data: ReportData) -> str:
     from storage.snapshot import SnapshotStorage
     from tuner import report_figures as figs
 
-    warnings.filterwarnings("ignore", module="optuna")  # ExperimentalWarning of PED-ANOVA etc.
     head, trials = data.head, data.trials
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
