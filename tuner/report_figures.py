@@ -158,7 +158,8 @@ def slices(trials: Sequence[FrozenTrial], params: list[str]) -> go.Figure:
         if isinstance(dist, (FloatDistribution, IntDistribution)) and dist.log:
             fig.update_xaxes(type="log", row=1, col=col)
         elif isinstance(dist, CategoricalDistribution):
-            fig.update_xaxes(type="category", row=1, col=col)
+            fig.update_xaxes(type="category", categoryorder="array",
+                             categoryarray=[str(c) for c in dist.choices], row=1, col=col)
     fig.update_yaxes(title_text=METRIC, row=1, col=1)
     return _titled(fig, "slices of the most important parameters (complete trials)")
 
