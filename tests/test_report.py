@@ -348,3 +348,24 @@ def test_worker_saves_confusion_matrix_and_images_that_the_report_embeds(pg_url,
     assert [src[:22] for src in _parse(text).images] == ["data:image/png;base64,"]
     assert f"confusion matrix of trial {best.number}" in text
     assert not math.isnan(best.value)
+
+
+def test_importance_of_two_objectives_explains_high_miou_not_low(pg_url):
+    """PED-ANOVA explains low values of an explicit target; the report must negate mIoU."""
+    from storage.snapshot import SnapshotStorage
+
+    rng = np.random.default_rng(0)
+    dists = {"lr": optuna.distributions.FloatDistribution(0, 1), "noise": optuna.distributions.FloatDistribution(0, 1)}
+    trials = []
+    for i in range(300):
+        lr, noise = float(rng.random()), float(rng.random())
+        # Only the best mIoU values depend on lr (a threshold): the worst ones are pure noise.
+        miou = 0.9 if lr > 0.9 else 0.5 * noise
+        trials.append(optuna.trial.create_trial(values=[miou, 1.0], params={"lr": lr, "noise": noise},
+                                                distributions=dists))
+    for number, trial in enumerate(trials):
+        trial.number, trial._trial_id = number, number
+    directions = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    study = SnapshotStorage("mo", directions, trials).study()
+    importances, _ = tuner_report._importances(study, len(trials))
+    assert list(importances)[0] == "lr", importances

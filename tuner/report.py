@@ -289,13 +289,20 @@ def _render(data: ReportData) -> str:
 
 
 def _importances(study: Any, n_complete: int) -> tuple[dict[str, float], str]:
+    """PED-ANOVA importances for the first objective (mIoU), most important first."""
     if n_complete < 2:
         return {}, "importance needs at least 2 completed trials"
     from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
-    target = None if len(study.directions) == 1 else (lambda t: t.values[0])
+    target = None
+    if len(study.directions) > 1:
+        # With an explicit target PED-ANOVA explains *low* values: negate a maximised objective.
+        sign = -1.0 if study.directions[0] == StudyDirection.MAXIMIZE else 1.0
+        target = lambda t: sign * t.values[0]  # noqa: E731
     try:
-        values = get_param_importances(study, evaluator=PedAnovaImportanceEvaluator(), target=target)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes", category=UserWarning)
+            values = get_param_importances(study, evaluator=PedAnovaImportanceEvaluator(), target=target)
     except (ValueError, RuntimeError) as exc:  # e.g. no parameter varied
         return {}, f"importance not computable: {str(exc).splitlines()[0]}"
     if not values:
