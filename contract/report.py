@@ -30,6 +30,11 @@ MODEL_ARTIFACT = "model_artifact_id"  # optuna artifact id of the saved .keras m
 ERROR = "error"  # one line, on FAIL
 INTERRUPTED = "interrupted"  # signal name, on FAIL by SIGTERM/SIGINT
 RETRY_OF = "retry_of"  # trial number this one re-runs (interrupted trials)
+PHASE = "phase"  # what a running trial does now: building, compiling, training, evaluating
+CONFUSION_MATRIX = "confusion_matrix"  # 5x5 pixel counts [truth][prediction] of the validation split
+PREVIEW_ARTIFACT = "preview_artifact_id"  # PNG grid of validation images: image, truth, prediction
+#: Class colours (RGB) of that PNG, which the report's legend repeats: 0 background .. 4 big rock.
+CLASS_COLOURS = ((0, 0, 0), (166, 118, 29), (117, 112, 179), (230, 171, 2), (231, 41, 138))
 
 
 def worker_identity(gpu: int | None) -> dict[str, Any]:
@@ -53,6 +58,9 @@ def record_result(trial: optuna.Trial, result: Any) -> None:
     trial.set_user_attr(WALL_TIME_S, round(float(result.wall_time_s), 3))
     trial.set_user_attr(N_TRAIN, int(result.n_train))
     trial.set_user_attr(N_VAL, int(result.n_val))
+    confusion = getattr(result, "confusion_matrix", None)
+    if confusion is not None:
+        trial.set_user_attr(CONFUSION_MATRIX, [[int(n) for n in row] for row in confusion])
 
 
 def config_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:

@@ -123,3 +123,19 @@ def test_search_quality_smoke(tmp_path):
     search = result["real_search"]
     assert search["search"]["n_trials"] >= 1 and 0.0 <= search["seed_config_cpu"]["best_miou"] <= 1.0
     assert sum(a["winner"] for a in arms.values()) == 1 and result["summary"].startswith("winner: ")
+
+
+def test_status_speed_smoke(tmp_path):
+    result = _run("status_speed.py", tmp_path / "speed.json", timeout=300)
+    assert result["benchmark"] == "status_speed"
+    assert result["inserted"]["trials"] > result["trials"]  # finished + a few FAIL and RUNNING
+    assert result["inserted"]["trial_intermediate_values"] >= result["trials"] * result["epochs"]
+    commands = {row["command"].split()[1]: row for row in result["commands"]}
+    assert set(commands) == {"status", "list", "report"}
+    for row in commands.values():
+        assert len(row["seconds"]) == result["repeat"] and all(_positive(s) for s in row["seconds"])
+        assert _positive(row["median_cpu_s"])
+    status_out = commands["status"]["stdout_tail"]
+    assert "mars-5k" in status_out and "RUNNING" in status_out and "training" in status_out
+    assert f"{result['trials']}/{result['trials']}" in commands["list"]["stdout_tail"]
+    assert result["report_bytes"] > 1_000_000  # plotly.js inlined

@@ -31,7 +31,6 @@ from contract.config import ConfigError, TrainConfig
 from contract.study_spec import StudySpec
 from helpers import BIN
 import storage
-from storage.counts import count_trials
 from tuner import dashboard, export, status
 from tuner.study import StudyError, create_study
 
@@ -110,10 +109,14 @@ def _mixed(url: str, name: str = "mars") -> Builder:
         b.complete()
     b.end(TrialState.PRUNED)
     b.end(TrialState.FAIL)
-    b.ask(host="node-a", pid=11, gpu=0, epochs=3)
+    b.ask(host="node-a", pid=11, gpu=0, epochs=3).set_user_attr(report.PHASE, "training")
     b.ask(host="node-b", pid=22, gpu=1, epochs=1)
     b.study.enqueue_trial({"learning_rate": 3e-4})
     return b
+
+
+def _read(b: Builder) -> status.StatusData:
+    return status.read_status(b.rdb.engine, status.find_or_fail(b.rdb.engine, b.study.study_name, "x"))
 
 
 def _console() -> Console:
@@ -126,7 +129,7 @@ def _console() -> Console:
 def test_summarize_counts_best_and_running(pg_url):
     before = status.utc_now()
     b = _mixed(pg_url)
-    summary = status.summarize(b.study, b.spec)
+    summary = status.summarize(_read(b), b.spec)
     after = status.utc_now()
 
     expected = Counter(t.state.name for t in b.study.get_trials(deepcopy=False))
@@ -144,12 +147,13 @@ def test_summarize_counts_best_and_running(pg_url):
 
     assert [(r.host, r.pid, r.gpu) for r in summary.running] == [("node-a", 11, 0), ("node-b", 22, 1)]
     for run in summary.running:
-        assert (run.last_step, run.last_value) == b.reported[run.number]
+        assert (run.epoch, run.last_value) == b.reported[run.number]
         assert 0 <= run.age_s <= (after - before).total_seconds() + 1.0
         assert set(run.params) == set(b.spec.space.params)
+    assert [r.phase for r in summary.running] == ["training", None]  # node-b's worker wrote none
 
-    # Ages follow the given "now"; counts from one GROUP BY agree with counting the trials.
-    later = status.summarize(b.study, b.spec, counts=count_trials(b.rdb, "mars"),
+    # Ages follow the given "now".
+    later = status.summarize(_read(b), b.spec,
                              now=after + datetime.timedelta(hours=2))
     assert later.counts == summary.counts
     for run in later.running:
@@ -160,7 +164,7 @@ def test_summarize_counts_best_and_running(pg_url):
 def test_summarize_without_completed_trial(pg_url):
     b = Builder(pg_url, "fresh")
     b.end(TrialState.PRUNED)
-    summary = status.summarize(b.study, b.spec)
+    summary = status.summarize(_read(b), b.spec)
     assert summary.best is None
     assert summary.running == []
     assert summary.finished == 1
@@ -186,6 +190,7 @@ def test_print_status_shows_counts_best_and_running_hosts(pg_url):
         assert state in text
     assert f"{value:.4f} (trial {number})" in text
     assert "node-a" in text and "node-b" in text
+    assert "training" in text  # node-a's phase
     assert FINGERPRINT[:12] in text
     b.close()
 
@@ -198,7 +203,7 @@ def test_render_status_fits_a_narrow_terminal():
         counts={"COMPLETE": 1, "PRUNED": 0, "RUNNING": 1, "WAITING": 0, "FAIL": 2},
         best=status.BestTrial(number=0, value=0.5, per_class_iou={"1": 0.5, "4": None}, params=params),
         running=[status.RunningTrial(number=3, host="gpu-node-17", pid=4242, gpu=None, age_s=3725.0,
-                                     last_step=None, last_value=None, params=params)],
+                                     phase="compiling", epoch=0, last_value=None, params=params)],
     )
     console = Console(record=True, width=80)
     status.render_status(summary, "sqlite:///x.db", console)
@@ -206,7 +211,7 @@ def test_render_status_fits_a_narrow_terminal():
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "spec:     none" in text and "progress: 1/- finished" in text
     assert "1=0.5000 4=n/a" in text
-    assert "gpu-node-17" in text and "1h02m" in text
+    assert "gpu-node-17" in text and "1h02m" in text and "compiling" in text
     assert text.count("class_weights=sqrt_inverse_frequency") == 2  # best and running, unbroken
     assert "learning_rate=0.000123" in text
 

@@ -234,3 +234,20 @@ def demo(
 
     code = run_demo(study=study, workers=workers, trials=trials, images=images, storage_url=storage)
     raise typer.Exit(code)
+
+
+@app.command()
+def report(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Study name.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write.")],
+    artifact_dir: ArtifactDirOpt = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Write one self-contained HTML report of a study (opens offline; plots embedded).
+
+    With --artifact-dir, the best trial's validation images (if its worker saved them) are embedded.
+    """
+    from tuner.report import write_report
+
+    path = write_report(name, storage_url=storage, output=output, artifact_dir=artifact_dir)
+    typer.echo(f"wrote {path}")

@@ -419,7 +419,7 @@ class WorkerSession:
                 return self._fail(trial, "mean IoU undefined: no class 1-4 pixel in the validation split")
             if save_path is not None:
                 with self._heartbeat(trial):
-                    self._upload_if_best(trial, result.best_miou, save_path)
+                    self._upload_if_best(trial, result.best_miou, save_path, getattr(result, "preview", None))
             self._tell(trial, values=result.best_miou)
         per_class = " ".join(f"c{c}={_short(v)}" for c, v in result.per_class_iou.items())
         self.say(f"trial {trial.number} complete: mIoU {result.best_miou:.4f} ({per_class}) "
@@ -512,8 +512,11 @@ class WorkerSession:
         else:
             fail_and_requeue()
 
-    def _upload_if_best(self, trial: optuna.Trial, value: float, path: Path) -> None:
-        """Upload the model if it is the study's best so far; a failure is only a warning."""
+    def _upload_if_best(self, trial: optuna.Trial, value: float, path: Path, preview: Any = None) -> None:
+        """Upload the model (and its validation preview) if it is the study's best so far.
+
+        A failed upload is only a warning: the trial's result is already recorded.
+        """
         assert self.study is not None
         try:
             best = self._db(lambda: self.study.best_value, "reading the best value")  # type: ignore[union-attr]
@@ -536,6 +539,19 @@ class WorkerSession:
                      f"({reason}); the trial's result is kept, its model is not")
             return
         self.say(f"trial {trial.number}: new best, model uploaded as artifact {artifact_id}")
+        if preview is not None:  # validation images with truth and prediction, for `tuner report`
+            from worker.training.preview import write_png
+
+            preview_store = _CleanupStore(self.artifacts)
+            try:
+                png = write_png(preview, path.with_suffix(".png"))
+                preview_id = upload_artifact(artifact_store=preview_store, file_path=str(png), study_or_trial=trial)
+                self._db(lambda: trial.set_user_attr(report.PREVIEW_ARTIFACT, preview_id), "recording the preview")
+            except Exception as exc:  # noqa: BLE001 - a picture is worth less than the trial
+                preview_store.discard()
+                if is_transient(exc) or self._study_replaced():
+                    raise
+                self.say(f"warning: trial {trial.number}: preview upload failed ({type(exc).__name__})")
 
     # -- telling ----------------------------------------------------------------------------
 

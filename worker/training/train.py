@@ -63,6 +63,8 @@ class TrainResult:
     n_val: int
     class_weights: list[float]
     device: dict[str, Any]
+    confusion_matrix: list[list[int]] | None = None  # [true][predicted] pixels, best model, validation
+    preview: Any = dataclasses.field(default=None, repr=False)  # worker.training.preview.PreviewSample
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict: NaN/inf become ``None`` and the per-class keys become strings.
@@ -71,6 +73,7 @@ class TrainResult:
         anyway), so a stored result compares equal to a freshly computed one.
         """
         values = dataclasses.asdict(self)
+        values.pop("preview")  # arrays, uploaded as a PNG by the worker, not stored as JSON
         values["per_class_iou"] = {str(k): v for k, v in self.per_class_iou.items()}
         return _json_safe(values)
 
@@ -101,9 +104,10 @@ def train(
 
     from contract.data import split
     from worker.training.losses import class_weights_from_masks, focal_loss
-    from worker.training.metrics import MeanIoUForeground
+    from worker.training.metrics import MeanIoUForeground, confusion_counts
     from worker.training.model import build_model
     from worker.training.pipeline import make_eval_dataset, make_train_dataset
+    from worker.training.preview import sample as preview_sample
 
     started = time.perf_counter()
     out = sys.stdout if verbose else None
@@ -168,7 +172,7 @@ def train(
         model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                   callbacks=callbacks, verbose=0, shuffle=False)  # the dataset shuffles
         # EarlyStopping has restored the best epoch's weights by now.
-        best_miou, per_class = _evaluate(model, x_val, y_val, batch_size, tta=config.tta)
+        best_miou, per_class, labels = _evaluate(model, x_val, y_val, batch_size, tta=config.tta)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -183,6 +187,8 @@ def train(
         n_val=len(val_idx),
         class_weights=[float(w) for w in weights],
         device=describe(device),
+        confusion_matrix=confusion_counts(y_val, labels).tolist(),
+        preview=preview_sample(x_val, y_val, labels),
     )
     _say(out, f"best epoch {result.best_epoch + 1}: validation mIoU {_fmt(best_miou)}"
               f"{' (flip TTA)' if config.tta else ''}; "
@@ -246,8 +252,9 @@ def _subsample(
 
 def _evaluate(
     model: keras.Model, images: np.ndarray, masks: np.ndarray, batch_size: int, *, tta: bool
-) -> tuple[float, dict[int, float]]:
-    """Numpy mean IoU over classes 1-4 of the model's predictions on the whole split."""
+) -> tuple[float, dict[int, float], np.ndarray]:
+    """Numpy mean IoU over classes 1-4 of the model's predictions on the whole split, per-class
+    IoU, and the predicted labels."""
     from worker.training.metrics import iou_per_class, mean_iou
     from worker.training.pipeline import flip_tta_predict
 
@@ -257,7 +264,7 @@ def _evaluate(
         probs = model.predict(images[..., None], batch_size=batch_size, verbose=0)
     labels = np.argmax(np.asarray(probs), axis=-1).astype(masks.dtype)
     per_class = {int(c): float(v) for c, v in iou_per_class(masks, labels).items()}
-    return float(mean_iou(masks, labels)), per_class
+    return float(mean_iou(masks, labels)), per_class, labels
 
 
 def _detect_device(tf: Any, mixed_precision: str) -> DeviceInfo:

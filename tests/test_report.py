@@ -1,0 +1,371 @@
+"""``tuner report``: one self-contained HTML file that parses, has every section, embeds the best
+trial's images, and renders in a real headless Chromium without console errors.
+
+Most studies here are built by hand (ask/tell with the attributes a worker writes), so they cost
+no training; one test runs a real worker with an artifact store, end to end.
+
+Chromium: the browser tests skip when ``chromium`` is not installed, unless ``CI`` is set, where
+its absence fails them (Debian: ``apt-get install -y chromium``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from html.parser import HTMLParser
+import io
+import math
+import os
+from pathlib import Path
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+import pytest
+import yaml
+
+from contract import report as attrs
+from contract.study_spec import StudySpec
+import storage
+from tuner import export
+from tuner import report as tuner_report
+from tuner.study import StudyError, create_study
+from worker.training import preview
+
+BIN = Path(sys.executable).parent
+FINGERPRINT = "ab" * 32
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SECTION_IDS = [sid for sid, _ in tuner_report.SECTIONS]
+
+
+class _Page(HTMLParser):
+    """Collects what the tests look at: ids, scripts, external references, images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: list[str] = []
+        self.scripts: list[dict[str, str | None]] = []
+        self.external: list[str] = []
+        self.images: list[str] = []
+        self.stack: list[str] = []
+
+    def handle_starttag(self, tag: str, attributes: list[tuple[str, str | None]]) -> None:
+        a = dict(attributes)
+        if a.get("id"):
+            self.ids.append(str(a["id"]))
+        if tag == "script":
+            self.scripts.append(a)
+        if tag == "img":
+            self.images.append(str(a.get("src")))
+        for key in ("src", "href"):
+            value = a.get(key) or ""
+            if re.match(r"(https?:)?//", value):
+                self.external.append(value)
+
+
+def _parse(text: str) -> _Page:
+    page = _Page()
+    page.feed(text)
+    page.close()
+    return page
+
+
+def _study(url: str, name: str = "mars", trials: int = 13) -> tuple[optuna.Study, StudySpec, RDBStorage]:
+    create_study(name, storage_url=url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=trials)
+    rdb = storage.open_storage(url, heartbeat_interval=None)
+    study = optuna.load_study(study_name=name, storage=rdb, sampler=optuna.samplers.RandomSampler(seed=0))
+    return study, StudySpec.of(study), rdb
+
+
+def _fill(study: optuna.Study, spec: StudySpec, n_complete: int = 11, *, artifacts: Path | None = None) -> dict:
+    """COMPLETE trials with everything a worker records, 2 PRUNED, 1 FAIL, 1 RUNNING."""
+    rng = np.random.default_rng(0)
+    store = None
+    if artifacts is not None:
+        from contract.artifacts import open_artifact_store
+
+        store = open_artifact_store(artifacts, create=True)
+    previews = {}
+    for i in range(n_complete + 4):
+        trial = study.ask()
+        config = spec.space.sample(trial)
+        host = f"node-{i % 3}"
+        attrs.record_start(trial, config, {"host": host, "pid": 100 + i % 2, "gpu": 0}, {"device": "cpu"})
+        epochs = 3 if i < n_complete else 1
+        for step in range(1, epochs + 1):
+            trial.report(float(0.1 * step + 0.01 * i), step)
+        if i == n_complete + 2:
+            study.tell(trial, state=TrialState.FAIL)
+        if i >= n_complete + 2:  # the last one stays RUNNING
+            continue
+        if i >= n_complete:
+            study.tell(trial, state=TrialState.PRUNED)
+            continue
+        per_class = {"1": 0.5 + 0.01 * i, "2": 0.4, "3": 0.6, "4": None if i % 2 else 0.1}
+        miou = float(np.mean([v for v in per_class.values() if v is not None]))
+        trial.set_user_attr(attrs.MIOU, miou)
+        trial.set_user_attr(attrs.PER_CLASS_IOU, per_class)
+        trial.set_user_attr(attrs.CONFUSION_MATRIX, (rng.integers(0, 50, (5, 5)) + np.eye(5, dtype=int) * 900).tolist())
+        if store is not None:
+            from optuna.artifacts import upload_artifact
+
+            sample = preview.PreviewSample(images=rng.random((3, 64, 128)), truth=rng.integers(0, 5, (3, 64, 128)),
+                                           prediction=rng.integers(0, 5, (3, 64, 128)))
+            png = preview.write_png(sample, artifacts.parent / f"preview-{i}.png")
+            previews[trial.number] = png.read_bytes()
+            trial.set_user_attr(attrs.PREVIEW_ARTIFACT,
+                                upload_artifact(artifact_store=store, file_path=str(png), study_or_trial=trial))
+        study.tell(trial, miou)
+    return previews
+
+
+# -- the file -------------------------------------------------------------------------------------
+
+
+def test_report_is_self_contained_with_every_section(pg_url, tmp_path):
+    study, spec, rdb = _study(pg_url)
+    artifacts = tmp_path / "artifacts"
+    previews = _fill(study, spec, artifacts=artifacts)
+    best = study.best_trial
+    out = tmp_path / "out" / "report.html"
+
+    tuner_report.write_report("mars", storage_url=pg_url, output=out, artifact_dir=artifacts)
+    text = out.read_text()
+    page = _parse(text)
+
+    # Every section of a single-objective study, in order; no Pareto front.
+    expected = [s for s in SECTION_IDS if s != "pareto"]
+    assert [i for i in page.ids if i in SECTION_IDS] == expected
+    # Offline: no external script, stylesheet or image; plotly.js inlined exactly once.
+    assert page.external == []
+    assert all(not s.get("src") for s in page.scripts)
+    from plotly.offline import get_plotlyjs
+
+    assert text.count(get_plotlyjs()[:200]) == 1
+    assert int(re.search(r'data-figures="(\d+)"', text).group(1)) == text.count('class="plotly-graph-div"')
+
+    # Header facts.
+    for fact in ("budget</th><td>13/13 finished", "sampler</th><td>tpe (seed 0)", FINGERPRINT,
+                 "complete 11", "pruned 2", "fail 1", "running 1", "device-hours", "6 processes on 3 hosts",
+                 "node-0 (5 trials)"):
+        assert fact in text, fact
+    # Per-class IoU of the 10 best, best first.
+    table = text[text.index('<table class="iou">'):]
+    rows = re.findall(r"<tr><td>(\d+)</td><td>([\d.]+)</td>", table[:table.index("</table>")])
+    ranked = sorted((t for t in study.get_trials() if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    assert [int(n) for n, _ in rows] == [t.number for t in ranked[:10]]
+    # The best trial's images are the worker's PNG, embedded.
+    embedded = [src for src in page.images if src.startswith("data:image/png;base64,")]
+    assert len(embedded) == 1
+    assert base64.b64decode(embedded[0].split(",", 1)[1]) == previews[best.number]
+    # The configuration is exactly what `tuner export` writes.
+    config_text = export.render(export.config_of(best, spec), "yaml", study_name="mars", trial=best)
+    assert html.escape(config_text) in text
+    assert yaml.safe_load(config_text) == best.user_attrs[attrs.CONFIG]
+    rdb.engine.dispose()
+
+
+def test_report_without_artifact_dir_says_where_the_images_are(pg_url, tmp_path):
+    study, spec, rdb = _study(pg_url)
+    _fill(study, spec, n_complete=3, artifacts=tmp_path / "artifacts")
+    out = tmp_path / "r.html"
+    tuner_report.write_report("mars", storage_url=pg_url, output=out)
+    text = out.read_text()
+    assert "pass --artifact-dir to embed it" in text and _parse(text).images == []
+    assert "IoU per class, 3 best trials" in text
+    rdb.engine.dispose()
+
+
+def test_report_of_two_objectives_draws_the_pareto_front(pg_url, tmp_path):
+    storage.init_schema(pg_url)
+    rdb = storage.open_storage(pg_url, heartbeat_interval=None)
+    study = optuna.create_study(study_name="mo", storage=rdb, directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(8):
+        trial = study.ask()
+        x = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+        trial.suggest_categorical("filters", [8, 16])
+        study.tell(trial, [0.5 + 0.01 * i, 1000.0 + 10 * i + x])
+    out = tmp_path / "mo.html"
+    tuner_report.write_report("mo", storage_url=pg_url, output=out)
+    text = out.read_text()
+    page = _parse(text)
+    assert [i for i in page.ids if i in SECTION_IDS] == SECTION_IDS
+    assert "Pareto front" in text and "spec</th><td>none" in text
+    assert "maximize, minimize" in text
+    rdb.engine.dispose()
+
+
+def test_report_of_an_empty_study_and_bad_input(pg_url, tmp_path):
+    study, _, rdb = _study(pg_url)
+    out = tmp_path / "empty.html"
+    tuner_report.write_report("mars", storage_url=pg_url, output=out)
+    assert "no completed trial yet" in out.read_text()
+    with pytest.raises(StudyError, match=r"no study 'nosuch'.*mars"):
+        tuner_report.write_report("nosuch", storage_url=pg_url, output=tmp_path / "x.html")
+    with pytest.raises(StudyError, match="is a directory"):
+        tuner_report.write_report("mars", storage_url=pg_url, output=tmp_path)
+    assert not (tmp_path / "x.html").exists()
+    rdb.engine.dispose()
+
+
+def test_preview_grid_shows_image_truth_and_prediction(tmp_path):
+    images = np.linspace(0, 1, 2 * 64 * 128).reshape(2, 64, 128)
+    truth = np.full((2, 64, 128), 2)
+    prediction = np.full((2, 64, 128), 4)
+    sample = preview.sample(images, truth, prediction, n=6)  # fewer images than asked: all of them
+    grid = preview.grid(sample)
+    scale, gap = preview.SCALE, preview.GAP
+    assert grid.shape == (2 * 64 * scale + 3 * gap, 3 * 128 * scale + 4 * gap, 3)
+    y = gap + 10
+    assert tuple(grid[y, gap + 128 * scale + gap + 5]) == tuple(preview.PALETTE[2])  # truth: bedrock
+    assert tuple(grid[y, gap + 2 * (128 * scale + gap) + 5]) == tuple(preview.PALETTE[4])  # prediction: big rock
+    assert grid[y, gap + 5, 0] == grid[y, gap + 5, 1] == grid[y, gap + 5, 2]  # the image is gray
+    from PIL import Image
+
+    png = preview.write_png(sample, tmp_path / "p.png")
+    assert Image.open(io.BytesIO(png.read_bytes())).size == (grid.shape[1], grid.shape[0])
+    picked = preview.sample(np.arange(10)[:, None, None] * np.ones((10, 4, 4)), np.zeros((10, 4, 4), int),
+                            np.zeros((10, 4, 4), int), n=3)
+    assert [int(v) for v in picked.images[:, 0, 0]] == [0, 4, 9]  # spread over the split
+
+
+# -- a real browser ---------------------------------------------------------------------------------
+
+_HOOK = """<script>(function(){var log=function(kind,args){console.log("[report-test " + kind + "] " +
+Array.prototype.map.call(args,String).join(" "));};
+console.error=function(){log("console.error",arguments);};console.warn=function(){log("console.warn",arguments);};
+window.addEventListener("error",function(ev){log("error",[ev.message||("resource "+(ev.target&&(ev.target.src||ev.target.href)))]);},true);
+window.addEventListener("unhandledrejection",function(ev){log("unhandledrejection",[ev.reason]);});})();</script>"""
+
+
+def _chromium() -> str:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (CI must install it: apt-get install -y chromium)")
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    return CHROMIUM
+
+
+def render_in_chromium(report: Path, tmp_path: Path, screenshot: Path | None = None) -> tuple[str, list[str]]:
+    """Load a copy of ``report`` in headless Chromium with the network off; (DOM after load,
+    console errors/warnings and failed loads). The copy gets a first script that reports
+    console.error, console.warn, uncaught errors and failed resource loads."""
+    browser = _chromium()
+    page = tmp_path / "under-test.html"
+    page.write_text(report.read_text().replace("<head>", "<head>" + _HOOK, 1))
+    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+              "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=20000",
+              f"--user-data-dir={tmp_path / 'chromium-profile'}"]
+    result = subprocess.run([*common, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    problems = [line for line in result.stderr.splitlines() if "[report-test " in line]
+    if screenshot is not None:
+        shot = subprocess.run([*common, "--window-size=1200,5000", f"--screenshot={screenshot}", page.as_uri()],
+                              capture_output=True, text=True, timeout=240)
+        assert shot.returncode == 0 and screenshot.exists(), shot.stderr[-2000:]
+    return result.stdout, problems
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium_without_console_errors(pg_url, tmp_path):
+    _chromium()
+    study, spec, rdb = _study(pg_url)
+    _fill(study, spec, artifacts=tmp_path / "artifacts")
+    out = tmp_path / "report.html"
+    tuner_report.write_report("mars", storage_url=pg_url, output=out, artifact_dir=tmp_path / "artifacts")
+    shot = Path(os.environ.get("REPORT_SCREENSHOT", tmp_path / "report.png"))
+    dom, problems = render_in_chromium(out, tmp_path, screenshot=shot)
+    assert problems == []
+    figures = int(re.search(r'data-figures="(\d+)"', dom).group(1))
+    drawn = re.findall(r'<div[^>]*class="[^"]*plotly-graph-div js-plotly-plot', dom)
+    assert figures >= 8 and len(drawn) == figures  # plotly drew every figure
+    assert dom.count('class="main-svg"') >= figures
+    assert shot.stat().st_size > 10_000
+    rdb.engine.dispose()
+
+
+@pytest.mark.slow
+def test_browser_check_catches_console_errors(tmp_path):
+    """The check above could fail: a page with an error and a network load is caught."""
+    _chromium()
+    bad = tmp_path / "bad.html"
+    bad.write_text('<html><head></head><body><script>console.error("boom");</script>'
+                   '<img src="https://cdn.example.org/x.png"></body></html>')
+    _, problems = render_in_chromium(bad, tmp_path)
+    assert any("boom" in p for p in problems) and any("cdn.example.org" in p for p in problems), problems
+
+
+# -- end to end, with a real worker ---------------------------------------------------------------
+
+TINY_SPACE = {
+    "fixed": {
+        "model": "multipath", "depth": 2, "base_filters": 4, "conventional_filters": 8,
+        "residual_filters": 4, "multiscale_filters": 8, "context_filters": 4, "batch_size": 16,
+        "augment_flips": False, "validation_fraction": 0.25, "early_stopping_patience": 5,
+        "reduce_lr_patience": 5, "batchnorm_momentum": 0.9, "epochs": 2,
+    },
+    "params": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+}
+
+
+@pytest.mark.slow
+def test_worker_saves_confusion_matrix_and_images_that_the_report_embeds(pg_url, tmp_path):
+    from contract.synth import write_npz
+
+    npz = tmp_path / "mars.npz"
+    write_npz(npz, 48, seed=3)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(TINY_SPACE))
+    env = {**os.environ, "TUNER_STORAGE": pg_url}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=600, env=env)
+
+    created = cli("tuner", "create", "s", "--data", str(npz), "--space", str(space), "--trials", "1",
+                  "--pruner", "none")
+    assert created.returncode == 0, created.stderr
+    artifacts = tmp_path / "artifacts"
+    run = cli("worker", "run", "--study", "s", "--data", str(npz), "--quiet", "--artifact-dir", str(artifacts))
+    assert run.returncode == 0, run.stdout + run.stderr
+    rdb = storage.open_storage(pg_url, heartbeat_interval=None)
+    best = optuna.load_study(study_name="s", storage=rdb).best_trial
+    rdb.engine.dispose()
+    matrix = np.asarray(best.user_attrs[attrs.CONFUSION_MATRIX])
+    assert matrix.shape == (5, 5) and matrix.sum() == best.user_attrs[attrs.N_VAL] * 64 * 128
+    assert best.user_attrs.get(attrs.PREVIEW_ARTIFACT)
+
+    out = tmp_path / "report.html"
+    made = cli("tuner", "report", "s", "-o", str(out), "--artifact-dir", str(artifacts))
+    assert made.returncode == 0 and f"wrote {out}" in made.stdout, made.stderr
+    text = out.read_text()
+    assert [src[:22] for src in _parse(text).images] == ["data:image/png;base64,"]
+    assert f"confusion matrix of trial {best.number}" in text
+    assert not math.isnan(best.value)
+
+
+def test_importance_of_two_objectives_explains_high_miou_not_low(pg_url):
+    """PED-ANOVA explains low values of an explicit target; the report must negate mIoU."""
+    from storage.snapshot import SnapshotStorage
+
+    rng = np.random.default_rng(0)
+    dists = {"lr": optuna.distributions.FloatDistribution(0, 1), "noise": optuna.distributions.FloatDistribution(0, 1)}
+    trials = []
+    for i in range(300):
+        lr, noise = float(rng.random()), float(rng.random())
+        # Only the best mIoU values depend on lr (a threshold): the worst ones are pure noise.
+        miou = 0.9 if lr > 0.9 else 0.5 * noise
+        trials.append(optuna.trial.create_trial(values=[miou, 1.0], params={"lr": lr, "noise": noise},
+                                                distributions=dists))
+    for number, trial in enumerate(trials):
+        trial.number, trial._trial_id = number, number
+    directions = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    study = SnapshotStorage("mo", directions, trials).study()
+    importances, _ = tuner_report._importances(study, len(trials))
+    assert list(importances)[0] == "lr", importances
