@@ -169,7 +169,7 @@ def _alias_bomb(levels: int, last: str) -> str:
 
 def _hostile_files(tmp_path: Path, kind: str) -> dict[str, Path]:
     # 9**6 "lol"s: small enough that the unfixed code finished (with a ~4 MB message), not OOM.
-    last = "params: {{learning_rate: {top}}}" if kind == "space" else "model: {top}"
+    last = "params: {{tta: {{type: bool}}}}\nfixed: {{model: {top}}}" if kind == "space" else "model: {top}"
     files = {
         "alias bomb": tmp_path / f"bomb-{kind}.yaml",
         "deep nesting": tmp_path / f"deep-{kind}.yaml",
