@@ -160,16 +160,15 @@ def test_demo_study_name_cannot_write_outside_tuner_home(tmp_path, monkeypatch, 
 # --- 13. hostile YAML and files: bounded size, bounded messages, one line --------------------
 
 
-def _alias_bomb(levels: int, last: str) -> str:
-    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    for i in range(1, levels + 1):
-        lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
-    return "\n".join([*lines, last.format(top=f"*a{levels}")]) + "\n"
+def _alias_bomb(levels: int) -> str:
+    """A "billion laughs" list: level i holds 9 aliases of level i-1, all inside one value."""
+    items = ['&a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    items += [f"&a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return "[" + ", ".join(items) + "]"
 
 
 def _hostile_files(tmp_path: Path, kind: str) -> dict[str, Path]:
     # 9**6 "lol"s: small enough that the unfixed code finished (with a ~4 MB message), not OOM.
-    last = "params: {{learning_rate: {top}}}" if kind == "space" else "model: {top}"
     files = {
         "alias bomb": tmp_path / f"bomb-{kind}.yaml",
         "deep nesting": tmp_path / f"deep-{kind}.yaml",
@@ -178,7 +177,10 @@ def _hostile_files(tmp_path: Path, kind: str) -> dict[str, Path]:
         "fifo": tmp_path / f"fifo-{kind}.yaml",
         "device": Path("/dev/zero"),
     }
-    files["alias bomb"].write_text(_alias_bomb(6, last))
+    bomb = _alias_bomb(6)
+    files["alias bomb"].write_text(
+        f"params: {{tta: {{type: bool}}}}\nfixed: {{model: {bomb}}}\n" if kind == "space" else f"model: {bomb}\n"
+    )
     files["deep nesting"].write_text("[" * 10000)
     files["huge value"].write_text(
         ("params: {learning_rate: {type: float, low: 'x%s', high: 1}}" if kind == "space" else "model: 'x%s'")
@@ -213,7 +215,7 @@ def test_aliases_are_refused_but_plain_yaml_still_loads(tmp_path):
     path.write_text("epochs: 3\nbatch_size: 8\n")
     assert TrainConfig.load(path).epochs == 3
     path.write_text("base: &b 8\nbatch_size: *b\n")
-    with pytest.raises(ConfigError, match="aliases"):
+    with pytest.raises(ConfigError, match="YAML aliases"):
         TrainConfig.load(path)
 
 
