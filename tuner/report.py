@@ -53,7 +53,7 @@ BEST_N = 10  # trials in the per-class IoU section
 TOP_SLICES = 4  # parameters in the slice plot
 TOP_PARALLEL = 6  # parameters in the parallel-coordinates plot
 METRIC_NAME = "validation mIoU"
-_TRIAL_ATTRS = (attrs.WORKER, attrs.PROVENANCE, attrs.PER_CLASS_IOU)  # read for every trial
+_TRIAL_ATTRS = (attrs.WORKER, attrs.PROVENANCE)  # read for every trial; the best ones get all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,8 @@ class ReportData:
     spec: StudySpec | None
     masked_url: str
     trials: list[FrozenTrial]  # every trial, with _TRIAL_ATTRS and epoch values
-    best: FrozenTrial | None  # with all its user attributes
+    top: list[FrozenTrial]  # the BEST_N best COMPLETE trials, best first, with all their user attributes
+    best: FrozenTrial | None  # top[0]
     preview_png: bytes | None
     preview_note: str | None  # why there is no image grid, when there is none
     now: datetime.datetime
@@ -96,23 +97,24 @@ def read_report(name: str, storage_url: str | None, artifact_dir: Path | None) -
         head = find_or_fail(engine, name, url)
         spec = spec_or_none(head)
         trials = load_trials(engine, head.study_id, user_attr_keys=_TRIAL_ATTRS)
-        best = best_of(trials, head.directions)
-        if best is not None:  # again, with every attribute (config, confusion matrix, preview id)
-            best = load_trials(engine, head.study_id, trial_ids=[best._trial_id], intermediate=False)[0]
+        ranked = best_first(trials, head.directions)[:BEST_N]
+        # Again, with every attribute (per-class IoU, config, confusion matrix, preview id).
+        full = {t.number: t for t in load_trials(engine, head.study_id, trial_ids=[t._trial_id for t in ranked],
+                                                 intermediate=False)}
+        top = [full[t.number] for t in ranked]
     finally:
         engine.dispose()
+    best = top[0] if top else None
     preview, note = _preview(best, artifact_dir)
-    return ReportData(head=head, spec=spec, masked_url=storage.mask_url(url), trials=trials, best=best,
+    return ReportData(head=head, spec=spec, masked_url=storage.mask_url(url), trials=trials, top=top, best=best,
                       preview_png=preview, preview_note=note, now=utc_now())
 
 
-def best_of(trials: list[FrozenTrial], directions: tuple[StudyDirection, ...]) -> FrozenTrial | None:
-    """The COMPLETE trial with the best first objective (mIoU), lowest number on ties."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
-    if not done:
-        return None
+def best_first(trials: list[FrozenTrial], directions: tuple[StudyDirection, ...]) -> list[FrozenTrial]:
+    """COMPLETE trials by their first objective (mIoU), best first; lower number first on ties."""
     sign = 1.0 if directions[0] == StudyDirection.MAXIMIZE else -1.0
-    return max(done, key=lambda t: (sign * t.values[0], -t.number))
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    return sorted(done, key=lambda t: (-sign * t.values[0], t.number))
 
 
 def _preview(best: FrozenTrial | None, artifact_dir: Path | None) -> tuple[bytes | None, str | None]:
@@ -257,9 +259,8 @@ def _render(data: ReportData) -> str:
     else:
         body["importance"] = body["params"] = _note(why)
 
-    best_n = sorted(complete, key=lambda t: t.values[0], reverse=maximize)[:BEST_N]
-    body["per-class"] = (figure(figs.per_class_iou(best_n, attrs.PER_CLASS_IOU)) + _per_class_table(best_n)
-                         if best_n else _note("no completed trial yet"))
+    body["per-class"] = (figure(figs.per_class_iou(data.top, attrs.PER_CLASS_IOU)) + _per_class_table(data.top)
+                         if data.top else _note("no completed trial yet"))
     body["best"] = _best_section(data, figure)
     body["config"] = _config_section(data)
 
