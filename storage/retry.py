@@ -64,6 +64,20 @@ def _is_transient_one(exc: BaseException) -> bool:
     return False
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: first line`` of the deepest database error in the chain (no URL, so no secret)."""
+    root: BaseException = exc
+    for _ in range(_MAX_CHAIN):
+        nxt = root.__cause__ or root.__context__
+        if nxt is None:
+            break
+        root = nxt
+    if isinstance(root, sqlalchemy.exc.DBAPIError) and root.orig is not None:
+        root = root.orig
+    lines = [line.strip() for line in str(root).splitlines() if line.strip()]
+    return f"{type(root).__name__}: {lines[0][:160]}" if lines else type(root).__name__
+
+
 def with_db_retry(
     call: Callable[[], T],
     *,
@@ -88,7 +102,7 @@ def with_db_retry(
             if not is_transient(exc) or left <= 0:
                 raise
             wait = min(delay, left)
-            message = f"database unavailable during {what} ({type(exc).__name__}); retrying in {wait:.0f}s"
+            message = f"database unavailable during {what} ({describe(exc)}); retrying in {wait:.0f}s"
             if on_retry is not None:
                 on_retry(message)
             else:

@@ -38,13 +38,29 @@ class Cluster:
         return conn
 
     def new_database(self) -> str:
-        """A fresh database's URL."""
+        """A fresh database's URL (starting the cluster again if something stopped it)."""
+        if not self.running():
+            self.start()
         name = f"faults_{uuid.uuid4().hex[:10]}"
         conn = self.admin()
         with conn.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}"')
         conn.close()
         return self.url(name)
+
+    def kill_connections(self, url: str) -> int:
+        """Terminate every connection to ``url``'s database (as a restart or a proxy would)."""
+        database = url.rsplit("/", 1)[1]
+        conn = self.admin()
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database,),
+            )
+            killed = cur.fetchone()[0]
+        conn.close()
+        return killed
 
     def stop(self) -> None:
         """Stop the server now (``-m fast``: clients are disconnected, as in a crash or reboot)."""
@@ -77,7 +93,7 @@ def pg_cluster() -> Iterator[Cluster]:
     subprocess.run(
         ["pg_createcluster", VERSION, name, "--port", str(PORT),
          "-o", "fsync=off", "-o", "synchronous_commit=off", "-o", "full_page_writes=off",
-         "-o", "max_connections=60"],
+         "-o", "max_connections=100"],
         check=True, capture_output=True, timeout=120,
     )
     try:
@@ -90,3 +106,9 @@ def pg_cluster() -> Iterator[Cluster]:
         yield Cluster(name, PORT)
     finally:
         _drop(name)
+
+
+@pytest.fixture
+def cluster_url(pg_cluster: Cluster) -> str:
+    """A fresh database on the throw-away cluster (away from the shared server's connection limit)."""
+    return pg_cluster.new_database()

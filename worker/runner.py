@@ -38,6 +38,7 @@ from contract.errors import TunerError
 from contract.study_spec import SpecError, StudySpec
 import storage
 from storage.retry import DatabaseUnavailable, is_transient, with_db_retry
+from storage.retry import describe as describe_db_error
 from worker.budget import ask_within_budget, budget_lock
 
 EXIT_OK = 0
@@ -152,7 +153,7 @@ class _GaveUp(DatabaseUnavailable):
     """A database call kept failing for the whole grace period (raised through Keras' fit)."""
 
     def __init__(self, what: str, seconds: float, cause: BaseException) -> None:
-        super().__init__(f"database unavailable for {seconds:.0f}s during {what} ({type(cause).__name__})")
+        super().__init__(f"database unavailable for {seconds:.0f}s during {what} ({describe_db_error(cause)})")
         self.what = what
 
 
