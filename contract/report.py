@@ -30,6 +30,8 @@ MODEL_ARTIFACT = "model_artifact_id"  # optuna artifact id of the saved .keras m
 ERROR = "error"  # one line, on FAIL
 INTERRUPTED = "interrupted"  # signal name, on FAIL by SIGTERM/SIGINT
 RETRY_OF = "retry_of"  # trial number this one re-runs (interrupted trials)
+PHASE = "phase"  # what the running trial does now: one of PHASES (written as it changes)
+PHASES = ("loading data", "building", "compiling", "training", "evaluating", "saving")
 
 
 def worker_identity(gpu: int | None) -> dict[str, Any]:

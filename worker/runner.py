@@ -243,6 +243,7 @@ class _Runner:
     ) -> None:
         self.study, self.rdb, self.url, self.spec, self.data = study, rdb, url, spec, data
         self.device, self.provenance, self.identity = device, provenance, identity
+        self.trainer: Any = None  # one worker.training.train.Trainer per process: reuses compiled models
         self.artifacts, self.say, self.verbose = artifacts, say, verbose
 
     # -- asking -----------------------------------------------------------------------------
@@ -292,7 +293,9 @@ class _Runner:
 
     def _run_trial(self, trial: optuna.Trial, guard: SignalGuard) -> str:
         from worker.training.device import with_precision
-        from worker.training.train import train
+        from worker.training.train import Trainer, train
+
+        self.trainer = self.trainer or Trainer()
 
         config = self.spec.space.sample(trial)
         device = with_precision(self.device, config.mixed_precision)
@@ -314,12 +317,17 @@ class _Runner:
             if prune:
                 raise optuna.TrialPruned(f"pruned at epoch {step} (val mIoU {value:.4f})")
 
+        def on_phase(phase: str) -> None:  # train() prints it too
+            with guard.deferred():
+                self._db(lambda: trial.set_user_attr(report.PHASE, phase), "recording the phase")
+
         with tempfile.TemporaryDirectory(prefix="tuner-trial-") as tmp:
             save_path = Path(tmp) / f"trial-{trial.number}.keras" if self.artifacts else None
             try:
                 with storage.Heartbeat(self.rdb, trial._trial_id), guard.training():
                     result = train(config, self.data, epoch_callback=on_epoch, verbose=self.verbose,
-                                   save_path=save_path, device=device)
+                                   save_path=save_path, device=device, trainer=self.trainer,
+                                   phase_callback=on_phase)
             except optuna.TrialPruned as exc:
                 self._tell(trial, state=TrialState.PRUNED)
                 self.say(f"trial {trial.number} {exc}")
