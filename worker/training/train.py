@@ -161,6 +161,8 @@ class Trainer:
         if device is None:
             device = _detect_device(config.mixed_precision)
         enable_compile_cache()
+        if not self.reuse:  # before the policy is set: clearing the session resets it
+            keras.utils.clear_session()
 
         clock.phase("loading data")
         prepared, reused_data = self.prepare(config, data)
@@ -241,8 +243,6 @@ class Trainer:
         if self.reuse and key in self._models:
             self._models.move_to_end(key)
             return self._models[key], True
-        if not self.reuse:
-            keras.utils.clear_session()
         set_determinism(not config.jit_compile)
         if config.jit_compile:
             _say(out, "jit_compile: XLA on, op determinism off (runs are seeded but not bit-exact)")
@@ -254,6 +254,14 @@ class Trainer:
                 self._models.popitem(last=False)
                 gc.collect()
         return compiled, False
+
+
+def _jit(config: TrainConfig) -> bool:
+    """XLA as the config asks on TensorFlow; always on JAX, whose steps without ``jax.jit`` run
+    op by op (about 100x slower on a GPU) and which is deterministic on CPU with it anyway."""
+    from worker.training.backend import is_tensorflow
+
+    return config.jit_compile or not is_tensorflow()
 
 
 def _model_key(config: TrainConfig, device: DeviceInfo, batch_size: int) -> tuple:
@@ -340,7 +348,7 @@ class _Compiled:
         optimizer = TunableAdamW(learning_rate=config.learning_rate,
                                  weight_decay=config.weight_decay)
         model.compile(optimizer=optimizer, loss=FocalLoss(params=params),
-                      metrics=[MeanIoUForeground()], jit_compile=config.jit_compile)
+                      metrics=[MeanIoUForeground()], jit_compile=_jit(config))
         model.optimizer.build(model.trainable_variables)
         return cls(model, optimizer, params, model.get_weights(),
                    [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
@@ -427,7 +435,7 @@ class _Clock:
 
     def phase(self, name: str) -> None:
         self.current = name
-        _say(self.out, f"phase: {name}")
+        _say(self.out, f"phase: {name} ({time.perf_counter() - self.started:.1f}s)")
         if self.callback is not None:
             self.callback(name)
 
