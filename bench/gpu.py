@@ -101,7 +101,7 @@ def sequence(args: argparse.Namespace, data, trials: int) -> list[dict[str, Any]
         rows.append({"changes": changes, "reused_model": t["reused_model"],
                      "to_fit_s": t["prepare_s"] + t["build_s"],
                      "first_batch_s": t["first_batch_s"], "epoch_s": epochs,
-                     "median_epoch_s": median, "first_epoch_excess_s": epochs[0] - median,
+                     "median_epoch_s": median, "first_epoch_excess_s": max(0.0, epochs[0] - median),
                      "evaluate_s": t["evaluate_s"], "wall_s": wall, "miou": result.best_miou,
                      "n_train": result.n_train})
     return rows
