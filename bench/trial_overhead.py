@@ -104,7 +104,8 @@ def run_arm(args: argparse.Namespace) -> dict[str, Any]:
     trainer = Trainer() if args.arm.startswith("new") else None
     study = optuna.create_study(direction="maximize")
     rows = []
-    for label, changes in SEQUENCE[: args.trials]:
+    steps = SEQUENCE[: args.trials - 1] + [SEQUENCE[-1]]  # the last trial: another width
+    for label, changes in steps:
         config = _config(args, changes)
         t0 = time.perf_counter()
         trial = study.ask()
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--trials", type=int, default=len(SEQUENCE))
+    parser.add_argument("--trials", type=int, default=len(SEQUENCE),
+                        help="trials; the last one always has another width")
     parser.add_argument("--arms", default=None, help="default old,new (+new-restart on JAX)")
     parser.add_argument("--restart", action="store_true", help="add the new-restart arm")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the tests")
@@ -211,7 +213,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.images, args.base_filters, args.depth, args.batch = 12, 4, 2, 8
         args.epochs, args.trials, args.model = 2, 4, "unet"
-        SEQUENCE[3] = SEQUENCE[-1]  # 3 of one architecture, then another width
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     arms = (args.arms.split(",") if args.arms else
             ["old", "new"] + (["new-restart"] if backend == "jax" or args.restart else []))
