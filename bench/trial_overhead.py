@@ -218,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             ["old", "new"] + (["new-restart"] if backend == "jax" or args.restart else []))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="compile-cache-") as cache:
-        results = [_spawn(args, arm, cache) for arm in arms]
+        # old and new start cold, each with its own cache; new-restart finds new's
+        results = [_spawn(args, arm, str(Path(cache) / arm.removesuffix("-restart")))
+                   for arm in arms]
     verdict = summarise(results)
     print_table(results)
     print()
