@@ -30,11 +30,12 @@ MODEL_ARTIFACT = "model_artifact_id"  # optuna artifact id of the saved .keras m
 ERROR = "error"  # one line, on FAIL
 INTERRUPTED = "interrupted"  # signal name, on FAIL by SIGTERM/SIGINT
 RETRY_OF = "retry_of"  # trial number this one re-runs (interrupted trials)
-PHASE = "phase"  # what a running trial does now: building, compiling, training, evaluating
 CONFUSION_MATRIX = "confusion_matrix"  # 5x5 pixel counts [truth][prediction] of the validation split
 PREVIEW_ARTIFACT = "preview_artifact_id"  # PNG grid of validation images: image, truth, prediction
 #: Class colours (RGB) of that PNG, which the report's legend repeats: 0 background .. 4 big rock.
 CLASS_COLOURS = ((0, 0, 0), (166, 118, 29), (117, 112, 179), (230, 171, 2), (231, 41, 138))
+PHASE = "phase"  # what the running trial does now: one of PHASES (written as it changes)
+PHASES = ("loading data", "building", "compiling", "training", "evaluating", "saving")
 
 
 def worker_identity(gpu: int | None) -> dict[str, Any]:

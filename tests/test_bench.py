@@ -139,3 +139,37 @@ def test_status_speed_smoke(tmp_path):
     assert "mars-5k" in status_out and "RUNNING" in status_out and "training" in status_out
     assert f"{result['trials']}/{result['trials']}" in commands["list"]["stdout_tail"]
     assert result["report_bytes"] > 1_000_000  # plotly.js inlined
+
+
+def test_trial_overhead_smoke(tmp_path):
+    result = _run("trial_overhead.py", tmp_path / "overhead.json", timeout=900)
+    assert result["benchmark"] == "trial_overhead"
+    arms = {arm["arm"]: arm for arm in result["arms"]}
+    assert {"old", "new"} <= set(arms)
+    for arm in arms.values():
+        assert len(arm["rows"]) == 4
+        for row in arm["rows"]:
+            for key in ("ask_to_first_batch_s", "median_epoch_s", "evaluate_s", "wall_s"):
+                assert _positive(row[key]), (arm["arm"], key, row[key])
+            assert 0.0 <= row["fixed_share"] < 1.0
+    assert [r["reused_model"] for r in arms["old"]["rows"]] == [False] * 4
+    # new: the 2nd and 3rd trials reuse the first's model; the 4th has another width
+    assert [r["reused_model"] for r in arms["new"]["rows"]] == [False, True, True, False]
+    assert arms["new"]["retracing_warnings"] == 0
+    assert result["verdict"] and any("goal" in line for line in result["verdict"])
+
+
+def test_gpu_bench_smoke_on_cpu(tmp_path):
+    pytest.importorskip("jax")
+    import os
+
+    env = dict(os.environ, KERAS_BACKEND="jax", TUNER_COMPILE_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke",
+                           "--out-dir", str(tmp_path / "out")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [r["reused_model"] for r in summary["sequence"]] == [False, True]
+    assert "rows" in summary["restart"], summary["restart"]
+    (row,) = summary["throughput"]
+    assert _positive(row["worker_img_s"]) and _positive(row["plain_img_s"])

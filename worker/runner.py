@@ -204,6 +204,7 @@ class WorkerSession:
         self.provenance: dict[str, Any] = {}
         self.rdb: optuna.storages.RDBStorage | None = None
         self.study: optuna.Study | None = None
+        self.trainer: Any = None  # one worker.training.train.Trainer per process: reuses compiled models
         self._log_handler = _SayHandler(say)
 
     # -- joining ----------------------------------------------------------------------------
@@ -392,11 +393,15 @@ class WorkerSession:
             if prune:
                 raise optuna.TrialPruned(f"pruned at epoch {step} (val mIoU {value:.4f})")
 
+        def on_phase(phase: str) -> None:  # train() prints it too; `tuner status` shows it
+            with guard.deferred():
+                self._db(lambda: trial.set_user_attr(report.PHASE, phase), "recording the phase")
+
         with tempfile.TemporaryDirectory(prefix="tuner-trial-") as tmp:
             save_path = Path(tmp) / f"trial-{trial.number}.keras" if self.artifacts else None
             try:
                 with self._heartbeat(trial), guard.training():
-                    result = self._train(config, on_epoch, save_path, device)
+                    result = self._train(config, on_epoch, on_phase, save_path, device)
             except optuna.TrialPruned as exc:
                 self._tell(trial, state=TrialState.PRUNED)
                 self.say(f"trial {trial.number} {exc}")
@@ -427,14 +432,15 @@ class WorkerSession:
                  f"in {result.wall_time_s:.0f}s, {result.epochs_run} epochs")
         return Outcome.COMPLETE
 
-    def _train(self, config: Any, on_epoch: Callable[[int, float], None], save_path: Path | None,
-               device: Any) -> Any:
-        """The one place a trial trains."""
-        from worker.training.train import train
+    def _train(self, config: Any, on_epoch: Callable[[int, float], None], on_phase: Callable[[str], None],
+               save_path: Path | None, device: Any) -> Any:
+        """The one place a trial trains, on this process's ``Trainer`` (compiled models reused)."""
+        from worker.training.train import Trainer, train
 
         assert self.data is not None
+        self.trainer = self.trainer or Trainer()
         return train(config, self.data, epoch_callback=on_epoch, verbose=self.options.verbose,
-                     save_path=save_path, device=device)
+                     save_path=save_path, device=device, trainer=self.trainer, phase_callback=on_phase)
 
     def _heartbeat(self, trial: optuna.Trial) -> storage.Heartbeat:
         assert self.rdb is not None

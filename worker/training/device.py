@@ -39,11 +39,12 @@ class DeviceInfo:
     name: str
     index: int | None
     mixed_precision: bool
+    half: Literal["float16", "bfloat16"] = "float16"  # the 16-bit type of mixed precision
 
     @property
     def policy(self) -> str:
         """The Keras dtype policy name this device trains with."""
-        return "mixed_float16" if self.mixed_precision else "float32"
+        return f"mixed_{self.half}" if self.mixed_precision else "float32"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -130,6 +131,10 @@ def configure(
     policy itself (that is global state); :func:`worker.training.train.train` sets it from
     :attr:`DeviceInfo.policy` around model building.
     """
+    from worker.training.backend import name as backend_name
+
+    if backend_name() == "jax":
+        return _configure_jax(gpu, mixed_precision)
     from worker.training.quiet import native_stderr_captured
 
     with native_stderr_captured():
@@ -153,6 +158,23 @@ def configure(
     return decided.device
 
 
+def _configure_jax(gpu: int | None, mixed_precision: str) -> DeviceInfo:
+    """The JAX backend's :func:`configure`: pin ``--gpu`` as JAX's default device.
+
+    JAX preallocates most of the GPU's memory for its one process, which suits one worker per
+    GPU; ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` is JAX's own switch for sharing a GPU.
+    """
+    import jax
+
+    physical = [d for d in jax.devices() if d.platform == "gpu"]
+    decided = plan([d.device_kind for d in physical], gpu, mixed_precision)
+    for message in decided.warnings:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    if decided.visible is not None:
+        jax.config.update("jax_default_device", physical[decided.visible[0]])
+    return decided.device
+
+
 def describe(device: DeviceInfo | None = None) -> dict[str, Any]:
     """Provenance for a trial: device, library versions, host and Python.
 
@@ -160,17 +182,27 @@ def describe(device: DeviceInfo | None = None) -> dict[str, Any]:
     detected (which imports TensorFlow) and assumed to use the ``"auto"`` precision. Versions
     come from package metadata; a missing package reads as ``None``.
     """
-    if device is None:
-        import tensorflow as tf
+    from worker.training.backend import name as backend_name
 
-        gpus = [_gpu_name(tf, d) for d in tf.config.get_visible_devices("GPU")]
+    backend = backend_name()
+    if device is None:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = [_gpu_name(tf, d) for d in tf.config.get_visible_devices("GPU")]
+        else:
+            from worker.training.backend import gpu_names
+
+            gpus = gpu_names()
         device = plan(gpus, None, "auto").device
+    packages = ("tensorflow", "keras", "optuna", "numpy") + (("jax", "jaxlib") if backend == "jax" else ())
     info: dict[str, Any] = {
         "hostname": socket.gethostname(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "executable": sys.executable,
-        "versions": {name: _version(name) for name in ("tensorflow", "keras", "optuna", "numpy")},
+        "backend": backend,
+        "versions": {name: _version(name) for name in packages},
     }
     info.update(device=device.kind, device_name=device.name, device_index=device.index,
                 mixed_precision=device.mixed_precision)

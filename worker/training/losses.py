@@ -65,7 +65,7 @@ class FocalLoss(keras.losses.Loss):
     """
 
     def __init__(self, gamma: float = 0.5, class_weights: Sequence[float] = (1.0,) * 5,
-                 name: str = "focal_loss", **kwargs: Any) -> None:
+                 name: str = "focal_loss", *, params: Any = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         gamma = float(gamma)
         if not np.isfinite(gamma) or gamma < 0:
@@ -75,6 +75,9 @@ class FocalLoss(keras.losses.Loss):
             raise ValueError(f"class_weights must be finite and >= 0, got {list(class_weights)}")
         self.gamma = gamma
         self.class_weights = [float(w) for w in weights]
+        # A worker.training.tunable.LossParams: gamma and weights read from variables, so one
+        # traced train step serves every trial of an architecture (see worker.training.train).
+        self.params = params
 
     def call(self, y_true, y_pred):
         y_pred = ops.cast(y_pred, "float32")
@@ -83,8 +86,13 @@ class FocalLoss(keras.losses.Loss):
         labels = ops.cast(y_true, "int32")
         one_hot = ops.one_hot(labels, len(self.class_weights), dtype="float32")
         p = ops.clip(y_pred, EPSILON, 1.0 - EPSILON)
-        w = ops.convert_to_tensor(self.class_weights, dtype="float32")
-        per_class = w * one_hot * ops.power(1.0 - p, self.gamma) * (-ops.log(p))
+        if self.params is None:
+            w = ops.convert_to_tensor(self.class_weights, dtype="float32")
+            gamma = self.gamma
+        else:
+            w = ops.cast(self.params.class_weights, "float32")
+            gamma = ops.cast(self.params.gamma, "float32")
+        per_class = w * one_hot * ops.power(1.0 - p, gamma) * (-ops.log(p))
         return ops.sum(per_class, axis=-1)
 
     def get_config(self) -> dict[str, Any]:

@@ -19,7 +19,10 @@ import math
 import numpy as np
 import tensorflow as tf
 
-N_FLIPS = 4  # none, horizontal, vertical, both
+from worker.training.batches import N_FLIPS, flip_tta_predict
+
+__all__ = ["N_FLIPS", "flip_tta_predict", "make_eval_dataset", "make_train_dataset",
+           "steps_per_epoch"]
 
 
 def steps_per_epoch(n: int, batch_size: int, augment_flips: bool) -> int:
@@ -82,27 +85,6 @@ def make_eval_dataset(
     x, y = _as_tensors(images, masks)
     ds = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
     return _finish(ds, batch_size)
-
-
-def flip_tta_predict(model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Softmax probabilities averaged over the four flips -> float32 (N, 64, 128, C).
-
-    For each flip: flip the input, predict, flip the prediction back, then average. ``model``
-    must output per-pixel probabilities (softmax), e.g. the seed model; ``images`` are
-    (N, 64, 128) or (N, 64, 128, 1) float32 in [0, 1].
-    """
-    x = np.asarray(images, dtype=np.float32)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] != 1:
-        raise ValueError(f"images must have shape (N, 64, 128[, 1]), got {np.shape(images)}")
-    total = None
-    for axes in ((), (2,), (1,), (1, 2)):  # none, horizontal, vertical, both (NHWC axes)
-        flipped = np.flip(x, axis=axes) if axes else x
-        probs = np.asarray(model.predict(flipped, batch_size=batch_size, verbose=0), np.float32)
-        probs = np.flip(probs, axis=axes) if axes else probs
-        total = probs if total is None else total + probs
-    return total / np.float32(N_FLIPS)
 
 
 # --------------------------------------------------------------------------- internals

@@ -5,7 +5,8 @@ The order of operations is the point of this module, because the seed project go
 1. subsample (``config.max_images``) and split train/validation *before* any augmentation, so no
    flipped copy of a validation image is ever trained on;
 2. compute class weights from the *training* split's masks only;
-3. flip-augment the training split lazily in the input pipeline;
+3. flip-augment the training split only (TensorFlow: lazily in ``tf.data``; JAX: a numpy
+   copy x4 made once per worker process, no TensorFlow needed);
 4. monitor the foreground mean IoU (classes 1-4) on the validation split for learning-rate
    reduction, early stopping (restoring the best weights) and the per-epoch callback that the
    trial loop uses for pruning;
@@ -15,13 +16,20 @@ The order of operations is the point of this module, because the seed project go
 
 Runs are seeded and TensorFlow op determinism is enabled, so two runs of the same config on the
 same data and machine give bit-identical histories on CPU.
+
+A worker trains many trials in one process, so the steps are separate (data, compile, fit,
+evaluate) and a :class:`Trainer` keeps what does not change between trials: the split data and
+the compiled models with their traced train/evaluate/predict functions. That cut is the point of
+issue 14: tracing and compiling cost a first epoch 10-20x a later one.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 import dataclasses
 import functools
+import gc
 import math
 from pathlib import Path
 import sys
@@ -63,6 +71,9 @@ class TrainResult:
     n_val: int
     class_weights: list[float]
     device: dict[str, Any]
+    # seconds per step (prepare_s, build_s, first_batch_s, fit_s, epoch_s, evaluate_s, save_s)
+    # and whether the data split and the compiled model were reused from an earlier trial
+    timings: dict[str, Any] = dataclasses.field(default_factory=dict)
     confusion_matrix: list[list[int]] | None = None  # [true][predicted] pixels, best model, validation
     preview: Any = dataclasses.field(default=None, repr=False)  # worker.training.preview.PreviewSample
 
@@ -78,6 +89,9 @@ class TrainResult:
         return _json_safe(values)
 
 
+PhaseCallback = Callable[[str], None]
+
+
 def train(
     config: TrainConfig,
     data: MarsData,
@@ -86,136 +100,373 @@ def train(
     verbose: bool = True,
     save_path: str | Path | None = None,
     device: DeviceInfo | None = None,
+    trainer: Trainer | None = None,
+    phase_callback: PhaseCallback | None = None,
     on_result: Callable[[TrainResult], None] | None = None,
 ) -> TrainResult:
     """Train ``config`` on ``data`` and evaluate the best epoch on the validation split.
 
+    ``on_result(result)`` runs before the model is saved, so the score is out (printed, written)
+    even when saving then fails (full disk) after all the work.
+
     ``epoch_callback(epoch_index, val_miou)`` runs after every epoch; whatever it raises (for
-    example ``optuna.TrialPruned``) stops training and propagates unchanged. ``device`` is what
-    :func:`worker.training.device.configure` returned; without it the device is detected and
-    ``config.mixed_precision`` decides the precision. ``save_path`` receives the best model as a
-    ``.keras`` file, written atomically.
+    example ``optuna.TrialPruned``) stops training and propagates unchanged.
+    ``phase_callback(phase)`` hears each of ``contract.report.PHASES`` as the run enters it.
+    ``device`` is what :func:`worker.training.device.configure` returned; without it the device
+    is detected and ``config.mixed_precision`` decides the precision. ``save_path`` receives the
+    best model as a ``.keras`` file, written atomically.
 
-    This resets Keras' global state (``keras.utils.clear_session``) so that a long-lived worker
-    training many trials neither leaks memory nor depends on what ran before.
+    A worker passes its one :class:`Trainer`, which keeps the prepared data and the compiled
+    models between trials. Without one, the run starts from a clean Keras session and keeps
+    nothing (``keras.utils.clear_session``), as a one-off ``worker train`` should.
     """
-    import keras
-    import tensorflow as tf
-
-    from contract.data import split
-    from worker.training.losses import class_weights_from_masks, focal_loss
-    from worker.training.metrics import MeanIoUForeground, confusion_counts
-    from worker.training.model import build_model
-    from worker.training.pipeline import make_eval_dataset, make_train_dataset
-    from worker.training.preview import sample as preview_sample
-
-    started = time.perf_counter()
-    out = sys.stdout if verbose else None
-    if device is None:
-        device = _detect_device(tf, config.mixed_precision)
-
-    keras.utils.clear_session()
-    keras.utils.set_random_seed(config.seed)
-    set_op_determinism(not config.jit_compile)
-    if config.jit_compile:
-        _say(out, "jit_compile: XLA on, op determinism off (runs are seeded but not bit-exact)")
-
-    images, masks, groups = _subsample(np.asarray(data.images), np.asarray(data.masks),
-                                       data.groups, config.max_images, config.seed)
-    train_idx, val_idx = split(masks, config.validation_fraction, config.seed, groups)
-    x_train, y_train = images[train_idx], masks[train_idx]
-    x_val, y_val = images[val_idx], masks[val_idx]
-    weights = np.asarray(
-        class_weights_from_masks(y_train, scheme=config.class_weights,
-                                 background_weight=config.background_weight),
-        dtype=np.float64,
+    return (trainer or Trainer(reuse=False)).train(
+        config, data, epoch_callback=epoch_callback, verbose=verbose, save_path=save_path,
+        device=device, phase_callback=phase_callback, on_result=on_result,
     )
-    batch_size = min(config.batch_size, len(train_idx))
-    _say(out, f"data: {len(images)} images -> {len(train_idx)} train / {len(val_idx)} val "
-              f"(split before augmentation); device {device.kind} {device.name}, "
-              f"policy {device.policy}")
-    if batch_size < config.batch_size:
-        _say(out, f"batch size {config.batch_size} > {len(train_idx)} training images: "
-                  f"using {batch_size}")
 
-    train_ds = make_train_dataset(x_train, y_train, batch_size, seed=config.seed,
-                                  augment_flips=config.augment_flips, shuffle=True)
-    val_ds = make_eval_dataset(x_val, y_val, batch_size)
 
-    previous_policy = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(device.policy)
-    try:
+class Trainer:
+    """Trains trial after trial in one worker process, paying the fixed costs once.
+
+    The steps of a run: :meth:`prepare` (subsample, split, class weights; cached per split),
+    :meth:`compiled` (build and compile, or reuse a compiled model of the same architecture,
+    batch size and precision, reset to its initial weights and a fresh optimizer state), fit and
+    evaluate. Learning rate, weight decay, focal gamma and class weights are variables
+    (:mod:`worker.training.tunable`), so a reused model's traced functions train any of them.
+    A reused model trains exactly as a freshly built one with the same seed would.
+
+    ``reuse=False`` keeps nothing and clears the Keras session per run (the one-off path).
+    """
+
+    def __init__(self, *, reuse: bool = True, max_models: int = 4) -> None:
+        self.reuse = reuse
+        self.max_models = max_models
+        self._splits: dict[tuple, _Prepared] = {}
+        self._models: collections.OrderedDict[tuple, _Compiled] = collections.OrderedDict()
+        self._data_id: int | None = None
+
+    def train(
+        self,
+        config: TrainConfig,
+        data: MarsData,
+        *,
+        epoch_callback: EpochCallback | None = None,
+        phase_callback: PhaseCallback | None = None,
+        verbose: bool = True,
+        save_path: str | Path | None = None,
+        device: DeviceInfo | None = None,
+        on_result: Callable[[TrainResult], None] | None = None,
+    ) -> TrainResult:
+        """One run; see :func:`train`."""
+        import keras
+
+        from worker.training.backend import enable_compile_cache
+        from worker.training.metrics import confusion_counts
+        from worker.training.preview import sample as preview_sample
+
+        started = time.perf_counter()
+        out = sys.stdout if verbose else None
+        clock = _Clock(started, out, phase_callback)
+        if device is None:
+            device = _detect_device(config.mixed_precision)
+        enable_compile_cache()
+        if not self.reuse:  # before the policy is set: clearing the session resets it
+            keras.utils.clear_session()
+
+        clock.phase("loading data")
+        prepared, reused_data = self.prepare(config, data)
+        weights = prepared.class_weights(config)
+        batch_size = min(config.batch_size, prepared.n_train)
+        _say(out, f"data: {prepared.n_images} images -> {prepared.n_train} train / "
+                  f"{prepared.n_val} val (split before augmentation); device {device.kind} "
+                  f"{device.name}, policy {device.policy}")
+        if batch_size < config.batch_size:
+            _say(out, f"batch size {config.batch_size} > {prepared.n_train} training images: "
+                      f"using {batch_size}")
+        clock.mark("prepare_s")
+
+        previous_policy = keras.mixed_precision.global_policy().name
+        keras.mixed_precision.set_global_policy(device.policy)
+        try:
+            clock.phase("building")
+            compiled, reused_model = self.compiled(config, device, batch_size, out)
+            compiled.reset(config, weights)
+            clock.mark("build_s")
+            clock.phase("training" if compiled.traced else "compiling")
+            recorder, stopper = _fit(compiled, config, prepared, batch_size, clock, epoch_callback, out)
+            compiled.traced = True
+            clock.phase("evaluating")
+            # EarlyStopping has restored the best epoch's weights by now.
+            best_miou, per_class, labels = _evaluate(compiled.model, prepared.x_val, prepared.y_val,
+                                                     batch_size, tta=config.tta)
+            clock.mark("evaluate_s")
+            timings = dict(clock.timings, epoch_s=recorder.seconds, reused_model=reused_model,
+                           reused_data=reused_data)
+            result = TrainResult(
+                best_miou=best_miou,
+                per_class_iou=per_class,
+                epochs_run=len(recorder.rows),
+                best_epoch=int(stopper.best_epoch),
+                wall_time_s=time.perf_counter() - started,
+                history=recorder.rows,
+                n_train=prepared.n_train,
+                n_val=prepared.n_val,
+                class_weights=[float(w) for w in weights],
+                device=describe(device),
+                timings=timings,
+                confusion_matrix=confusion_counts(prepared.y_val, labels).tolist(),
+                preview=preview_sample(prepared.x_val, prepared.y_val, labels),
+            )
+            _say(out, f"best epoch {result.best_epoch + 1}: validation mIoU {_fmt(best_miou)}"
+                      f"{' (flip TTA)' if config.tta else ''}; "
+                      + " ".join(f"c{c}={_fmt(v)}" for c, v in per_class.items())
+                      + f"; {result.wall_time_s:.1f}s")
+            if on_result is not None:
+                on_result(result)  # out before saving, which can fail (full disk) after all the work
+            if save_path is not None:
+                clock.phase("saving")
+                save_model(compiled.portable(config, weights), save_path)
+                clock.mark("save_s")
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
+        return result
+
+    def prepare(self, config: TrainConfig, data: MarsData) -> tuple[_Prepared, bool]:
+        """The data step: subsample and split once per (data, max_images, fraction, seed)."""
+        if not self.reuse or self._data_id != id(data):
+            self._splits.clear()
+            self._data_id = id(data)
+        key = (config.max_images, config.validation_fraction, config.seed)
+        if key in self._splits:
+            return self._splits[key], True
+        prepared = _Prepared.make(data, config)
+        if self.reuse:
+            self._splits[key] = prepared
+        return prepared, False
+
+    def compiled(self, config: TrainConfig, device: DeviceInfo, batch_size: int,
+                 out: IO[str] | None) -> tuple[_Compiled, bool]:
+        """The compile step: a compiled model for this architecture and batch, new or reused."""
+        import keras
+
+        from worker.training.backend import set_determinism
+
+        key = _model_key(config, device, batch_size)
+        if self.reuse and key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key], True
+        set_determinism(not config.jit_compile)
+        if config.jit_compile:
+            _say(out, "jit_compile: XLA on, op determinism off (runs are seeded but not bit-exact)")
+        keras.utils.set_random_seed(config.seed)
+        compiled = _Compiled.build(config)
+        if self.reuse:
+            self._models[key] = compiled
+            while len(self._models) > self.max_models:
+                self._models.popitem(last=False)
+                gc.collect()
+        return compiled, False
+
+
+def _jit(config: TrainConfig) -> bool:
+    """XLA as the config asks on TensorFlow; always on JAX, whose steps without ``jax.jit`` run
+    op by op (about 100x slower on a GPU) and which is deterministic on CPU with it anyway."""
+    from worker.training.backend import is_tensorflow
+
+    return config.jit_compile or not is_tensorflow()
+
+
+def _model_key(config: TrainConfig, device: DeviceInfo, batch_size: int) -> tuple:
+    """What a traced train step depends on: everything that is not a variable."""
+    return (config.model, config.base_filters, config.depth, config.conventional_filters,
+            config.residual_filters, config.multiscale_filters, config.context_filters,
+            config.batchnorm_momentum, config.seed, config.jit_compile, device.policy,
+            batch_size)
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """The split arrays of one (data, max_images, validation fraction, seed)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    n_images: int
+    _weights: dict[tuple, np.ndarray] = dataclasses.field(default_factory=dict)
+    _flipped: dict[bool, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def make(cls, data: MarsData, config: TrainConfig) -> _Prepared:
+        from contract.data import split
+
+        images, masks, groups = _subsample(np.asarray(data.images), np.asarray(data.masks),
+                                           data.groups, config.max_images, config.seed)
+        train_idx, val_idx = split(masks, config.validation_fraction, config.seed, groups)
+        return cls(images[train_idx], masks[train_idx], images[val_idx], masks[val_idx],
+                   len(images))
+
+    @property
+    def n_train(self) -> int:
+        return len(self.x_train)
+
+    @property
+    def n_val(self) -> int:
+        return len(self.x_val)
+
+    def class_weights(self, config: TrainConfig) -> np.ndarray:
+        """From the training split's masks only (never validation)."""
+        from worker.training.losses import class_weights_from_masks
+
+        key = (config.class_weights, config.background_weight)
+        if key not in self._weights:
+            self._weights[key] = np.asarray(
+                class_weights_from_masks(self.y_train, scheme=config.class_weights,
+                                         background_weight=config.background_weight),
+                dtype=np.float64)
+        return self._weights[key]
+
+    def flipped(self, augment_flips: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The numpy training set (x4 with flips), made once: the JAX backend's data path."""
+        from worker.training.batches import flipped
+
+        if augment_flips not in self._flipped:
+            self._flipped[augment_flips] = flipped(self.x_train, self.y_train, augment_flips)
+        return self._flipped[augment_flips]
+
+
+@dataclasses.dataclass
+class _Compiled:
+    """A compiled model with its initial state; :meth:`reset` starts a trial from it."""
+
+    model: keras.Model
+    optimizer: Any  # worker.training.tunable.TunableAdamW
+    params: Any  # worker.training.tunable.LossParams
+    initial_weights: list[np.ndarray]
+    initial_optimizer: list[np.ndarray]
+    traced: bool = False  # train/evaluate functions traced by an earlier fit
+
+    @classmethod
+    def build(cls, config: TrainConfig) -> _Compiled:
+        import keras
+
+        from worker.training.losses import FocalLoss
+        from worker.training.metrics import MeanIoUForeground
+        from worker.training.model import build_model
+        from worker.training.tunable import TunableAdamW, attach
+
         model = build_model(config)
-        model.compile(
-            optimizer=keras.optimizers.AdamW(learning_rate=config.learning_rate,
-                                             weight_decay=config.weight_decay),
-            loss=focal_loss(config.focal_gamma, weights),
-            metrics=[MeanIoUForeground()],
-            jit_compile=config.jit_compile,
-        )
-        history_class, report_class = _callbacks()
-        recorder = history_class(config.epochs, out)
-        stopper = keras.callbacks.EarlyStopping(
-            monitor=MONITOR, mode="max", patience=config.early_stopping_patience,
-            restore_best_weights=True,
-        )
-        callbacks: list[keras.callbacks.Callback] = [
-            recorder,
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=MONITOR, mode="max", factor=config.reduce_lr_factor,
-                patience=config.reduce_lr_patience, min_lr=config.min_learning_rate,
-            ),
-            stopper,
-        ]
-        if epoch_callback is not None:
-            callbacks.append(report_class(epoch_callback))
-        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                  callbacks=callbacks, verbose=0, shuffle=False)  # the dataset shuffles
-        # EarlyStopping has restored the best epoch's weights by now.
-        best_miou, per_class, labels = _evaluate(model, x_val, y_val, batch_size, tta=config.tta)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+        params = attach(model)
+        optimizer = TunableAdamW(learning_rate=config.learning_rate,
+                                 weight_decay=config.weight_decay)
+        model.compile(optimizer=optimizer, loss=FocalLoss(params=params),
+                      metrics=[MeanIoUForeground()], jit_compile=_jit(config))
+        model.optimizer.build(model.trainable_variables)
+        return cls(model, optimizer, params, model.get_weights(),
+                   [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
 
-    result = TrainResult(
-        best_miou=best_miou,
-        per_class_iou=per_class,
-        epochs_run=len(recorder.rows),
-        best_epoch=int(stopper.best_epoch),
-        wall_time_s=time.perf_counter() - started,
-        history=recorder.rows,
-        n_train=len(train_idx),
-        n_val=len(val_idx),
-        class_weights=[float(w) for w in weights],
-        device=describe(device),
-        confusion_matrix=confusion_counts(y_val, labels).tolist(),
-        preview=preview_sample(x_val, y_val, labels),
+    def reset(self, config: TrainConfig, class_weights: np.ndarray) -> None:
+        """Initial weights, a fresh optimizer state, and this trial's hyperparameters."""
+        self.model.set_weights(self.initial_weights)
+        for variable, value in zip(self.model.optimizer.variables, self.initial_optimizer):
+            variable.assign(value)
+        self.optimizer.set(config.learning_rate, config.weight_decay)
+        self.params.set(config.focal_gamma, class_weights)
+
+    def portable(self, config: TrainConfig, class_weights: np.ndarray) -> keras.Model:
+        """A copy without the variable holders, compiled with plain values: what a ``.keras``
+        file should hold (it loads anywhere this package's losses are importable)."""
+        import keras
+
+        from worker.training.losses import focal_loss
+        from worker.training.metrics import MeanIoUForeground
+
+        copy = keras.models.clone_model(self.model)
+        own = {id(v) for v in self.params.weights}
+        copy.set_weights([keras.ops.convert_to_numpy(v) for v in self.model.weights
+                          if id(v) not in own])
+        copy.compile(optimizer=keras.optimizers.AdamW(learning_rate=config.learning_rate,
+                                                      weight_decay=config.weight_decay),
+                     loss=focal_loss(config.focal_gamma, class_weights),
+                     metrics=[MeanIoUForeground()])
+        return copy
+
+
+def _fit(compiled: _Compiled, config: TrainConfig, prepared: _Prepared, batch_size: int,
+         clock: _Clock, epoch_callback: EpochCallback | None, out: IO[str] | None):
+    """The fit step: seeded, with early stopping on validation mIoU; returns the callbacks
+    that hold the history and the best epoch."""
+    import keras
+
+    from worker.training.backend import is_tensorflow, reseed
+
+    history_class, report_class, first_batch_class = _callbacks()
+    recorder = history_class(config.epochs, out)
+    stopper = keras.callbacks.EarlyStopping(
+        monitor=MONITOR, mode="max", patience=config.early_stopping_patience,
+        restore_best_weights=True,
     )
-    _say(out, f"best epoch {result.best_epoch + 1}: validation mIoU {_fmt(best_miou)}"
-              f"{' (flip TTA)' if config.tta else ''}; "
-              + " ".join(f"c{c}={_fmt(v)}" for c, v in per_class.items())
-              + f"; {result.wall_time_s:.1f}s")
-    if on_result is not None:
-        on_result(result)  # out before saving, which can fail (full disk) after all the work
-    if save_path is not None:
-        save_model(model, save_path)
-    return result
+    callbacks: list[keras.callbacks.Callback] = [
+        first_batch_class(clock),
+        recorder,
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=MONITOR, mode="max", factor=config.reduce_lr_factor,
+            patience=config.reduce_lr_patience, min_lr=config.min_learning_rate,
+        ),
+        stopper,
+    ]
+    if epoch_callback is not None:
+        callbacks.append(report_class(epoch_callback))
+    reseed(config.seed)
+    if is_tensorflow():
+        from worker.training.pipeline import make_eval_dataset, make_train_dataset
+
+        train_ds = make_train_dataset(prepared.x_train, prepared.y_train, batch_size,
+                                      seed=config.seed, augment_flips=config.augment_flips,
+                                      shuffle=True)
+        val_ds = make_eval_dataset(prepared.x_val, prepared.y_val, batch_size)
+        compiled.model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+                           callbacks=callbacks, verbose=0, shuffle=False)  # the dataset shuffles
+    else:
+        x, y = prepared.flipped(config.augment_flips)
+        compiled.model.fit(x, y, batch_size=batch_size, epochs=config.epochs, shuffle=True,
+                           validation_data=(prepared.x_val[..., None], prepared.y_val),
+                           validation_batch_size=batch_size, callbacks=callbacks, verbose=0)
+    clock.mark("fit_s")
+    return recorder, stopper
+
+
+class _Clock:
+    """Phase changes (told to the caller and printed) and the seconds since the run started."""
+
+    def __init__(self, started: float, out: IO[str] | None, callback: PhaseCallback | None):
+        self.started, self.out, self.callback = started, out, callback
+        self.timings: dict[str, float] = {}
+        self._last = started
+        self.current = ""
+
+    def phase(self, name: str) -> None:
+        self.current = name
+        _say(self.out, f"phase: {name} ({time.perf_counter() - self.started:.1f}s)")
+        if self.callback is not None:
+            self.callback(name)
+
+    def mark(self, key: str) -> None:
+        """Record the seconds spent since the previous mark under ``key``."""
+        now = time.perf_counter()
+        self.timings[key] = now - self._last
+        self._last = now
+
+    def first_batch(self) -> None:
+        self.timings["first_batch_s"] = time.perf_counter() - self.started
 
 
 def set_op_determinism(enabled: bool) -> None:
-    """Switch TensorFlow's deterministic ops on or off for the runs that follow.
+    """TensorFlow's deterministic ops on or off (see :func:`worker.training.backend.set_determinism`)."""
+    from worker.training.backend import set_determinism
 
-    Keras 3 silently compiles without XLA while op determinism is on, so ``jit_compile=True``
-    would do nothing. A config therefore chooses: bit-exact repeatability (the default) or XLA.
-    TensorFlow's switch is global and only "enable" is public; a worker that trains an XLA trial
-    after a deterministic one needs the internal "disable", hence the import below.
-    """
-    import tensorflow as tf
-    from tensorflow.python.framework import config as tf_config
-
-    if enabled:
-        tf.config.experimental.enable_op_determinism()
-    else:
-        tf_config.disable_op_determinism()
+    set_determinism(enabled)
 
 
 def save_model(model: keras.Model, path: str | Path) -> Path:
@@ -255,8 +506,8 @@ def _evaluate(
 ) -> tuple[float, dict[int, float], np.ndarray]:
     """Numpy mean IoU over classes 1-4 of the model's predictions on the whole split, per-class
     IoU, and the predicted labels."""
+    from worker.training.batches import flip_tta_predict
     from worker.training.metrics import iou_per_class, mean_iou
-    from worker.training.pipeline import flip_tta_predict
 
     if tta:
         probs = flip_tta_predict(model, images, batch_size)
@@ -267,14 +518,15 @@ def _evaluate(
     return float(mean_iou(masks, labels)), per_class, labels
 
 
-def _detect_device(tf: Any, mixed_precision: str) -> DeviceInfo:
-    """The device TensorFlow will use as configured now, without changing any setting."""
-    gpus = [d.name for d in tf.config.get_visible_devices("GPU")]
-    return plan(gpus, None, mixed_precision).device
+def _detect_device(mixed_precision: str) -> DeviceInfo:
+    """The device the backend will use as configured now, without changing any setting."""
+    from worker.training.backend import gpu_names
+
+    return plan(gpu_names(), None, mixed_precision).device
 
 
 @functools.cache
-def _callbacks() -> tuple[type, type]:
+def _callbacks() -> tuple[type, type, type]:
     """The two Keras callback classes, defined on first use so importing this module stays
     free of TensorFlow."""
     import keras
@@ -291,11 +543,12 @@ def _callbacks() -> tuple[type, type]:
             self.epochs = epochs
             self.out = out
             self.rows: list[dict[str, float]] = []
+            self.seconds: list[float] = []  # wall time per epoch, validation included
             self._lr = math.nan
             self._t0 = 0.0
 
         def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            self._lr = float(self.model.optimizer.learning_rate.numpy())
+            self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             self._t0 = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -303,9 +556,10 @@ def _callbacks() -> tuple[type, type]:
             row = {key: float(logs.get(key, math.nan)) for key in ("loss", "val_loss", MONITOR)}
             row["lr"] = self._lr
             self.rows.append(row)
+            self.seconds.append(time.perf_counter() - self._t0)
             _say(self.out, f"epoch {epoch + 1}/{self.epochs}  loss {row['loss']:.4f}  "
                            f"val_loss {row['val_loss']:.4f}  val_miou {_fmt(row[MONITOR])}  "
-                           f"lr {row['lr']:.2e}  {time.perf_counter() - self._t0:.1f}s")
+                           f"lr {row['lr']:.2e}  {self.seconds[-1]:.1f}s")
 
     class Report(keras.callbacks.Callback):
         """Hands ``(epoch_index, val_miou)`` to the caller; its exceptions end ``fit``."""
@@ -317,7 +571,26 @@ def _callbacks() -> tuple[type, type]:
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             self.callback(int(epoch), float((logs or {}).get(MONITOR, math.nan)))
 
-    return History, Report
+    class FirstBatch(keras.callbacks.Callback):
+        """Marks the end of the first trained batch (waiting for it: JAX dispatches
+        asynchronously) and moves the phase from "compiling" to "training"."""
+
+        def __init__(self, clock: _Clock) -> None:
+            super().__init__()
+            self.clock = clock
+            self.done = False
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            if self.done:
+                return
+            self.done = True
+            if logs and "loss" in logs:
+                keras.ops.convert_to_numpy(logs["loss"])
+            self.clock.first_batch()
+            if self.clock.current != "training":
+                self.clock.phase("training")
+
+    return History, Report, FirstBatch
 
 
 def _say(out: IO[str] | None, line: str) -> None:
