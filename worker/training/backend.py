@@ -17,7 +17,18 @@ _cache_done = False
 
 
 def name() -> str:
-    """``"tensorflow"`` or ``"jax"``: the backend Keras loaded (``KERAS_BACKEND``)."""
+    """``"tensorflow"`` or ``"jax"``: the backend Keras loaded (``KERAS_BACKEND``).
+
+    The first ``import keras`` loads the backend, whose C++ start-up lines must stay off the
+    terminal like every other TensorFlow import here.
+    """
+    import sys
+
+    if "keras" not in sys.modules:
+        from worker.training.quiet import native_stderr_captured
+
+        with native_stderr_captured():
+            import keras
     import keras
 
     return keras.backend.backend()
