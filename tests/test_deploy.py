@@ -847,7 +847,7 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    from worker import report
+    from contract import report
 
     tag = f"mt-e2e-{os.getpid()}-{secrets_module.token_hex(3)}"
     log: list[str] = []
