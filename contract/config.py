@@ -18,7 +18,7 @@ import yaml
 
 from contract import textfile
 from contract.errors import TunerError
-from contract.textfile import short_repr
+from contract.textfile import short_repr, yaml_error_line  # noqa: F401 - re-exported
 
 MODEL_NAMES = ("multipath", "unet")
 CLASS_WEIGHT_SCHEMES = ("inverse_frequency", "sqrt_inverse_frequency", "uniform")
@@ -135,16 +135,7 @@ class TrainConfig:
     def load(cls, path: str | Path) -> TrainConfig:
         """Read a ``.yaml``/``.yml`` or ``.json`` file."""
         path = Path(path)
-        try:
-            values = textfile.load_file(path, json_format=path.suffix == ".json")
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"cannot parse config {path}: {exc}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"cannot parse config {path}: {yaml_error_line(exc)}") from None
-        except ValueError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        values = textfile.load_or_raise(path, what="config", error=ConfigError, json_format=path.suffix == ".json")
         try:
             return cls.from_dict(values or {})
         except ConfigError as exc:
@@ -157,20 +148,6 @@ class TrainConfig:
         if fmt == "yaml":
             return yaml.safe_dump(self.to_dict(), sort_keys=False)
         raise ConfigError(f"unknown format {fmt!r}; use json or yaml")
-
-
-def yaml_error_line(exc: yaml.YAMLError) -> str:
-    """One line naming the problem and where it is.
-
-    PyYAML's own message spans several lines and starts with the context ("while parsing a flow
-    node"), so its first line alone tells the user neither what is wrong nor where.
-    """
-    problem = getattr(exc, "problem", None)
-    mark = getattr(exc, "problem_mark", None)
-    if problem and mark is not None:
-        return f"line {mark.line + 1}, column {mark.column + 1}: {' '.join(str(problem).split())}"
-    text = str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_types(config: TrainConfig) -> None:

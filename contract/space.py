@@ -28,10 +28,9 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-import yaml
 
 from contract import textfile
-from contract.config import ConfigError, TrainConfig, yaml_error_line
+from contract.config import ConfigError, TrainConfig
 from contract.errors import TunerError
 from contract.textfile import short_repr
 
@@ -103,14 +102,7 @@ class SearchSpace:
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
         path = Path(path)
-        try:
-            values = textfile.load_file(path)
-        except OSError as exc:
-            raise SpaceError(f"cannot read search space {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise SpaceError(f"cannot parse search space {path}: {yaml_error_line(exc)}") from None
-        except ValueError as exc:
-            raise SpaceError(f"cannot read search space {path}: {exc}") from None
+        values = textfile.load_or_raise(path, what="search space", error=SpaceError)
         try:
             return cls.from_dict(values)
         except SpaceError as exc:

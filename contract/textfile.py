@@ -87,3 +87,35 @@ def parse(text: str, *, json_format: bool = False) -> Any:
 def load_file(path: Path, *, json_format: bool = False) -> Any:
     """:func:`read_text` then :func:`parse`."""
     return parse(read_text(path), json_format=json_format)
+
+
+def load_or_raise(path: Path, *, what: str, error: type[Exception], json_format: bool = False) -> Any:
+    """:func:`load_file`, with every way it fails as one ``error`` line naming ``what`` and the file.
+
+    The config and the search-space loaders share this, so both say the same thing for the same
+    problem.
+    """
+    try:
+        return load_file(path, json_format=json_format)
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:  # before ValueError, of which it is a kind
+        raise error(f"cannot parse {what} {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise error(f"cannot parse {what} {path}: {yaml_error_line(exc)}") from None
+    except ValueError as exc:
+        raise error(f"cannot read {what} {path}: {exc}") from None
+
+
+def yaml_error_line(exc: yaml.YAMLError) -> str:
+    """One line naming the problem and where it is.
+
+    PyYAML's own message spans several lines and starts with the context ("while parsing a flow
+    node"), so its first line alone tells the user neither what is wrong nor where.
+    """
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {' '.join(str(problem).split())}"
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -25,9 +25,10 @@ from typing import Any
 
 import yaml
 
-from contract.config import ConfigError, TrainConfig, yaml_error_line
+from contract.config import ConfigError, TrainConfig
 from contract.errors import TunerError
 from contract.space import Param, SearchSpace
+from contract.textfile import yaml_error_line
 
 _DEFAULTS = {
     f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING
