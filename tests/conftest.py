@@ -48,17 +48,9 @@ def kill_connections(url: str) -> int:
     """
     import sqlalchemy
 
-    database = sqlalchemy.make_url(url).database
-    conn = _admin()
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
-            (database,),
-        )
-        killed = cur.fetchone()[0]
-    conn.close()
-    return killed
+    from helpers import terminate_backends
+
+    return terminate_backends(_admin(), sqlalchemy.make_url(url).database)
 
 
 @pytest.fixture

@@ -37,3 +37,20 @@ def one_error_line(output: str, exit_code: int, *, expected: int = 1) -> str:
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), output
     return lines[0]
+
+
+def terminate_backends(admin_conn, database: str) -> int:  # noqa: ANN001 - a psycopg2 connection
+    """Terminate every server connection to ``database`` (as a restart would); how many there were.
+
+    ``admin_conn`` is an autocommit connection to another database of the same server; it is
+    closed afterwards.
+    """
+    with admin_conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        )
+        killed = cur.fetchone()[0]
+    admin_conn.close()
+    return killed

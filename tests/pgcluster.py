@@ -50,17 +50,9 @@ class Cluster:
 
     def kill_connections(self, url: str) -> int:
         """Terminate every connection to ``url``'s database (as a restart or a proxy would)."""
-        database = url.rsplit("/", 1)[1]
-        conn = self.admin()
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> pg_backend_pid()",
-                (database,),
-            )
-            killed = cur.fetchone()[0]
-        conn.close()
-        return killed
+        from helpers import terminate_backends
+
+        return terminate_backends(self.admin(), url.rsplit("/", 1)[1])
 
     def stop(self) -> None:
         """Stop the server now (``-m fast``: clients are disconnected, as in a crash or reboot)."""
