@@ -572,20 +572,33 @@ def _callbacks() -> tuple[type, type, type]:
             self.callback(int(epoch), float((logs or {}).get(MONITOR, math.nan)))
 
     class FirstBatch(keras.callbacks.Callback):
-        """Marks the end of the first trained batch (waiting for it: JAX dispatches
-        asynchronously) and moves the phase from "compiling" to "training"."""
+        """Marks the end of compiling (the first batch dispatched) and moves the phase from
+        "compiling" to "training".
+
+        It listens at the *start* of the second batch, not at the end of the first: a
+        ``on_train_batch_end`` hook makes Keras turn every step's logs into Python floats,
+        which on JAX waits for the device after each batch (measured on an H100: the worker
+        trained 24% slower than a plain ``fit``). A jitted step is compiled when it is first
+        called, so by the second batch's start the compile is done. Epochs of one batch
+        fall back to the end of the epoch.
+        """
 
         def __init__(self, clock: _Clock) -> None:
             super().__init__()
             self.clock = clock
             self.done = False
 
-        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            if batch >= 1:
+                self._mark()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self._mark()
+
+        def _mark(self) -> None:
             if self.done:
                 return
             self.done = True
-            if logs and "loss" in logs:
-                keras.ops.convert_to_numpy(logs["loss"])
             self.clock.first_batch()
             if self.clock.current != "training":
                 self.clock.phase("training")
