@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="images used (default all; synthetic: 2,505 like the challenge)")
     parser.add_argument("--base-filters", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run (first = compile)")
-    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--trials", type=int, default=4, help="trials of part 1 (0: skip 1 and 2)")
     parser.add_argument("--batch", type=int, default=128, help="batch of the fixed-cost parts")
     parser.add_argument("--policy", default="mixed_bfloat16", help="precision of those parts")
     parser.add_argument("--combos", default="128:mixed_bfloat16,128:float32,256:mixed_bfloat16,"
@@ -225,35 +225,37 @@ def main(argv: list[str] | None = None) -> int:
           f"data {len(data)} images, {time.perf_counter() - started:.1f}s", flush=True)
     summary: dict[str, Any] = {"benchmark": "gpu", "date": _dt.date.today().isoformat(),
                                "device": describe(_device("float32")), "args": vars(args)}
-    rows = sequence(args, data, args.trials)
-    _fixed(rows, args.seed_epochs)
-    summary["sequence"] = rows
-    _save(args.out_dir, "summary", summary)
-    for i, r in enumerate(rows):
-        print(f"trial {i + 1}: reused {r['reused_model']} fixed {r['fixed_s']:.2f}s "
-              f"(to fit {r['to_fit_s']:.2f}, 1st epoch +{r['first_epoch_excess_s']:.2f}, "
-              f"eval +{r['evaluate_excess_s']:.2f}); median epoch {r['median_epoch_s']:.3f}s; "
-              f"{100 * r['fixed_share_of_seed_trial']:.1f}% of a {args.seed_epochs}-epoch trial",
-              flush=True)
-
-    if time.perf_counter() - started < args.budget_s:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--part", "restart"]
-        cmd += [a for a in (argv if argv is not None else sys.argv[1:])]
-        proc_t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), text=True,
-                              capture_output=True)
-        if proc.returncode == 0:
-            restart = json.loads((args.out_dir / "restart.json").read_text())
-            for r in restart:
-                r["evaluate_excess_s"] = r["evaluate_s"] - min(x["evaluate_s"] for x in rows)
-                r["fixed_s"] = r["to_fit_s"] + r["first_epoch_excess_s"] + r["evaluate_excess_s"]
-            summary["restart"] = {"rows": restart, "process_s": time.perf_counter() - proc_t0}
-            print(f"restart: fixed {restart[0]['fixed_s']:.2f}s (first batch after "
-                  f"{restart[0]['first_batch_s']:.2f}s) vs {rows[0]['fixed_s']:.2f}s cold", flush=True)
-        else:
-            summary["restart"] = {"error": proc.stderr[-3000:]}
-            print(proc.stderr[-3000:], flush=True)
+    if args.trials > 0:  # parts 1 and 2 (--trials 0: throughput only)
+        rows = sequence(args, data, args.trials)
+        _fixed(rows, args.seed_epochs)
+        summary["sequence"] = rows
         _save(args.out_dir, "summary", summary)
+        for i, r in enumerate(rows):
+            print(f"trial {i + 1}: reused {r['reused_model']} fixed {r['fixed_s']:.2f}s "
+                  f"(to fit {r['to_fit_s']:.2f}, 1st epoch +{r['first_epoch_excess_s']:.2f}, "
+                  f"eval +{r['evaluate_excess_s']:.2f}); median epoch {r['median_epoch_s']:.3f}s; "
+                  f"{100 * r['fixed_share_of_seed_trial']:.1f}% of a {args.seed_epochs}-epoch trial",
+                  flush=True)
+
+        if time.perf_counter() - started < args.budget_s:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--part", "restart"]
+            cmd += [a for a in (argv if argv is not None else sys.argv[1:])]
+            proc_t0 = time.perf_counter()
+            path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+            proc = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=path), text=True,
+                                  capture_output=True)
+            if proc.returncode == 0:
+                restart = json.loads((args.out_dir / "restart.json").read_text())
+                for r in restart:
+                    r["evaluate_excess_s"] = r["evaluate_s"] - min(x["evaluate_s"] for x in rows)
+                    r["fixed_s"] = r["to_fit_s"] + r["first_epoch_excess_s"] + r["evaluate_excess_s"]
+                summary["restart"] = {"rows": restart, "process_s": time.perf_counter() - proc_t0}
+                print(f"restart: fixed {restart[0]['fixed_s']:.2f}s (first batch after "
+                      f"{restart[0]['first_batch_s']:.2f}s) vs {rows[0]['fixed_s']:.2f}s cold", flush=True)
+            else:
+                summary["restart"] = {"error": proc.stderr[-3000:]}
+                print(proc.stderr[-3000:], flush=True)
+            _save(args.out_dir, "summary", summary)
 
     summary["throughput"] = []
     for combo in args.combos.split(","):
