@@ -67,11 +67,12 @@ RUN --mount=type=cache,target=/root/.cache/pip \
  && cp /opt/mars-tuner/src/tuner/default_space.yaml /opt/mars-tuner/spaces/default.yaml \
  && rm -rf /opt/mars-tuner/src
 
-# Non-root at run time. /artifacts is created here, owned by that user, so the named volume
-# compose mounts there starts with the right owner (Docker copies ownership on first use).
+# Non-root at run time. /artifacts and /cache (the JAX compile cache) are created here, owned
+# by that user, so the named volumes compose mounts there start with the right owner (Docker
+# copies ownership on first use).
 RUN useradd --create-home --uid 10001 --user-group tuner \
- && mkdir -p /artifacts /data \
- && chown tuner:tuner /artifacts
+ && mkdir -p /artifacts /cache /data \
+ && chown tuner:tuner /artifacts /cache
 USER tuner
 WORKDIR /home/tuner
 
