@@ -6,6 +6,7 @@ instant.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 import signal
 from typing import Annotated, Optional
@@ -14,6 +15,7 @@ import typer
 
 from contract.options import ArtifactDirOpt, CliGroup, StorageOpt
 from contract.options import fail as _fail
+from worker.training.backend import DEFAULT_COMPILE_CACHE, ENV_COMPILE_CACHE
 from worker.training.quiet import silence_native_logs
 
 # TensorFlow's C++ log lines (no CUDA device, oneDNN notes, E0000 tf.data NodeDef mismatches)
@@ -170,6 +172,13 @@ def run(
                  "printing a line every few seconds. 0: fail at once.",
         ),
     ] = 0.0,
+    compile_cache: Annotated[
+        Optional[str], typer.Option(
+            "--compile-cache", envvar=ENV_COMPILE_CACHE, show_envvar=True, metavar="DIR",
+            help=f"Keep compiled XLA programs here (Keras on JAX), so a restarted worker does not "
+                 f"compile again; 'off' disables it. Default: {DEFAULT_COMPILE_CACHE}.",
+        ),
+    ] = None,
 ) -> None:
     """Pull trials from a shared study until its budget is reached, training each one.
 
@@ -177,6 +186,8 @@ def run(
     """
     from worker.runner import run_worker
 
+    if compile_cache is not None:  # worker.training.backend reads it where the backend starts
+        os.environ[ENV_COMPILE_CACHE] = compile_cache
     code = run_worker(
         study_name=study,
         data_path=data,
