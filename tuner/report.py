@@ -183,7 +183,8 @@ def header_rows(data: ReportData) -> list[tuple[str, str]]:
         rows += [
             ("budget", f"{finished}/{spec.n_trials} finished (complete + pruned)"),
             ("sampler", f"{spec.sampler} (seed {spec.seed})"),
-            ("pruner", f"{spec.pruner} (min {spec.min_epochs} epochs)"),
+            ("pruner", f"{spec.pruner} (min {spec.min_epochs} epochs)" if not spec.multi_objective
+                       else f"{spec.pruner} (two objectives: nothing prunes them)"),
             ("data fingerprint", spec.data_fingerprint),
         ]
     rows.append(("trials per state", ", ".join(f"{s.name.lower()} {counts[s]}" for s in TrialState if counts[s])
