@@ -307,7 +307,9 @@ def test_worker_tells_miou_and_latency_and_records_the_costs(pg_url, tmp_path):
     created = run_cli("tuner", "create", "s", "--data", str(npz), "--space", str(space), "--trials", "3",
                       "--objectives", "miou,latency", "--no-seed-config", env=env, timeout=120)
     assert created.returncode == 0, created.stderr
-    worker = run_cli("worker", "run", "--study", "s", "--data", str(npz), "--quiet", env=env, timeout=600)
+    artifacts = tmp_path / "artifacts"
+    worker = run_cli("worker", "run", "--study", "s", "--data", str(npz), "--quiet", "--artifact-dir", str(artifacts),
+                     env=env, timeout=600)
     assert worker.returncode == 0, worker.stdout + worker.stderr
     assert "NotImplementedError" not in worker.stdout + worker.stderr
 
@@ -326,7 +328,15 @@ def test_worker_tells_miou_and_latency_and_records_the_costs(pg_url, tmp_path):
     # Different multiscale widths, different parameter counts: the count is the model's.
     assert len({t.user_attrs[attrs.N_PARAMS] for t in trials}) == len({t.params["multiscale_filters"] for t in trials})
 
-    out = tmp_path / "pick.yaml"
-    exported = run_cli("tuner", "export", "s", "--pick", "smallest-within 0.01", "-o", str(out), env=env, timeout=120)
+    # Every trial that joined the front when it finished uploaded its model; the final front's all did.
+    from contract.pareto import front_trials
+
+    on_front = front_trials(trials, _load(pg_url).directions)
+    assert on_front and all(attrs.MODEL_ARTIFACT in t.user_attrs for t in on_front)
+
+    out, model = tmp_path / "pick.yaml", tmp_path / "pick.keras"
+    exported = run_cli("tuner", "export", "s", "--pick", "smallest-within 0.01", "-o", str(out), "--model", str(model),
+                       "--artifact-dir", str(artifacts), env=env, timeout=120)
     assert exported.returncode == 0, exported.stderr
     assert TrainConfig.load(out).epochs == 2 and "# latency: " in out.read_text()
+    assert model.stat().st_size > 0
