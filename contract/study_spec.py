@@ -133,9 +133,15 @@ class StudySpec:
         return self.objectives[1] if self.multi_objective else None
 
     def to_attr(self) -> dict[str, Any]:
+        """JSON-safe fields. A one-objective spec leaves ``objectives`` out, so workers from
+        before it existed still join such a study; they refuse a two-objective one (unexpected
+        field) instead of running it as one objective."""
         out = dataclasses.asdict(self)
         out["space"] = self.space.to_dict()
-        out["objectives"] = list(self.objectives)
+        if self.multi_objective:
+            out["objectives"] = list(self.objectives)
+        else:
+            del out["objectives"]
         return out
 
     @classmethod

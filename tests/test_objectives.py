@@ -108,8 +108,25 @@ def test_spec_objectives_default_round_trip_and_old_specs():
     assert again == spec and again.objectives == ("miou", "latency")
     assert isinstance(spec.make_sampler(), optuna.samplers.NSGAIISampler)
     old = _spec().to_attr()
-    del old["objectives"]  # a spec written before objectives existed: mIoU alone
+    assert "objectives" not in old  # as before objectives existed: older workers still join
     assert StudySpec.from_attr(old).objectives == ("miou",)
+    assert json.loads(json.dumps(spec.to_attr()))["objectives"] == ["miou", "latency"]
+
+
+def test_nsga2_and_tpe_run_a_two_objective_study_in_process(pg_url):
+    for sampler in ("nsga2", "tpe"):
+        create_study(sampler, storage_url=pg_url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=6,
+                     objectives="miou,params", sampler=sampler, seed_config=False)
+        rdb = storage.open_storage(pg_url, heartbeat_interval=None)
+        spec = StudySpec.of(optuna.load_study(study_name=sampler, storage=rdb))
+        study = optuna.load_study(study_name=sampler, storage=rdb, sampler=spec.make_sampler("w1"),
+                                  pruner=spec.make_pruner())
+        for i in range(6):
+            trial = study.ask()
+            config = spec.space.sample(trial)
+            study.tell(trial, [0.1 * i, float(config.base_filters)])
+        assert len(study.best_trials) >= 1 and all(len(t.values) == 2 for t in study.trials)
+        rdb.engine.dispose()
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -127,7 +144,7 @@ def test_spec_refuses_bad_objectives(kwargs, message):
         _spec(**kwargs)
 
 
-# -- tuner create ---------------------------------------------------------------------------------
+# -- tuner create, tuner demo ---------------------------------------------------------------------
 
 
 def _load(url: str, name: str = "s") -> optuna.Study:
@@ -171,6 +188,18 @@ def test_create_refuses_bad_combinations_in_one_line(pg_url, args, message):
     result = invoke("create", "s", "--fingerprint", FINGERPRINT, *args, "--storage", pg_url)
     one_error(result, message)
     assert storage.current_revision(pg_url) is None  # validated before touching the database
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--objectives", "miou,flops"], "unknown objective 'flops'"),
+    (["--pick", "smallest-within 0.01"], "needs a study with two objectives"),
+    (["--objectives", "miou,params", "--pick", "largest"], "is not a pick rule"),
+])
+def test_demo_refuses_bad_objectives_and_picks_before_writing(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TUNER_HOME", str(tmp_path / "home"))
+    one_error(invoke("demo", *args, "--storage", f"sqlite:///{tmp_path}/t.db"), message)
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- status, export, report: the pick -------------------------------------------------------------

@@ -1,10 +1,10 @@
 """The plots of ``tuner report``, as plotly figures.
 
 Optuna's own plots (``optuna.visualization``) are used where they stay fast at thousands of
-trials: parameter importance, the Pareto front, and parallel coordinates of the best trials only
-(Optuna draws one plotly trace per trial there). The others are plotly figures built here from
-numpy arrays: Optuna has none for some (history over wall-clock time, per-class IoU, confusion
-matrix), and at 5,000 trials Optuna's history and slice plots cost seconds of plotly validating
+trials: parameter importance, the Pareto front of more than two objectives, and parallel
+coordinates of the best trials only (Optuna draws one plotly trace per trial there). The others
+are plotly figures built here from numpy arrays: Optuna has none for some (history over
+wall-clock time, per-class IoU, confusion matrix, the mIoU-against-cost front with its pick), and at 5,000 trials Optuna's history and slice plots cost seconds of plotly validating
 Python lists and its learning-curve plot makes one trace per trial (here all curves of one state
 are one trace, separated by gaps).
 
