@@ -369,3 +369,17 @@ def test_worker_tells_miou_and_latency_and_records_the_costs(pg_url, tmp_path):
     assert exported.returncode == 0, exported.stderr
     assert TrainConfig.load(out).epochs == 2 and "# latency: " in out.read_text()
     assert model.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_two_objective_report_renders_in_chromium_without_console_errors(pg_url, tmp_path):
+    from test_report import render_in_chromium
+
+    _filled(pg_url)
+    out = tmp_path / "mo.html"
+    tuner_report.write_report("s", storage_url=pg_url, output=out, pick="smallest-within 0.01")
+    dom, problems = render_in_chromium(out, tmp_path)
+    assert problems == []
+    pareto = dom[dom.index('<section id="pareto">'):dom.index('<section id="history">')]
+    assert 'class="main-svg"' in pareto  # plotly drew the front
+    assert "picked (smallest-within 0.01)" in pareto  # the legend entry of the starred pick
