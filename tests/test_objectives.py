@@ -310,6 +310,40 @@ def test_report_draws_the_front_and_uses_the_pick(pg_url, tmp_path):
     assert str(config["learning_rate"]) in best_section
 
 
+def test_a_two_value_tell_whose_reply_was_lost_is_not_dropped(pg_url, tmp_path):
+    """A retried tell finds the trial COMPLETE with both values: it had worked."""
+    import sqlalchemy
+
+    from worker.runner import WorkerOptions, WorkerSession
+
+    create_study("s", storage_url=pg_url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=2,
+                 objectives="miou,params", seed_config=False)
+    rdb = storage.open_storage(pg_url, heartbeat_interval=None)
+    study = optuna.load_study(study_name="s", storage=rdb)
+    session = WorkerSession(WorkerOptions("s", tmp_path / "x.npz", pg_url), print, pg_url, StudySpec.of(study))
+    session.rdb, session.study = rdb, study
+    real, lost = study.tell, []
+
+    def tell(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if not lost:
+            lost.append(True)
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
+        return result
+
+    try:
+        trial = study.ask()
+        study.tell = tell
+        session._tell(trial, values=[0.5, 1234.0])
+        assert lost and [(t.state, t.values) for t in _load(pg_url).get_trials()] == [(TrialState.COMPLETE, [0.5, 1234.0])]
+        other = study.ask()
+        real(other, [0.4, 10.0])
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # finished with other values
+            session._tell(other, values=[0.5, 1234.0])
+    finally:
+        session.close()
+
+
 # -- a real worker ----------------------------------------------------------------------------------
 
 TINY_SPACE = {
