@@ -34,6 +34,8 @@ CONFUSION_MATRIX = "confusion_matrix"  # 5x5 pixel counts [truth][prediction] of
 PREVIEW_ARTIFACT = "preview_artifact_id"  # PNG grid of validation images: image, truth, prediction
 #: Class colours (RGB) of that PNG, which the report's legend repeats: 0 background .. 4 big rock.
 CLASS_COLOURS = ((0, 0, 0), (166, 118, 29), (117, 112, 179), (230, 171, 2), (231, 41, 138))
+N_PARAMS = "n_params"  # the model's parameter count (Keras count_params; the "params" objective)
+LATENCY_MS = "inference_ms_per_image"  # measured when the study's cost is "latency"; the worker's device
 PHASE = "phase"  # what the running trial does now: one of PHASES (written as it changes)
 PHASES = ("loading data", "building", "compiling", "training", "evaluating", "saving")
 
@@ -59,9 +61,26 @@ def record_result(trial: optuna.Trial, result: Any) -> None:
     trial.set_user_attr(WALL_TIME_S, round(float(result.wall_time_s), 3))
     trial.set_user_attr(N_TRAIN, int(result.n_train))
     trial.set_user_attr(N_VAL, int(result.n_val))
+    n_params = getattr(result, "n_params", None)
+    if n_params is not None:
+        trial.set_user_attr(N_PARAMS, int(n_params))
+    latency = getattr(result, "inference_ms_per_image", None)
+    if latency is not None:
+        trial.set_user_attr(LATENCY_MS, json_safe(float(latency)))
     confusion = getattr(result, "confusion_matrix", None)
     if confusion is not None:
         trial.set_user_attr(CONFUSION_MATRIX, [[int(n) for n in row] for row in confusion])
+
+
+def cost_of(result: Any, objective: str) -> float | None:
+    """A :class:`TrainResult`'s value of a cost objective (``params`` or ``latency``)."""
+    if objective == "params":
+        value = getattr(result, "n_params", None)
+    elif objective == "latency":
+        value = getattr(result, "inference_ms_per_image", None)
+    else:
+        raise ValueError(f"unknown cost objective {objective!r}")
+    return None if value is None else float(value)
 
 
 def config_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:

@@ -21,10 +21,15 @@ SPEC_ATTR = "tuner_spec"
 
 
 class Sampler(str, enum.Enum):
-    """How workers draw the next configuration (``tuner create --sampler``)."""
+    """How workers draw the next configuration (``tuner create --sampler``).
+
+    NSGA-II is for two-objective studies only: with one objective TPE learns faster from the
+    same trials, and NSGA-II's first generation (50 trials) is random sampling anyway.
+    """
 
     TPE = "tpe"
     RANDOM = "random"
+    NSGA2 = "nsga2"
 
 
 class Pruner(str, enum.Enum):
@@ -35,6 +40,22 @@ class Pruner(str, enum.Enum):
     NONE = "none"
 
 
+class Objective(str, enum.Enum):
+    """What a study optimises (``tuner create --objectives``): mIoU, optionally against a cost.
+
+    ``params`` is the model's parameter count; ``latency`` the measured inference milliseconds
+    per image on the worker's device (one forward pass over a fixed validation batch, four with
+    flip TTA).
+    """
+
+    MIOU = "miou"
+    PARAMS = "params"
+    LATENCY = "latency"
+
+
+#: Optuna's direction of each objective: mIoU up, costs down.
+DIRECTIONS = {Objective.MIOU: "maximize", Objective.PARAMS: "minimize", Objective.LATENCY: "minimize"}
+OBJECTIVES = tuple(o.value for o in Objective)
 SAMPLERS = tuple(s.value for s in Sampler)
 PRUNERS = tuple(p.value for p in Pruner)
 MAX_SEED = 2**32 - 1
@@ -61,9 +82,23 @@ class StudySpec:
     # Whether the study's data had the repeated-mask "alien" images removed (the fingerprint is
     # of that cleaned data); workers load their file the same way. Specs from before: True.
     remove_aliens: bool = True
+    # mIoU first, then at most one cost; specs from before: mIoU only.
+    objectives: tuple[str, ...] = (Objective.MIOU.value,)
 
     def __post_init__(self) -> None:
+        if isinstance(self.objectives, list):  # the JSON round trip of to_attr
+            object.__setattr__(self, "objectives", tuple(self.objectives))
         _check_types(self)
+        check_objectives(self.objectives)
+        if self.multi_objective:
+            if self.pruner != Pruner.NONE:
+                raise SpecError(
+                    f"pruner {self.pruner!r} cannot prune a study with several objectives (Optuna's "
+                    "pruners judge one value); leave --pruner out, or give --pruner none"
+                )
+        elif self.sampler == Sampler.NSGA2:
+            raise SpecError("sampler nsga2 is for several objectives (--objectives miou,params); "
+                            "use tpe or random for mIoU alone")
         if self.sampler not in SAMPLERS:
             raise SpecError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.pruner not in PRUNERS:
@@ -83,9 +118,30 @@ class StudySpec:
                 f"({self.heartbeat_interval}s), or live trials would be failed"
             )
 
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def directions(self) -> list[str]:
+        """Optuna's study directions, one per objective."""
+        return [DIRECTIONS[Objective(o)] for o in self.objectives]
+
+    @property
+    def cost(self) -> str | None:
+        """The cost objective (``params`` or ``latency``), or ``None`` for mIoU alone."""
+        return self.objectives[1] if self.multi_objective else None
+
     def to_attr(self) -> dict[str, Any]:
+        """JSON-safe fields. A one-objective spec leaves ``objectives`` out, so workers from
+        before it existed still join such a study; they refuse a two-objective one (unexpected
+        field) instead of running it as one objective."""
         out = dataclasses.asdict(self)
         out["space"] = self.space.to_dict()
+        if self.multi_objective:
+            out["objectives"] = list(self.objectives)
+        else:
+            del out["objectives"]
         return out
 
     @classmethod
@@ -143,13 +199,16 @@ class StudySpec:
             seed = int.from_bytes(digest[:4], "little")
         if self.sampler == Sampler.RANDOM:
             return optuna.samplers.RandomSampler(seed=seed)
-        return optuna.samplers.TPESampler(seed=seed)
+        if self.sampler == Sampler.NSGA2:
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed)  # also handles two objectives
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         """Pruning on epochs: the resource is the 1-based epoch number reported by the worker.
 
         ``min_epochs`` is the least a trial trains before it can be pruned (Hyperband's minimum
-        resource, the median pruner's warm-up): raise it when early epochs say little.
+        resource, the median pruner's warm-up): raise it when early epochs say little. A study
+        with several objectives always has pruner ``none`` (checked on creation).
         """
         if self.pruner == Pruner.HYPERBAND:
             return optuna.pruners.HyperbandPruner(
@@ -160,7 +219,45 @@ class StudySpec:
         return optuna.pruners.NopPruner()
 
 
-_FIELD_TYPES: dict[str, type] = {"int": int, "str": str, "bool": bool, "SearchSpace": SearchSpace}
+_FIELD_TYPES: dict[str, type] = {
+    "int": int, "str": str, "bool": bool, "SearchSpace": SearchSpace, "tuple[str, ...]": tuple,
+}
+
+
+def default_pruner(objectives: tuple[str, ...]) -> str:
+    """The pruner ``tuner create`` uses when none is given: none for several objectives."""
+    return StudySpec.pruner if len(objectives) == 1 else Pruner.NONE.value
+
+
+def parse_objectives(text: str) -> tuple[str, ...]:
+    """``"miou,params"`` -> ``("miou", "params")``, checked (see :func:`check_objectives`).
+
+    Raises:
+        SpecError: an unknown name, mIoU not first, a repeat, or more than one cost.
+    """
+    names = tuple(part.strip().lower() for part in text.split(","))
+    check_objectives(names)
+    return names
+
+
+def check_objectives(objectives: tuple[str, ...]) -> None:
+    """mIoU first, then at most one cost objective, nothing repeated.
+
+    Raises:
+        SpecError: naming what is wrong.
+    """
+    choices = ", ".join(OBJECTIVES)
+    for name in objectives:
+        if not isinstance(name, str) or name not in OBJECTIVES:
+            raise SpecError(f"unknown objective {name!r} in --objectives; choose from {choices}")
+    if not objectives or objectives[0] != Objective.MIOU:
+        raise SpecError(f"--objectives must start with miou (the accuracy), got {','.join(objectives) or 'nothing'}")
+    if len(set(objectives)) != len(objectives):
+        raise SpecError(f"--objectives {','.join(objectives)} repeats an objective")
+    if len(objectives) > 2:
+        raise SpecError(
+            f"--objectives {','.join(objectives)}: at most one cost (params or latency) next to miou"
+        )
 
 
 def _check_types(spec: StudySpec) -> None:

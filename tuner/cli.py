@@ -14,6 +14,7 @@ import typer
 from contract.config import ConfigFormat
 from contract.options import ArtifactDirOpt, CliGroup, StorageOpt
 from contract.options import fail as _fail
+from contract.pareto import Pick
 from contract.study_spec import Pruner, Sampler, StudySpec
 
 app = typer.Typer(
@@ -26,6 +27,16 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Check or initialise the study database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+
+PickOpt = Annotated[
+    str,
+    typer.Option(
+        "--pick", metavar="RULE",
+        help="Two-objective studies: which trial of the Pareto front counts as best: best-miou (highest "
+             "mIoU) or 'smallest-within D' (the smallest cost whose mIoU is at most D below the best, "
+             "e.g. 0.01). One-objective studies take only the default.",
+    ),
+]
 
 
 def _version_callback(value: bool) -> None:
@@ -108,8 +119,11 @@ def create(
     ),
     seed: Annotated[int, typer.Option(help="Sampler seed (each worker derives its own from it).")] = StudySpec.seed,
     pruner: Annotated[
-        Pruner, typer.Option(case_sensitive=False, help="Early stopping of unpromising trials (resource: epochs).")
-    ] = Pruner(StudySpec.pruner),
+        Optional[Pruner],
+        typer.Option(case_sensitive=False, show_default=False,
+                     help="Early stopping of unpromising trials (resource: epochs). "
+                          f"Default: {StudySpec.pruner}; none with several objectives (nothing else is allowed there)."),
+    ] = None,
     min_epochs: Annotated[
         int, typer.Option(min=1, help="Epochs a trial trains before it can be pruned (Hyperband's min resource).")
     ] = StudySpec.min_epochs,
@@ -138,6 +152,13 @@ def create(
     keep_aliens: Annotated[
         bool, typer.Option("--keep-aliens", help="Do not remove repeated-mask 'alien' images (recorded in the study).")
     ] = False,
+    objectives: Annotated[
+        str,
+        typer.Option(metavar="LIST",
+                     help="What to optimise: miou, or accuracy against cost: miou,params (parameter count) or "
+                          "miou,latency (inference ms per image on the worker's device). Two objectives: "
+                          "a Pareto front, no pruning; --sampler tpe or nsga2."),
+    ] = ",".join(StudySpec.objectives),
 ) -> None:
     """Create a study from a search-space file (schema is created if missing)."""
     from tuner.study import create_study
@@ -151,7 +172,7 @@ def create(
         trials=trials,
         sampler=sampler.value,
         seed=seed,
-        pruner=pruner.value,
+        pruner=pruner.value if pruner is not None else None,
         min_epochs=min_epochs,
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
@@ -161,6 +182,7 @@ def create(
         enqueue=enqueue,
         seed_config=seed_config,
         remove_aliens=not keep_aliens,
+        objectives=objectives,
     )
     typer.echo(summary)
 
@@ -174,11 +196,18 @@ def list_studies(storage: StorageOpt = None) -> None:
 
 
 @app.command()
-def status(name: Annotated[str, typer.Argument(metavar="NAME", help="Study name.")], storage: StorageOpt = None) -> None:
-    """Show a study's trial counts per state, best value, and running trials with host and age."""
+def status(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Study name.")],
+    storage: StorageOpt = None,
+    pick: PickOpt = str(Pick()),
+) -> None:
+    """Show a study's trial counts per state, best value, and running trials with host and age.
+
+    A two-objective study shows the size of its Pareto front and the trial --pick chooses.
+    """
     from tuner.status import print_status
 
-    print_status(name, storage)
+    print_status(name, storage, pick=Pick.parse(pick))
 
 
 @app.command()
@@ -195,11 +224,16 @@ def export(
     ] = None,
     artifact_dir: ArtifactDirOpt = None,
     storage: StorageOpt = None,
+    pick: PickOpt = str(Pick()),
 ) -> None:
-    """Export the best trial's full training config, readable by `worker train --config`."""
+    """Export the best trial's full training config, readable by `worker train --config`.
+
+    For a two-objective study the trial is the one --pick chooses from the Pareto front.
+    """
     from tuner.export import export_best
 
-    export_best(name, storage=storage, fmt=format.value if format else None, output=output, model=model, artifact_dir=artifact_dir)
+    export_best(name, storage=storage, fmt=format.value if format else None, output=output, model=model,
+                artifact_dir=artifact_dir, pick=Pick.parse(pick))
 
 
 @app.command()
@@ -225,14 +259,20 @@ def demo(
     images: Annotated[int, typer.Option(min=16, help="Synthetic images to generate.")] = 160,
     study: Annotated[str, typer.Option(help="Study name.")] = "demo",
     storage: StorageOpt = None,
+    objectives: Annotated[
+        str, typer.Option(metavar="LIST", help="miou, or miou,params / miou,latency for accuracy against cost.")
+    ] = ",".join(StudySpec.objectives),
+    pick: PickOpt = str(Pick()),
 ) -> None:
     """Run a small local search end to end: synthetic data, a tiny space, local workers.
 
-    Uses the embedded SQLite database unless --storage is given, then prints the best config.
+    Uses the embedded SQLite database unless --storage is given, then prints the best config
+    (with two objectives: the trial --pick chooses from the Pareto front).
     """
     from tuner.demo import run_demo
 
-    code = run_demo(study=study, workers=workers, trials=trials, images=images, storage_url=storage)
+    code = run_demo(study=study, workers=workers, trials=trials, images=images, storage_url=storage,
+                    objectives=objectives, pick=Pick.parse(pick))
     raise typer.Exit(code)
 
 
@@ -242,12 +282,14 @@ def report(
     output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write.")],
     artifact_dir: ArtifactDirOpt = None,
     storage: StorageOpt = None,
+    pick: PickOpt = str(Pick()),
 ) -> None:
     """Write one self-contained HTML report of a study (opens offline; plots embedded).
 
     With --artifact-dir, the best trial's validation images (if its worker saved them) are embedded.
+    A two-objective study gets its Pareto front drawn, and "best" is the trial --pick chooses.
     """
     from tuner.report import write_report
 
-    path = write_report(name, storage_url=storage, output=output, artifact_dir=artifact_dir)
+    path = write_report(name, storage_url=storage, output=output, artifact_dir=artifact_dir, pick=Pick.parse(pick))
     typer.echo(f"wrote {path}")

@@ -17,6 +17,8 @@ import threading
 
 import optuna
 
+from contract.pareto import Pick
+from contract.study_spec import StudySpec, parse_objectives
 import storage
 from storage.url import default_home, without_file_password
 from tuner.study import (
@@ -32,13 +34,24 @@ DEMO_SEED = 0
 DEMO_ATTR = "tuner_demo"
 
 
-def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url: str | None) -> int:
-    """Run the local search; return 0 when at least one trial completed."""
+def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url: str | None,
+             objectives: str = ",".join(StudySpec.objectives), pick: Pick = Pick()) -> int:
+    """Run the local search; return 0 when at least one trial completed.
+
+    With two ``objectives`` the study has no pruner and the exported configuration is the
+    trial ``pick`` chooses from the Pareto front.
+    """
+    from contract.study_spec import SpecError
     from contract.synth import write_npz
     from tuner.export import export_best
-    from tuner.status import print_status
+    from tuner.status import check_pick, print_status
 
     check_file_safe_name(study)  # before anything is written: the files are named after it
+    try:
+        goal = parse_objectives(objectives)
+    except SpecError as exc:
+        raise StudyError(str(exc)) from None
+    check_pick(pick, len(goal), study)
     url = storage.resolve_url(storage_url)
     _check_replaceable(study, url)  # also fails fast, before any file is written, if unreachable
     home = default_home()
@@ -49,8 +62,8 @@ def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url:
         write_npz(data, images, seed=DEMO_SEED)
     print(create_study(
         study, storage_url=url, data=data, fingerprint=None, space_path=demo_space_path(),
-        trials=trials, seed=DEMO_SEED, pruner="hyperband", heartbeat_interval=5, grace_period=30,
-        max_retry=1, overwrite=True,
+        trials=trials, seed=DEMO_SEED, pruner="hyperband" if len(goal) == 1 else None, heartbeat_interval=5,
+        grace_period=30, max_retry=1, overwrite=True, objectives=goal,
     ), flush=True)
     created, _, _ = load(study, url)
     created.set_user_attr(DEMO_ATTR, True)
@@ -58,10 +71,10 @@ def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url:
     print(f"starting {workers} worker process(es); Ctrl-C stops them cleanly", flush=True)
     codes = _run_workers(workers, study, data, url)
     print(flush=True)
-    print_status(study, url)
+    print_status(study, url, pick=pick)
     best_file = home / f"{study}-best.yaml"
     try:
-        export_best(study, storage=url, fmt="yaml", output=best_file)
+        export_best(study, storage=url, fmt="yaml", output=best_file, pick=pick)
     except Exception as exc:  # noqa: BLE001 - report, do not hide the workers' exit codes
         print(f"no best configuration: {exc}", file=sys.stderr)
         return 1

@@ -24,6 +24,7 @@ from contract import report
 from contract.artifacts import ArtifactDirError, is_artifact_id, open_artifact_store
 from contract.atomic import replacing
 from contract.config import ConfigError, ConfigFormat, TrainConfig
+from contract.pareto import Pick, pick_trial
 from contract.space import SpaceError
 from contract.study_spec import StudySpec
 from contract.textfile import short_repr
@@ -40,8 +41,12 @@ def export_best(
     output: Path | None = None,
     model: Path | None = None,
     artifact_dir: Path | None = None,
+    pick: Pick | str = Pick(),
 ) -> TrainConfig:
     """Write the best trial's config to ``output`` (or stdout) and optionally download its model.
+
+    In a study with two objectives (mIoU and a cost) "best" is the trial ``pick`` chooses from
+    the Pareto front (:mod:`contract.pareto`).
 
     Args:
         fmt: ``yaml`` or ``json``; ``None`` picks json for an ``output`` ending in ``.json`` and
@@ -54,9 +59,12 @@ def export_best(
 
     Raises:
         ConfigError: unknown format, or a format that ``TrainConfig.load`` would misread.
-        StudyError: unknown study, no completed trial, no saved model, unwritable output.
+        StudyError: unknown study, no completed trial, no saved model, unwritable output, a
+            ``pick`` for a study with one objective.
+        PickError: ``pick`` is not a pick rule.
     """
     fmt = _check_format(fmt, output)
+    pick = Pick.parse(pick)
     if model is not None:
         if artifact_dir is None:
             raise StudyError("--model needs --artifact-dir (the artifact store the workers upload to)")
@@ -66,9 +74,9 @@ def export_best(
             raise StudyError(f"{model} already exists; choose another --model path or remove it")
 
     study, spec, _ = load(name, storage)
-    best = best_trial(study)
+    best = best_trial(study, pick)
     config = config_of(best, spec)
-    text = render(config, fmt, study_name=name, trial=best)
+    text = render(config, fmt, study_name=name, trial=best, pick=pick, objectives=spec.objectives)
 
     if model is None:
         _emit(text, output, best)
@@ -87,10 +95,26 @@ def _emit(text: str, output: Path | None, best: FrozenTrial) -> None:
         sys.stdout.flush()
         return
     write_atomic(output, text)
-    _say(f"wrote the config of trial {best.number} (value {best.value:.4f}) to {output}")
+    values = ", ".join(f"{v:.6g}" for v in best.values[1:])
+    _say(f"wrote the config of trial {best.number} (value {best.values[0]:.4f}{', ' + values if values else ''}) "
+         f"to {output}")
 
 
-def best_trial(study: optuna.Study) -> FrozenTrial:
+def best_trial(study: optuna.Study, pick: Pick = Pick()) -> FrozenTrial:
+    """The best trial; with two objectives, the one ``pick`` chooses from the Pareto front.
+
+    Raises:
+        StudyError: no completed trial, or a non-default ``pick`` for one objective.
+    """
+    from tuner.status import check_pick
+
+    check_pick(pick, len(study.directions), study.study_name)
+    if len(study.directions) == 2:
+        trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        picked = pick_trial(trials, study.directions, pick)
+        if picked is None:
+            raise StudyError(f"no completed trial yet in study {study.study_name!r}")
+        return picked
     try:
         return study.best_trial
     except ValueError:
@@ -108,8 +132,12 @@ def config_of(trial: FrozenTrial, spec: StudySpec) -> TrainConfig:
         raise ConfigError(f"trial {trial.number}'s config is not usable: {exc}") from None
 
 
-def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial) -> str:
-    """The config text; YAML gets a comment header, JSON stays pure (``load`` rejects extra keys)."""
+def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial, pick: Pick | None = None,
+           objectives: tuple[str, ...] = ()) -> str:
+    """The config text; YAML gets a comment header, JSON stays pure (``load`` rejects extra keys).
+
+    A trial with two values (mIoU and a cost) gets the cost and the pick rule in its header.
+    """
     body = config.dumps(fmt)
     if fmt != "yaml":
         return body
@@ -118,10 +146,22 @@ def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial
         " ".join(f"{c}={'n/a' if v is None else f'{v:.4f}'}" for c, v in sorted(per_class.items()))
         if isinstance(per_class, dict) and per_class else "not recorded"
     )
-    header = [
-        f"# Best trial of study {study_name!r}, exported by `tuner export`.",
-        f"# trial: {trial.number}",
-        f"# value (validation mean IoU, classes 1-4): {trial.value!r}",
+    values = list(trial.values or [None])
+    if len(values) > 1:
+        cost = objectives[1] if len(objectives) > 1 else "objective 1"
+        header = [
+            f"# Pareto pick ({pick or Pick()}) of study {study_name!r}, exported by `tuner export`.",
+            f"# trial: {trial.number}",
+            f"# value (validation mean IoU, classes 1-4): {values[0]!r}",
+            f"# {cost}: {values[1]!r}",
+        ]
+    else:
+        header = [
+            f"# Best trial of study {study_name!r}, exported by `tuner export`.",
+            f"# trial: {trial.number}",
+            f"# value (validation mean IoU, classes 1-4): {values[0]!r}",
+        ]
+    header += [
         f"# IoU per class: {per_class_text}",
         "# Retrain with: worker train --config THIS_FILE --data DATA.npz",
     ]

@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from contract import report as attrs
 from contract.atomic import writable_problem
+from contract.pareto import Pick, front_trials, pick_trial
 from contract.study_spec import StudySpec
 import storage
 from storage.summaries import StudyHead, load_trials, open_reader
@@ -65,49 +66,64 @@ class ReportData:
     masked_url: str
     trials: list[FrozenTrial]  # every trial, with _TRIAL_ATTRS and epoch values
     top: list[FrozenTrial]  # the BEST_N best COMPLETE trials, best first, with all their user attributes
-    best: FrozenTrial | None  # top[0]
+    best: FrozenTrial | None  # top[0]; with two objectives the trial ``pick`` chooses from the front
     preview_png: bytes | None
     preview_note: str | None  # why there is no image grid, when there is none
     now: datetime.datetime
+    pick: Pick = Pick()
+    front: list[FrozenTrial] = dataclasses.field(default_factory=list)  # two objectives: by cost
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        from tuner.status import objective_names
+
+        return objective_names(self.spec, self.head.directions)
 
 
-def write_report(name: str, *, storage_url: str | None, output: Path, artifact_dir: Path | None = None) -> Path:
+def write_report(name: str, *, storage_url: str | None, output: Path, artifact_dir: Path | None = None,
+                 pick: Pick | str = Pick()) -> Path:
     """Read study ``name`` and write its report to ``output`` (atomically).
 
     Raises:
-        StudyError: no such study, unwritable output.
+        StudyError: no such study, unwritable output, a ``pick`` for a study with one objective.
+        PickError: ``pick`` is not a pick rule.
         StorageError: unreachable database or no schema.
     """
     from tuner.export import write_atomic
 
+    pick = Pick.parse(pick)
     problem = writable_problem(output)
     if problem is not None:
         raise StudyError(f"cannot write {output}: {problem}")
-    data = read_report(name, storage_url, artifact_dir)
+    data = read_report(name, storage_url, artifact_dir, pick)
     write_atomic(output, render(data))
     return output
 
 
-def read_report(name: str, storage_url: str | None, artifact_dir: Path | None) -> ReportData:
-    from tuner.status import find_or_fail, spec_or_none, utc_now
+def read_report(name: str, storage_url: str | None, artifact_dir: Path | None, pick: Pick = Pick()) -> ReportData:
+    from tuner.status import check_pick, find_or_fail, spec_or_none, utc_now
 
     url = storage.resolve_url(storage_url)
     engine = open_reader(url)
     try:
         head = find_or_fail(engine, name, url)
+        check_pick(pick, len(head.directions), name)
         spec = spec_or_none(head)
         trials = load_trials(engine, head.study_id, user_attr_keys=_TRIAL_ATTRS)
         ranked = best_first(trials, head.directions)[:BEST_N]
+        two = len(head.directions) == 2
+        picked = pick_trial(trials, head.directions, pick) if two else None
+        front = front_trials(trials, head.directions) if two else []
         # Again, with every attribute (per-class IoU, config, confusion matrix, preview id).
-        full = {t.number: t for t in load_trials(engine, head.study_id, trial_ids=[t._trial_id for t in ranked],
-                                                 intermediate=False)}
+        wanted = {t._trial_id for t in ranked} | ({picked._trial_id} if picked is not None else set())
+        full = {t.number: t for t in load_trials(engine, head.study_id, trial_ids=wanted, intermediate=False)}
         top = [full[t.number] for t in ranked]
     finally:
         engine.dispose()
-    best = top[0] if top else None
+    best = full[picked.number] if picked is not None else top[0] if top else None
     preview, note = _preview(best, artifact_dir)
     return ReportData(head=head, spec=spec, masked_url=storage.mask_url(url), trials=trials, top=top, best=best,
-                      preview_png=preview, preview_note=note, now=utc_now())
+                      preview_png=preview, preview_note=note, now=utc_now(), pick=pick, front=front)
 
 
 def best_first(trials: list[FrozenTrial], directions: tuple[StudyDirection, ...]) -> list[FrozenTrial]:
@@ -152,7 +168,14 @@ def header_rows(data: ReportData) -> list[tuple[str, str]]:
     rows = [("study", data.head.study_name), ("storage", data.masked_url)]
     if isinstance(created, dict):
         rows.append(("created", f"{created.get('at', '-')} by {created.get('by', '-')}"))
-    rows.append(("objectives", ", ".join(d.name.lower() for d in data.head.directions)))
+    directions = [d.name.lower() for d in data.head.directions]
+    if spec is not None and spec.multi_objective and len(spec.objectives) == len(directions):
+        rows.append(("objectives", ", ".join(f"{o} ({d})" for o, d in zip(spec.objectives, directions))))
+    else:
+        rows.append(("objectives", ", ".join(directions)))
+    if len(directions) == 2:
+        n_complete = counts[TrialState.COMPLETE]
+        rows.append(("Pareto front", f"{len(data.front)} of {n_complete} complete trials; best = pick {data.pick}"))
     if spec is None:
         rows.append(("spec", "none (study not created by `tuner create`)"))
         rows.append(("budget", f"{finished} finished"))
@@ -160,7 +183,8 @@ def header_rows(data: ReportData) -> list[tuple[str, str]]:
         rows += [
             ("budget", f"{finished}/{spec.n_trials} finished (complete + pruned)"),
             ("sampler", f"{spec.sampler} (seed {spec.seed})"),
-            ("pruner", f"{spec.pruner} (min {spec.min_epochs} epochs)"),
+            ("pruner", f"{spec.pruner} (min {spec.min_epochs} epochs)" if not spec.multi_objective
+                       else f"{spec.pruner} (two objectives: nothing prunes them)"),
             ("data fingerprint", spec.data_fingerprint),
         ]
     rows.append(("trials per state", ", ".join(f"{s.name.lower()} {counts[s]}" for s in TrialState if counts[s])
@@ -187,8 +211,19 @@ def header_rows(data: ReportData) -> list[tuple[str, str]]:
     if hosts:
         rows.append(("hosts", ", ".join(f"{h} ({n} trials)" for h, n in sorted(hosts.items()))))
     if data.best is not None:
-        rows.append(("best", f"trial {data.best.number}: {METRIC_NAME} {data.best.values[0]:.4f}"))
+        rows.append(("best", f"trial {data.best.number}: {_best_values(data)}"))
     return rows
+
+
+def _best_values(data: ReportData) -> str:
+    """``validation mIoU 0.6123`` and, with two objectives, ``, params 12,345 (pick best-miou)``."""
+    from tuner.status import format_cost
+
+    assert data.best is not None
+    text = f"{METRIC_NAME} {data.best.values[0]:.4f}"
+    if len(data.best.values) == 2:
+        text += f", {data.objectives[1]} {format_cost(data.best.values[1])} (pick {data.pick})"
+    return text
 
 
 
@@ -237,9 +272,13 @@ def _render(data: ReportData) -> str:
 
     body: dict[str, str] = {}
     body["header"] = _table(header_rows(data))
-    if len(head.directions) > 1:
+    if len(head.directions) == 2:
+        body["pareto"] = (figure(figs.pareto(trials, data.objectives[1], data.front, data.best,
+                                             str(data.pick)))
+                          if complete else _note("no completed trial yet"))
+    elif len(head.directions) > 2:
         names = [figs.METRIC] + [f"objective {i}" for i in range(1, len(head.directions))]
-        body["pareto"] = figure(figs.pareto(study, names)) if complete else _note("no completed trial yet")
+        body["pareto"] = figure(figs.pareto_optuna(study, names)) if complete else _note("no completed trial yet")
     if complete:
         body["history"] = (figure(figs.history_by_number(trials, maximize))
                            + figure(figs.history_by_time(trials, maximize)))
@@ -317,7 +356,7 @@ def _best_section(data: ReportData, figure: Any) -> str:
     best = data.best
     if best is None:
         return _note("no completed trial yet")
-    parts = [f"<p>trial {best.number}: {METRIC_NAME} {best.values[0]:.4f}</p>"]
+    parts = [f"<p>trial {best.number}: {html.escape(_best_values(data))}</p>"]
     matrix = best.user_attrs.get(attrs.CONFUSION_MATRIX)
     if isinstance(matrix, list) and matrix:
         parts.append(figure(figs.confusion(matrix, best.number)))
@@ -359,7 +398,8 @@ def _config_section(data: ReportData) -> str:
             return _note("no recorded config and no search space to rebuild it from")
     except ConfigError as exc:
         return _note(str(exc))
-    text = render_config(config, "yaml", study_name=data.head.study_name, trial=best)
+    text = render_config(config, "yaml", study_name=data.head.study_name, trial=best, pick=data.pick,
+                         objectives=data.objectives)
     return f"<pre class=\"config\">{html.escape(text)}</pre>"
 
 

@@ -1,10 +1,10 @@
 """The plots of ``tuner report``, as plotly figures.
 
 Optuna's own plots (``optuna.visualization``) are used where they stay fast at thousands of
-trials: parameter importance, the Pareto front, and parallel coordinates of the best trials only
-(Optuna draws one plotly trace per trial there). The others are plotly figures built here from
-numpy arrays: Optuna has none for some (history over wall-clock time, per-class IoU, confusion
-matrix), and at 5,000 trials Optuna's history and slice plots cost seconds of plotly validating
+trials: parameter importance, the Pareto front of more than two objectives, and parallel
+coordinates of the best trials only (Optuna draws one plotly trace per trial there). The others
+are plotly figures built here from numpy arrays: Optuna has none for some (history over
+wall-clock time, per-class IoU, confusion matrix, the mIoU-against-cost front with its pick), and at 5,000 trials Optuna's history and slice plots cost seconds of plotly validating
 Python lists and its learning-curve plot makes one trace per trial (here all curves of one state
 are one trace, separated by gaps).
 
@@ -172,7 +172,55 @@ def parallel(study: optuna.Study, params: list[str], shown: int, of: int) -> go.
     return _titled(fig, f"parallel coordinates of the {shown} best of {of} complete trials")
 
 
-def pareto(study: optuna.Study, names: list[str]) -> go.Figure:
+#: Axis titles of the cost objectives (``contract.study_spec.Objective``).
+COST_TITLES = {"params": "parameters", "latency": "inference ms per image", "minimize": "objective 1",
+               "maximize": "objective 1"}
+
+
+def pareto(trials: Sequence[FrozenTrial], cost: str, front: Sequence[FrozenTrial],
+           picked: FrozenTrial | None, pick: str) -> go.Figure:
+    """mIoU against cost: every COMPLETE trial, the Pareto front as a step line, the pick starred.
+
+    Built here rather than with Optuna's ``plot_pareto_front`` so the front reads as a frontier
+    (joined in cost order) and the trial ``tuner export --pick`` writes is marked.
+    """
+    import numpy as np
+    import plotly.graph_objects as go
+
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values and len(t.values) == 2]
+    on_front = {t.number for t in front}
+    rest = [t for t in done if t.number not in on_front]
+    title = COST_TITLES.get(cost, cost)
+
+    def xy(group: Sequence[FrozenTrial]) -> dict[str, Any]:
+        return {"x": np.asarray([t.values[1] for t in group], dtype=float),
+                "y": np.asarray([t.values[0] for t in group], dtype=float),
+                "text": [f"trial {t.number}" for t in group]}
+
+    traces = [
+        go.Scatter(**xy(rest), mode="markers", name="dominated", hovertemplate=_HOVER.format(title),
+                   marker={"size": _marker(len(done)), "opacity": 0.5, "color": "#9ecae1"}),
+        go.Scatter(**xy(front), mode="lines+markers", name="Pareto front", hovertemplate=_HOVER.format(title),
+                   line={"shape": "hv", "color": _COLORS[TrialState.COMPLETE]},
+                   marker={"size": _marker(len(done)) + 2, "color": _COLORS[TrialState.COMPLETE]}),
+    ]
+    if picked is not None:
+        traces.append(go.Scatter(**xy([picked]), mode="markers", name=f"picked ({pick})",
+                                 hovertemplate=_HOVER.format(title),
+                                 marker={"symbol": "star", "size": 16, "color": "#ff7f0e",
+                                         "line": {"width": 1, "color": "#333"}}))
+    fig = go.Figure(traces)
+    fig.update_layout(xaxis_title=title, yaxis_title=METRIC)
+    if cost == "params" and done and min(t.values[1] for t in done) > 0:
+        fig.update_xaxes(type="log")  # parameter counts span orders of magnitude
+    return _titled(fig, f"Pareto front: {METRIC} against {title} ({len(front)} of {len(done)} complete trials)")
+
+
+_HOVER = "%{{text}}<br>" + METRIC + " %{{y:.4f}}<br>{0} %{{x:,.4g}}<extra></extra>"
+
+
+def pareto_optuna(study: optuna.Study, names: list[str]) -> go.Figure:
+    """More than two objectives (studies not made by ``tuner create``): Optuna's own plot."""
     from optuna.visualization import plot_pareto_front
 
     fig = plot_pareto_front(study, target_names=names)

@@ -26,6 +26,7 @@ from rich.text import Text
 import sqlalchemy
 
 from contract import report
+from contract.pareto import Pick, front_trials, pick_trial
 from contract.study_spec import SPEC_ATTR, SpecError, StudySpec
 import storage
 from storage.summaries import (
@@ -64,9 +65,20 @@ class StudyRow:
 @dataclasses.dataclass(frozen=True)
 class BestTrial:
     number: int
-    value: float
+    value: float  # mIoU
     per_class_iou: dict[str, float | None]
     params: dict[str, Any]
+    cost: float | None = None  # the second objective of a two-objective study
+
+
+@dataclasses.dataclass(frozen=True)
+class Front:
+    """A two-objective study's Pareto front, as ``tuner status`` shows it."""
+
+    objectives: tuple[str, ...]  # names, e.g. ("miou", "params"); directions for a study without spec
+    size: int  # trials on the front
+    complete: int  # complete trials it was drawn from
+    pick: str  # the rule that chose ``best``
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +101,12 @@ class StatusData:
     name: str
     n_objectives: int
     counts: Mapping[TrialState, int]
-    best: FrozenTrial | None  # single objective only
+    best: FrozenTrial | None  # single objective: the best; two: the picked trial
     running: list[FrozenTrial]
+    front: list[FrozenTrial] | None = None  # two objectives: the Pareto front, by cost
+    n_complete: int = 0  # two objectives: the complete trials the front was drawn from
+    pick: Pick = Pick()
+    directions: tuple[Any, ...] = ()  # StudyDirection per objective
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +121,7 @@ class StatusSummary:
     counts: dict[str, int]  # state name -> trials, for every state in STATES
     best: BestTrial | None
     running: list[RunningTrial]
+    front: Front | None = None  # two objectives only
 
     @property
     def finished(self) -> int:
@@ -175,18 +192,58 @@ def list_studies(url: str) -> list[StudyRow]:
     return sorted(rows, key=lambda r: r.name)
 
 
-def read_status(engine: sqlalchemy.Engine, head: StudyHead) -> StatusData:
+def read_status(engine: sqlalchemy.Engine, head: StudyHead, pick: Pick = Pick()) -> StatusData:
     """Counts, best trial and running trials of a study: a handful of queries, no epoch values
-    except the running trials'."""
+    except the running trials'.
+
+    With two objectives the best trial is the one ``pick`` chooses from the Pareto front, which
+    needs every complete trial's values (read without attributes or epoch values).
+
+    Raises:
+        StudyError: a pick other than the default for a study with one objective.
+    """
+    check_pick(pick, len(head.directions), head.study_name)
     best = None
+    front = None
+    n_complete = 0
     if len(head.directions) == 1:
         best_id = best_trial_id(engine, head.study_id, head.directions[0])
         if best_id is not None:
             best = load_trials(engine, head.study_id, trial_ids=[best_id], intermediate=False)[0]
+    elif len(head.directions) == 2:
+        complete = load_trials(engine, head.study_id, states=(TrialState.COMPLETE,), user_attr_keys=(),
+                               intermediate=False)
+        n_complete = len(complete)
+        front = front_trials(complete, head.directions)
+        picked = pick_trial(complete, head.directions, pick)
+        if picked is not None:
+            best = load_trials(engine, head.study_id, trial_ids=[picked._trial_id], intermediate=False)[0]
     running = load_trials(engine, head.study_id, states=(TrialState.RUNNING,),
                           user_attr_keys=(report.WORKER, report.PHASE))
     return StatusData(name=head.study_name, n_objectives=len(head.directions),
-                      counts=count_states(engine, head.study_id), best=best, running=running)
+                      counts=count_states(engine, head.study_id), best=best, running=running,
+                      front=front, n_complete=n_complete, pick=pick, directions=head.directions)
+
+
+def check_pick(pick: Pick, n_objectives: int, study_name: str) -> None:
+    """``--pick`` chooses from a Pareto front: with one objective only the default makes sense.
+
+    Raises:
+        StudyError: a non-default pick for a study without two objectives.
+    """
+    if n_objectives != 2 and not pick.is_default:
+        raise StudyError(
+            f"--pick {pick} needs a study with two objectives (miou and a cost); study "
+            f"{study_name!r} has {n_objectives}: create one with --objectives miou,params"
+        )
+
+
+def objective_names(spec: StudySpec | None, directions: tuple[Any, ...]) -> tuple[str, ...]:
+    """The objectives by name (``miou``, ``params``), or by direction (``maximize``) for a study
+    not created by ``tuner create``."""
+    if spec is not None and len(spec.objectives) == len(directions):
+        return spec.objectives
+    return tuple(d.name.lower() for d in directions)
 
 
 def summarize(data: StatusData, spec: StudySpec | None, *, now: datetime.datetime | None = None) -> StatusSummary:
@@ -198,14 +255,19 @@ def summarize(data: StatusData, spec: StudySpec | None, *, now: datetime.datetim
     now = now or utc_now()
     best_trial = data.best
     best = None
-    if best_trial is not None and best_trial.value is not None:
+    if best_trial is not None and best_trial.values:
         per_class = best_trial.user_attrs.get(report.PER_CLASS_IOU)
         best = BestTrial(
             number=best_trial.number,
-            value=best_trial.value,
+            value=best_trial.values[0],
             per_class_iou=dict(per_class) if isinstance(per_class, dict) else {},
             params=dict(best_trial.params),
+            cost=best_trial.values[1] if len(best_trial.values) > 1 else None,
         )
+    front = None
+    if data.front is not None:
+        front = Front(objectives=objective_names(spec, data.directions), size=len(data.front), complete=data.n_complete,
+                      pick=str(data.pick))
     return StatusSummary(
         name=data.name,
         budget=spec.n_trials if spec else None,
@@ -215,6 +277,7 @@ def summarize(data: StatusData, spec: StudySpec | None, *, now: datetime.datetim
         counts={s.name: int(data.counts.get(s, 0)) for s in STATES},
         best=best,
         running=sorted((_running(t, now) for t in data.running), key=lambda r: r.number),
+        front=front,
     )
 
 
@@ -269,19 +332,23 @@ def print_study_list(storage_url: str | None, console: Console | None = None) ->
     console.print(table)
 
 
-def print_status(name: str, storage_url: str | None, console: Console | None = None) -> None:
+def print_status(name: str, storage_url: str | None, console: Console | None = None,
+                 pick: Pick | str = Pick()) -> None:
     """Render ``tuner status NAME``.
 
     Raises:
-        StudyError: no such study (the message lists the existing ones).
+        StudyError: no such study (the message lists the existing ones), or a ``pick`` for a
+            study with one objective.
+        PickError: ``pick`` is not a pick rule.
         StorageError: unreachable database or no schema.
     """
     console = console or Console()
+    pick = Pick.parse(pick)
     url = storage.resolve_url(storage_url)
     engine = open_reader(url)
     try:
         head = find_or_fail(engine, name, url)
-        summary = summarize(read_status(engine, head), spec_or_none(head))
+        summary = summarize(read_status(engine, head, pick), spec_or_none(head))
     finally:
         engine.dispose()
     render_status(summary, storage.mask_url(url), console)
@@ -311,6 +378,10 @@ def render_status(summary: StatusSummary, masked_url: str, console: Console) -> 
     counts.add_row(*(str(summary.counts[s.name]) for s in STATES))
     console.print(counts)
 
+    front = summary.front
+    if front is not None:
+        line(f"goal:     {front.objectives[0]} against {front.objectives[1]} (two objectives)")
+        line(f"front:    {front.size} of {front.complete} complete trials on the Pareto front")
     if summary.best is None:
         line("best:     no completed trial yet")
     else:
@@ -318,7 +389,11 @@ def render_status(summary: StatusSummary, masked_url: str, console: Console) -> 
         per_class = " ".join(
             f"{c}={'n/a' if v is None else _value(v)}" for c, v in sorted(best.per_class_iou.items())
         ) or "-"
-        line(f"best:     {_value(best.value)} (trial {best.number}); IoU per class: {per_class}")
+        if front is not None:
+            line(f"pick:     {front.pick} -> trial {best.number}: {front.objectives[0]} {_value(best.value)}, "
+                 f"{front.objectives[1]} {format_cost(best.cost)}; IoU per class: {per_class}")
+        else:
+            line(f"best:     {_value(best.value)} (trial {best.number}); IoU per class: {per_class}")
         line(_wrap(_params(best.params), console.width, indent=10))
 
     if not summary.running:
@@ -393,6 +468,15 @@ def _wrap(text: str, width: int, indent: int, hang: int = 0) -> str:
     pad = " " * indent
     return textwrap.fill(text, width=max(40, width), initial_indent=pad, subsequent_indent=pad + " " * hang,
                          break_long_words=False, break_on_hyphens=False)
+
+
+def format_cost(value: float | None) -> str:
+    """A parameter count as an integer with separators, milliseconds with 3 significant digits."""
+    if value is None:
+        return "-"
+    if float(value).is_integer() and abs(value) >= 1000:
+        return f"{int(value):,}"
+    return f"{value:.3g}"
 
 
 def _value(value: float | None) -> str:

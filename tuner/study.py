@@ -19,7 +19,13 @@ import sqlalchemy
 
 from contract.errors import TunerError
 from contract.space import SearchSpace, SpaceError
-from contract.study_spec import SPEC_ATTR, SpecError, StudySpec
+from contract.study_spec import (
+    SPEC_ATTR,
+    SpecError,
+    StudySpec,
+    default_pruner,
+    parse_objectives,
+)
 import storage
 from storage.locks import named_lock
 from tuner import __version__
@@ -54,7 +60,7 @@ def create_study(
     trials: int,
     sampler: str = StudySpec.sampler,
     seed: int = StudySpec.seed,
-    pruner: str = StudySpec.pruner,
+    pruner: str | None = None,
     min_epochs: int = StudySpec.min_epochs,
     heartbeat_interval: int = StudySpec.heartbeat_interval,
     grace_period: int = StudySpec.grace_period,
@@ -64,14 +70,26 @@ def create_study(
     enqueue: list[Path] | None = None,
     seed_config: bool = True,
     remove_aliens: bool = True,
+    objectives: str | tuple[str, ...] = StudySpec.objectives,
 ) -> str:
-    """Create the study and return a one-paragraph summary for the user."""
+    """Create the study and return a one-paragraph summary for the user.
+
+    Args:
+        pruner: ``None`` for the default of the objectives (:func:`default_pruner`).
+        objectives: ``"miou,params"`` or a tuple of names; mIoU first, at most one cost.
+    """
     from contract.data import DataError, check_trainable, load_npz
     from tuner import warm_start
 
     if overwrite and exist_ok:
         raise StudyError("--overwrite and --exist-ok contradict each other; pick one")
     check_study_name(name)
+    try:
+        objectives = parse_objectives(objectives) if isinstance(objectives, str) else tuple(objectives)
+    except SpecError as exc:
+        raise StudyError(str(exc)) from None
+    if pruner is None:
+        pruner = default_pruner(objectives)
     if (data is None) == (fingerprint is None):
         raise StudyError("give exactly one of --data FILE.npz or --fingerprint HEX")
     if fingerprint is not None and not _FINGERPRINT.fullmatch(fingerprint):
@@ -99,7 +117,7 @@ def create_study(
         spec = StudySpec(
             space=space, data_fingerprint=fingerprint, n_trials=trials, sampler=sampler, seed=seed,
             pruner=pruner, min_epochs=min_epochs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-            max_retry=max_retry, remove_aliens=remove_aliens,
+            max_retry=max_retry, remove_aliens=remove_aliens, objectives=objectives,
         )
     except SpecError as exc:
         raise StudyError(str(exc)) from None
@@ -123,6 +141,11 @@ def create_study(
                             f"study {name!r} exists with a different data fingerprint "
                             f"({spec_existing.data_fingerprint[:12]} vs {spec.data_fingerprint[:12]})"
                         )
+                    if spec_existing.objectives != spec.objectives:
+                        raise StudyError(
+                            f"study {name!r} exists with objectives {','.join(spec_existing.objectives)}, "
+                            f"not {','.join(spec.objectives)}"
+                        )
                     return f"study {name!r} already exists in {storage.mask_url(url)}; kept as is"
                 if not overwrite:
                     raise StudyError(
@@ -132,8 +155,10 @@ def create_study(
             _create_complete(rdb, name, spec, queued, replace=name in existing)
     finally:
         rdb.engine.dispose()
+    goal = ("" if not spec.multi_objective else
+            f"objectives {', '.join(f'{o} ({d[:3]})' for o, d in zip(spec.objectives, spec.directions))}, ")
     return (
-        f"created study {name!r} in {storage.mask_url(url)}: {trials} trials, "
+        f"created study {name!r} in {storage.mask_url(url)}: {goal}{trials} trials, "
         f"{len(space.params)} searched parameters, sampler {sampler} (seed {seed}), pruner {pruner} "
         f"(max {space.max_epochs} epochs), data {fingerprint[:12]}"
         + (f"; {queue_note}" if queue_note else "")
@@ -152,7 +177,7 @@ def _create_complete(
     """
     building = f"{BUILDING_PREFIX}{uuid.uuid4().hex}"
     study = optuna.create_study(
-        storage=rdb, study_name=building, direction="maximize",
+        storage=rdb, study_name=building, directions=spec.directions,
         sampler=spec.make_sampler(), pruner=spec.make_pruner(),
     )
     try:

@@ -384,10 +384,20 @@ class WorkerSession:
         again = f" (retry of trial {retry_of})" if retry_of is not None else ""
         self.say(f"trial {trial.number} started{again}: {params}")
 
+        multi = self.spec.multi_objective
+        rdb = self.rdb
+        assert rdb is not None
+
         def on_epoch(epoch: int, val_miou: float) -> None:
             step = epoch + 1
             value = val_miou if math.isfinite(val_miou) else 0.0
             with guard.deferred():
+                if multi:
+                    # Optuna's Trial.report refuses several objectives (its pruners judge one value);
+                    # the epoch's mIoU is still stored, for learning curves and `tuner status`.
+                    self._db(lambda: rdb.set_trial_intermediate_value(trial._trial_id, step, value),
+                             "recording an epoch")
+                    return
                 self._db(lambda: trial.report(value, step), "reporting an epoch")
                 prune = self._db(trial.should_prune, "asking the pruner")
             if prune:
@@ -423,12 +433,20 @@ class WorkerSession:
             self._db(lambda: report.record_result(trial, result), "recording the result")
             if not math.isfinite(result.best_miou):
                 return self._fail(trial, "mean IoU undefined: no class 1-4 pixel in the validation split")
+            values: float | list[float] = result.best_miou
+            cost_text = ""
+            if self.spec.cost is not None:
+                cost = report.cost_of(result, self.spec.cost)
+                if cost is None or not math.isfinite(cost):
+                    return self._fail(trial, f"cost {self.spec.cost} not measured ({cost!r})")
+                values = [result.best_miou, cost]
+                cost_text = f", {self.spec.cost} {cost:.6g}"
             if save_path is not None:
                 with self._heartbeat(trial):
-                    self._upload_if_best(trial, result.best_miou, save_path, getattr(result, "preview", None))
-            self._tell(trial, values=result.best_miou)
+                    self._upload_if_best(trial, values, save_path, getattr(result, "preview", None))
+            self._tell(trial, values=values)
         per_class = " ".join(f"c{c}={_short(v)}" for c, v in result.per_class_iou.items())
-        self.say(f"trial {trial.number} complete: mIoU {result.best_miou:.4f} ({per_class}) "
+        self.say(f"trial {trial.number} complete: mIoU {result.best_miou:.4f} ({per_class}){cost_text} "
                  f"in {result.wall_time_s:.0f}s, {result.epochs_run} epochs")
         return Outcome.COMPLETE
 
@@ -440,7 +458,8 @@ class WorkerSession:
         assert self.data is not None
         self.trainer = self.trainer or Trainer()
         return train(config, self.data, epoch_callback=on_epoch, verbose=self.options.verbose,
-                     save_path=save_path, device=device, trainer=self.trainer, phase_callback=on_phase)
+                     save_path=save_path, device=device, trainer=self.trainer, phase_callback=on_phase,
+                     measure_latency=self.spec.cost == "latency")
 
     def _heartbeat(self, trial: optuna.Trial) -> storage.Heartbeat:
         assert self.rdb is not None
@@ -519,18 +538,25 @@ class WorkerSession:
         else:
             fail_and_requeue()
 
-    def _upload_if_best(self, trial: optuna.Trial, value: float, path: Path, preview: Any = None) -> None:
+    def _upload_if_best(self, trial: optuna.Trial, value: float | list[float], path: Path, preview: Any = None) -> None:
         """Upload the model (and its validation preview) if it is the study's best so far.
 
+        With two objectives "best" means on the Pareto front so far (no complete trial beats it
+        on both), so whichever trial ``tuner export --pick`` chooses later has its model.
         A failed upload is only a warning: the trial's result is already recorded.
         """
         assert self.study is not None
-        try:
-            best = self._db(lambda: self.study.best_value, "reading the best value")  # type: ignore[union-attr]
-        except ValueError:  # no completed trial yet
-            best = -math.inf
-        if value <= best:
-            return
+        study = self.study
+        if isinstance(value, list):
+            if self._db(lambda: _dominated(study, value), "reading the Pareto front"):
+                return
+        else:
+            try:
+                best = self._db(lambda: study.best_value, "reading the best value")
+            except ValueError:  # no completed trial yet
+                best = -math.inf
+            if value <= best:
+                return
         from optuna.artifacts import upload_artifact
 
         store = _CleanupStore(self.artifacts)
@@ -622,11 +648,21 @@ def _has_retry(study: optuna.Study, number: int) -> bool:
 
 
 def _holds(stored: optuna.trial.FrozenTrial, *, state: TrialState | None = None,
-           values: float | None = None) -> bool:
+           values: float | list[float] | None = None) -> bool:
     """Whether a finished trial holds what ``study.tell(state=..., values=...)`` would have stored."""
     if values is not None:
-        return stored.state == TrialState.COMPLETE and stored.value == values
+        wanted = values if isinstance(values, list) else [values]
+        return stored.state == TrialState.COMPLETE and stored.values == wanted
     return stored.state == state
+
+
+def _dominated(study: optuna.Study, values: list[float]) -> bool:
+    """Whether a COMPLETE trial of ``study`` dominates ``values`` (mIoU, cost)."""
+    from contract.pareto import Point, dominates, points_of
+
+    new = Point(-1, values[0], values[1])
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return any(dominates(p, new) for p in points_of(done, study.directions))
 
 
 class _CleanupStore:

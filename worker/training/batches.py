@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 N_FLIPS = 4  # none, horizontal, vertical, both
-_FLIP_AXES = ((), (2,), (1,), (1, 2))  # on (N, H, W[, C]) arrays
+FLIP_AXES = ((), (2,), (1,), (1, 2))  # on (N, H, W[, C]) arrays
 
 
 def flipped(images: np.ndarray, masks: np.ndarray, augment_flips: bool
@@ -22,8 +22,8 @@ def flipped(images: np.ndarray, masks: np.ndarray, augment_flips: bool
     y = np.asarray(masks, dtype=np.uint8)
     if not augment_flips:
         return x, y
-    xs = [np.flip(x, axis=a) if a else x for a in _FLIP_AXES]
-    ys = [np.flip(y, axis=a) if a else y for a in _FLIP_AXES]
+    xs = [np.flip(x, axis=a) if a else x for a in FLIP_AXES]
+    ys = [np.flip(y, axis=a) if a else y for a in FLIP_AXES]
     return np.ascontiguousarray(np.concatenate(xs)), np.ascontiguousarray(np.concatenate(ys))
 
 
@@ -40,7 +40,7 @@ def flip_tta_predict(model, images: np.ndarray, batch_size: int) -> np.ndarray:
     if x.ndim != 4 or x.shape[-1] != 1:
         raise ValueError(f"images must have shape (N, 64, 128[, 1]), got {np.shape(images)}")
     total = None
-    for axes in _FLIP_AXES:  # none, horizontal, vertical, both (NHWC axes)
+    for axes in FLIP_AXES:  # none, horizontal, vertical, both (NHWC axes)
         flipped_x = np.ascontiguousarray(np.flip(x, axis=axes)) if axes else x
         probs = np.asarray(model.predict(flipped_x, batch_size=batch_size, verbose=0), np.float32)
         probs = np.flip(probs, axis=axes) if axes else probs

@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 
 EpochCallback = Callable[[int, float], None]
 MONITOR = "val_miou"
+#: Latency: validation images per timed forward pass, and timed passes after one warm-up.
+LATENCY_IMAGES = 8
+LATENCY_RUNS = 5
 
 
 @dataclasses.dataclass
@@ -75,6 +78,8 @@ class TrainResult:
     # and whether the data split and the compiled model were reused from an earlier trial
     timings: dict[str, Any] = dataclasses.field(default_factory=dict)
     confusion_matrix: list[list[int]] | None = None  # [true][predicted] pixels, best model, validation
+    n_params: int | None = None  # the model's parameter count, as keras count_params
+    inference_ms_per_image: float | None = None  # measured only when asked (see Trainer.train)
     preview: Any = dataclasses.field(default=None, repr=False)  # worker.training.preview.PreviewSample
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,8 +108,12 @@ def train(
     trainer: Trainer | None = None,
     phase_callback: PhaseCallback | None = None,
     on_result: Callable[[TrainResult], None] | None = None,
+    measure_latency: bool = False,
 ) -> TrainResult:
     """Train ``config`` on ``data`` and evaluate the best epoch on the validation split.
+
+    ``measure_latency`` times inference after evaluation (:func:`inference_ms_per_image`); only
+    a study whose cost is latency pays for it.
 
     ``on_result(result)`` runs before the model is saved, so the score is out (printed, written)
     even when saving then fails (full disk) after all the work.
@@ -122,7 +131,7 @@ def train(
     """
     return (trainer or Trainer(reuse=False)).train(
         config, data, epoch_callback=epoch_callback, verbose=verbose, save_path=save_path,
-        device=device, phase_callback=phase_callback, on_result=on_result,
+        device=device, phase_callback=phase_callback, on_result=on_result, measure_latency=measure_latency,
     )
 
 
@@ -157,6 +166,7 @@ class Trainer:
         save_path: str | Path | None = None,
         device: DeviceInfo | None = None,
         on_result: Callable[[TrainResult], None] | None = None,
+        measure_latency: bool = False,
     ) -> TrainResult:
         """One run; see :func:`train`."""
         import keras
@@ -201,6 +211,10 @@ class Trainer:
             best_miou, per_class, labels = _evaluate(compiled.model, prepared.x_val, prepared.y_val,
                                                      batch_size, tta=config.tta)
             clock.mark("evaluate_s")
+            latency = None
+            if measure_latency:
+                latency = inference_ms_per_image(compiled.model, prepared.x_val, tta=config.tta)
+                clock.mark("latency_s")
             timings = dict(clock.timings, epoch_s=recorder.seconds, reused_model=reused_model,
                            reused_data=reused_data)
             result = TrainResult(
@@ -217,10 +231,14 @@ class Trainer:
                 timings=timings,
                 confusion_matrix=confusion_counts(prepared.y_val, labels).tolist(),
                 preview=preview_sample(prepared.x_val, prepared.y_val, labels),
+                n_params=compiled.n_params(),
+                inference_ms_per_image=latency,
             )
             _say(out, f"best epoch {result.best_epoch + 1}: validation mIoU {_fmt(best_miou)}"
                       f"{' (flip TTA)' if config.tta else ''}; "
                       + " ".join(f"c{c}={_fmt(v)}" for c, v in per_class.items())
+                      + f"; {result.n_params:,} params"
+                      + (f", {latency:.3g} ms/image" if latency is not None else "")
                       + f"; {result.wall_time_s:.1f}s")
             if on_result is not None:
                 on_result(result)  # out before saving, which can fail (full disk) after all the work
@@ -374,6 +392,12 @@ class _Compiled:
         self.optimizer.set(config.learning_rate, config.weight_decay)
         self.params.set(config.focal_gamma, class_weights)
 
+    def n_params(self) -> int:
+        """The model's parameter count as ``count_params`` of a plain built model gives it: the
+        tunable loss values attached to this one (focal gamma, class weights) are not the model's."""
+        own = {id(v) for v in self.params.weights}
+        return int(sum(math.prod(v.shape) for v in self.model.weights if id(v) not in own))
+
     def portable(self, config: TrainConfig, class_weights: np.ndarray) -> keras.Model:
         """A copy without the variable holders, compiled with plain values: what a ``.keras``
         file should hold (it loads anywhere this package's losses are importable)."""
@@ -516,6 +540,33 @@ def _evaluate(
     labels = np.argmax(np.asarray(probs), axis=-1).astype(masks.dtype)
     per_class = {int(c): float(v) for c, v in iou_per_class(masks, labels).items()}
     return float(mean_iou(masks, labels)), per_class, labels
+
+
+def inference_ms_per_image(model: keras.Model, images: np.ndarray, *, tta: bool) -> float:
+    """Milliseconds per image of inference on this process's device: the median of
+    :data:`LATENCY_RUNS` timed passes over the first :data:`LATENCY_IMAGES` validation images,
+    after one untimed warm-up pass (tracing, allocation).
+
+    One pass is one forward call on the batch, or four (the flips) with flip TTA, as the
+    prediction that scored the trial. ``predict_on_batch`` returns numpy, so asynchronous
+    backends (JAX, GPUs) have finished when the clock stops.
+    """
+    from worker.training.batches import FLIP_AXES
+
+    x = np.asarray(images[:LATENCY_IMAGES], dtype=np.float32)[..., None]
+    inputs = [np.ascontiguousarray(np.flip(x, axis=a)) if a else x for a in FLIP_AXES] if tta else [x]
+
+    def one_pass() -> None:
+        for batch in inputs:
+            np.asarray(model.predict_on_batch(batch))
+
+    one_pass()  # warm-up: not timed
+    seconds = []
+    for _ in range(LATENCY_RUNS):
+        start = time.perf_counter()
+        one_pass()
+        seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds)) * 1000.0 / len(x)
 
 
 def _detect_device(mixed_precision: str) -> DeviceInfo:
