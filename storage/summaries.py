@@ -107,6 +107,7 @@ def study_overviews(engine: sqlalchemy.Engine, user_attr_keys: Collection[str] =
         for sid, state, n, started in conn.execute(sqlalchemy.text(
                 "SELECT study_id, state, count(*), min(datetime_start) FROM trials GROUP BY study_id, state")):
             counts[sid][_state(state)] = int(n)
+            started = _when(started)
             if started is not None and (first.get(sid) is None or started < first[sid]):
                 first[sid] = started
         extremes = {sid: (hi, lo) for sid, hi, lo in conn.execute(sqlalchemy.text(
@@ -244,7 +245,7 @@ def load_trials(
         trials.append(FrozenTrial(
             number=number, state=_state(state), value=None,
             values=[objective_values[k] for k in sorted(objective_values)] if objective_values else None,
-            datetime_start=start, datetime_complete=complete,
+            datetime_start=_when(start), datetime_complete=_when(complete),
             params=params_of[tid], distributions=dists_of[tid], user_attrs=attrs[tid], system_attrs={},
             intermediate_values=steps[tid], trial_id=tid,
         ))
@@ -270,6 +271,13 @@ def _read_steps(conn: sqlalchemy.Connection, rows: Any, steps: dict[int, dict[in
         return
     for tid, step, value, kind in rows(f"SELECT trial_id, step, intermediate_value, intermediate_value_type {table}"):
         steps[tid][step] = value if kind == "FINITE" else _float(value, kind)
+
+
+def _when(value: Any) -> datetime.datetime | None:
+    """A timestamp column as a naive datetime: SQLite hands raw queries its ISO text."""
+    if isinstance(value, str):
+        return datetime.datetime.fromisoformat(value)
+    return value
 
 
 def _float(value: float | None, kind: Any) -> float:

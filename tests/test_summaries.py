@@ -7,6 +7,7 @@ values, several objectives and a second study in the same database.
 
 from __future__ import annotations
 
+import datetime
 import math
 
 import optuna
@@ -62,10 +63,16 @@ def _same(ours: optuna.trial.FrozenTrial, theirs: optuna.trial.FrozenTrial, *, i
             assert (math.isnan(mine) and math.isnan(value)) or mine == value, step
 
 
-@pytest.fixture
-def two_studies(pg_url):
-    storage.init_schema(pg_url)
-    rdb = storage.open_storage(pg_url, heartbeat_interval=None, role="coordinator")
+@pytest.fixture(params=["postgresql", "sqlite"])
+def two_studies(request, tmp_path):
+    """The same two studies on the machine's PostgreSQL and in an SQLite file (the default
+    storage), where raw queries return timestamps as text."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'studies.db'}"
+    storage.init_schema(url)
+    rdb = storage.open_storage(url, heartbeat_interval=None, role="coordinator")
     study = optuna.create_study(study_name="a", storage=rdb, direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     study.set_user_attr("created", {"at": "2026-11-26T10:00:00+00:00"})
@@ -121,7 +128,7 @@ def test_study_overviews_count_and_pick_best_per_direction(two_studies):
     assert a.user_attrs == {"created": {"at": "2026-11-26T10:00:00+00:00"}} and b.user_attrs == {}
     assert b.directions == (StudyDirection.MINIMIZE, StudyDirection.MAXIMIZE)
     assert b.best_value is None  # several objectives: no single best value
-    assert a.first_start is not None
+    assert isinstance(a.first_start, datetime.datetime)
 
 
 def test_snapshot_serves_optuna_readers_and_refuses_writes(two_studies):
