@@ -718,7 +718,7 @@ E2E_TEAM = (
 )
 E2E_TEARDOWN = (
     "docker compose --profile '*' down --volumes",
-    "docker compose -f docker-compose.workers.yml --profile '*' down",
+    "docker compose -f docker-compose.workers.yml --profile '*' down --volumes",
 )
 E2E_README = (*E2E_SETUP, "docker compose up -d postgres dashboard worker-cpu", "docker compose ps -a")
 E2E_SPACE = {
