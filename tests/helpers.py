@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 import subprocess
 import sys
+from typing import Any
 
 #: The venv's ``bin`` directory holding the ``tuner`` and ``worker`` console scripts.
 BIN = Path(sys.executable).parent
@@ -54,3 +55,16 @@ def terminate_backends(admin_conn, database: str) -> int:  # noqa: ANN001 - a ps
         killed = cur.fetchone()[0]
     admin_conn.close()
     return killed
+
+
+def one_cli_error(result: Any, *needles: str) -> str:
+    """The same contract for an in-process ``CliRunner`` result: exit 1, a single short
+    ``error:`` line on stderr that contains every needle; returns the line."""
+    assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr, result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[:2000]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert len(lines[0]) < 400, lines[0][:400]
+    return lines[0]

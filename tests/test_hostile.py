@@ -28,6 +28,7 @@ from contract.config import ConfigError, TrainConfig
 from contract.data import DataError, check_trainable, load_npz
 from contract.space import SearchSpace, SpaceError
 from contract.synth import write_npz
+from helpers import one_cli_error
 import storage
 from storage.engine import engine_kwargs
 from storage.url import mask_url, resolve_url, scrub
@@ -40,18 +41,6 @@ SECRET = "hunter2secret"
 
 def invoke(app, *args: str, env: dict[str, str] | None = None):
     return CliRunner().invoke(app, [str(a) for a in args], env=env)
-
-
-def one_error(result, *needles: str) -> str:
-    """The single ``error:`` line of a failed command; it contains every needle."""
-    assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr, result.exception)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[:2000]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert len(lines[0]) < 400, lines[0][:400]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +76,10 @@ def test_query_string_password_is_masked_in_cli_lines(pg_url):
     assert created.exit_code == 0, created.stderr
     assert "password=***" in created.stdout and SECRET not in created.stdout
     unreachable = f"postgresql://postgres@127.0.0.1:1/x?password={SECRET}"
-    line = one_error(invoke(tuner_app, "db", "check", "--storage", unreachable), "password=***")
+    line = one_cli_error(invoke(tuner_app, "db", "check", "--storage", unreachable), "password=***")
     assert SECRET not in line
     # The worker's lines go through the same mask: "no study" comes before TensorFlow loads.
-    one_error(invoke(worker_app, "run", "--study", "nope", "--data", "x.npz", "--storage", url),
+    one_cli_error(invoke(worker_app, "run", "--study", "nope", "--data", "x.npz", "--storage", url),
               "no study 'nope'", "password=***")
 
 
@@ -145,7 +134,7 @@ def test_list_and_status_show_hostile_names_literally(tuner_home, tmp_path):
 
 def test_create_refuses_control_characters_in_names(tuner_home, tmp_path, npz):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    one_error(invoke(tuner_app, "create", "a\x1b[31mb", "--data", npz, "--storage", url), "control characters")
+    one_cli_error(invoke(tuner_app, "create", "a\x1b[31mb", "--data", npz, "--storage", url), "control characters")
 
 
 @pytest.mark.parametrize("name", ["../escaped", "a/b", ".hidden", "/abs"])
@@ -153,7 +142,7 @@ def test_demo_study_name_cannot_write_outside_tuner_home(tmp_path, monkeypatch, 
     home = tmp_path / "deep" / "home"
     monkeypatch.setenv("TUNER_HOME", str(home))
     monkeypatch.delenv("TUNER_STORAGE", raising=False)
-    one_error(invoke(tuner_app, "demo", "--study", name), "--study")
+    one_cli_error(invoke(tuner_app, "demo", "--study", name), "--study")
     assert not list(tmp_path.rglob("*"))  # refused before any file or directory is made
 
 
@@ -195,7 +184,7 @@ def _hostile_files(tmp_path: Path, kind: str) -> dict[str, Path]:
 def test_hostile_space_files_are_one_short_line(tuner_home, tmp_path, npz, case):
     path = _hostile_files(tmp_path, "space")[case]
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    one_error(invoke(tuner_app, "create", "s", "--data", npz, "--space", path, "--storage", url), str(path))
+    one_cli_error(invoke(tuner_app, "create", "s", "--data", npz, "--space", path, "--storage", url), str(path))
     assert not (tmp_path / "db.sqlite").exists()
     with pytest.raises(SpaceError):
         SearchSpace.load(path)
@@ -207,7 +196,7 @@ def test_hostile_config_files_are_one_short_line(tmp_path, npz, case):
     with pytest.raises(ConfigError) as info:
         TrainConfig.load(path)
     assert len(str(info.value)) < 300 and "\n" not in str(info.value)
-    one_error(invoke(worker_app, "train", "--config", path, "--data", npz), str(path))
+    one_cli_error(invoke(worker_app, "train", "--config", path, "--data", npz), str(path))
 
 
 def test_aliases_are_refused_but_plain_yaml_still_loads(tmp_path):
@@ -257,7 +246,7 @@ def test_outputs_refuse_non_regular_targets(tmp_path, kind):
         with replacing(path) as tmp:
             tmp.write_text("new")
     _unchanged(path, kind, tmp_path)
-    one_error(invoke(worker_app, "synth-data", path, "--n", "8"), "not a regular file")
+    one_cli_error(invoke(worker_app, "synth-data", path, "--n", "8"), "not a regular file")
     _unchanged(path, kind, tmp_path)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".tmp.npz"))]
 
@@ -299,18 +288,18 @@ def test_check_trainable_refuses_unlearnable_data(npz, tmp_path):
 def test_untrainable_data_is_one_line_in_create_and_train(tuner_home, tmp_path, npz, case):
     data = _subset(npz, tmp_path / "bad.npz", 1 if case == "one image" else 4, background=case == "all background")
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    one_error(invoke(tuner_app, "create", "s", "--data", data, "--storage", url), f"--data {data}")
+    one_cli_error(invoke(tuner_app, "create", "s", "--data", data, "--storage", url), f"--data {data}")
     assert not (tmp_path / "db.sqlite").exists()
     config = tmp_path / "c.yaml"
     config.write_text("epochs: 1\n")
-    one_error(invoke(worker_app, "train", "--config", config, "--data", data), f"--data {data}")
+    one_cli_error(invoke(worker_app, "train", "--config", config, "--data", data), f"--data {data}")
 
 
 def test_save_name_too_long_fails_before_training(tmp_path, npz):
     config = tmp_path / "c.yaml"
     config.write_text("epochs: 1\n")
     save = tmp_path / ("m" * 250 + ".keras")
-    one_error(invoke(worker_app, "train", "--config", config, "--data", npz, "--save", save),
+    one_cli_error(invoke(worker_app, "train", "--config", config, "--data", npz, "--save", save),
               "--save", "at most 255")
 
 
@@ -376,17 +365,17 @@ def test_npz_header_declaring_a_pebibyte_is_refused_before_allocating(tmp_path):
     with pytest.raises(DataError, match="declares shape") as info:
         load_npz(path)
     assert "(1.0 PiB) but the file holds 64 B" in str(info.value)
-    one_error(invoke(worker_app, "inspect-data", path), "1.0 PiB")
+    one_cli_error(invoke(worker_app, "inspect-data", path), "1.0 PiB")
 
 
 def test_synth_data_with_absurd_n_is_one_line(tmp_path):
-    one_error(invoke(worker_app, "synth-data", tmp_path / "x.npz", "--n", "100000000"), "--n")
+    one_cli_error(invoke(worker_app, "synth-data", tmp_path / "x.npz", "--n", "100000000"), "--n")
     assert not (tmp_path / "x.npz").exists()
 
 
 def test_create_with_negative_seed_is_one_line_and_leaves_no_schema(tuner_home, tmp_path, npz):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    one_error(invoke(tuner_app, "create", "s", "--data", npz, "--seed", "-5", "--storage", url), "--seed")
+    one_cli_error(invoke(tuner_app, "create", "s", "--data", npz, "--seed", "-5", "--storage", url), "--seed")
     assert not (tmp_path / "db.sqlite").exists()
 
 
@@ -398,7 +387,7 @@ def test_sqlite_in_a_read_only_directory_is_one_line(tuner_home, tmp_path, npz):
         directory.mkdir()
         directory.chmod(0o555)
     url = f"sqlite:///{directory / 'tuner-test.db'}"
-    one_error(invoke(tuner_app, "create", "s", "--data", npz, "--storage", url), "cannot create the database")
+    one_cli_error(invoke(tuner_app, "create", "s", "--data", npz, "--storage", url), "cannot create the database")
     assert not (directory / "tuner-test.db").exists()
 
 
@@ -408,7 +397,7 @@ def test_non_utf8_password_file_is_one_line(tuner_home, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNER_DB_PASSWORD_FILE", str(secret))
     with pytest.raises(storage.StorageError, match="TUNER_DB_PASSWORD_FILE.*not UTF-8"):
         resolve_url("postgresql://u@h/d")
-    one_error(invoke(tuner_app, "db", "check", "--storage", "postgresql://u@127.0.0.1:1/d"), "TUNER_DB_PASSWORD_FILE")
+    one_cli_error(invoke(tuner_app, "db", "check", "--storage", "postgresql://u@127.0.0.1:1/d"), "TUNER_DB_PASSWORD_FILE")
 
 
 @pytest.mark.parametrize("variable, value", [("TUNER_POOL_SIZE", "abc"), ("TUNER_MAX_OVERFLOW", "-1")])
@@ -416,7 +405,7 @@ def test_bad_pool_settings_are_one_line(tuner_home, pg_url, tmp_path, npz, monke
     monkeypatch.setenv(variable, value)
     with pytest.raises(storage.StorageError, match=variable):
         engine_kwargs(pg_url)
-    one_error(invoke(tuner_app, "create", "s", "--data", npz, "--storage", pg_url), variable)
+    one_cli_error(invoke(tuner_app, "create", "s", "--data", npz, "--storage", pg_url), variable)
 
 
 @pytest.mark.parametrize("artifact_id", ["..", ".", "../secret.keras", "a/b"])
@@ -433,7 +422,7 @@ def test_path_like_artifact_ids_are_refused(tuner_home, tmp_path, npz, artifact_
         value=0.5, user_attrs={report.CONFIG: TrainConfig().to_dict(), report.MODEL_ARTIFACT: artifact_id},
     ))
     model = tmp_path / "out" / "best.keras"
-    one_error(invoke(tuner_app, "export", "s", "--model", model, "--artifact-dir", store, "--storage", url),
+    one_cli_error(invoke(tuner_app, "export", "s", "--model", model, "--artifact-dir", store, "--storage", url),
               "--model", "not an artifact id")
     assert not model.exists()
 
@@ -462,8 +451,6 @@ def test_worker_processes_print_no_native_tensorflow_error_lines(tmp_path):
     if "cuInit" not in verbose:
         pytest.skip("this machine's TensorFlow logs no native error line to silence (GPU present?)")
     assert "E0000" in verbose  # the switch still shows them
-
-
 
 
 def test_exported_yaml_header_names_every_required_option():

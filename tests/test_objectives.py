@@ -20,7 +20,7 @@ from contract.pareto import Pick, PickError, PickRule, Point, front
 from contract.space import SearchSpace
 from contract.study_spec import SpecError, StudySpec
 from contract.synth import write_npz
-from helpers import run_cli
+from helpers import one_cli_error, run_cli
 import storage
 from tuner import report as tuner_report
 from tuner.cli import app
@@ -36,17 +36,6 @@ VALUES = [(0.70, 1000.0), (0.695, 200.0), (0.60, 100.0), (0.65, 500.0), (0.70, 2
 
 def invoke(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_error(result, *needles: str) -> str:
-    """The single ``error:`` line of a failed command; it contains every needle."""
-    assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr, result.exception)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[:2000]
-    for needle in needles:
-        assert needle in result.stderr, (needle, result.stderr)
-    return lines[0]
 
 
 # -- the front and the pick rules (pure) ----------------------------------------------------------
@@ -168,7 +157,7 @@ def test_create_two_objectives_stores_directions_and_no_pruner(pg_url):
     assert StudySpec.of(_load(pg_url, "l")).objectives == ("miou", "latency")
     # --exist-ok with other objectives is not "the same study".
     again = invoke("create", "l", "--fingerprint", FINGERPRINT, "--exist-ok", "--storage", pg_url)
-    one_error(again, "exists with objectives miou,latency, not miou")
+    one_cli_error(again, "exists with objectives miou,latency, not miou")
     # The single-objective default is unchanged.
     assert invoke("create", "one", "--fingerprint", FINGERPRINT, "--storage", pg_url).exit_code == 0
     single = _load(pg_url, "one")
@@ -186,7 +175,7 @@ def test_create_two_objectives_stores_directions_and_no_pruner(pg_url):
 ])
 def test_create_refuses_bad_combinations_in_one_line(pg_url, args, message):
     result = invoke("create", "s", "--fingerprint", FINGERPRINT, *args, "--storage", pg_url)
-    one_error(result, message)
+    one_cli_error(result, message)
     assert storage.current_revision(pg_url) is None  # validated before touching the database
 
 
@@ -198,7 +187,7 @@ def test_create_refuses_bad_combinations_in_one_line(pg_url, args, message):
 def test_demo_refuses_bad_objectives_and_picks_before_writing(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TUNER_HOME", str(tmp_path / "home"))
-    one_error(invoke("demo", *args, "--storage", f"sqlite:///{tmp_path}/t.db"), message)
+    one_cli_error(invoke("demo", *args, "--storage", f"sqlite:///{tmp_path}/t.db"), message)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -253,7 +242,7 @@ def test_status_shows_the_front_and_the_picked_trial(pg_url):
 
     result = invoke("status", "s", "--pick", "smallest-within 0.01", "--storage", pg_url)
     assert result.exit_code == 0 and "-> trial 1:" in result.stdout, result.stderr
-    one_error(invoke("status", "s", "--pick", "cheapest", "--storage", pg_url), "--pick 'cheapest' is not a pick rule")
+    one_cli_error(invoke("status", "s", "--pick", "cheapest", "--storage", pg_url), "--pick 'cheapest' is not a pick rule")
 
 
 def test_export_writes_the_picked_trials_config(pg_url, tmp_path):
@@ -268,7 +257,7 @@ def test_export_writes_the_picked_trials_config(pg_url, tmp_path):
         assert yaml.safe_load(text) == by_number[number].user_attrs[attrs.CONFIG]
         assert f"# Pareto pick ({Pick.parse(pick)}) of study 's'" in text and f"# trial: {number}\n" in text
         assert f"# params: {VALUES[number][1]!r}" in text
-    one_error(invoke("export", "s", "--pick", "smallest-within -1", "--storage", pg_url), "is not a pick rule")
+    one_cli_error(invoke("export", "s", "--pick", "smallest-within -1", "--storage", pg_url), "is not a pick rule")
 
 
 def test_one_objective_takes_only_the_default_pick(pg_url, tmp_path):
@@ -280,7 +269,7 @@ def test_one_objective_takes_only_the_default_pick(pg_url, tmp_path):
     study.tell(trial, 0.5)
     for command in (["status", "s"], ["export", "s"], ["report", "s", "-o", tmp_path / "r.html"]):
         result = invoke(*command, "--pick", "smallest-within 0.01", "--storage", pg_url)
-        one_error(result, "--pick smallest-within 0.01 needs a study with two objectives")
+        one_cli_error(result, "--pick smallest-within 0.01 needs a study with two objectives")
         assert not (tmp_path / "r.html").exists()  # nothing half-written
         assert invoke(*command, "--pick", "best-miou", "--storage", pg_url).exit_code == 0
     assert "best:     0.5000 (trial 0)" in _status(pg_url)
