@@ -178,7 +178,11 @@ class ConnectionSampler:
 
 
 def _quiet() -> None:
+    import logging
+
     import optuna
+
+    logging.getLogger("storage").setLevel(logging.ERROR)  # "waiting Ns for the lock" is expected here
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
