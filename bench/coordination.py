@@ -128,8 +128,9 @@ def create_database() -> tuple[str, str]:
     return name, url
 
 
-def drop_database(name: str) -> None:
-    conn = _admin()
+def drop_database(name: str, conn: Any = None) -> None:
+    """Drop ``name``; ``conn``: an admin connection opened early (the workers may fill the server)."""
+    conn = conn or _admin()
     with conn.cursor() as cur:
         cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     conn.close()
@@ -138,18 +139,20 @@ def drop_database(name: str) -> None:
 class ConnectionSampler:
     """Samples the number of sessions on one database every ``interval`` s; keeps the peak.
 
-    It connects to the ``postgres`` maintenance database, so its own session is not counted.
+    It connects to the ``postgres`` maintenance database, so its own session is not counted, and
+    it does so when created, before the workers start: they may take every connection the
+    server allows.
     """
 
     def __init__(self, database: str, interval: float = 0.1) -> None:
         self.database, self.interval = database, interval
+        self._conn = _admin()
         self.samples: list[int] = []
         self.per_worker = 0  # most sessions one project worker held at once (by application_name)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> ConnectionSampler:
-        self._conn = _admin()
         self._thread.start()
         return self
 
@@ -237,7 +240,7 @@ def _worker(mode: str, url: str, study_name: str, budget: int, pace_s: float, ma
 
         study.trials  # noqa: B018 - warm the connection and the trial cache before the clock starts
     except Exception as exc:  # noqa: BLE001 - reported as this worker's error
-        error = f"setup: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+        error = f"setup: {_error_line(exc)}"
     barrier.wait()
     deadline = time.perf_counter() + max_s
     try:
@@ -258,8 +261,18 @@ def _worker(mode: str, url: str, study_name: str, budget: int, pace_s: float, ma
             if pace_s:
                 time.sleep(pace_s)  # the trial's "training": the database is not involved
     except Exception as exc:  # noqa: BLE001 - reported as this worker's error
-        error = f"run: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+        error = f"run: {_error_line(exc)}"
     results.put({"asks": asks, "suggests": suggests, "tells": tells, "overheads": overheads, "error": error})
+
+
+def _error_line(exc: BaseException) -> str:
+    """The error and its root cause in one line (Optuna wraps the server's refusal in its own error)."""
+    root = exc
+    while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+    first = (str(root).strip().splitlines() or [""])[0][:200]
+    via = "" if root is exc else f"{type(exc).__name__} <- "
+    return f"{via}{type(root).__name__}: {first}"
 
 
 def run_workers(mode: str, url: str, database: str, n_workers: int, budget: int, pace_s: float,
@@ -269,7 +282,10 @@ def run_workers(mode: str, url: str, database: str, n_workers: int, budget: int,
     from optuna.trial import TrialState
 
     study_name = f"{mode}-{n_workers}-{uuid.uuid4().hex[:6]}"
-    optuna.create_study(study_name=study_name, storage=url)
+    creator = optuna.storages.RDBStorage(url)
+    optuna.create_study(study_name=study_name, storage=creator)
+    creator.engine.dispose()
+    sampler = ConnectionSampler(database)
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(n_workers + 1)
     results = ctx.Queue()
@@ -278,7 +294,7 @@ def run_workers(mode: str, url: str, database: str, n_workers: int, budget: int,
     for p in procs:
         p.start()
     barrier.wait(timeout=600)  # every worker has imported, connected and loaded the study
-    with ConnectionSampler(database) as sampler:
+    with sampler:
         started = time.perf_counter()
         rows = [results.get(timeout=max_s + 300) for _ in procs]
         elapsed = time.perf_counter() - started
@@ -290,8 +306,10 @@ def run_workers(mode: str, url: str, database: str, n_workers: int, budget: int,
               ("asks", "suggests", "tells", "overheads")}
     n = len(merged["asks"])
     overhead_mean = float(merged["overheads"].mean()) if n else math.nan
-    finished = len(optuna.load_study(study_name=study_name, storage=url).get_trials(
+    reader = optuna.storages.RDBStorage(url)
+    finished = len(optuna.load_study(study_name=study_name, storage=reader).get_trials(
         deepcopy=False, states=(TrialState.COMPLETE,)))
+    reader.engine.dispose()
     return {
         "mode": mode,
         "workers": n_workers,
@@ -535,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     print(f"database {database} (dropped at the end); load average {os.getloadavg()}", flush=True)
+    admin = _admin()  # kept for the drop: at the end the workers may have filled the server
     load_start = list(os.getloadavg())
     try:
         rows = []
@@ -549,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
         history = run_history(url, sizes, args.asks) if sizes else {}
     finally:
-        drop_database(database)
+        drop_database(database, admin)
     result = {
         "benchmark": "coordination",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
