@@ -19,9 +19,13 @@ _QUERY = sqlalchemy.text("SELECT state, count(*) FROM trials WHERE study_id = :s
 _WAITING = sqlalchemy.text("SELECT trial_id FROM trials WHERE study_id = :sid AND state = 'WAITING' ORDER BY number")
 
 
-def count_trials(storage: RDBStorage, study_name: str) -> Counter[TrialState]:
-    """Trials of ``study_name`` per :class:`TrialState` (absent states count 0)."""
-    study_id = storage.get_study_id_from_name(study_name)
+def count_trials(storage: RDBStorage, study_name: str, study_id: int | None = None) -> Counter[TrialState]:
+    """Trials of ``study_name`` per :class:`TrialState` (absent states count 0).
+
+    ``study_id``, when the caller knows it, saves looking the name up.
+    """
+    if study_id is None:
+        study_id = storage.get_study_id_from_name(study_name)
     rows = read(storage, _QUERY, {"sid": study_id})  # under the budget lock: its transaction
     return Counter({TrialState[str(state).split(".")[-1]]: int(n) for state, n in rows})
 

@@ -59,7 +59,7 @@ def _reserve(
     """
     storage.adopt_orphans(rdb, study._study_id)
     storage.fail_stale_trials(study)
-    counts = count_trials(rdb, study.study_name)
+    counts = count_trials(rdb, study.study_name, study._study_id)
     allocated = sum(counts[state] for state in ALLOCATED)
     # Study.ask's own order: a queued trial first (it holds its slot already), else a new one.
     trial_id = _pop_waiting(study, rdb) if counts[TrialState.WAITING] else None
