@@ -327,6 +327,9 @@ def run_workers(mode: str, url: str, database: str, n_workers: int, budget: int,
         "tell_ms": _percentiles(merged["tells"]),
         "overhead_ms": _percentiles(merged["overheads"]),
         "overhead_pct_of_1min_trial": 100.0 * overhead_mean / TRIAL_S,
+        # Worker-seconds per finished trial (N / throughput): the same share, but counting every
+        # second a worker spent, including a last ask that waited only to hear "budget spent".
+        "worker_s_per_trial_pct_of_1min": 100.0 * n_workers * elapsed / max(n, 1) / TRIAL_S,
         "db_connections_peak": sampler.peak,
         "db_connections_per_worker_peak": sampler.per_worker if mode == "project" else None,
     }
@@ -474,9 +477,10 @@ def print_tables(result: dict[str, Any]) -> None:
     print("\nN concurrent workers, trivial objective. Latencies in ms; 'sugg' = the four suggest"
           " calls (+ heartbeat start/stop in the project arm); overhead = ask+sugg+tell per trial"
           " and its share of a 60 s trial; conns = peak sessions on the database (per worker:"
-          " the most one project worker held); done = COMPLETE trials / budget")
+          " the most one project worker held); done = COMPLETE trials / budget; N/tput = worker-seconds"
+          " per trial (N x wall time / trials) as a share of a 60 s trial")
     print(f"{'arm':8} {'N':>3} {'pace':>5} {'trials/s':>9} {'ask p50':>8} {'ask p95':>8} {'ask p99':>8} "
-          f"{'sugg p50':>8} {'tell p50':>8} {'tell p95':>8} {'ovh mean':>9} {'% of 1min':>9} {'conns':>6} "
+          f"{'sugg p50':>8} {'tell p50':>8} {'tell p95':>8} {'ovh mean':>9} {'% of 1min':>9} {'N/tput %':>8} {'conns':>6} "
           f"{'/worker':>7} {'done':>9} {'failed':>6}")
     for r in result["workers"]:
         per = r["db_connections_per_worker_peak"]
@@ -484,7 +488,8 @@ def print_tables(result: dict[str, Any]) -> None:
               f"{r['ask_ms']['p50']:>8.1f} {r['ask_ms']['p95']:>8.1f} {r['ask_ms']['p99']:>8.1f} "
               f"{r['suggest_ms']['p50']:>8.1f} {r['tell_ms']['p50']:>8.1f} "
               f"{r['tell_ms']['p95']:>8.1f} {r['overhead_ms']['mean']:>9.1f} "
-              f"{r['overhead_pct_of_1min_trial']:>8.3f}% {r['db_connections_peak']:>6} "
+              f"{r['overhead_pct_of_1min_trial']:>8.3f}% {r['worker_s_per_trial_pct_of_1min']:>7.3f}% "
+              f"{r['db_connections_peak']:>6} "
               f"{'-' if per is None else per:>7} {r['finished']:>4}/{r['budget']:<4} {r['workers_failed']:>6}")
         for error in r["errors"]:
             print(f"    {r['mode']} N={r['workers']} worker error: {error}")
