@@ -158,10 +158,16 @@ def _acquire(
     on_wait: Callable[[float], None] | None,
     on_log: Callable[[str], None],
 ) -> None:
-    """Take the lock in the transaction ``conn`` is left in; each try is one round trip."""
+    """Take the lock in the transaction ``conn`` is left in; each try is one round trip.
+
+    The try's short ``lock_timeout`` is put back once the lock is held (the inner select runs
+    first, left to right): the holder's own statements wait for row locks as long as any other.
+    """
     calls = ", ".join(f"set_config('{setting}', :v{i}, true)" for i, setting in enumerate(settings))
     statement = sqlalchemy.text(
-        f"SELECT {calls}, set_config('lock_timeout', :wait, true), pg_advisory_xact_lock(:k)"
+        "SELECT set_config('lock_timeout', t.before, true) FROM ("
+        f"SELECT current_setting('lock_timeout') AS before, {calls}, "
+        "set_config('lock_timeout', :wait, true), pg_advisory_xact_lock(:k) OFFSET 0) AS t"
     )
     params: dict[str, object] = {f"v{i}": value for i, value in enumerate(settings.values())}
     start = time.monotonic()

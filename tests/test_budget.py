@@ -213,3 +213,16 @@ def test_training_workers_hold_one_connection_each(pg_url):
         engine.dispose()
     assert [p.exitcode for p in procs] == [0] * n
     assert len(peak) == n and set(peak.values()) == {1}, peak
+
+
+def test_the_holder_waits_for_row_locks_as_long_as_configured(pg_url):
+    """A lock won in a short try must not leave that try's lock_timeout to the holder's statements."""
+    import sqlalchemy
+
+    from storage.locks import named_lock
+
+    storage.init_schema(pg_url)
+    rdb = storage.open_storage(pg_url)
+    with named_lock(pg_url, "t", engine=rdb.engine) as held:
+        shown = held.connection.execute(sqlalchemy.text("SHOW lock_timeout")).scalar_one()
+    assert shown == "30s"  # storage.engine.LOCK_TIMEOUT_MS, not the try's 50 ms
