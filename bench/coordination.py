@@ -3,32 +3,44 @@
 Two questions, answered against the machine's PostgreSQL in a fresh ``bench_<uuid>`` database
 that is dropped at the end:
 
-1. **N concurrent workers** (spawned processes, a trivial objective ``x**2 + y``): trials/s, ask /
-   suggest / tell latency percentiles, per-trial overhead as a share of a one-minute trial, and the
-   peak number of database connections the workers hold (``pg_stat_activity``, sampled every
-   100 ms). Two arms run the same loop:
+1. **N concurrent workers** (spawned processes, a trivial objective ``x**2 + y``) sharing one
+   study with a budget of ``--trials-per-worker`` x N trials: trials/s, ask / suggest / tell
+   latency percentiles, per-trial overhead as a share of a one-minute trial, the peak number of
+   database connections (``pg_stat_activity``, sampled every 100 ms; also the most any one
+   project worker held), and whether exactly the budget was finished. Two arms run the same loop
+   side by side, one after the other, for each worker count and each pace:
 
    * ``project``: exactly what ``worker run`` does around a trial: ``storage.open_storage``
-     (small pool, pre-ping, heartbeats), ``worker.budget.ask_within_budget`` (advisory lock ->
-     fail stale trials -> count -> ask), a :class:`storage.Heartbeat` around the objective,
-     ``study.tell``;
+     (one pooled connection, pre-ping, heartbeats), ``worker.budget.ask_within_budget``
+     (advisory lock -> adopt beat-less trials -> fail stale trials -> count -> take a slot ->
+     release; then the ``optuna.Trial``), a :class:`storage.Heartbeat` around the objective,
+     ``study.tell``; a worker stops when the budget says no;
    * ``raw``: ``optuna.create_study(storage=url, load_if_exists=True)``, ``study.ask()``,
-     ``study.tell()``, all Optuna defaults.
+     ``study.tell()``, all Optuna defaults; the budget is Optuna's own ``MaxTrialsCallback``
+     rule (stop once the study has that many COMPLETE trials), checked before each ask and
+     timed as part of it.
+
+   ``--paces``: 0 is the worst case (every worker asks again at once, so N workers keep the
+   database and the lock saturated); a pace of P seconds makes each trial also sleep P s, so
+   the asks arrive at about N / P per second and the overhead is what one trial pays at that rate.
 
 2. **Ask latency vs history**: one process, studies pre-filled with 100 / 1000 / 5000 finished
    trials, ``--asks`` timed ask+suggest+tell rounds per variant: default TPE (raw and through
    ``ask_within_budget``), TPE without multivariate / constant liar, RandomSampler, default TPE
    through Optuna's gRPC storage proxy, and our one-query ``count_trials`` vs Optuna's
-   ``get_n_trials`` (which loads every trial).
+   ``get_n_trials`` (which loads every trial). ``--history ''`` skips it.
 
-"Ask latency" is ``ask`` plus the four ``suggest_*`` calls: with Optuna's independent sampling
-the sampler does its work inside ``suggest``, so ``ask`` alone would hide it.
+"Ask latency" in part 2 is ``ask`` plus the four ``suggest_*`` calls: with Optuna's relative
+sampling done lazily at the first ``suggest``, ``ask`` alone would hide the sampler's work. In
+part 1 the two are reported apart ("ask" and "sugg").
 
-On a 2-core machine shared with other work, 16 processes mostly measure CPU contention (the
-database, the sampler and the workers share two cores); the numbers are indicative, not a
-capacity figure for a real cluster where workers sit on their own machines.
+On a 2-core machine shared with other work, 32 or 64 processes mostly measure CPU contention (the
+database, the samplers and the workers share two cores): at pace 0 a trial's overhead is about
+N / (trials per second), whatever the code does. The numbers are indicative, not a capacity
+figure for a real cluster where workers sit on their own machines.
 
-    python bench/coordination.py                    # default sizes, a few minutes
+    python bench/coordination.py                    # default sizes, several minutes
+    python bench/coordination.py --workers 32,64 --paces 0,5 --history ''
     python bench/coordination.py --smoke            # seconds
 """
 
@@ -116,8 +128,9 @@ def create_database() -> tuple[str, str]:
     return name, url
 
 
-def drop_database(name: str) -> None:
-    conn = _admin()
+def drop_database(name: str, conn: Any = None) -> None:
+    """Drop ``name``; ``conn``: an admin connection opened early (the workers may fill the server)."""
+    conn = conn or _admin()
     with conn.cursor() as cur:
         cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     conn.close()
@@ -126,17 +139,20 @@ def drop_database(name: str) -> None:
 class ConnectionSampler:
     """Samples the number of sessions on one database every ``interval`` s; keeps the peak.
 
-    It connects to the ``postgres`` maintenance database, so its own session is not counted.
+    It connects to the ``postgres`` maintenance database, so its own session is not counted, and
+    it does so when created, before the workers start: they may take every connection the
+    server allows.
     """
 
     def __init__(self, database: str, interval: float = 0.1) -> None:
         self.database, self.interval = database, interval
+        self._conn = _admin()
         self.samples: list[int] = []
+        self.per_worker = 0  # most sessions one project worker held at once (by application_name)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> ConnectionSampler:
-        self._conn = _admin()
         self._thread.start()
         return self
 
@@ -148,8 +164,12 @@ class ConnectionSampler:
     def _run(self) -> None:
         with self._conn.cursor() as cur:
             while not self._stop.is_set():
-                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self.database,))
-                self.samples.append(int(cur.fetchone()[0]))
+                cur.execute("SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = %s "
+                            "GROUP BY application_name", (self.database,))
+                rows = cur.fetchall()
+                self.samples.append(sum(int(n) for _, n in rows))
+                named = [int(n) for app, n in rows if app.startswith("mars-tuner-worker@")]
+                self.per_worker = max([self.per_worker, *named])
                 self._stop.wait(self.interval)
 
     @property
@@ -161,92 +181,144 @@ class ConnectionSampler:
 
 
 def _quiet() -> None:
+    import logging
+
     import optuna
+
+    logging.getLogger("storage").setLevel(logging.ERROR)  # "waiting Ns for the lock" is expected here
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
-def _worker(mode: str, url: str, study_name: str, seconds: float, index: int,
+def _worker(mode: str, url: str, study_name: str, budget: int, pace_s: float, max_s: float, index: int,
             barrier: Any, results: Any) -> None:
-    """One worker process: set up, wait for the others, run trials until the deadline."""
+    """One worker process: set up, wait for the others, run trials until the budget is spent.
+
+    A failure (e.g. the server refusing a connection past ``max_connections``) is reported, not
+    raised, so that the others' numbers still come back and the finding is shown.
+    """
     import optuna
+    from optuna.trial import TrialState
 
     _quiet()
-    if mode == "project":
-        from contract.study_spec import StudySpec
-        import storage
-        from worker.budget import ask_within_budget
+    asks: list[float] = []
+    suggests: list[float] = []
+    tells: list[float] = []
+    overheads: list[float] = []
+    error = None
+    try:
+        if mode == "project":
+            from contract.study_spec import StudySpec
+            import storage
+            from worker.budget import ask_within_budget
 
-        rdb = storage.open_storage(
-            url, heartbeat_interval=StudySpec.heartbeat_interval, grace_period=StudySpec.grace_period,
-            max_retry=StudySpec.max_retry,
-        )
-        study = optuna.load_study(study_name=study_name, storage=rdb,
-                                  sampler=optuna.samplers.TPESampler(seed=1000 + index))
+            rdb = storage.open_storage(
+                url, heartbeat_interval=StudySpec.heartbeat_interval, grace_period=StudySpec.grace_period,
+                max_retry=StudySpec.max_retry,
+            )
+            study = optuna.load_study(study_name=study_name, storage=rdb,
+                                      sampler=optuna.samplers.TPESampler(seed=1000 + index))
 
-        def ask():
-            trial, _ = ask_within_budget(study, rdb, url, 10**9)
-            return trial
+            def ask():
+                return ask_within_budget(study, rdb, url, budget)[0]
 
-        def run(trial):
-            with storage.Heartbeat(rdb, trial._trial_id):
+            def run(trial):
+                with storage.Heartbeat(rdb, trial._trial_id):
+                    return objective(trial)
+        else:
+            study = optuna.create_study(study_name=study_name, storage=url, load_if_exists=True)
+
+            def ask():  # MaxTrialsCallback's rule: stop once the study has `budget` COMPLETE trials
+                if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= budget:
+                    return None
+                return study.ask()
+
+            def run(trial):
                 return objective(trial)
-    else:
-        study = optuna.create_study(study_name=study_name, storage=url, load_if_exists=True)
-        ask = study.ask
 
-        def run(trial):
-            return objective(trial)
-
-    study.trials  # noqa: B018 - warm the connection and the trial cache before the clock starts
+        study.trials  # noqa: B018 - warm the connection and the trial cache before the clock starts
+    except Exception as exc:  # noqa: BLE001 - reported as this worker's error
+        error = f"setup: {_error_line(exc)}"
     barrier.wait()
-    asks, suggests, tells, overheads = [], [], [], []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        trial = ask()
-        t1 = time.perf_counter()
-        value = run(trial)
-        t2 = time.perf_counter()
-        study.tell(trial, value)
-        t3 = time.perf_counter()
-        asks.append(t1 - t0)
-        suggests.append(t2 - t1)
-        tells.append(t3 - t2)
-        overheads.append(t3 - t0)
-    results.put({"asks": asks, "suggests": suggests, "tells": tells, "overheads": overheads})
+    deadline = time.perf_counter() + max_s
+    try:
+        while error is None and time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            trial = ask()
+            t1 = time.perf_counter()
+            if trial is None:
+                break
+            value = run(trial)
+            t2 = time.perf_counter()
+            study.tell(trial, value)
+            t3 = time.perf_counter()
+            asks.append(t1 - t0)
+            suggests.append(t2 - t1)
+            tells.append(t3 - t2)
+            overheads.append(t3 - t0)
+            if pace_s:
+                time.sleep(pace_s)  # the trial's "training": the database is not involved
+    except Exception as exc:  # noqa: BLE001 - reported as this worker's error
+        error = f"run: {_error_line(exc)}"
+    results.put({"asks": asks, "suggests": suggests, "tells": tells, "overheads": overheads, "error": error})
 
 
-def run_workers(mode: str, url: str, database: str, n_workers: int, seconds: float) -> dict[str, Any]:
-    """``n_workers`` spawned processes on one new study for ``seconds``; aggregated numbers."""
+def _error_line(exc: BaseException) -> str:
+    """The error and its root cause in one line (Optuna wraps the server's refusal in its own error)."""
+    root = exc
+    while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+    first = (str(root).strip().splitlines() or [""])[0][:200]
+    via = "" if root is exc else f"{type(exc).__name__} <- "
+    return f"{via}{type(root).__name__}: {first}"
+
+
+def run_workers(mode: str, url: str, database: str, n_workers: int, budget: int, pace_s: float,
+                max_s: float) -> dict[str, Any]:
+    """``n_workers`` spawned processes on one new study until ``budget`` trials; aggregated numbers."""
     import optuna
+    from optuna.trial import TrialState
 
     study_name = f"{mode}-{n_workers}-{uuid.uuid4().hex[:6]}"
-    optuna.create_study(study_name=study_name, storage=url)
+    creator = optuna.storages.RDBStorage(url)
+    optuna.create_study(study_name=study_name, storage=creator)
+    creator.engine.dispose()
+    sampler = ConnectionSampler(database)
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(n_workers + 1)
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(mode, url, study_name, seconds, i, barrier, results))
+    procs = [ctx.Process(target=_worker, args=(mode, url, study_name, budget, pace_s, max_s, i, barrier, results))
              for i in range(n_workers)]
     for p in procs:
         p.start()
-    barrier.wait(timeout=300)  # every worker has imported, connected and loaded the study
-    with ConnectionSampler(database) as sampler:
+    barrier.wait(timeout=600)  # every worker has imported, connected and loaded the study
+    with sampler:
         started = time.perf_counter()
-        rows = [results.get(timeout=seconds + 300) for _ in procs]
+        rows = [results.get(timeout=max_s + 300) for _ in procs]
         elapsed = time.perf_counter() - started
     for p in procs:
         p.join(timeout=60)
-        if p.exitcode != 0:
-            raise BenchError(f"a {mode} worker exited with code {p.exitcode}")
-    merged = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    errors = sorted({r["error"] for r in rows if r["error"]})
+    failed = sum(1 for r in rows if r["error"])
+    merged = {k: np.concatenate([np.asarray(r[k], dtype=float) for r in rows]) for k in
+              ("asks", "suggests", "tells", "overheads")}
     n = len(merged["asks"])
     overhead_mean = float(merged["overheads"].mean()) if n else math.nan
+    reader = optuna.storages.RDBStorage(url)
+    finished = len(optuna.load_study(study_name=study_name, storage=reader).get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE,)))
+    reader.engine.dispose()
     return {
         "mode": mode,
         "workers": n_workers,
+        "pace_s": pace_s,
+        "budget": budget,
+        "finished": finished,
+        "budget_exact": finished == budget,
+        "workers_failed": failed,
+        "errors": errors,
         "seconds": elapsed,
         "trials": n,
         "trials_per_s": n / elapsed,
@@ -255,7 +327,11 @@ def run_workers(mode: str, url: str, database: str, n_workers: int, seconds: flo
         "tell_ms": _percentiles(merged["tells"]),
         "overhead_ms": _percentiles(merged["overheads"]),
         "overhead_pct_of_1min_trial": 100.0 * overhead_mean / TRIAL_S,
+        # Worker-seconds per finished trial (N / throughput): the same share, but counting every
+        # second a worker spent, including a last ask that waited only to hear "budget spent".
+        "worker_s_per_trial_pct_of_1min": 100.0 * n_workers * elapsed / max(n, 1) / TRIAL_S,
         "db_connections_peak": sampler.peak,
+        "db_connections_per_worker_peak": sampler.per_worker if mode == "project" else None,
     }
 
 
@@ -400,16 +476,27 @@ def _time(call: Any, repeat: int) -> float:
 def print_tables(result: dict[str, Any]) -> None:
     print("\nN concurrent workers, trivial objective. Latencies in ms; 'sugg' = the four suggest"
           " calls (+ heartbeat start/stop in the project arm); overhead = ask+sugg+tell per trial"
-          " and its share of a 60 s trial; conns = peak sessions on the database")
-    print(f"{'arm':8} {'N':>3} {'trials/s':>9} {'ask p50':>8} {'ask p95':>8} {'ask p99':>8} "
-          f"{'sugg p50':>8} {'tell p50':>8} {'tell p95':>8} {'ovh mean':>9} {'% of 1min':>9} {'conns':>6}")
+          " and its share of a 60 s trial; conns = peak sessions on the database (per worker:"
+          " the most one project worker held); done = COMPLETE trials / budget; N/tput = worker-seconds"
+          " per trial (N x wall time / trials) as a share of a 60 s trial")
+    print(f"{'arm':8} {'N':>3} {'pace':>5} {'trials/s':>9} {'ask p50':>8} {'ask p95':>8} {'ask p99':>8} "
+          f"{'sugg p50':>8} {'tell p50':>8} {'tell p95':>8} {'ovh mean':>9} {'% of 1min':>9} {'N/tput %':>8} {'conns':>6} "
+          f"{'/worker':>7} {'done':>9} {'failed':>6}")
     for r in result["workers"]:
-        print(f"{r['mode']:8} {r['workers']:>3} {r['trials_per_s']:>9.1f} {r['ask_ms']['p50']:>8.1f} "
-              f"{r['ask_ms']['p95']:>8.1f} {r['ask_ms']['p99']:>8.1f} {r['suggest_ms']['p50']:>8.1f} "
-              f"{r['tell_ms']['p50']:>8.1f} "
+        per = r["db_connections_per_worker_peak"]
+        print(f"{r['mode']:8} {r['workers']:>3} {r['pace_s']:>5g} {r['trials_per_s']:>9.1f} "
+              f"{r['ask_ms']['p50']:>8.1f} {r['ask_ms']['p95']:>8.1f} {r['ask_ms']['p99']:>8.1f} "
+              f"{r['suggest_ms']['p50']:>8.1f} {r['tell_ms']['p50']:>8.1f} "
               f"{r['tell_ms']['p95']:>8.1f} {r['overhead_ms']['mean']:>9.1f} "
-              f"{r['overhead_pct_of_1min_trial']:>8.3f}% {r['db_connections_peak']:>6}")
+              f"{r['overhead_pct_of_1min_trial']:>8.3f}% {r['worker_s_per_trial_pct_of_1min']:>7.3f}% "
+              f"{r['db_connections_peak']:>6} "
+              f"{'-' if per is None else per:>7} {r['finished']:>4}/{r['budget']:<4} {r['workers_failed']:>6}")
+        for error in r["errors"]:
+            print(f"    {r['mode']} N={r['workers']} worker error: {error}")
     h = result["history"]
+    if not h:
+        print("\n".join(result["verdict"]))
+        return
     sizes = [str(s) for s in h["sizes"]]
     print(f"\nask+suggest latency p50 (ms) vs finished trials in the study ({h['asks_per_point']} "
           "asks per point; ratio = largest / smallest)")
@@ -425,14 +512,18 @@ def print_tables(result: dict[str, Any]) -> None:
 
 def verdict(result: dict[str, Any]) -> list[str]:
     lines = []
-    project = [r for r in result["workers"] if r["mode"] == "project"]
-    if project:
-        top = max(project, key=lambda r: r["workers"])
-        ok = top["overhead_pct_of_1min_trial"] < 1.0
-        lines.append(f"goal overhead < 1% of a 1-min trial at {top['workers']} workers: "
-                     f"{top['overhead_pct_of_1min_trial']:.3f}% -> {'met' if ok else 'NOT met'}")
-    sizes = [str(s) for s in result["history"]["sizes"]]
-    for variant, points in result["history"]["variants"].items():
+    for r in result["workers"]:
+        if r["mode"] != "project":
+            continue
+        raw = [o for o in result["workers"] if o["mode"] == "raw" and o["workers"] == r["workers"]
+               and o["pace_s"] == r["pace_s"]]
+        beside = f" (raw Optuna: {raw[0]['overhead_pct_of_1min_trial']:.3f}%)" if raw else ""
+        ok = r["overhead_pct_of_1min_trial"] < 1.0
+        lines.append(f"goal overhead < 1% of a 1-min trial, {r['workers']} workers, pace {r['pace_s']:g}s: "
+                     f"{r['overhead_pct_of_1min_trial']:.3f}%{beside} -> {'met' if ok else 'NOT met'}; "
+                     f"budget {r['finished']}/{r['budget']} -> {'exact' if r['budget_exact'] else 'NOT exact'}")
+    sizes = [str(s) for s in result["history"].get("sizes", [])]
+    for variant, points in result["history"].get("variants", {}).items():
         ratio = points[sizes[-1]]["ask_ms"]["p50"] / points[sizes[0]]["ask_ms"]["p50"]
         lines.append(f"goal ask({sizes[-1]}) within 2x of ask({sizes[0]}), {variant}: {ratio:.1f}x -> "
                      f"{'met' if ratio <= 2 else 'NOT met'}")
@@ -441,8 +532,12 @@ def verdict(result: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", default="1,4,8,16", help="comma-separated worker counts")
-    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per run")
+    parser.add_argument("--workers", default="1,8,32,64", help="comma-separated worker counts")
+    parser.add_argument("--paces", default="0,5",
+                        help="comma-separated seconds each trial sleeps (0: ask non-stop, the worst case)")
+    parser.add_argument("--trials-per-worker", type=int, default=8,
+                        help="the study's budget is this times the number of workers")
+    parser.add_argument("--max-seconds", type=float, default=300.0, help="a run stops after this long")
     parser.add_argument("--arms", default="project,raw")
     parser.add_argument("--history", default="100,1000,5000", help="finished trials in the study")
     parser.add_argument("--asks", type=int, default=15, help="timed asks per history point")
@@ -450,10 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.workers, args.seconds, args.history, args.asks = "1,2", 1.5, "10,30", 2
+        args.workers, args.paces, args.trials_per_worker, args.history, args.asks = "1,2", "0", 4, "10,30", 2
 
     worker_counts = [int(v) for v in args.workers.split(",")]
-    sizes = [int(v) for v in args.history.split(",")]
+    paces = [float(v) for v in args.paces.split(",")]
+    sizes = [int(v) for v in args.history.split(",") if v.strip()]
     arms = [a.strip() for a in args.arms.split(",")]
     _quiet()
     try:
@@ -461,22 +557,28 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line for the user
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    print(f"database {database} (dropped at the end)", flush=True)
+    print(f"database {database} (dropped at the end); load average {os.getloadavg()}", flush=True)
+    admin = _admin()  # kept for the drop: at the end the workers may have filled the server
+    load_start = list(os.getloadavg())
     try:
         rows = []
-        for n in worker_counts:
-            for arm in arms:
-                row = run_workers(arm, url, database, n, args.seconds)
-                print(f"  {arm:8} N={n:<3} {row['trials_per_s']:.1f} trials/s, "
-                      f"{row['db_connections_peak']} connections", flush=True)
-                rows.append(row)
-        history = run_history(url, sizes, args.asks)
+        for pace in paces:
+            for n in worker_counts:
+                for arm in arms:
+                    row = run_workers(arm, url, database, n, args.trials_per_worker * n, pace, args.max_seconds)
+                    print(f"  {arm:8} N={n:<3} pace {pace:g}s: {row['trials_per_s']:.1f} trials/s, "
+                          f"{row['finished']}/{row['budget']} finished, {row['db_connections_peak']} connections"
+                          f"{', %d workers failed' % row['workers_failed'] if row['workers_failed'] else ''}",
+                          flush=True)
+                    rows.append(row)
+        history = run_history(url, sizes, args.asks) if sizes else {}
     finally:
-        drop_database(database)
+        drop_database(database, admin)
     result = {
         "benchmark": "coordination",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_start": load_start,
+                    "loadavg_end": list(os.getloadavg())},
         "command": " ".join([Path(sys.argv[0]).name] + (sys.argv[1:] if argv is None else argv)),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "workers": rows,

@@ -1,8 +1,10 @@
 """SQLAlchemy engine settings per backend.
 
 Every worker process holds its own connection pool, and PostgreSQL allows 100 connections by
-default. A worker needs at most two at once (the trial loop and the heartbeat thread), so pools
-are kept small. ``pool_pre_ping`` makes a worker survive a database restart: a dead pooled
+default, so a worker keeps one connection open: the budget lock's section runs on the lock's own
+connection (worker.budget), the heartbeat thread borrows the pooled one between beats, and an
+overflow connection, opened only when the trial loop and the heartbeat collide, is closed as soon
+as it is returned. ``pool_pre_ping`` makes a worker survive a database restart: a dead pooled
 connection is replaced instead of failing the next query.
 """
 
@@ -16,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 from storage.errors import StorageError
 
-POOL_SIZE = 2
+POOL_SIZE = 1
 MAX_OVERFLOW = 2
 CONNECT_TIMEOUT_S = 10
 # A peer that vanished (machine off, network partition) is noticed in about idle + 3 x interval

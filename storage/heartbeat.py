@@ -18,6 +18,8 @@ import optuna
 from optuna.storages import RDBStorage
 import sqlalchemy
 
+from storage.session import read
+
 _logger = logging.getLogger(__name__)
 
 
@@ -90,8 +92,7 @@ def adopt_orphans(storage: RDBStorage, study_id: int) -> list[int]:
     ordinary stale-trial check fails it (and queues its retry) after the grace period; an owner
     that is alive after all simply keeps beating it.
     """
-    with storage.engine.connect() as conn:
-        rows = [(int(row[0]), int(row[1])) for row in conn.execute(_ORPHANS, {"sid": study_id})]
+    rows = [(int(row[0]), int(row[1])) for row in read(storage, _ORPHANS, {"sid": study_id})]
     for trial_id, number in rows:
         storage.record_heartbeat(trial_id)  # Optuna ignores the duplicate if its owner beat first
         _logger.warning("trial %d had no heartbeat (its worker died right after asking); adopted", number)

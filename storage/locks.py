@@ -9,11 +9,13 @@ The PostgreSQL lock is a *transaction* advisory lock on a connection kept idle i
 while the holder works, so the server itself takes it back from a holder that stops: a killed
 worker's connection closes; a frozen one (SIGSTOP, paused VM) or one cut off by a network
 partition goes past ``idle_in_transaction_session_timeout`` (``hold_timeout_s``) and the server
-ends its session; TCP keepalives catch a dead peer. Waiting is a poll (``pg_try_advisory_xact_lock``),
-not a blocking call, so it is bounded (``max_wait_s``), reported (``on_log``, every
-:data:`LOG_EVERY_S` seconds, naming the holder) and interruptible (``on_wait`` may raise, and
-Python signal handlers run between polls). A holder that works longer than ``hold_timeout_s``
-calls ``check()`` on what the ``with`` gives.
+ends its session; TCP keepalives catch a dead peer. Waiting happens in the server's lock queue, so
+a released lock passes to the next waiter at once, but in short tries (``lock_timeout``, growing
+from :data:`POLL_FIRST_S` to :data:`POLL_MAX_S`), each its own transaction: the wait is bounded
+(``max_wait_s``), reported (``on_log``, every :data:`LOG_EVERY_S` seconds, naming the holder) and
+interruptible (``on_wait`` may raise, and Python signal handlers run between tries), and the
+holder's transaction (whose ``now()`` stamps heartbeats) starts at most one try before it got the
+lock. A holder that works longer than ``hold_timeout_s`` calls ``check()`` on what the ``with`` gives.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ LOG_EVERY_S = 10.0
 # Server-side keepalives on the lock's connection: a holder whose machine vanished is noticed
 # within about idle + interval * count seconds even while no statement runs.
 KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout ends a wait
 
 
 class HeldLock:
@@ -50,6 +53,11 @@ class HeldLock:
     def __init__(self, conn: sqlalchemy.Connection | None, name: str) -> None:
         self._conn = conn
         self.name = name
+
+    @property
+    def connection(self) -> sqlalchemy.Connection | None:
+        """The connection whose transaction holds the lock (``None`` for a file lock)."""
+        return self._conn
 
     def check(self) -> None:
         """Touch the lock's connection (resetting the server's idle timer); raise if it is lost.
@@ -124,14 +132,12 @@ def named_lock(
             url, poolclass=NullPool, connect_args={"connect_timeout": 5}
         )
     key = lock_key(name)
+    settings = dict(KEEPALIVES)  # transaction-local: the pool gets the connection back clean
+    if hold_timeout_s is not None:
+        settings["idle_in_transaction_session_timeout"] = str(max(1, int(hold_timeout_s * 1000)))
     try:
         with engine.connect() as conn:
-            settings = dict(KEEPALIVES)
-            if hold_timeout_s is not None:
-                settings["idle_in_transaction_session_timeout"] = str(max(1, int(hold_timeout_s * 1000)))
-            for setting, value in settings.items():  # transaction-local: the pool gets it back clean
-                conn.execute(sqlalchemy.text("SELECT set_config(:s, :v, true)"), {"s": setting, "v": value})
-            _acquire(conn, key, name, max_wait_s, on_wait, on_log or _logger.warning)
+            _acquire(conn, key, name, settings, max_wait_s, on_wait, on_log or _logger.warning)
             try:
                 yield HeldLock(conn, name)
             except BaseException:
@@ -147,15 +153,34 @@ def _acquire(
     conn: sqlalchemy.Connection,
     key: int,
     name: str,
+    settings: dict[str, str],
     max_wait_s: float | None,
     on_wait: Callable[[float], None] | None,
     on_log: Callable[[str], None],
 ) -> None:
+    """Take the lock in the transaction ``conn`` is left in; each try is one round trip.
+
+    The try's short ``lock_timeout`` is put back once the lock is held (the inner select runs
+    first, left to right): the holder's own statements wait for row locks as long as any other.
+    """
+    calls = ", ".join(f"set_config('{setting}', :v{i}, true)" for i, setting in enumerate(settings))
+    statement = sqlalchemy.text(
+        "SELECT set_config('lock_timeout', t.before, true) FROM ("
+        f"SELECT current_setting('lock_timeout') AS before, {calls}, "
+        "set_config('lock_timeout', :wait, true), pg_advisory_xact_lock(:k) OFFSET 0) AS t"
+    )
+    params: dict[str, object] = {f"v{i}": value for i, value in enumerate(settings.values())}
     start = time.monotonic()
     next_log = start + LOG_FIRST_S
-    poll = POLL_FIRST_S
-    try_lock = sqlalchemy.text("SELECT pg_try_advisory_xact_lock(:k)")
-    while not conn.execute(try_lock, {"k": key}).scalar():
+    wait = POLL_FIRST_S
+    while True:
+        try:
+            conn.execute(statement, {**params, "wait": f"{max(1, int(wait * 1000))}ms", "k": key})
+            return
+        except sqlalchemy.exc.OperationalError as exc:
+            if getattr(exc.orig, "pgcode", None) != LOCK_NOT_AVAILABLE:
+                raise
+        conn.rollback()
         now = time.monotonic()
         waited = now - start
         if max_wait_s is not None and waited >= max_wait_s:
@@ -163,10 +188,10 @@ def _acquire(
         if now >= next_log:
             on_log(f"waiting {waited:.0f}s for the lock {name!r} ({holder(conn, key)})")
             next_log = now + LOG_EVERY_S
+            conn.rollback()  # the next try starts a fresh transaction
         if on_wait is not None:
             on_wait(waited)
-        time.sleep(poll)
-        poll = min(poll * 2, POLL_MAX_S)
+        wait = min(wait * 2, POLL_MAX_S)
 
 
 _HOLDER = sqlalchemy.text(
@@ -198,7 +223,8 @@ def _release(conn: sqlalchemy.Connection, name: str, *, quiet: bool) -> None:
     """
     try:
         conn.commit()
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+            sqlalchemy.exc.PendingRollbackError) as exc:  # the last: it died under a routed session
         # Close the connection for good rather than return it to the pool: if the session is
         # somehow still alive, closing it is what releases its lock.
         conn.invalidate()

@@ -68,6 +68,10 @@ def test_coordination_smoke(tmp_path):
         # A worker holds at least one connection while it runs; the sampler saw them.
         assert row["db_connections_peak"] >= row["workers"]
         assert _positive(row["overhead_pct_of_1min_trial"])
+        assert row["workers_failed"] == 0, row["errors"]
+        if row["mode"] == "project":  # the shared budget is exact; a worker asking holds at most 2
+            assert row["finished"] == row["budget"] and row["budget_exact"]
+            assert 1 <= row["db_connections_per_worker_peak"] <= 2
     history = result["history"]
     sizes = [str(s) for s in history["sizes"]]
     assert set(history["variants"]) >= {"tpe_default", "tpe_default_project_ask", "random",

@@ -96,3 +96,133 @@ def test_trial_orphaned_before_its_first_heartbeat_is_failed_and_retried(pg_url)
     assert ask_within_budget(study, rdb, pg_url, 2)[0] is None
     finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(finished) == 2
+
+
+# -- what a worker holds while others queue for the lock ------------------------------------------
+
+
+def _lock_held(url: str, study_name: str) -> bool:
+    """Whether anyone holds the study's budget lock, seen from a connection of our own."""
+    import sqlalchemy
+
+    from storage.locks import lock_key
+
+    unsigned = lock_key(f"mars-tuner:budget:{study_name}") & 0xFFFFFFFFFFFFFFFF
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            query = sqlalchemy.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                                    "AND classid = :hi AND objid = :lo AND objsubid = 1")
+            return conn.execute(query, {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}).scalar_one() > 0
+    finally:
+        engine.dispose()
+
+
+class _LockWatchingSampler(optuna.samplers.RandomSampler):
+    """Records, at each sampler hook that ask + suggest runs, whether the budget lock is held."""
+
+    def __init__(self, url: str, study_name: str) -> None:
+        super().__init__(seed=0)
+        self.url, self.study_name = url, study_name
+        self.seen: dict[str, bool] = {}
+
+    def before_trial(self, study, trial) -> None:
+        self.seen["before_trial"] = _lock_held(self.url, self.study_name)
+        super().before_trial(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        self.seen["sample_relative"] = _lock_held(self.url, self.study_name)
+        return super().sample_relative(study, trial, search_space)
+
+
+def test_the_sampler_runs_outside_the_budget_lock(pg_url):
+    """Sampling is the slow part of an ask: inside the lock, every other worker would wait for it."""
+    from worker.budget import budget_lock
+
+    storage.init_schema(pg_url)
+    rdb = storage.open_storage(pg_url)
+    sampler = _LockWatchingSampler(pg_url, "b")
+    study = optuna.create_study(storage=rdb, study_name="b", sampler=sampler)
+    with budget_lock(study, rdb, pg_url):
+        assert _lock_held(pg_url, "b")  # the probe sees the lock when it is held
+    trial, _ = ask_within_budget(study, rdb, pg_url, 1)
+    trial.suggest_float("x", 0, 1)
+    assert sampler.seen == {"before_trial": False, "sample_relative": False}
+
+
+def test_an_enqueued_trial_keeps_its_fixed_params_and_user_attrs(pg_url):
+    storage.init_schema(pg_url)
+    rdb = storage.open_storage(pg_url)
+    study = optuna.create_study(storage=rdb, study_name="b")
+    study.enqueue_trial({"x": 0.75}, user_attrs={"why": "retry"})
+    worker = optuna.load_study(study_name="b", storage=rdb)  # another process: a cold trial cache
+    trial, _ = ask_within_budget(worker, rdb, pg_url, 1)
+    assert trial.suggest_float("x", 0, 1) == 0.75 and trial.user_attrs == {"why": "retry"}
+    assert [t.state for t in study.trials] == [TrialState.RUNNING]
+
+
+def _train_like(url: str, ready, done) -> None:
+    """A worker-like process: asks within the budget, then "trains" with its heartbeat beating."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rdb = storage.open_storage(url, heartbeat_interval=1, grace_period=30)
+    study = optuna.load_study(study_name="c", storage=rdb)
+    trial, _ = ask_within_budget(study, rdb, url, 100)
+    trial.suggest_float("x", 0, 1)
+    with storage.Heartbeat(rdb, trial._trial_id, interval=0.05):
+        ready.set()
+        done.wait(60)  # training: the main thread computes, the heartbeat thread beats
+    study.tell(trial, 0.5)
+    rdb.engine.dispose()
+
+
+@pytest.mark.slow
+def test_training_workers_hold_one_connection_each(pg_url):
+    """PostgreSQL allows 100 connections by default: 64 workers fit only at one each."""
+    import collections
+    import time
+
+    import sqlalchemy
+
+    storage.init_schema(pg_url)
+    creator = storage.open_storage(pg_url, heartbeat_interval=None)
+    optuna.create_study(storage=creator, study_name="c")
+    creator.engine.dispose()  # only the workers' sessions are counted
+    ctx = multiprocessing.get_context("spawn")
+    n = 3
+    ready, done = [ctx.Event() for _ in range(n)], ctx.Event()
+    procs = [ctx.Process(target=_train_like, args=(pg_url, ready[i], done)) for i in range(n)]
+    for p in procs:
+        p.start()
+    database = sqlalchemy.make_url(pg_url).database
+    peak: collections.Counter[str] = collections.Counter()
+    engine = sqlalchemy.create_engine(pg_url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        assert all(r.wait(120) for r in ready)
+        query = sqlalchemy.text("SELECT application_name, count(*) FROM pg_stat_activity "
+                                "WHERE datname = :db AND application_name LIKE 'mars-tuner-worker@%' "
+                                "GROUP BY application_name")
+        with engine.connect() as conn:
+            for _ in range(40):  # 2 s of training, with 40 heartbeats per worker
+                for app, count in conn.execute(query, {"db": database}):
+                    peak[app] = max(peak[app], int(count))
+                time.sleep(0.05)
+    finally:
+        done.set()
+        for p in procs:
+            p.join(60)
+        engine.dispose()
+    assert [p.exitcode for p in procs] == [0] * n
+    assert len(peak) == n and set(peak.values()) == {1}, peak
+
+
+def test_the_holder_waits_for_row_locks_as_long_as_configured(pg_url):
+    """A lock won in a short try must not leave that try's lock_timeout to the holder's statements."""
+    import sqlalchemy
+
+    from storage.locks import named_lock
+
+    storage.init_schema(pg_url)
+    rdb = storage.open_storage(pg_url)
+    with named_lock(pg_url, "t", engine=rdb.engine) as held:
+        shown = held.connection.execute(sqlalchemy.text("SHOW lock_timeout")).scalar_one()
+    assert shown == "30s"  # storage.engine.LOCK_TIMEOUT_MS, not the try's 50 ms

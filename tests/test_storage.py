@@ -116,7 +116,7 @@ def test_asking_a_missing_sqlite_file_does_not_create_it(tmp_path):
 
 def test_postgres_engine_settings_are_small_pool_with_pre_ping():
     kwargs = engine_kwargs("postgresql+psycopg2://u@h/d")
-    assert kwargs["pool_size"] <= 2 and kwargs["max_overflow"] <= 2
+    assert kwargs["pool_size"] == 1 and kwargs["max_overflow"] <= 2  # one open connection per worker
     assert kwargs["pool_pre_ping"] is True
     assert kwargs["connect_args"]["connect_timeout"] > 0
 
