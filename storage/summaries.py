@@ -89,7 +89,7 @@ class StudyOverview:
     name: str
     directions: tuple[StudyDirection, ...]
     counts: dict[TrialState, int]  # every TrialState, absent ones 0
-    best_value: float | None  # objective 0 of COMPLETE trials; None for several objectives
+    best_value: float | None  # best finite objective-0 value of COMPLETE trials, in its direction
     user_attrs: dict[str, Any]  # only the keys asked for
     first_start: datetime.datetime | None  # naive UTC
 
@@ -126,7 +126,7 @@ def study_overviews(engine: sqlalchemy.Engine, user_attr_keys: Collection[str] =
     for sid, name in names:
         dirs = tuple(d for _, d in sorted(directions[sid]))
         best = None
-        if len(dirs) == 1 and sid in extremes:
+        if dirs and sid in extremes:  # the first objective, whether or not others follow
             hi, lo = extremes[sid]
             best = hi if dirs[0] == StudyDirection.MAXIMIZE else lo
         overviews.append(StudyOverview(

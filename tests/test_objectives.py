@@ -245,6 +245,14 @@ def test_status_shows_the_front_and_the_picked_trial(pg_url):
     one_cli_error(invoke("status", "s", "--pick", "cheapest", "--storage", pg_url), "--pick 'cheapest' is not a pick rule")
 
 
+def test_list_shows_the_best_miou_of_a_two_objective_study(pg_url):
+    _filled(pg_url)
+    result = invoke("list", "--storage", pg_url)
+    assert result.exit_code == 0, result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if " s " in line]
+    assert "0.7000" in row and "5/10" in row, result.stdout
+
+
 def test_export_writes_the_picked_trials_config(pg_url, tmp_path):
     study = _filled(pg_url)
     by_number = {t.number: t for t in study.get_trials()}

@@ -127,7 +127,7 @@ def test_study_overviews_count_and_pick_best_per_direction(two_studies):
     assert a.counts[TrialState.COMPLETE] == 3 and a.counts[TrialState.WAITING] == 1
     assert a.user_attrs == {"created": {"at": "2026-11-26T10:00:00+00:00"}} and b.user_attrs == {}
     assert b.directions == (StudyDirection.MINIMIZE, StudyDirection.MAXIMIZE)
-    assert b.best_value is None  # several objectives: no single best value
+    assert b.best_value == 2.0  # several objectives: the best of the first (minimised here)
     assert isinstance(a.first_start, datetime.datetime)
 
 
