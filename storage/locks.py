@@ -178,7 +178,7 @@ def _acquire(
             conn.execute(statement, {**params, "wait": f"{max(1, int(wait * 1000))}ms", "k": key})
             return
         except sqlalchemy.exc.OperationalError as exc:
-            if getattr(exc.orig, "pgcode", None) != LOCK_NOT_AVAILABLE:
+            if _sqlstate(exc.orig) != LOCK_NOT_AVAILABLE:
                 raise
         conn.rollback()
         now = time.monotonic()
@@ -192,6 +192,12 @@ def _acquire(
         if on_wait is not None:
             on_wait(waited)
         wait = min(wait * 2, POLL_MAX_S)
+
+
+def _sqlstate(error: BaseException | None) -> str | None:
+    """The server's error code: ``sqlstate`` in psycopg 3 (what ``postgresql://`` means),
+    ``pgcode`` in psycopg2."""
+    return getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
 
 
 _HOLDER = sqlalchemy.text(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
 import multiprocessing
+import threading
+import time
 
 import optuna
 from optuna.trial import TrialState
@@ -226,3 +228,28 @@ def test_the_holder_waits_for_row_locks_as_long_as_configured(pg_url):
     with named_lock(pg_url, "t", engine=rdb.engine) as held:
         shown = held.connection.execute(sqlalchemy.text("SHOW lock_timeout")).scalar_one()
     assert shown == "30s"  # storage.engine.LOCK_TIMEOUT_MS, not the try's 50 ms
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_a_waiter_gets_the_lock_when_it_is_released_with_either_driver(pg_url, driver):
+    """``postgresql://`` as typed means psycopg 3, whose errors carry ``sqlstate``, not psycopg2's
+    ``pgcode``: a waiter's timed-out try must be recognised with both and retried."""
+    from sqlalchemy.engine import make_url
+
+    from storage.locks import named_lock
+
+    url = make_url(pg_url).set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
+    got: list[float] = []
+
+    def waiter() -> None:
+        with named_lock(url, "contended"):
+            got.append(time.monotonic())
+
+    with named_lock(url, "contended"):
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(1.0)  # several timed-out tries (50 ms, 100 ms, ...)
+        assert thread.is_alive() and not got
+        let_go = time.monotonic()
+    thread.join(timeout=30)
+    assert got and got[0] >= let_go
