@@ -60,16 +60,11 @@ from typing import Any
 import uuid
 import warnings
 
+from _pg import admin, create_database, drop_database
 from _report import write_result  # bench/ is on sys.path when a script runs
 import numpy as np
 
-ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-URL_TEMPLATE = os.environ.get("BENCH_PG_URL_TEMPLATE", "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}")
 TRIAL_S = 60.0  # the "one-minute trial" the overhead goal is stated against
-
-
-class BenchError(RuntimeError):
-    """The benchmark cannot run (e.g. PostgreSQL unreachable); one line for the user."""
 
 
 # --------------------------------------------------------------------------- the trial
@@ -102,40 +97,6 @@ def _distributions() -> dict[str, Any]:
 # --------------------------------------------------------------------------- database
 
 
-def _admin():
-    import psycopg2
-
-    try:
-        conn = psycopg2.connect(ADMIN_DSN, connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BenchError(f"PostgreSQL not reachable ({first}); set BENCH_PG_ADMIN_DSN") from None
-    conn.autocommit = True
-    return conn
-
-
-def create_database() -> tuple[str, str]:
-    """A fresh database with Optuna's schema -> (name, url)."""
-    import storage
-
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    conn = _admin()
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-    url = URL_TEMPLATE.format(db=name)
-    storage.init_schema(url)
-    return name, url
-
-
-def drop_database(name: str, conn: Any = None) -> None:
-    """Drop ``name``; ``conn``: an admin connection opened early (the workers may fill the server)."""
-    conn = conn or _admin()
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
-
-
 class ConnectionSampler:
     """Samples the number of sessions on one database every ``interval`` s; keeps the peak.
 
@@ -146,7 +107,7 @@ class ConnectionSampler:
 
     def __init__(self, database: str, interval: float = 0.1) -> None:
         self.database, self.interval = database, interval
-        self._conn = _admin()
+        self._conn = admin()
         self.samples: list[int] = []
         self.per_worker = 0  # most sessions one project worker held at once (by application_name)
         self._stop = threading.Event()
@@ -552,13 +513,16 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(v) for v in args.history.split(",") if v.strip()]
     arms = [a.strip() for a in args.arms.split(",")]
     _quiet()
+    import storage
+
     try:
         database, url = create_database()
+        storage.init_schema(url)  # Optuna's schema, as `tuner create` would make it
     except Exception as exc:  # noqa: BLE001 - one line for the user
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     print(f"database {database} (dropped at the end); load average {os.getloadavg()}", flush=True)
-    admin = _admin()  # kept for the drop: at the end the workers may have filled the server
+    admin_conn = admin()  # kept for the drop: at the end the workers may have filled the server
     load_start = list(os.getloadavg())
     try:
         rows = []
@@ -573,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
         history = run_history(url, sizes, args.asks) if sizes else {}
     finally:
-        drop_database(database, admin)
+        drop_database(database, admin_conn)
     result = {
         "benchmark": "coordination",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -33,48 +33,15 @@ import subprocess
 import sys
 import time
 from typing import Any
-import uuid
 
+from _pg import BenchError, create_database, drop_database
 from _report import write_result  # bench/ is on sys.path when a script runs
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-URL_TEMPLATE = os.environ.get("BENCH_PG_URL_TEMPLATE", "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}")
 STUDY = "mars-5k"
 GOAL_S = 2.0
-
-
-class BenchError(RuntimeError):
-    """The benchmark cannot run (e.g. PostgreSQL unreachable); one line for the user."""
-
-
-def _admin():
-    import psycopg2
-
-    try:
-        conn = psycopg2.connect(ADMIN_DSN, connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        raise BenchError(f"PostgreSQL not reachable at {ADMIN_DSN!r}: {str(exc).strip()}") from None
-    conn.autocommit = True
-    return conn
-
-
-def create_database() -> tuple[str, str]:
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    conn = _admin()
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-    return name, URL_TEMPLATE.format(db=name)
-
-
-def drop_database(name: str) -> None:
-    conn = _admin()
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
 
 
 # --------------------------------------------------------------------------- building the study
