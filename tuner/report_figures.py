@@ -39,39 +39,34 @@ def target_of(directions: int) -> Callable[[FrozenTrial], float] | None:
 
 def history_by_number(trials: Sequence[FrozenTrial], maximize: bool) -> go.Figure:
     """Each COMPLETE trial's value by trial number, and the best so far."""
-    import numpy as np
-    import plotly.graph_objects as go
-
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.values), key=lambda t: t.number)
-    numbers = np.asarray([t.number for t in done], dtype=float)
-    values = np.asarray([t.values[0] for t in done], dtype=float)
-    best = np.maximum.accumulate(values) if maximize else np.minimum.accumulate(values)
-    fig = go.Figure([
-        go.Scatter(x=numbers, y=values, mode="markers", name=METRIC,
-                   marker={"size": _marker(len(done)), "opacity": 0.6, "color": _COLORS[TrialState.COMPLETE]}),
-        go.Scatter(x=numbers, y=best, mode="lines", name="best so far", line={"shape": "hv", "color": "#ff7f0e"}),
-    ])
-    fig.update_layout(xaxis_title="trial", yaxis_title=METRIC)
-    return _titled(fig, "best so far, by trial number")
+    return _history(done, [t.number for t in done], float, maximize, "trial", "best so far, by trial number")
 
 
 def history_by_time(trials: Sequence[FrozenTrial], maximize: bool) -> go.Figure:
     """Each COMPLETE trial's value at the time it finished, and the best so far."""
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.values and t.datetime_complete),
+                  key=lambda t: t.datetime_complete)  # type: ignore[arg-type, return-value]
+    return _history(done, [t.datetime_complete for t in done], "datetime64[ms]", maximize,
+                    "finished at (UTC)", "best so far, over wall-clock time")
+
+
+def _history(done: Sequence[FrozenTrial], x: list[Any], x_dtype: Any, maximize: bool, x_title: str,
+             title: str) -> go.Figure:
+    """``done`` trials' values (markers) and the best so far (a step line) against ``x``."""
     import numpy as np
     import plotly.graph_objects as go
 
-    done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.values and t.datetime_complete),
-                  key=lambda t: t.datetime_complete)  # type: ignore[arg-type, return-value]
-    times = np.asarray([t.datetime_complete for t in done], dtype="datetime64[ms]")
+    xs = np.asarray(x, dtype=x_dtype)
     values = np.asarray([t.values[0] for t in done], dtype=float)
     best = np.maximum.accumulate(values) if maximize else np.minimum.accumulate(values)
     fig = go.Figure([
-        go.Scatter(x=times, y=values, mode="markers", name=METRIC,
+        go.Scatter(x=xs, y=values, mode="markers", name=METRIC,
                    marker={"size": _marker(len(done)), "opacity": 0.6, "color": _COLORS[TrialState.COMPLETE]}),
-        go.Scatter(x=times, y=best, mode="lines", name="best so far", line={"shape": "hv", "color": "#ff7f0e"}),
+        go.Scatter(x=xs, y=best, mode="lines", name="best so far", line={"shape": "hv", "color": "#ff7f0e"}),
     ])
-    fig.update_layout(xaxis_title="finished at (UTC)", yaxis_title=METRIC)
-    return _titled(fig, "best so far, over wall-clock time")
+    fig.update_layout(xaxis_title=x_title, yaxis_title=METRIC)
+    return _titled(fig, title)
 
 
 def learning_curves(trials: Sequence[FrozenTrial]) -> go.Figure:
