@@ -68,3 +68,21 @@ def one_cli_error(result: Any, *needles: str) -> str:
         assert needle in lines[0], lines[0]
     assert len(lines[0]) < 400, lines[0][:400]
     return lines[0]
+
+
+def lose_first_reply(study: Any) -> list[bool]:
+    """Make ``study.tell`` commit, then fail once as if the connection died before the reply
+    came back (later calls pass through); returns a list that holds ``True`` once it happened."""
+    import sqlalchemy
+
+    real, lost = study.tell, []
+
+    def tell(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        if not lost:
+            lost.append(True)
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
+        return result
+
+    study.tell = tell
+    return lost

@@ -25,6 +25,7 @@ from test_distributed import TINY_SPACE, _cli, _trials, _wait_for, _worker, npz 
 import yaml
 
 from contract import report
+from helpers import lose_first_reply
 import storage
 
 BIN = Path(sys.executable).parent
@@ -288,26 +289,11 @@ def _session(url: str, tmp_path: Path, npz: Path):  # noqa: F811
     return session
 
 
-def _lose_replies(study: optuna.Study) -> None:
-    """The tell commits, then the connection dies before the reply arrives (once)."""
-    real = study.tell
-    lost = []
-
-    def tell(*args, **kwargs):
-        result = real(*args, **kwargs)
-        if not lost:
-            lost.append(True)
-            raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
-        return result
-
-    study.tell = tell
-
-
 def test_tell_whose_reply_was_lost_is_not_reported_as_dropped(cluster_url, tmp_path, npz):  # noqa: F811
     session = _session(cluster_url, tmp_path, npz)
     try:
         trial = session.study.ask()
-        _lose_replies(session.study)
+        lose_first_reply(session.study)
         session._tell(trial, values=0.5)  # before: UpdateFinishedTrialError -> "dropped"
         assert [(t.state, t.value) for t in _trials(cluster_url)] == [(TrialState.COMPLETE, 0.5)]
     finally:
@@ -319,7 +305,7 @@ def test_interrupted_trial_whose_fail_reply_was_lost_is_still_requeued_once(clus
     try:
         trial = session.study.ask()
         trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True)
-        _lose_replies(session.study)
+        lose_first_reply(session.study)
         session._requeue(trial, interrupted="SIGTERM")
         session._requeue(trial, interrupted="SIGTERM")  # a second attempt adds nothing
         trials = _trials(cluster_url)

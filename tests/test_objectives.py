@@ -20,7 +20,7 @@ from contract.pareto import Pick, PickError, PickRule, Point, front
 from contract.space import SearchSpace
 from contract.study_spec import SpecError, StudySpec
 from contract.synth import write_npz
-from helpers import one_cli_error, run_cli
+from helpers import lose_first_reply, one_cli_error, run_cli
 import storage
 from tuner import report as tuner_report
 from tuner.cli import app
@@ -309,8 +309,6 @@ def test_report_draws_the_front_and_uses_the_pick(pg_url, tmp_path):
 
 def test_a_two_value_tell_whose_reply_was_lost_is_not_dropped(pg_url, tmp_path):
     """A retried tell finds the trial COMPLETE with both values: it had worked."""
-    import sqlalchemy
-
     from worker.runner import WorkerOptions, WorkerSession
 
     create_study("s", storage_url=pg_url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=2,
@@ -319,18 +317,10 @@ def test_a_two_value_tell_whose_reply_was_lost_is_not_dropped(pg_url, tmp_path):
     study = optuna.load_study(study_name="s", storage=rdb)
     session = WorkerSession(WorkerOptions("s", tmp_path / "x.npz", pg_url), print, pg_url, StudySpec.of(study))
     session.rdb, session.study = rdb, study
-    real, lost = study.tell, []
-
-    def tell(*args, **kwargs):
-        result = real(*args, **kwargs)
-        if not lost:
-            lost.append(True)
-            raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
-        return result
-
+    real = study.tell
     try:
         trial = study.ask()
-        study.tell = tell
+        lost = lose_first_reply(study)
         session._tell(trial, values=[0.5, 1234.0])
         assert lost and [(t.state, t.values) for t in _load(pg_url).get_trials()] == [(TrialState.COMPLETE, [0.5, 1234.0])]
         other = study.ask()
