@@ -1,87 +1,156 @@
-"""The plots of ``tuner report``, as plotly figures.
+"""The plots of ``tuner report``, as plotly figures given to plotly.js as plain data.
 
-Optuna's own plots (``optuna.visualization``) are used where they stay fast at thousands of
-trials: parameter importance, the Pareto front of more than two objectives, and parallel
-coordinates of the best trials only (Optuna draws one plotly trace per trial there). The others
-are plotly figures built here from numpy arrays: Optuna has none for some (history over
-wall-clock time, per-class IoU, confusion matrix, the mIoU-against-cost front with its pick), and at 5,000 trials Optuna's history and slice plots cost seconds of plotly validating
-Python lists and its learning-curve plot makes one trace per trial (here all curves of one state
-are one trace, separated by gaps).
+A figure here is the dict plotly.js draws (``{"data": [traces], "layout": {...}}``), written into
+the page by :func:`to_div`. Building the same figures as plotly's Python graph objects validated
+every property of every trace: at 5,000 trials that was most of the report's time (README,
+Performance), while the browser draws exactly the same. plotly.js (inlined once by the report)
+is still the plotting library; only the Python objects are skipped.
 
-Every builder takes trials already read (:func:`storage.summaries.load_trials`) or a snapshot
-study (:class:`storage.snapshot.SnapshotStorage`); none touches the database.
+Optuna's own plot is used for one rare case only, the Pareto front of more than two objectives.
+The others follow Optuna's plots where it has one (importance bars, slices, parallel coordinates)
+and add what it lacks (history over wall-clock time, learning curves as one trace per state,
+per-class IoU, confusion matrix, the mIoU-against-cost front with its pick).
+
+Every builder takes trials already read (:func:`storage.summaries.load_trials`); none touches
+the database.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-import contextlib
+import base64
+from collections.abc import Iterable, Sequence
+import datetime
+import json
 import math
 from typing import TYPE_CHECKING, Any
 
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import FrozenTrial, TrialState
 
 if TYPE_CHECKING:
     import optuna
-    import plotly.graph_objects as go
+
+#: What plotly.js draws: ``{"data": [...], "layout": {...}}``.
+Figure = dict[str, Any]
 
 CLASS_NAMES = {0: "background", 1: "soil", 2: "bedrock", 3: "sand", 4: "big rock"}
 METRIC = "validation mIoU"
-#: Parallel coordinates draw one trace per trial (Optuna's plot): only the best ones.
+#: Parallel coordinates draw one line (trace) per trial, as Optuna's plot does: only the best ones.
 PARALLEL_BEST = 100
+HEIGHT = "440px"
+CONFIG = {"displaylogo": False, "responsive": True}
 _COLORS = {TrialState.COMPLETE: "#1f77b4", TrialState.PRUNED: "#d62728"}
+#: plotly's "Blues", light to dark.
+_BLUES = ["#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5", "#08519c", "#08306b"]
+#: The same as a colour scale (plotly.js' own "Blues" runs the other way, dark to light).
+_BLUE_SCALE = [[i / (len(_BLUES) - 1), c] for i, c in enumerate(_BLUES)]
+_AXIS = {"gridcolor": "#e5e5e5", "zerolinecolor": "#cccccc", "linecolor": "#999999", "automargin": True}
 
 
-def target_of(directions: int) -> Callable[[FrozenTrial], float] | None:
-    """Optuna's plots need an explicit target when a study has several objectives: mIoU (0)."""
-    return None if directions == 1 else (lambda t: t.values[0])
+def to_div(fig: Figure, div_id: str) -> str:
+    """A ``<div>`` and the script that draws ``fig`` into it (plotly.js must be loaded before)."""
+    data = _json(fig["data"])
+    layout = _json(fig["layout"])
+    return (f'<div id="{div_id}" class="plotly-graph-div" style="height:{HEIGHT}; width:100%;"></div>'
+            f'<script type="text/javascript">Plotly.newPlot("{div_id}", {data}, {layout}, {_json(CONFIG)});'
+            "</script>")
 
 
-def history_by_number(trials: Sequence[FrozenTrial], maximize: bool) -> go.Figure:
-    """Each COMPLETE trial's value by trial number, and the best so far."""
-    done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.values), key=lambda t: t.number)
-    return _history(done, [t.number for t in done], float, maximize, "trial", "best so far, by trial number")
+def _json(value: Any) -> str:
+    # "</" cannot end the <script> element from inside a string.
+    return json.dumps(value, separators=(",", ":"), default=_jsonable, allow_nan=False).replace("</", "<\\/")
 
 
-def history_by_time(trials: Sequence[FrozenTrial], maximize: bool) -> go.Figure:
-    """Each COMPLETE trial's value at the time it finished, and the best so far."""
-    done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.values and t.datetime_complete),
-                  key=lambda t: t.datetime_complete)  # type: ignore[arg-type, return-value]
-    return _history(done, [t.datetime_complete for t in done], "datetime64[ms]", maximize,
-                    "finished at (UTC)", "best so far, over wall-clock time")
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime.datetime):  # plotly.js reads local-time strings: write UTC
+        if value.tzinfo is not None:
+            value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        return value.isoformat(sep=" ")
+    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
-def _history(done: Sequence[FrozenTrial], x: list[Any], x_dtype: Any, maximize: bool, x_title: str,
-             title: str) -> go.Figure:
-    """``done`` trials' values (markers) and the best so far (a step line) against ``x``."""
+def _numbers(values: Iterable[float | None], dtype: str = "f8") -> dict[str, str]:
+    """A numeric array as plotly.js' typed-array form (base64 of the raw bytes), as plotly writes
+    numpy arrays: thousands of numbers cost no decimal formatting. Missing values are gaps (NaN)."""
     import numpy as np
-    import plotly.graph_objects as go
 
-    xs = np.asarray(x, dtype=x_dtype)
-    values = np.asarray([t.values[0] for t in done], dtype=float)
-    best = np.maximum.accumulate(values) if maximize else np.minimum.accumulate(values)
-    fig = go.Figure([
-        go.Scatter(x=xs, y=values, mode="markers", name=METRIC,
-                   marker={"size": _marker(len(done)), "opacity": 0.6, "color": _COLORS[TrialState.COMPLETE]}),
-        go.Scatter(x=xs, y=best, mode="lines", name="best so far", line={"shape": "hv", "color": "#ff7f0e"}),
-    ])
-    fig.update_layout(xaxis_title=x_title, yaxis_title=METRIC)
-    return _titled(fig, title)
+    array = np.array(values if isinstance(values, list) else list(values), dtype=float)  # None -> NaN
+    return {"dtype": dtype, "bdata": base64.b64encode(array.astype(_DTYPES[dtype]).tobytes()).decode("ascii")}
 
 
-def learning_curves(trials: Sequence[FrozenTrial]) -> go.Figure:
+_DTYPES = {"f8": "<f8", "f4": "<f4"}
+
+
+def _figure(data: list[dict[str, Any]], title: str, x_title: str = "", y_title: str = "",
+            **layout: Any) -> Figure:
+    """The report's look: white, light grid, the title on top; ``layout`` overrides."""
+    base: dict[str, Any] = {
+        "title": {"text": title}, "plot_bgcolor": "white", "paper_bgcolor": "white",
+        "margin": {"l": 60, "r": 20, "t": 50, "b": 50}, "font": {"family": "system-ui, sans-serif"},
+        "xaxis": {**_AXIS, "title": {"text": x_title}}, "yaxis": {**_AXIS, "title": {"text": y_title}},
+    }
+    for key, value in layout.items():
+        base[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return {"data": data, "layout": base}
+
+
+def _marker(n: int) -> int:
+    """Marker size: visible for a few trials, not a blot for thousands."""
+    return 8 if n < 200 else 5 if n < 1000 else 4
+
+
+def _complete(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+
+
+# -- history and learning curves ----------------------------------------------------------------
+
+
+def history_by_number(trials: Sequence[FrozenTrial], maximize: bool) -> Figure:
+    """Each COMPLETE trial's value by trial number, and the best so far."""
+    done = sorted(_complete(trials), key=lambda t: t.number)
+    return _history(done, _numbers(t.number for t in done), maximize, "trial", "best so far, by trial number")
+
+
+def history_by_time(trials: Sequence[FrozenTrial], maximize: bool) -> Figure:
+    """Each COMPLETE trial's value at the time it finished, and the best so far."""
+    done = sorted((t for t in _complete(trials) if t.datetime_complete),
+                  key=lambda t: t.datetime_complete)  # type: ignore[arg-type, return-value]
+    fig = _history(done, [t.datetime_complete for t in done], maximize, "finished at (UTC)",
+                   "best so far, over wall-clock time")
+    fig["layout"]["xaxis"]["type"] = "date"
+    return fig
+
+
+def _history(done: Sequence[FrozenTrial], x: Any, maximize: bool, x_title: str, title: str) -> Figure:
+    """``done`` trials' values (markers) and the best so far (a step line) against ``x``."""
+    values = [t.values[0] for t in done]
+    best, so_far = [], -math.inf if maximize else math.inf
+    for v in values:
+        so_far = max(so_far, v) if maximize else min(so_far, v)
+        best.append(so_far)
+    return _figure([
+        {"type": "scatter", "x": x, "y": _numbers(values), "mode": "markers", "name": METRIC,
+         "marker": {"size": _marker(len(done)), "opacity": 0.6, "color": _COLORS[TrialState.COMPLETE]}},
+        {"type": "scatter", "x": x, "y": _numbers(best), "mode": "lines", "name": "best so far",
+         "line": {"shape": "hv", "color": "#ff7f0e"}},
+    ], title, x_title, METRIC)
+
+
+def learning_curves(trials: Sequence[FrozenTrial]) -> Figure:
     """Per-epoch validation mIoU of every finished trial; pruned ones end in a cross where cut.
 
-    One trace per state, with the curves separated by gaps (NaN), so 5,000 trials stay a
+    One trace per state, with the curves separated by gaps (null), so 5,000 trials stay a
     figure of a few arrays instead of 5,000 traces.
     """
-    import numpy as np
-    import plotly.graph_objects as go
-
-    traces = []
+    traces: list[dict[str, Any]] = []
     for state in (TrialState.COMPLETE, TrialState.PRUNED):
-        xs: list[float] = []
-        ys: list[float] = []
+        xs: list[float | None] = []
+        ys: list[float | None] = []
         ends: list[tuple[int, float, int]] = []
         for trial in trials:
             if trial.state != state or not trial.intermediate_values:
@@ -89,143 +158,219 @@ def learning_curves(trials: Sequence[FrozenTrial]) -> go.Figure:
             steps = sorted(trial.intermediate_values)
             xs.extend(steps)
             ys.extend(trial.intermediate_values[s] for s in steps)
-            xs.append(math.nan)
-            ys.append(math.nan)
+            xs.append(None)
+            ys.append(None)
             ends.append((steps[-1], trial.intermediate_values[steps[-1]], trial.number))
         if not ends:
             continue
         label = "complete" if state == TrialState.COMPLETE else "pruned"
-        traces.append(go.Scatter(
-            x=np.asarray(xs, dtype=float), y=np.asarray(ys, dtype=float), mode="lines", name=label,
-            line={"width": 1, "color": _COLORS[state]}, opacity=0.25, hoverinfo="skip", connectgaps=False,
-        ))
+        traces.append({"type": "scatter", "x": _numbers(xs, "f4"), "y": _numbers(ys, "f4"), "mode": "lines",
+                       "name": label, "line": {"width": 1, "color": _COLORS[state]}, "opacity": 0.25,
+                       "hoverinfo": "skip", "connectgaps": False})
         if state == TrialState.PRUNED:
-            traces.append(go.Scatter(
-                x=np.asarray([e[0] for e in ends], dtype=float), y=np.asarray([e[1] for e in ends], dtype=float),
-                mode="markers", name="pruned here", marker={"symbol": "x", "size": 6, "color": _COLORS[state]},
-                text=[f"trial {e[2]} pruned after epoch {e[0]}" for e in ends], hoverinfo="text",
-            ))
-    fig = go.Figure(traces)
-    fig.update_layout(xaxis_title="epoch", yaxis_title=METRIC)
-    return _titled(fig, "learning curves")
+            traces.append({
+                "type": "scatter", "x": _numbers(e[0] for e in ends), "y": _numbers(e[1] for e in ends),
+                "mode": "markers", "name": "pruned here", "marker": {"symbol": "x", "size": 6, "color": _COLORS[state]},
+                "text": [f"trial {e[2]} pruned after epoch {e[0]}" for e in ends], "hoverinfo": "text",
+            })
+    return _figure(traces, "learning curves", "epoch", METRIC)
 
 
-def importance(study: optuna.Study, importances: dict[str, float], evaluator_name: str) -> go.Figure:
-    """Optuna's importance bar chart, of importances computed once by the caller."""
-    from optuna.importance import BaseImportanceEvaluator
-    from optuna.visualization import plot_param_importances
-
-    class Fixed(BaseImportanceEvaluator):
-        def evaluate(self, study: Any, params: Any = None, *, target: Any = None) -> dict[str, float]:
-            return dict(importances)
-
-    fig = plot_param_importances(study, evaluator=Fixed(), target=target_of(len(study.directions)),
-                                 target_name=METRIC)
-    return _titled(fig, f"parameter importance ({evaluator_name})")
+# -- parameters ---------------------------------------------------------------------------------
 
 
-def slices(trials: Sequence[FrozenTrial], params: list[str]) -> go.Figure:
-    """Value against each parameter (one panel per parameter), coloured by trial number."""
-    import numpy as np
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
+def importance(importances: dict[str, float], evaluator_name: str) -> Figure:
+    """Horizontal bars, most important on top, as Optuna's ``plot_param_importances`` draws them."""
+    names = list(reversed(importances))
+    values = [importances[n] for n in names]
+    return _figure(
+        [{"type": "bar", "orientation": "h", "x": _numbers(values), "y": names,
+          "text": [f"{v:.2f}" if v >= 0.01 else "<0.01" for v in values], "textposition": "outside",
+          "cliponaxis": False, "marker": {"color": _COLORS[TrialState.COMPLETE]},
+          "hovertemplate": "%{y}: %{x:.4f}<extra></extra>"}],
+        f"parameter importance ({evaluator_name})", f"importance for {METRIC}", "parameter",
+        yaxis={"type": "category"}, showlegend=False,
     )
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
-    fig = make_subplots(rows=1, cols=len(params), shared_yaxes=True, subplot_titles=params,
-                        horizontal_spacing=0.03)
-    for col, name in enumerate(params, start=1):
+
+def slices(trials: Sequence[FrozenTrial], params: list[str]) -> Figure:
+    """Value against each parameter (one panel per parameter), coloured by trial number."""
+    done = _complete(trials)
+    n, gap = len(params), 0.03
+    width = (1 - gap * (n - 1)) / n
+    traces: list[dict[str, Any]] = []
+    layout: dict[str, Any] = {"annotations": [], "showlegend": False}
+    for i, name in enumerate(params):
         having = [t for t in done if name in t.params]
         dist = having[0].distributions[name] if having else None
-        raw = [t.params[name] for t in having]
-        x = np.asarray([str(v) for v in raw], dtype=object) if isinstance(dist, CategoricalDistribution) \
-            else np.asarray(raw, dtype=float)
-        fig.add_trace(go.Scatter(
-            x=x, y=np.asarray([t.values[0] for t in having], dtype=float), mode="markers", showlegend=False,
-            marker={"size": _marker(len(having)), "opacity": 0.6, "color": np.asarray([t.number for t in having], dtype=float),
-                    "colorscale": "Blues", "showscale": col == 1, "colorbar": {"title": {"text": "trial"}}},
-            name=name,
-        ), row=1, col=col)
-        if isinstance(dist, (FloatDistribution, IntDistribution)) and dist.log:
-            fig.update_xaxes(type="log", row=1, col=col)
-        elif isinstance(dist, CategoricalDistribution):
-            fig.update_xaxes(type="category", categoryorder="array",
-                             categoryarray=[str(c) for c in dist.choices], row=1, col=col)
-    fig.update_yaxes(title_text=METRIC, row=1, col=1)
-    return _titled(fig, "slices of the most important parameters (complete trials)")
+        axis = "xaxis" if i == 0 else f"xaxis{i + 1}"
+        x_axis: dict[str, Any] = {**_AXIS, "domain": [i * (width + gap), i * (width + gap) + width],
+                                  "anchor": "y"}
+        if isinstance(dist, CategoricalDistribution):
+            x: list[Any] = [str(t.params[name]) for t in having]
+            x_axis.update(type="category", categoryorder="array", categoryarray=[str(c) for c in dist.choices])
+        else:
+            x = _numbers(float(t.params[name]) for t in having)
+            if isinstance(dist, (FloatDistribution, IntDistribution)) and dist.log:
+                x_axis.update(type="log", dtick=1, exponentformat="e")  # a tick per decade: narrow panels
+        layout[axis] = x_axis
+        traces.append({
+            "type": "scatter", "x": x, "y": _numbers(t.values[0] for t in having), "mode": "markers",
+            "name": name, "xaxis": "x" if i == 0 else f"x{i + 1}", "yaxis": "y",
+            "text": [f"trial {t.number}" for t in having],
+            "marker": {"size": _marker(len(having)), "opacity": 0.6, "color": _numbers(t.number for t in having),
+                       "colorscale": _BLUE_SCALE, "showscale": i == 0, "colorbar": {"title": {"text": "trial"}}},
+        })
+        layout["annotations"].append({"text": name, "x": i * (width + gap) + width / 2, "y": 1.0, "xref": "paper",
+                                      "yref": "paper", "xanchor": "center", "yanchor": "bottom",
+                                      "showarrow": False, "font": {"size": 14}})
+    return _figure(traces, "slices of the most important parameters (complete trials)", "", METRIC, **layout)
 
 
-def parallel(study: optuna.Study, params: list[str], shown: int, of: int) -> go.Figure:
-    from optuna.visualization import plot_parallel_coordinate
+def parallel(trials: Sequence[FrozenTrial], params: list[str], maximize: bool, of: int) -> Figure:
+    """One line per trial through mIoU and ``params`` (each axis scaled to 0-1), as Optuna draws it.
 
-    fig = plot_parallel_coordinate(study, params=params, target=target_of(len(study.directions)),
-                                   target_name=METRIC)
-    return _titled(fig, f"parallel coordinates of the {shown} best of {of} complete trials")
+    ``trials`` are the best COMPLETE ones (at most :data:`PARALLEL_BEST`); a trial without one of
+    ``params`` (a conditional parameter) is left out, as in Optuna's plot.
+    """
+    shown = [t for t in trials if all(p in t.params for p in params)]
+    axes = [_value_axis(shown)] + [_param_axis(shown, p) for p in params]
+    values = [t.values[0] for t in shown]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    traces: list[dict[str, Any]] = []
+    # Worst first, so the best lines are drawn on top.
+    for k in sorted(range(len(shown)), key=lambda k: values[k], reverse=not maximize):
+        share = (values[k] - low) / (high - low) if high > low else 1.0
+        traces.append({
+            "type": "scatter", "x": list(range(len(axes))), "y": [a["scaled"][k] for a in axes], "mode": "lines",
+            "line": {"color": _blue(share if maximize else 1 - share), "width": 1.2}, "opacity": 0.5,
+            "showlegend": False, "customdata": [[a["label"], a["text"][k]] for a in axes],
+            "hovertemplate": f"trial {shown[k].number}<br>%{{customdata[0]}}: %{{customdata[1]}}<extra></extra>",
+        })
+    traces.append({  # the colour bar
+        "type": "scatter", "x": [None, None], "y": [None, None], "mode": "markers", "showlegend": False,
+        "hoverinfo": "skip", "marker": {"color": [low, high], "cmin": low, "cmax": high, "colorscale": _BLUE_SCALE,
+                                        "reversescale": not maximize, "showscale": True,
+                                        "colorbar": {"title": {"text": METRIC}}},
+    })
+    annotations = []
+    for i, a in enumerate(axes):
+        for y, text, anchor in ((1.0, a["top"], "bottom"), (0.0, a["bottom"], "top")):
+            annotations.append({"x": i, "y": y, "text": text, "showarrow": False, "xref": "x", "yref": "y",
+                                "yanchor": anchor, "font": {"size": 10, "color": "#555"}})
+    return _figure(
+        traces, f"parallel coordinates of the {len(shown)} best of {of} complete trials",
+        xaxis={"tickmode": "array", "tickvals": list(range(len(axes))), "ticktext": [a["label"] for a in axes],
+               "range": [-0.3, len(axes) - 0.7], "showgrid": False, "zeroline": False},
+        yaxis={"range": [-0.1, 1.1], "visible": False, "fixedrange": True},
+        shapes=[{"type": "line", "x0": i, "x1": i, "y0": 0, "y1": 1, "line": {"color": "#888", "width": 1},
+                 "layer": "below"} for i in range(len(axes))],
+        annotations=annotations, hovermode="closest",
+    )
 
+
+def _value_axis(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
+    values = [t.values[0] for t in trials]
+    return _numeric_axis(METRIC, values, values, lambda v: f"{v:.4f}")
+
+
+def _param_axis(trials: Sequence[FrozenTrial], name: str) -> dict[str, Any]:
+    """One parallel-coordinates axis: each trial's position in 0-1, its text, and the end labels."""
+    raw = [t.params[name] for t in trials]
+    dist = trials[0].distributions[name] if trials else None
+    if isinstance(dist, CategoricalDistribution):
+        order = [str(c) for c in dist.choices]
+        index = {c: i for i, c in enumerate(order)}
+        span = max(len(order) - 1, 1)
+        return {"label": name, "scaled": [index[str(v)] / span for v in raw], "text": [str(v) for v in raw],
+                "top": order[-1], "bottom": order[0]}
+    log = isinstance(dist, (FloatDistribution, IntDistribution)) and dist.log
+    position = [math.log10(float(v)) if log else float(v) for v in raw]
+    return _numeric_axis(name, [float(v) for v in raw], position, lambda v: f"{v:.3g}")
+
+
+def _numeric_axis(label: str, raw: list[float], position: list[float], fmt: Any) -> dict[str, Any]:
+    low, high = (min(position), max(position)) if position else (0.0, 1.0)
+    scaled = [(p - low) / (high - low) if high > low else 0.5 for p in position]
+    return {"label": label, "scaled": scaled, "text": [fmt(v) for v in raw],
+            "top": fmt(max(raw)) if raw else "", "bottom": fmt(min(raw)) if raw else ""}
+
+
+def _blue(share: float) -> str:
+    """A colour of :data:`_BLUES` for a share in 0-1 (0 light, 1 dark)."""
+    return _BLUES[min(int(share * (len(_BLUES) - 1) + 0.5), len(_BLUES) - 1)]
+
+
+# -- several objectives -------------------------------------------------------------------------
 
 #: Axis titles of the cost objectives (``contract.study_spec.Objective``).
 COST_TITLES = {"params": "parameters", "latency": "inference ms per image", "minimize": "objective 1",
                "maximize": "objective 1"}
+_HOVER = "%{{text}}<br>" + METRIC + " %{{y:.4f}}<br>{0} %{{x:,.4g}}<extra></extra>"
 
 
 def pareto(trials: Sequence[FrozenTrial], cost: str, front: Sequence[FrozenTrial],
-           picked: FrozenTrial | None, pick: str) -> go.Figure:
+           picked: FrozenTrial | None, pick: str) -> Figure:
     """mIoU against cost: every COMPLETE trial, the Pareto front as a step line, the pick starred.
 
     Built here rather than with Optuna's ``plot_pareto_front`` so the front reads as a frontier
     (joined in cost order) and the trial ``tuner export --pick`` writes is marked.
     """
-    import numpy as np
-    import plotly.graph_objects as go
-
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values and len(t.values) == 2]
+    done = [t for t in _complete(trials) if len(t.values) == 2]
     on_front = {t.number for t in front}
     rest = [t for t in done if t.number not in on_front]
     title = COST_TITLES.get(cost, cost)
+    hover = _HOVER.format(title)
 
     def xy(group: Sequence[FrozenTrial]) -> dict[str, Any]:
-        return {"x": np.asarray([t.values[1] for t in group], dtype=float),
-                "y": np.asarray([t.values[0] for t in group], dtype=float),
-                "text": [f"trial {t.number}" for t in group]}
+        return {"x": _numbers(t.values[1] for t in group), "y": _numbers(t.values[0] for t in group),
+                "text": [f"trial {t.number}" for t in group], "hovertemplate": hover, "type": "scatter"}
 
     traces = [
-        go.Scatter(**xy(rest), mode="markers", name="dominated", hovertemplate=_HOVER.format(title),
-                   marker={"size": _marker(len(done)), "opacity": 0.5, "color": "#9ecae1"}),
-        go.Scatter(**xy(front), mode="lines+markers", name="Pareto front", hovertemplate=_HOVER.format(title),
-                   line={"shape": "hv", "color": _COLORS[TrialState.COMPLETE]},
-                   marker={"size": _marker(len(done)) + 2, "color": _COLORS[TrialState.COMPLETE]}),
+        {**xy(rest), "mode": "markers", "name": "dominated",
+         "marker": {"size": _marker(len(done)), "opacity": 0.5, "color": "#9ecae1"}},
+        {**xy(front), "mode": "lines+markers", "name": "Pareto front",
+         "line": {"shape": "hv", "color": _COLORS[TrialState.COMPLETE]},
+         "marker": {"size": _marker(len(done)) + 2, "color": _COLORS[TrialState.COMPLETE]}},
     ]
     if picked is not None:
-        traces.append(go.Scatter(**xy([picked]), mode="markers", name=f"picked ({pick})",
-                                 hovertemplate=_HOVER.format(title),
-                                 marker={"symbol": "star", "size": 16, "color": "#ff7f0e",
-                                         "line": {"width": 1, "color": "#333"}}))
-    fig = go.Figure(traces)
-    fig.update_layout(xaxis_title=title, yaxis_title=METRIC)
+        traces.append({**xy([picked]), "mode": "markers", "name": f"picked ({pick})",
+                       "marker": {"symbol": "star", "size": 16, "color": "#ff7f0e",
+                                  "line": {"width": 1, "color": "#333"}}})
+    fig = _figure(traces, f"Pareto front: {METRIC} against {title} ({len(front)} of {len(done)} complete trials)",
+                  title, METRIC)
     if cost == "params" and done and min(t.values[1] for t in done) > 0:
-        fig.update_xaxes(type="log")  # parameter counts span orders of magnitude
-    return _titled(fig, f"Pareto front: {METRIC} against {title} ({len(front)} of {len(done)} complete trials)")
+        fig["layout"]["xaxis"]["type"] = "log"  # parameter counts span orders of magnitude
+    return fig
 
 
-_HOVER = "%{{text}}<br>" + METRIC + " %{{y:.4f}}<br>{0} %{{x:,.4g}}<extra></extra>"
-
-
-def pareto_optuna(study: optuna.Study, names: list[str]) -> go.Figure:
+def pareto_optuna(study: optuna.Study, names: list[str]) -> Figure:
     """More than two objectives (studies not made by ``tuner create``): Optuna's own plot."""
     from optuna.visualization import plot_pareto_front
 
-    fig = plot_pareto_front(study, target_names=names)
-    return _titled(fig, "Pareto front")
+    fig = plot_pareto_front(study, target_names=names).to_plotly_json()
+    fig["layout"].update(title={"text": "Pareto front"}, plot_bgcolor="white", paper_bgcolor="white")
+    return {"data": [_plain(t) for t in fig["data"]], "layout": _plain(fig["layout"])}
 
 
-def per_class_iou(trials: Sequence[FrozenTrial], per_class_key: str) -> go.Figure:
+def _plain(value: Any) -> Any:
+    """A plotly object's JSON form with numpy arrays and scalars as lists and numbers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return _plain(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# -- the best trials ----------------------------------------------------------------------------
+
+
+def per_class_iou(trials: Sequence[FrozenTrial], per_class_key: str) -> Figure:
     """Grouped bars: IoU of each foreground class, for each of the given (best) trials."""
-    import plotly.graph_objects as go
-
     labels = [f"#{t.number}" for t in trials]
     bars = []
     for c in (1, 2, 3, 4):
@@ -234,56 +379,23 @@ def per_class_iou(trials: Sequence[FrozenTrial], per_class_key: str) -> go.Figur
             per_class = trial.user_attrs.get(per_class_key)
             value = per_class.get(str(c)) if isinstance(per_class, dict) else None
             values.append(value)
-        bars.append(go.Bar(x=labels, y=values, name=CLASS_NAMES[c]))
-    fig = go.Figure(bars)
-    fig.update_layout(barmode="group", xaxis_title="trial (best first)", yaxis_title="IoU",
-                      xaxis={"type": "category"}, yaxis={"range": [0, 1]})
-    return _titled(fig, f"IoU per class, {len(trials)} best trials")
+        bars.append({"type": "bar", "x": labels, "y": _numbers(values), "name": CLASS_NAMES[c]})
+    return _figure(bars, f"IoU per class, {len(trials)} best trials", "trial (best first)", "IoU",
+                   barmode="group", xaxis={"type": "category"}, yaxis={"range": [0, 1]})
 
 
-def confusion(matrix: list[list[int]], trial_number: int) -> go.Figure:
+def confusion(matrix: list[list[int]], trial_number: int) -> Figure:
     """Row-normalised confusion matrix (share of each true class), counts on hover."""
-    import plotly.graph_objects as go
-
     names = [CLASS_NAMES.get(i, str(i)) for i in range(len(matrix))]
     shares = []
     for row in matrix:
         total = sum(row)
         shares.append([n / total if total else None for n in row])
     text = [[f"{s:.2f}" if s is not None else "" for s in row] for row in shares]
-    fig = go.Figure(go.Heatmap(
-        z=shares, x=names, y=names, colorscale="Blues", zmin=0, zmax=1, text=text, texttemplate="%{text}",
-        customdata=matrix, hovertemplate="true %{y}, predicted %{x}: %{customdata} pixels<extra></extra>",
-    ))
-    fig.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis={"autorange": "reversed"})
-    return _titled(fig, f"confusion matrix of trial {trial_number} (share of each true class)")
-
-
-#: A light look without loading a plotly template (loading one costs ~0.3 s of CPU); see
-#: :func:`no_template`.
-_AXIS = {"gridcolor": "#e5e5e5", "zerolinecolor": "#cccccc", "linecolor": "#999999", "automargin": True}
-
-
-@contextlib.contextmanager
-def no_template() -> Iterator[None]:
-    """Build figures without plotly's default template (its first use costs ~0.3 s of CPU)."""
-    import plotly.io as pio
-
-    previous, pio.templates.default = pio.templates.default, "none"
-    try:
-        yield
-    finally:
-        pio.templates.default = previous
-
-
-def _marker(n: int) -> int:
-    """Marker size: visible for a few trials, not a blot for thousands."""
-    return 8 if n < 200 else 5 if n < 1000 else 4
-
-
-def _titled(fig: go.Figure, title: str) -> go.Figure:
-    fig.update_layout(title=title, plot_bgcolor="white", paper_bgcolor="white",
-                      margin={"l": 60, "r": 20, "t": 50, "b": 50}, font={"family": "system-ui, sans-serif"})
-    fig.update_xaxes(**_AXIS)
-    fig.update_yaxes(**_AXIS)
-    return fig
+    return _figure(
+        [{"type": "heatmap", "z": shares, "x": names, "y": names, "colorscale": _BLUE_SCALE, "zmin": 0, "zmax": 1,
+          "text": text, "texttemplate": "%{text}", "customdata": matrix,
+          "hovertemplate": "true %{y}, predicted %{x}: %{customdata} pixels<extra></extra>"}],
+        f"confusion matrix of trial {trial_number} (share of each true class)", "predicted", "true",
+        yaxis={"autorange": "reversed"},
+    )
