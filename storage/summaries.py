@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 import dataclasses
 import datetime
 import json
@@ -200,34 +201,43 @@ def load_trials(
         return []
     chosen = "SELECT trial_id FROM trials WHERE " + " AND ".join(where)
 
-    def rows(sql: str, extra: list[sqlalchemy.BindParameter[Any]] | None = None) -> Sequence[Any]:
-        query = sqlalchemy.text(sql.replace("{chosen}", chosen)).bindparams(*binds, *(extra or []))
-        return conn.execute(query, params).all()
+    def rows(conn: sqlalchemy.Connection, sql: str, extra: dict[str, list[Any]] | None = None) -> Sequence[Any]:
+        """``sql`` with ``{chosen}`` replaced; ``extra`` binds more lists (``IN :name``)."""
+        more = [sqlalchemy.bindparam(name, expanding=True) for name in extra or {}]
+        query = sqlalchemy.text(sql.replace("{chosen}", chosen)).bindparams(*binds, *more)
+        return conn.execute(query, {**params, **(extra or {})}).all()
 
-    with engine.connect() as conn:
-        heads = rows("SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials "
-                     "WHERE trial_id IN ({chosen})")
-        if not heads:
-            return []
-        values: dict[int, dict[int, float]] = defaultdict(dict)
-        for tid, objective, value, kind in rows(
-                "SELECT trial_id, objective, value, value_type FROM trial_values WHERE trial_id IN ({chosen})"):
-            values[tid][objective] = value if kind == "FINITE" else _float(value, kind)
-        param_rows = rows("SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
-                          "WHERE trial_id IN ({chosen}) ORDER BY param_id")
-        attrs: dict[int, dict[str, Any]] = defaultdict(dict)
-        if user_attr_keys is None or user_attr_keys:
-            sql = "SELECT trial_id, key, value_json FROM trial_user_attributes WHERE trial_id IN ({chosen})"
-            extra = []
-            if user_attr_keys is not None:
-                sql += " AND key IN :keys"
-                extra.append(sqlalchemy.bindparam("keys", expanding=True))
-                params["keys"] = list(user_attr_keys)
-            for tid, key, value in rows(sql, extra):
-                attrs[tid][key] = json.loads(value)
-        steps: dict[int, dict[int, float]] = defaultdict(dict)
-        if intermediate:
-            _read_steps(conn, rows, steps)
+    attrs: dict[int, dict[str, Any]] = defaultdict(dict)
+    steps: dict[int, dict[int, float]] = defaultdict(dict)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # On PostgreSQL the per-epoch values (the largest table) are read on a second connection
+        # meanwhile: the server aggregates them while this thread parses the other tables.
+        apart = intermediate and engine.dialect.name == "postgresql"
+        read_apart = pool.submit(_read_steps_apart, engine, rows) if apart else None
+        with engine.connect() as conn:
+            heads = rows(conn, "SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials "
+                               "WHERE trial_id IN ({chosen})")
+            if not heads:
+                return []
+            values: dict[int, dict[int, float]] = defaultdict(dict)
+            for tid, objective, value, kind in rows(
+                    conn, "SELECT trial_id, objective, value, value_type FROM trial_values "
+                          "WHERE trial_id IN ({chosen})"):
+                values[tid][objective] = value if kind == "FINITE" else _float(value, kind)
+            param_rows = rows(conn, "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
+                                    "WHERE trial_id IN ({chosen}) ORDER BY param_id")
+            if user_attr_keys is None or user_attr_keys:
+                sql = "SELECT trial_id, key, value_json FROM trial_user_attributes WHERE trial_id IN ({chosen})"
+                keys = None
+                if user_attr_keys is not None:
+                    sql += " AND key IN :keys"
+                    keys = {"keys": list(user_attr_keys)}
+                for tid, key, value in rows(conn, sql, keys):
+                    attrs[tid][key] = json.loads(value)
+            if intermediate and not apart:
+                _read_steps(conn, rows, steps)
+        if read_apart is not None:
+            steps.update(read_apart.result())
 
     dists: dict[str, BaseDistribution] = {}  # the same few JSON texts repeat on every trial
     params_of: dict[int, dict[str, Any]] = defaultdict(dict)
@@ -252,24 +262,34 @@ def load_trials(
     return sorted(trials, key=lambda t: t.number)
 
 
+def _read_steps_apart(engine: sqlalchemy.Engine, rows: Any) -> dict[int, dict[int, float]]:
+    steps: dict[int, dict[int, float]] = defaultdict(dict)
+    with engine.connect() as conn:
+        _read_steps(conn, rows, steps)
+    return steps
+
+
 def _read_steps(conn: sqlalchemy.Connection, rows: Any, steps: dict[int, dict[int, float]]) -> None:
     """Fill ``steps[trial_id][step] = value``: the largest table (epochs x trials rows).
 
     On PostgreSQL each trial's values come as two arrays (one row per trial instead of one per
-    epoch: 5,000 rows instead of 150,000 at 30 epochs). Non-finite values, rare, are read apart.
+    epoch: 5,000 rows instead of 150,000 at 30 epochs), both in the same (unsorted) order.
+    Non-finite values, rare, are read apart.
     """
     table = "FROM trial_intermediate_values WHERE trial_id IN ({chosen})"
     if conn.dialect.name == "postgresql":
         for tid, numbers, values in rows(
-                "SELECT trial_id, array_agg(step ORDER BY step), "
-                "array_agg(CASE WHEN intermediate_value_type = 'FINITE' THEN intermediate_value END "
-                f"ORDER BY step) {table} GROUP BY trial_id"):
+                conn, "SELECT trial_id, array_agg(step), "
+                      "array_agg(CASE WHEN intermediate_value_type = 'FINITE' THEN intermediate_value END) "
+                      f"{table} GROUP BY trial_id"):
             steps[tid] = dict(zip(numbers, values))
         for tid, step, kind in rows(
-                f"SELECT trial_id, step, intermediate_value_type {table} AND intermediate_value_type <> 'FINITE'"):
+                conn, f"SELECT trial_id, step, intermediate_value_type {table} "
+                      "AND intermediate_value_type <> 'FINITE'"):
             steps[tid][step] = _float(None, kind)
         return
-    for tid, step, value, kind in rows(f"SELECT trial_id, step, intermediate_value, intermediate_value_type {table}"):
+    for tid, step, value, kind in rows(
+            conn, f"SELECT trial_id, step, intermediate_value, intermediate_value_type {table}"):
         steps[tid][step] = value if kind == "FINITE" else _float(value, kind)
 
 
