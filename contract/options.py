@@ -6,6 +6,8 @@ One definition each, so a flag and its environment variable mean the same thing 
 
 from __future__ import annotations
 
+import atexit
+import gc
 from pathlib import Path
 import sys
 from typing import Annotated, Any, Optional
@@ -29,6 +31,18 @@ ArtifactDirOpt = Annotated[
         help="Artifact store directory: workers upload each new best model there; export and dashboard read it.",
     ),
 ]
+
+
+def _skip_final_collection() -> None:
+    """At exit, leave the objects to the operating system instead of collecting them one by one.
+
+    A CLI process ends right after its command; the interpreter's last cyclic collection then
+    walks every object the command made (0.2-0.3 s after ``tuner report`` of 5,000 trials).
+    """
+    gc.freeze()
+
+
+atexit.register(_skip_final_collection)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -1,8 +1,15 @@
 """Coordinator: create studies from a search-space file, watch them, export the winner."""
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-try:
-    __version__ = version("mars-tuner")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0+unknown"
+
+def __getattr__(name: str) -> Any:
+    # Looked up on use: reading the installed metadata costs every command ~40 ms at start-up.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("mars-tuner")
+        except PackageNotFoundError:  # running from a source tree without installing
+            return "0.0.0+unknown"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

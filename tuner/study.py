@@ -28,7 +28,6 @@ from contract.study_spec import (
 )
 import storage
 from storage.locks import named_lock
-from tuner import __version__
 
 #: ``studies.study_name`` is VARCHAR(512) in Optuna's schema.
 MAX_STUDY_NAME = 512
@@ -180,6 +179,8 @@ def _create_complete(
         storage=rdb, study_name=building, directions=spec.directions,
         sampler=spec.make_sampler(), pruner=spec.make_pruner(),
     )
+    from tuner import __version__
+
     try:
         study.set_user_attr(SPEC_ATTR, spec.to_attr())
         study.set_user_attr("created", {
