@@ -8,7 +8,12 @@ reports health with passwords masked.
 from storage.errors import StorageError
 from storage.factory import open_storage
 from storage.health import Health, check
-from storage.heartbeat import Heartbeat, adopt_orphans, fail_stale_trials
+from storage.heartbeat import (
+    Heartbeat,
+    adopt_orphans,
+    fail_stale_trials,
+    first_heartbeat,
+)
 from storage.schema import current_revision, init_schema
 from storage.url import default_sqlite_url, mask_url, resolve_url
 
@@ -21,6 +26,7 @@ __all__ = [
     "current_revision",
     "default_sqlite_url",
     "fail_stale_trials",
+    "first_heartbeat",
     "init_schema",
     "mask_url",
     "open_storage",

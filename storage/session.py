@@ -44,6 +44,11 @@ def on_connection(rdb: RDBStorage, conn: sqlalchemy.Connection) -> Iterator[None
         registry.clear()  # the next call gets a pool-bound session again
 
 
+def routed_connection() -> sqlalchemy.Connection | None:
+    """This thread's connection inside :func:`on_connection`, else ``None``."""
+    return getattr(_routed, "conn", None)
+
+
 def read(rdb: RDBStorage, statement: sqlalchemy.TextClause, params: dict[str, Any]) -> list[Any]:
     """Rows of a read-only ``statement``, in this thread's routed transaction if there is one.
 

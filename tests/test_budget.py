@@ -253,3 +253,58 @@ def test_a_waiter_gets_the_lock_when_it_is_released_with_either_driver(pg_url, d
         let_go = time.monotonic()
     thread.join(timeout=30)
     assert got and got[0] >= let_go
+
+
+def test_the_locked_section_stays_a_few_statements_with_many_running_trials(pg_url):
+    """Every worker queues for this section: its statements must not grow with the busy workers.
+
+    Optuna's own stale-trial check loaded every RUNNING trial (one per busy worker) as ORM objects
+    and its heartbeat call read the row first, each in a savepoint: 17 statements here before.
+    """
+    import sqlalchemy
+
+    from worker import budget
+
+    storage.init_schema(pg_url)
+    rdb = storage.open_storage(pg_url, heartbeat_interval=60, grace_period=120)
+    study = optuna.create_study(storage=rdb, study_name="b")
+    for _ in range(20):  # twenty busy workers' trials, beating
+        budget.ask_within_budget(study, rdb, pg_url, 100)
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *rest) -> None:
+        statements.append(statement)
+
+    plain = budget._reserve
+
+    def watched(*args, **kwargs):
+        sqlalchemy.event.listen(rdb.engine, "before_cursor_execute", seen)
+        try:
+            return plain(*args, **kwargs)
+        finally:
+            sqlalchemy.event.remove(rdb.engine, "before_cursor_execute", seen)
+
+    budget._reserve = watched
+    try:
+        trial, counts = budget.ask_within_budget(study, rdb, pg_url, 100)
+    finally:
+        budget._reserve = plain
+    assert trial is not None and counts[TrialState.RUNNING] == 20
+    assert _has_heartbeat(rdb, trial._trial_id)
+    assert len(statements) <= 10, "\n".join(s.split("\n")[0][:80] for s in statements)
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING] * 21  # fresh beats: none failed
+
+
+def test_a_first_heartbeat_on_the_lock_connection_replaces_an_earlier_one(pg_url):
+    """A queued trial taken again may carry a beat already: the one-statement beat must not fail."""
+    from worker.budget import budget_lock
+
+    storage.init_schema(pg_url)
+    rdb = storage.open_storage(pg_url, heartbeat_interval=60, grace_period=120)
+    study = optuna.create_study(storage=rdb, study_name="b")
+    trial_id = study.ask()._trial_id
+    rdb.record_heartbeat(trial_id)
+    with budget_lock(study, rdb, pg_url):
+        storage.first_heartbeat(rdb, trial_id)
+        storage.first_heartbeat(rdb, trial_id)
+    assert _has_heartbeat(rdb, trial_id)  # one row, no unique-key error

@@ -70,7 +70,7 @@ def _reserve(
         trial_id = study._storage.create_new_trial(study._study_id)
     # The first beat, in the same transaction: a trial is never RUNNING without one (see
     # storage.adopt_orphans); both become visible together when the lock is released.
-    rdb.record_heartbeat(trial_id)
+    storage.first_heartbeat(rdb, trial_id)
     return trial_id, queued, counts
 
 
