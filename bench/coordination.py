@@ -304,6 +304,99 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
             "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean())}
 
 
+# --------------------------------------------------------------------------- part 3: one trial's cost
+
+
+def _postgres_cpu_s() -> float | None:
+    """CPU seconds used so far by this machine's PostgreSQL processes; ``None`` if none is seen."""
+    tick, total, seen = os.sysconf("SC_CLK_TCK"), 0.0, False
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if "(postgres)" in stat:
+            fields = stat.rsplit(")", 1)[1].split()
+            total, seen = total + (int(fields[11]) + int(fields[12])) / tick, True
+    return total if seen else None
+
+
+def run_cost(url: str, arms: list[str], n_trials: int) -> list[dict[str, Any]]:
+    """One worker alone, ``n_trials`` trials in a row per arm: what one trial costs, uncontended.
+
+    Per trial: wall time, the worker's CPU time, the database server's CPU time (its processes
+    on this machine, which runs nothing else of the bench meanwhile) and, for the project arm,
+    how long the budget lock was held (acquired to released). These say what the pace-0 runs
+    measure on a machine of C cores: N workers asking non-stop cost each trial about
+    N x (worker + database CPU) / C; and what remains where every worker has its own CPU:
+    the lock, which N workers take one after the other (N x hold per round).
+    """
+    import contextlib
+
+    import optuna
+
+    from contract.study_spec import StudySpec
+    import storage
+    from worker import budget
+
+    holds: list[float] = []
+    plain_lock = budget.budget_lock
+
+    @contextlib.contextmanager
+    def timed_lock(*args: Any, **kwargs: Any) -> Any:
+        acquired: list[float] = []
+        with contextlib.ExitStack() as stack:
+            stack.callback(lambda: holds.append(time.perf_counter() - acquired[0]))  # last: after the release
+            held = stack.enter_context(plain_lock(*args, **kwargs))
+            acquired.append(time.perf_counter())
+            yield held
+
+    rows = []
+    for mode in arms:
+        name = f"cost-{mode}-{uuid.uuid4().hex[:6]}"
+        creator = storage.open_storage(url, heartbeat_interval=None)
+        optuna.create_study(study_name=name, storage=creator)
+        creator.engine.dispose()
+        if mode == "project":
+            rdb = storage.open_storage(url, heartbeat_interval=StudySpec.heartbeat_interval,
+                                       grace_period=StudySpec.grace_period, max_retry=StudySpec.max_retry)
+            study = optuna.load_study(study_name=name, storage=rdb, sampler=optuna.samplers.TPESampler(seed=1))
+
+            def one() -> None:
+                trial = budget.ask_within_budget(study, rdb, url, n_trials + 1)[0]
+                with storage.Heartbeat(rdb, trial._trial_id):
+                    value = objective(trial)
+                study.tell(trial, value)
+        else:
+            study = optuna.create_study(study_name=name, storage=url, load_if_exists=True)
+
+            def one() -> None:
+                from optuna.trial import TrialState
+
+                study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))  # the raw arm's budget check
+                trial = study.ask()
+                study.tell(trial, objective(trial))
+        holds.clear()
+        budget.budget_lock = timed_lock
+        try:
+            db0, wall0, cpu0 = _postgres_cpu_s(), time.perf_counter(), time.process_time()
+            for _ in range(n_trials):
+                one()
+            db1, wall1, cpu1 = _postgres_cpu_s(), time.perf_counter(), time.process_time()
+        finally:
+            budget.budget_lock = plain_lock
+        rows.append({
+            "mode": mode, "trials": n_trials, "wall_ms": 1e3 * (wall1 - wall0) / n_trials,
+            "worker_cpu_ms": 1e3 * (cpu1 - cpu0) / n_trials,
+            "db_cpu_ms": None if db0 is None or db1 is None else 1e3 * (db1 - db0) / n_trials,
+            "lock_hold_ms": _percentiles(holds) if holds else None,
+        })
+        print(f"  {mode:8} one worker, {n_trials} trials: {rows[-1]['wall_ms']:.1f} ms wall, "
+              f"{rows[-1]['worker_cpu_ms']:.1f} ms worker CPU per trial", flush=True)
+    return rows
+
+
 # --------------------------------------------------------------------------- part 2: history
 
 
@@ -454,6 +547,14 @@ def print_tables(result: dict[str, Any]) -> None:
               f"{'-' if per is None else per:>7} {r['finished']:>4}/{r['budget']:<4} {r['workers_failed']:>6}")
         for error in r["errors"]:
             print(f"    {r['mode']} N={r['workers']} worker error: {error}")
+    if result.get("cost"):
+        print("\nOne worker alone (uncontended), ms per trial: wall, the worker's CPU, the database server's"
+              " CPU, the budget lock's hold (mean / p95)")
+        for c in result["cost"]:
+            db = "-" if c["db_cpu_ms"] is None else f"{c['db_cpu_ms']:.1f}"
+            hold = "-" if not c["lock_hold_ms"] else f"{c['lock_hold_ms']['mean']:.1f} / {c['lock_hold_ms']['p95']:.1f}"
+            print(f"{c['mode']:8} {c['trials']:>5} trials: wall {c['wall_ms']:.1f}, worker CPU {c['worker_cpu_ms']:.1f}, "
+                  f"database CPU {db}, lock held {hold}")
     h = result["history"]
     if not h:
         print("\n".join(result["verdict"]))
@@ -483,6 +584,21 @@ def verdict(result: dict[str, Any]) -> list[str]:
         lines.append(f"goal overhead < 1% of a 1-min trial, {r['workers']} workers, pace {r['pace_s']:g}s: "
                      f"{r['overhead_pct_of_1min_trial']:.3f}%{beside} -> {'met' if ok else 'NOT met'}; "
                      f"budget {r['finished']}/{r['budget']} -> {'exact' if r['budget_exact'] else 'NOT exact'}")
+    cpus = result["machine"]["cpus"] or 1
+    for c in result.get("cost", []):
+        if c["db_cpu_ms"] is None:
+            continue
+        per_trial_s = (c["worker_cpu_ms"] + c["db_cpu_ms"]) / 1e3
+        for n in sorted({r["workers"] for r in result["workers"]} or {32, 64}):
+            need = n * per_trial_s / (0.01 * TRIAL_S)
+            lines.append(f"{c['mode']}: {n} workers asking non-stop on one machine need >= {need:.1f} cores "
+                         f"(workers + database) for < 1% ({1e3 * per_trial_s:.0f} ms CPU per trial); "
+                         f"this machine has {cpus}")
+        if c["lock_hold_ms"]:
+            for n in (32, 64):
+                pct = 100 * n * c["lock_hold_ms"]["mean"] / 1e3 / TRIAL_S
+                lines.append(f"{c['mode']}: budget lock held {c['lock_hold_ms']['mean']:.1f} ms per trial: "
+                             f"{n} workers queueing for it once each = {pct:.2f}% of a 1-min trial")
     sizes = [str(s) for s in result["history"].get("sizes", [])]
     for variant, points in result["history"].get("variants", {}).items():
         ratio = points[sizes[-1]]["ask_ms"]["p50"] / points[sizes[0]]["ask_ms"]["p50"]
@@ -502,11 +618,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", default="project,raw")
     parser.add_argument("--history", default="100,1000,5000", help="finished trials in the study")
     parser.add_argument("--asks", type=int, default=15, help="timed asks per history point")
+    parser.add_argument("--cost-trials", type=int, default=200,
+                        help="trials of one worker alone per arm, for the cost of one trial (0: skip)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.smoke:
         args.workers, args.paces, args.trials_per_worker, args.history, args.asks = "1,2", "0", 4, "10,30", 2
+        args.cost_trials = min(args.cost_trials, 12)
 
     worker_counts = [int(v) for v in args.workers.split(",")]
     paces = [float(v) for v in args.paces.split(",")]
@@ -525,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     admin_conn = admin()  # kept for the drop: at the end the workers may have filled the server
     load_start = list(os.getloadavg())
     try:
+        cost = run_cost(url, arms, args.cost_trials) if args.cost_trials else []
         rows = []
         for pace in paces:
             for n in worker_counts:
@@ -547,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "workers": rows,
         "history": history,
+        "cost": cost,
     }
     result["verdict"] = verdict(result)
     print_tables(result)
