@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         baseline = [] if args.baseline is None else [
             {**time_command(cmd, url, args.repeat, root=args.baseline.resolve()), "tree": str(args.baseline)}
-            for cmd in (["status", STUDY], ["list"])
+            for cmd in (["status", STUDY], ["list"], ["report", STUDY, "-o", str(report_path) + ".baseline"])
+            if cmd[0] != "report" or (args.baseline / "tuner" / "report.py").exists()  # older trees had none
         ]
         reference = {} if args.no_reference else reference_reads(url)
         report_bytes = report_path.stat().st_size
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept database: {url}")
         else:
             drop_database(db)
+        Path(str(report_path) + ".baseline").unlink(missing_ok=True)
         if args.report_out is None and report_path.exists():
             report_path.unlink()
 
