@@ -9,9 +9,9 @@ parallel coordinates of the top parameters [params], per-class IoU of the 10 bes
 [per-class], the best trial's confusion matrix and validation images [best], and the best
 configuration as ``tuner export`` writes it [config].
 
-The study is read with a few bulk queries (:mod:`storage.summaries`) into a read-only snapshot
-(:class:`storage.snapshot.SnapshotStorage`) that Optuna's plotting functions read like a study.
-Parameter importance is PED-ANOVA: on 5,000 trials it takes a fraction of a second where fANOVA
+The study is read with a few bulk queries (:mod:`storage.summaries`); Optuna's importance
+evaluator (and its Pareto plot beyond two objectives) reads it as a study through a read-only
+snapshot (:class:`storage.snapshot.SnapshotStorage`). Parameter importance is PED-ANOVA: on 5,000 trials it takes a fraction of a second where fANOVA
 trains a random forest for seconds (README, Performance).
 """
 
