@@ -382,3 +382,21 @@ def test_figures_reach_plotly_js_as_data_that_cannot_end_the_script():
     div = figs.to_div(fig, "figure-1")
     assert div.count("</script>") == 1 and div.endswith("</script>")
     assert '"<\\/script>' in div  # the name survives, escaped
+
+
+def test_parallel_coordinates_take_a_choice_the_search_space_no_longer_has():
+    """A study whose space changed (e.g. warm-started) has trials with choices outside the last one's."""
+    from optuna.distributions import CategoricalDistribution
+
+    from tuner import report_figures as figs
+
+    trials = []
+    for number, (value, choices) in enumerate([(8, (8, 16)), (32, (16, 32)), (16, (8, 16))]):
+        trial = optuna.trial.create_trial(value=0.1 * number, params={"filters": value},
+                                          distributions={"filters": CategoricalDistribution(choices)})
+        trial.number = number
+        trials.append(trial)
+    fig = figs.parallel(trials, ["filters"], True, 3)
+    ends = [a["text"] for a in fig["layout"]["annotations"] if a["x"] == 1]
+    assert ends == ["32", "8"]  # top and bottom of the filters axis
+    assert len([t for t in fig["data"] if t["mode"] == "lines"]) == 3

@@ -280,6 +280,7 @@ def _param_axis(trials: Sequence[FrozenTrial], name: str) -> dict[str, Any]:
     dist = trials[0].distributions[name] if trials else None
     if isinstance(dist, CategoricalDistribution):
         order = [str(c) for c in dist.choices]
+        order += sorted({str(v) for v in raw} - set(order))  # a choice the space had earlier
         index = {c: i for i, c in enumerate(order)}
         span = max(len(order) - 1, 1)
         return {"label": name, "scaled": [index[str(v)] / span for v in raw], "text": [str(v) for v in raw],
