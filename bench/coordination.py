@@ -153,6 +153,45 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
+def _arm(mode: str, url: str, study_name: str, budget: int, seed: int) -> tuple[Any, Any, Any]:
+    """One worker of an arm on ``study_name``: ``(study, ask, run)``.
+
+    ``ask()`` gives a trial, or ``None`` once the arm's budget rule says the study is done;
+    ``run(trial)`` is the objective, with what the arm does around it.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    if mode == "project":
+        from contract.study_spec import StudySpec
+        import storage
+        from worker import budget as shared
+
+        rdb = storage.open_storage(
+            url, heartbeat_interval=StudySpec.heartbeat_interval, grace_period=StudySpec.grace_period,
+            max_retry=StudySpec.max_retry,
+        )
+        study = optuna.load_study(study_name=study_name, storage=rdb,
+                                  sampler=optuna.samplers.TPESampler(seed=seed))
+
+        def ask():
+            return shared.ask_within_budget(study, rdb, url, budget)[0]
+
+        def run(trial):
+            with storage.Heartbeat(rdb, trial._trial_id):
+                return objective(trial)
+
+        return study, ask, run
+    study = optuna.create_study(study_name=study_name, storage=url, load_if_exists=True)
+
+    def ask_raw():  # MaxTrialsCallback's rule: stop once the study has `budget` COMPLETE trials
+        if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= budget:
+            return None
+        return study.ask()
+
+    return study, ask_raw, objective
+
+
 def _worker(mode: str, url: str, study_name: str, budget: int, pace_s: float, max_s: float, index: int,
             barrier: Any, results: Any) -> None:
     """One worker process: set up, wait for the others, run trials until the budget is spent.
@@ -160,9 +199,6 @@ def _worker(mode: str, url: str, study_name: str, budget: int, pace_s: float, ma
     A failure (e.g. the server refusing a connection past ``max_connections``) is reported, not
     raised, so that the others' numbers still come back and the finding is shown.
     """
-    import optuna
-    from optuna.trial import TrialState
-
     _quiet()
     asks: list[float] = []
     suggests: list[float] = []
@@ -170,35 +206,7 @@ def _worker(mode: str, url: str, study_name: str, budget: int, pace_s: float, ma
     overheads: list[float] = []
     error = None
     try:
-        if mode == "project":
-            from contract.study_spec import StudySpec
-            import storage
-            from worker.budget import ask_within_budget
-
-            rdb = storage.open_storage(
-                url, heartbeat_interval=StudySpec.heartbeat_interval, grace_period=StudySpec.grace_period,
-                max_retry=StudySpec.max_retry,
-            )
-            study = optuna.load_study(study_name=study_name, storage=rdb,
-                                      sampler=optuna.samplers.TPESampler(seed=1000 + index))
-
-            def ask():
-                return ask_within_budget(study, rdb, url, budget)[0]
-
-            def run(trial):
-                with storage.Heartbeat(rdb, trial._trial_id):
-                    return objective(trial)
-        else:
-            study = optuna.create_study(study_name=study_name, storage=url, load_if_exists=True)
-
-            def ask():  # MaxTrialsCallback's rule: stop once the study has `budget` COMPLETE trials
-                if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= budget:
-                    return None
-                return study.ask()
-
-            def run(trial):
-                return objective(trial)
-
+        study, ask, run = _arm(mode, url, study_name, budget, seed=1000 + index)
         study.trials  # noqa: B018 - warm the connection and the trial cache before the clock starts
     except Exception as exc:  # noqa: BLE001 - reported as this worker's error
         error = f"setup: {_error_line(exc)}"
@@ -336,8 +344,6 @@ def run_cost(url: str, arms: list[str], n_trials: int) -> list[dict[str, Any]]:
 
     import optuna
 
-    from contract.study_spec import StudySpec
-    import storage
     from worker import budget
 
     holds: list[float] = []
@@ -355,28 +361,14 @@ def run_cost(url: str, arms: list[str], n_trials: int) -> list[dict[str, Any]]:
     rows = []
     for mode in arms:
         name = f"cost-{mode}-{uuid.uuid4().hex[:6]}"
-        creator = storage.open_storage(url, heartbeat_interval=None)
+        creator = optuna.storages.RDBStorage(url)
         optuna.create_study(study_name=name, storage=creator)
         creator.engine.dispose()
-        if mode == "project":
-            rdb = storage.open_storage(url, heartbeat_interval=StudySpec.heartbeat_interval,
-                                       grace_period=StudySpec.grace_period, max_retry=StudySpec.max_retry)
-            study = optuna.load_study(study_name=name, storage=rdb, sampler=optuna.samplers.TPESampler(seed=1))
+        study, ask, run = _arm(mode, url, name, n_trials + 1, seed=1)
 
-            def one() -> None:
-                trial = budget.ask_within_budget(study, rdb, url, n_trials + 1)[0]
-                with storage.Heartbeat(rdb, trial._trial_id):
-                    value = objective(trial)
-                study.tell(trial, value)
-        else:
-            study = optuna.create_study(study_name=name, storage=url, load_if_exists=True)
-
-            def one() -> None:
-                from optuna.trial import TrialState
-
-                study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))  # the raw arm's budget check
-                trial = study.ask()
-                study.tell(trial, objective(trial))
+        def one() -> None:
+            trial = ask()
+            study.tell(trial, run(trial))
         holds.clear()
         budget.budget_lock = timed_lock
         try:
@@ -552,9 +544,10 @@ def print_tables(result: dict[str, Any]) -> None:
               " CPU, the budget lock's hold (mean / p95)")
         for c in result["cost"]:
             db = "-" if c["db_cpu_ms"] is None else f"{c['db_cpu_ms']:.1f}"
-            hold = "-" if not c["lock_hold_ms"] else f"{c['lock_hold_ms']['mean']:.1f} / {c['lock_hold_ms']['p95']:.1f}"
-            print(f"{c['mode']:8} {c['trials']:>5} trials: wall {c['wall_ms']:.1f}, worker CPU {c['worker_cpu_ms']:.1f}, "
-                  f"database CPU {db}, lock held {hold}")
+            held = c["lock_hold_ms"]
+            hold = "-" if not held else f"{held['mean']:.1f} / {held['p95']:.1f}"
+            print(f"{c['mode']:8} {c['trials']:>5} trials: wall {c['wall_ms']:.1f}, "
+                  f"worker CPU {c['worker_cpu_ms']:.1f}, database CPU {db}, lock held {hold}")
     h = result["history"]
     if not h:
         print("\n".join(result["verdict"]))
