@@ -55,7 +55,7 @@ def read(rdb: RDBStorage, statement: sqlalchemy.TextClause, params: dict[str, An
     There it runs on the connection itself: a read needs no savepoint, and the lock's section is
     the one place where round trips are paid by every waiting worker.
     """
-    conn = getattr(_routed, "conn", None)
+    conn = routed_connection()
     if conn is not None:
         return list(conn.execute(statement, params).all())
     session = rdb.scoped_session()
