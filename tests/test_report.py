@@ -400,3 +400,26 @@ def test_parallel_coordinates_take_a_choice_the_search_space_no_longer_has():
     ends = [a["text"] for a in fig["layout"]["annotations"] if a["x"] == 1]
     assert ends == ["32", "8"]  # top and bottom of the filters axis
     assert len([t for t in fig["data"] if t["mode"] == "lines"]) == 3
+
+
+def test_report_of_three_objectives_uses_optunas_pareto_plot(pg_url, tmp_path):
+    """A study not made by `tuner create` may have more objectives: Optuna's plot draws the front."""
+    storage.init_schema(pg_url)
+    rdb = storage.open_storage(pg_url, heartbeat_interval=None)
+    study = optuna.create_study(study_name="three", storage=rdb, directions=["maximize", "minimize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(6):
+        trial = study.ask()
+        x = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+        study.tell(trial, [0.5 + 0.01 * i, 1000.0 - 10 * i + x, float(i % 3)])
+    out = tmp_path / "three.html"
+    tuner_report.write_report("three", storage_url=pg_url, output=out)
+    text = out.read_text()
+    assert [i for i in _parse(text).ids if i in SECTION_IDS] == SECTION_IDS
+    assert "Pareto front" in text and "objective 2" in text
+    if CHROMIUM:
+        dom, problems = render_in_chromium(out, tmp_path)
+        assert problems == []
+        figures = int(re.search(r'data-figures="(\d+)"', dom).group(1))
+        assert len(re.findall(r'<div[^>]*class="[^"]*plotly-graph-div js-plotly-plot', dom)) == figures
+    rdb.engine.dispose()

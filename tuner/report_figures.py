@@ -346,25 +346,13 @@ def pareto(trials: Sequence[FrozenTrial], cost: str, front: Sequence[FrozenTrial
 
 
 def pareto_optuna(study: optuna.Study, names: list[str]) -> Figure:
-    """More than two objectives (studies not made by ``tuner create``): Optuna's own plot."""
+    """More than two objectives (studies not made by ``tuner create``): Optuna's own plot, as
+    plotly serialises it (its numpy arrays become typed arrays, as in :func:`_numbers`)."""
     from optuna.visualization import plot_pareto_front
 
-    fig = plot_pareto_front(study, target_names=names).to_plotly_json()
+    fig = json.loads(plot_pareto_front(study, target_names=names).to_json())
     fig["layout"].update(title={"text": "Pareto front"}, plot_bgcolor="white", paper_bgcolor="white")
-    return {"data": [_plain(t) for t in fig["data"]], "layout": _plain(fig["layout"])}
-
-
-def _plain(value: Any) -> Any:
-    """A plotly object's JSON form with numpy arrays and scalars as lists and numbers."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return _plain(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return {"data": fig["data"], "layout": fig["layout"]}
 
 
 # -- the best trials ----------------------------------------------------------------------------
