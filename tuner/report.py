@@ -11,8 +11,9 @@ configuration as ``tuner export`` writes it [config].
 
 The study is read with a few bulk queries (:mod:`storage.summaries`); Optuna's importance
 evaluator (and its Pareto plot beyond two objectives) reads it as a study through a read-only
-snapshot (:class:`storage.snapshot.SnapshotStorage`). Parameter importance is PED-ANOVA: on 5,000 trials it takes a fraction of a second where fANOVA
-trains a random forest for seconds (README, Performance).
+snapshot (:class:`storage.snapshot.SnapshotStorage`). Parameter importance is PED-ANOVA: on 5,000
+trials it takes a fraction of a second where fANOVA trains a random forest for seconds (README,
+Performance).
 """
 
 from __future__ import annotations
