@@ -37,7 +37,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCS = ROOT / "docs" / "deployment.md"
-DOC_FILES = (DOCS, ROOT / "README.md")  # every document whose commands users copy
+DOC_FILES = (*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md")  # every document whose commands users copy
 SECRET_DIR = "/run/secrets/"
 TEAM_URL = "postgresql://tuner@coordinator.example.org:5432/optuna"
 

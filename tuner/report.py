@@ -12,8 +12,8 @@ configuration as ``tuner export`` writes it [config].
 The study is read with a few bulk queries (:mod:`storage.summaries`); Optuna's importance
 evaluator (and its Pareto plot beyond two objectives) reads it as a study through a read-only
 snapshot (:class:`storage.snapshot.SnapshotStorage`). Parameter importance is PED-ANOVA: on 5,000
-trials it takes a fraction of a second where fANOVA trains a random forest for seconds (README,
-Performance).
+trials it takes a fraction of a second where fANOVA trains a random forest for seconds
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def _no_cyclic_gc() -> Iterator[None]:
     """Pause the cyclic garbage collector while the report's objects are made.
 
     Reading 5,000 trials makes about a million objects that all live until the page is written:
-    each collection would scan them for nothing (a fifth of the read time; README, Performance).
+    each collection would scan them for nothing (a fifth of the read time; docs/benchmarks.md).
     """
     was = gc.isenabled()
     gc.disable()

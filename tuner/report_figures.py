@@ -2,8 +2,8 @@
 
 A figure here is the dict plotly.js draws (``{"data": [traces], "layout": {...}}``), written into
 the page by :func:`to_div`. Building the same figures as plotly's Python graph objects validated
-every property of every trace: at 5,000 trials that was most of the report's time (README,
-Performance), while the browser draws exactly the same. plotly.js (inlined once by the report)
+every property of every trace: at 5,000 trials that was most of the report's time
+(docs/benchmarks.md), while the browser draws exactly the same. plotly.js (inlined once by the report)
 is still the plotting library; only the Python objects are skipped.
 
 Optuna's own plot is used for one rare case only, the Pareto front of more than two objectives.
