@@ -92,19 +92,26 @@ def load_file(path: Path, *, json_format: bool = False) -> Any:
 def load_or_raise(path: Path, *, what: str, error: type[Exception], json_format: bool = False) -> Any:
     """:func:`load_file`, with every way it fails as one ``error`` line naming ``what`` and the file.
 
-    The config and the search-space loaders share this, so both say the same thing for the same
-    problem.
+    The config, search-space and ``--enqueue`` loaders share this, so all say the same thing for
+    the same problem.
     """
     try:
         return load_file(path, json_format=json_format)
-    except OSError as exc:
-        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:  # before ValueError, of which it is a kind
-        raise error(f"cannot parse {what} {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise error(f"cannot parse {what} {path}: {yaml_error_line(exc)}") from None
-    except ValueError as exc:
-        raise error(f"cannot read {what} {path}: {exc}") from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        verb, reason = load_failure(exc)
+        raise error(f"{verb} {what} {path}: {reason}") from None
+
+
+def load_failure(exc: OSError | ValueError | yaml.YAMLError) -> tuple[str, str]:
+    """What failed (``cannot read`` / ``cannot parse``) and why, in one line, for an exception of
+    :func:`load_file`."""
+    if isinstance(exc, OSError):
+        return "cannot read", str(exc.strerror or exc)
+    if isinstance(exc, json.JSONDecodeError):  # before ValueError, of which it is a kind
+        return "cannot parse", str(exc)
+    if isinstance(exc, yaml.YAMLError):
+        return "cannot parse", yaml_error_line(exc)
+    return "cannot read", " ".join(str(exc).split())
 
 
 def yaml_error_line(exc: yaml.YAMLError) -> str:

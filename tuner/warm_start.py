@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 from importlib import resources
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import yaml
 from contract.config import ConfigError, TrainConfig
 from contract.errors import TunerError
 from contract.space import Param, SearchSpace
-from contract.textfile import yaml_error_line
+from contract.textfile import load_failure, load_file
 
 _DEFAULTS = {
     f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING
@@ -77,17 +76,10 @@ def plan(space: SearchSpace, files: list[Path], *, seed_config: bool) -> tuple[l
 def read_config(path: Path) -> dict[str, Any]:
     """A (partial) training config file as a mapping, validated as a training config."""
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise WarmStartError(f"cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise WarmStartError("not a UTF-8 text file") from None
-    try:
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise WarmStartError(f"cannot parse: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise WarmStartError(f"cannot parse: {yaml_error_line(exc)}") from None
+        values = load_file(path, json_format=path.suffix == ".json")
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # the same guarded reader as --space/--config
+        verb, reason = load_failure(exc)
+        raise WarmStartError(f"{verb}: {reason}") from None
     values = {} if values is None else values
     try:
         TrainConfig.from_dict(values)
