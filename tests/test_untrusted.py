@@ -59,3 +59,65 @@ def test_hostile_enqueue_files_are_one_short_line(tuner_home, tmp_path, npz, cas
     one_cli_error(invoke(tuner_app, "create", "s", "--data", npz, "--enqueue", path, "--storage", url),
                   f"--enqueue {path}", reason)
     assert not (tmp_path / "db.sqlite").exists()
+
+
+# --- 3. no text from a study can end a <script> or swallow the rest of the report ------------
+
+HOSTILE_TEXT = "<!--<script"
+
+
+def _hostile_text_study(url: str) -> None:
+    """Plain Optuna, as anyone with database access could: the hostile text as a parameter name
+    and as a categorical choice (both reach the figures' data)."""
+    import optuna
+
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    choices = [HOSTILE_TEXT, "</script><script>alert(1)</script>", "a & b"]
+    for i in range(8):
+        trial = study.ask()
+        choice = trial.suggest_categorical("loss " + HOSTILE_TEXT, choices)
+        lr = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+        for step in (1, 2):
+            trial.report(0.1 * step + lr, step)
+        study.tell(trial, 0.5 + 0.1 * choices.index(choice) + lr)
+
+
+def _html5lib():
+    """html5lib (the dev extra); its absence fails under CI, as chromium's does."""
+    if os.environ.get("CI"):
+        import html5lib
+
+        return html5lib
+    return pytest.importorskip("html5lib", reason="pip install -e '.[dev]'")
+
+
+def test_report_with_script_text_in_a_study_keeps_every_section(tmp_path):
+    html5lib = _html5lib()
+    from tuner import report as tuner_report
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    _hostile_text_study(url)
+    out = tmp_path / "report.html"
+    tuner_report.write_report("s", storage_url=url, output=out)
+    text = out.read_text()
+    # What a browser's parser builds (html5lib follows the HTML standard's script states).
+    document = html5lib.parse(text, namespaceHTMLElements=False)
+    ids = [e.get("id") for e in document.iter() if e.get("id")]
+    expected = [sid for sid, _ in tuner_report.SECTIONS if sid != "pareto"]
+    assert [i for i in ids if i in expected] == expected
+    n_figures = int(document.find("body").get("data-figures"))
+    assert n_figures >= 6 and [i for i in ids if i.startswith("figure-")] == [
+        f"figure-{k}" for k in range(1, n_figures + 1)]
+    scripts = [e.text or "" for e in document.iter("script")]
+    assert sum("Plotly.newPlot" in s for s in scripts[1:]) == n_figures  # each script is whole (0: plotly.js)
+    assert not any(HOSTILE_TEXT in s for s in scripts[1:])  # the text travels escaped ...
+    from test_report import CHROMIUM, render_in_chromium
+
+    if CHROMIUM or os.environ.get("CI"):  # ... and the browser draws it, every figure
+        dom, problems = render_in_chromium(out, tmp_path)
+        assert problems == []
+        drawn = html5lib.parse(dom, namespaceHTMLElements=False)
+        assert [e.get("id") for e in drawn.iter() if e.get("id") in expected] == expected
+        assert len([e for e in drawn.iter("div") if "js-plotly-plot" in (e.get("class") or "")]) == n_figures
+        assert HOSTILE_TEXT in dom.replace("&lt;", "<")  # drawn as text (an axis label)

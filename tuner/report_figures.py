@@ -60,9 +60,14 @@ def to_div(fig: Figure, div_id: str) -> str:
             "</script>")
 
 
+#: Characters that mean something to the HTML parser inside a ``<script>`` (``</script``, ``<!--``
+#: with ``<script`` "double-escapes" the rest of the page), written as JSON escapes instead.
+_SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
 def _json(value: Any) -> str:
-    # "</" cannot end the <script> element from inside a string.
-    return json.dumps(value, separators=(",", ":"), default=_jsonable, allow_nan=False).replace("</", "<\\/")
+    # Outside strings JSON has none of "<>&"; inside them the escapes read back as the same text.
+    return json.dumps(value, separators=(",", ":"), default=_jsonable, allow_nan=False).translate(_SCRIPT_SAFE)
 
 
 def _jsonable(value: Any) -> Any:
