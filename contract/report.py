@@ -89,6 +89,47 @@ def config_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
     return dict(value) if isinstance(value, dict) else None
 
 
+def per_class_iou_of(trial: optuna.trial.FrozenTrial) -> dict[str, float | None]:
+    """The trial's IoU per class (``{"1": iou, ...}``) as recorded; a value that is not a finite
+    number reads as ``None`` (n/a), since plain Optuna or a hand edit may have written anything."""
+    value = trial.user_attrs.get(PER_CLASS_IOU)
+    if not isinstance(value, dict):
+        return {}
+    return {str(c): _finite(v) for c, v in value.items()}
+
+
+def confusion_matrix_of(trial: optuna.trial.FrozenTrial) -> list[list[float]] | None:
+    """The trial's confusion matrix, or ``None`` when none is recorded or what is recorded is not
+    a square table (2 to 32 classes) of finite, non-negative pixel counts."""
+    rows = trial.user_attrs.get(CONFUSION_MATRIX)
+    if not isinstance(rows, list) or not 2 <= len(rows) <= 32:
+        return None
+    if not all(isinstance(row, list) and len(row) == len(rows) for row in rows):
+        return None
+    counts = [[_finite(n) for n in row] for row in rows]
+    if any(n is None or n < 0 for row in counts for n in row):
+        return None
+    return counts  # type: ignore[return-value]
+
+
+def worker_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """``{"host": str | None, "pid": int | None, "gpu": int | None}`` of the trial's worker; a
+    field of another type (a hand edit) reads as ``None``."""
+    value = trial.user_attrs.get(WORKER)
+    value = value if isinstance(value, dict) else {}
+    host, pid, gpu = value.get("host"), value.get("pid"), value.get("gpu")
+    return {"host": host if isinstance(host, str) else None, "pid": _integer(pid), "gpu": _integer(gpu)}
+
+
+def _finite(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None

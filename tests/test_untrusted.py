@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -121,3 +122,89 @@ def test_report_with_script_text_in_a_study_keeps_every_section(tmp_path):
         assert [e.get("id") for e in drawn.iter() if e.get("id") in expected] == expected
         assert len([e for e in drawn.iter("div") if "js-plotly-plot" in (e.get("class") or "")]) == n_figures
         assert HOSTILE_TEXT in dom.replace("&lt;", "<")  # drawn as text (an axis label)
+
+
+# --- 4. studies plain Optuna or a hand edit made: a line or a gap, never a traceback -------------
+
+
+def _plain_study(url: str, case: str) -> None:
+    import optuna
+
+    n_objectives = {"inf value": 1, "3 objectives": 3, "4 objectives": 4}[case]
+    study = optuna.create_study(study_name="plain", storage=url,
+                                directions=["maximize"] + ["minimize"] * (n_objectives - 1),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(6):
+        trial = study.ask()
+        x = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+        trial.suggest_int("depth", 2, 5)
+        value = float("inf") if case == "inf value" and i == 2 else 0.5 + 0.01 * i + x
+        if n_objectives == 1:
+            trial.report(value, 1)
+        study.tell(trial, value if n_objectives == 1 else [value] + [float(i % 3 + k) for k in range(1, n_objectives)])
+
+
+@pytest.mark.parametrize("case", ["inf value", "3 objectives", "4 objectives"])
+def test_studies_made_by_plain_optuna_show_in_status_list_and_report(tuner_home, tmp_path, case):
+    from tuner import report as tuner_report
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    _plain_study(url, case)
+    listed = invoke(tuner_app, "list", "--storage", url, env={"COLUMNS": "200"})
+    status = invoke(tuner_app, "status", "plain", "--storage", url, env={"COLUMNS": "200"})
+    assert listed.exit_code == 0 and status.exit_code == 0, (listed.stderr, status.stderr)
+    best = re.search(r"│ (0\.\d{4}) │", listed.stdout).group(1)  # the best value `list` shows
+    assert f"best:     {best} (trial 5)" in status.stdout, status.stdout
+    out = tmp_path / "plain.html"
+    made = invoke(tuner_app, "report", "plain", "-o", out, "--storage", url)
+    assert made.exit_code == 0, (made.stderr, made.exception)
+    text = out.read_text()
+    sections = [sid for sid, _ in tuner_report.SECTIONS if sid != "pareto" or case != "inf value"]
+    assert all(f'<section id="{sid}">' in text for sid in sections)
+    body = text.split("</head>", 1)[1]  # (plotly.js, in the head, has both words)
+    assert "Infinity" not in body and "NaN" not in body
+    if case == "inf value":
+        assert "1 complete trial with a value that is not a finite number" in text
+    if case == "4 objectives":
+        assert "a front of 4 objectives is not drawn" in text
+
+
+HAND_EDITS = {
+    "per_class_iou with strings": {"per_class_iou": {"1": "high", "2": [0.5], "3": None, "4": 0.25}},
+    "confusion_matrix with NaN": {"confusion_matrix": [[900, float("nan")], [2, 800]]},
+    "confusion_matrix of the wrong shape": {"confusion_matrix": [[1, 2, 3], [4]]},
+    "worker as a list": {"worker": ["node-1", 123]},
+    "worker fields as lists": {"worker": {"host": ["node-1"], "pid": {"x": 1}, "gpu": "all"}},
+}
+
+
+@pytest.mark.parametrize("case", list(HAND_EDITS))
+def test_hand_edited_trial_attributes_are_gaps_not_tracebacks(tuner_home, tmp_path, npz, case):
+    import optuna
+    from optuna.trial import TrialState
+
+    from contract.config import TrainConfig
+    from tuner.study import create_study
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    create_study("s", storage_url=url, data=npz, fingerprint=None, space_path=None, trials=3, seed_config=False)
+    study = optuna.load_study(study_name="s", storage=url)
+    edited = {"config": TrainConfig().to_dict(), "phase": "training", **HAND_EDITS[case]}
+    study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs=edited))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=edited))
+    env = {"COLUMNS": "200"}
+    status = invoke(tuner_app, "status", "s", "--storage", url, env=env)
+    assert status.exit_code == 0, (status.stderr, status.exception)
+    assert "best:     0.5000 (trial 0)" in status.stdout
+    exported = invoke(tuner_app, "export", "s", "-o", tmp_path / "best.yaml", "--storage", url)
+    assert exported.exit_code == 0, (exported.stderr, exported.exception)
+    out = tmp_path / "report.html"
+    made = invoke(tuner_app, "report", "s", "-o", out, "--storage", url)
+    assert made.exit_code == 0, (made.stderr, made.exception)
+    text = out.read_text()
+    if case.startswith("per_class_iou"):
+        assert "1=n/a 2=n/a 3=n/a 4=0.2500" in status.stdout
+        assert "IoU per class: 1=n/a 2=n/a 3=n/a 4=0.2500" in (tmp_path / "best.yaml").read_text()
+        assert "<td>n/a</td><td>n/a</td><td>n/a</td><td>0.2500</td>" in text
+    if case.startswith("confusion_matrix"):
+        assert "the confusion matrix recorded for this trial is not a square table of pixel counts" in text

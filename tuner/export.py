@@ -141,10 +141,10 @@ def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial
     body = config.dumps(fmt)
     if fmt != "yaml":
         return body
-    per_class = trial.user_attrs.get(report.PER_CLASS_IOU)
+    per_class = report.per_class_iou_of(trial)
     per_class_text = (
         " ".join(f"{c}={'n/a' if v is None else f'{v:.4f}'}" for c, v in sorted(per_class.items()))
-        if isinstance(per_class, dict) and per_class else "not recorded"
+        if per_class else "not recorded"
     )
     values = list(trial.values or [None])
     if len(values) > 1:

@@ -40,6 +40,7 @@ from contract.pareto import Pick, front_trials, pick_trial
 from contract.study_spec import StudySpec
 import storage
 from storage.summaries import StudyHead, load_trials, open_reader
+from tuner.report_figures import complete as complete_trials
 from tuner.study import StudyError
 
 #: Every section of the report, in order: (HTML id, heading).
@@ -148,9 +149,12 @@ def read_report(name: str, storage_url: str | None, artifact_dir: Path | None, p
 
 
 def best_first(trials: list[FrozenTrial], directions: tuple[StudyDirection, ...]) -> list[FrozenTrial]:
-    """COMPLETE trials by their first objective (mIoU), best first; lower number first on ties."""
+    """COMPLETE trials with finite values by their first objective (mIoU), best first; lower
+    number first on ties."""
+    from tuner.report_figures import complete
+
     sign = 1.0 if directions[0] == StudyDirection.MAXIMIZE else -1.0
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    done = complete(trials)
     return sorted(done, key=lambda t: (-sign * t.values[0], t.number))
 
 
@@ -224,13 +228,17 @@ def header_rows(data: ReportData) -> list[tuple[str, str]]:
     workers: Counter[tuple[Any, Any]] = Counter()
     hosts: Counter[str] = Counter()
     for trial in trials:
-        who = trial.user_attrs.get(attrs.WORKER)
-        if isinstance(who, dict):
-            workers[(who.get("host"), who.get("pid"))] += 1
-            hosts[str(who.get("host"))] += 1
+        if isinstance(trial.user_attrs.get(attrs.WORKER), dict):
+            who = attrs.worker_of(trial)
+            workers[(who["host"], who["pid"])] += 1
+            hosts[str(who["host"])] += 1
     rows.append(("workers", f"{_count(len(workers), 'process', 'processes')} on {_count(len(hosts), 'host')}"))
     if hosts:
         rows.append(("hosts", ", ".join(f"{h} ({n} trials)" for h, n in sorted(hosts.items()))))
+    odd = counts[TrialState.COMPLETE] - len(complete_trials(trials))
+    if odd:
+        rows.append(("not drawn", f"{_count(odd, 'complete trial')} with a value that is not a finite "
+                                  "number (inf, nan): left out of ranking and figures"))
     if data.best is not None:
         rows.append(("best", f"trial {data.best.number}: {_best_values(data)}"))
     return rows
@@ -275,8 +283,11 @@ def _render(data: ReportData) -> str:
 
     head, trials = data.head, data.trials
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
-    study = SnapshotStorage(head.study_name, head.directions, trials).study()
+    complete = complete_trials(trials)
+    # Importance and Optuna's plot read the trials as a study: without values they cannot place.
+    drawn = {t.number for t in complete}
+    placeable = [t for t in trials if t.state != TrialState.COMPLETE or t.number in drawn]
+    study = SnapshotStorage(head.study_name, head.directions, placeable).study()
     maximize = head.directions[0] == StudyDirection.MAXIMIZE
     n_figures = 0
 
@@ -291,9 +302,12 @@ def _render(data: ReportData) -> str:
         body["pareto"] = (figure(figs.pareto(trials, data.objectives[1], data.front, data.best,
                                              str(data.pick)))
                           if complete else _note("no completed trial yet"))
-    elif len(head.directions) > 2:
+    elif len(head.directions) == 3:
         names = [figs.METRIC] + [f"objective {i}" for i in range(1, len(head.directions))]
         body["pareto"] = figure(figs.pareto_optuna(study, names)) if complete else _note("no completed trial yet")
+    elif len(head.directions) > 3:
+        body["pareto"] = _note(f"a front of {len(head.directions)} objectives is not drawn (2 or 3 can be); "
+                               f"the figures below show the first objective, {figs.METRIC}")
     if complete:
         body["history"] = (figure(figs.history_by_number(trials, maximize))
                            + figure(figs.history_by_time(trials, maximize)))
@@ -312,7 +326,7 @@ def _render(data: ReportData) -> str:
     else:
         body["importance"] = body["params"] = _note(why)
 
-    body["per-class"] = (figure(figs.per_class_iou(data.top, attrs.PER_CLASS_IOU)) + _per_class_table(data.top)
+    body["per-class"] = (figure(figs.per_class_iou(data.top)) + _per_class_table(data.top)
                          if data.top else _note("no completed trial yet"))
     body["best"] = _best_section(data, figure)
     body["config"] = _config_section(data)
@@ -378,9 +392,11 @@ def _best_section(data: ReportData, figure: Any) -> str:
     if best is None:
         return _note("no completed trial yet")
     parts = [f"<p>trial {best.number}: {html.escape(_best_values(data))}</p>"]
-    matrix = best.user_attrs.get(attrs.CONFUSION_MATRIX)
-    if isinstance(matrix, list) and matrix:
+    matrix = attrs.confusion_matrix_of(best)
+    if matrix is not None:
         parts.append(figure(figs.confusion(matrix, best.number)))
+    elif attrs.CONFUSION_MATRIX in best.user_attrs:
+        parts.append(_note("the confusion matrix recorded for this trial is not a square table of pixel counts"))
     else:
         parts.append(_note("no confusion matrix recorded for this trial (older worker)"))
     if data.preview_png is not None:
@@ -430,8 +446,7 @@ def _per_class_table(trials: list[FrozenTrial]) -> str:
     head = "".join(f"<th>{CLASS_NAMES[c]}</th>" for c in (1, 2, 3, 4))
     rows = []
     for trial in trials:
-        per_class = trial.user_attrs.get(attrs.PER_CLASS_IOU)
-        per_class = per_class if isinstance(per_class, dict) else {}
+        per_class = attrs.per_class_iou_of(trial)
         cells = "".join(
             f"<td>{'n/a' if per_class.get(str(c)) is None else f'{per_class[str(c)]:.4f}'}</td>" for c in (1, 2, 3, 4)
         )

@@ -103,13 +103,21 @@ def _figure(data: list[dict[str, Any]], title: str, x_title: str = "", y_title: 
     return {"data": data, "layout": base}
 
 
+def _finite_or_none(value: float) -> float | None:
+    """A value plotly.js can place, or a gap."""
+    return value if math.isfinite(value) else None
+
+
 def _marker(n: int) -> int:
     """Marker size: visible for a few trials, not a blot for thousands."""
     return 8 if n < 200 else 5 if n < 1000 else 4
 
 
-def _complete(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
-    return [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+def complete(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """The COMPLETE trials whose values are all finite numbers: what is ranked and drawn (plain
+    Optuna stores ``inf``, which no axis or colour scale can place)."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.values
+            and all(math.isfinite(v) for v in t.values)]
 
 
 # -- history and learning curves ----------------------------------------------------------------
@@ -117,13 +125,13 @@ def _complete(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
 
 def history_by_number(trials: Sequence[FrozenTrial], maximize: bool) -> Figure:
     """Each COMPLETE trial's value by trial number, and the best so far."""
-    done = sorted(_complete(trials), key=lambda t: t.number)
+    done = sorted(complete(trials), key=lambda t: t.number)
     return _history(done, _numbers(t.number for t in done), maximize, "trial", "best so far, by trial number")
 
 
 def history_by_time(trials: Sequence[FrozenTrial], maximize: bool) -> Figure:
     """Each COMPLETE trial's value at the time it finished, and the best so far."""
-    done = sorted((t for t in _complete(trials) if t.datetime_complete),
+    done = sorted((t for t in complete(trials) if t.datetime_complete),
                   key=lambda t: t.datetime_complete)  # type: ignore[arg-type, return-value]
     fig = _history(done, [t.datetime_complete for t in done], maximize, "finished at (UTC)",
                    "best so far, over wall-clock time")
@@ -162,10 +170,10 @@ def learning_curves(trials: Sequence[FrozenTrial]) -> Figure:
                 continue
             steps = sorted(trial.intermediate_values)
             xs.extend(steps)
-            ys.extend(trial.intermediate_values[s] for s in steps)
+            ys.extend(_finite_or_none(trial.intermediate_values[s]) for s in steps)
             xs.append(None)
             ys.append(None)
-            ends.append((steps[-1], trial.intermediate_values[steps[-1]], trial.number))
+            ends.append((steps[-1], _finite_or_none(trial.intermediate_values[steps[-1]]), trial.number))
         if not ends:
             continue
         label = "complete" if state == TrialState.COMPLETE else "pruned"
@@ -200,7 +208,7 @@ def importance(importances: dict[str, float], evaluator_name: str) -> Figure:
 
 def slices(trials: Sequence[FrozenTrial], params: list[str]) -> Figure:
     """Value against each parameter (one panel per parameter), coloured by trial number."""
-    done = _complete(trials)
+    done = complete(trials)
     n, gap = len(params), 0.03
     width = (1 - gap * (n - 1)) / n
     traces: list[dict[str, Any]] = []
@@ -322,7 +330,7 @@ def pareto(trials: Sequence[FrozenTrial], cost: str, front: Sequence[FrozenTrial
     Built here rather than with Optuna's ``plot_pareto_front`` so the front reads as a frontier
     (joined in cost order) and the trial ``tuner export --pick`` writes is marked.
     """
-    done = [t for t in _complete(trials) if len(t.values) == 2]
+    done = [t for t in complete(trials) if len(t.values) == 2]
     on_front = {t.number for t in front}
     rest = [t for t in done if t.number not in on_front]
     title = COST_TITLES.get(cost, cost)
@@ -363,22 +371,21 @@ def pareto_optuna(study: optuna.Study, names: list[str]) -> Figure:
 # -- the best trials ----------------------------------------------------------------------------
 
 
-def per_class_iou(trials: Sequence[FrozenTrial], per_class_key: str) -> Figure:
+def per_class_iou(trials: Sequence[FrozenTrial]) -> Figure:
     """Grouped bars: IoU of each foreground class, for each of the given (best) trials."""
+    from contract.report import per_class_iou_of
+
     labels = [f"#{t.number}" for t in trials]
+    per_class = [per_class_iou_of(t) for t in trials]
     bars = []
     for c in (1, 2, 3, 4):
-        values = []
-        for trial in trials:
-            per_class = trial.user_attrs.get(per_class_key)
-            value = per_class.get(str(c)) if isinstance(per_class, dict) else None
-            values.append(value)
+        values = [p.get(str(c)) for p in per_class]
         bars.append({"type": "bar", "x": labels, "y": _numbers(values), "name": CLASS_NAMES[c]})
     return _figure(bars, f"IoU per class, {len(trials)} best trials", "trial (best first)", "IoU",
                    barmode="group", xaxis={"type": "category"}, yaxis={"range": [0, 1]})
 
 
-def confusion(matrix: list[list[int]], trial_number: int) -> Figure:
+def confusion(matrix: list[list[float]], trial_number: int) -> Figure:
     """Row-normalised confusion matrix (share of each true class), counts on hover."""
     names = [CLASS_NAMES.get(i, str(i)) for i in range(len(matrix))]
     shares = []

@@ -206,7 +206,7 @@ def read_status(engine: sqlalchemy.Engine, head: StudyHead, pick: Pick = Pick())
     best = None
     front = None
     n_complete = 0
-    if len(head.directions) == 1:
+    if len(head.directions) != 2:  # one objective (or more than two: the best mIoU, as `list` shows)
         best_id = best_trial_id(engine, head.study_id, head.directions[0])
         if best_id is not None:
             best = load_trials(engine, head.study_id, trial_ids=[best_id], intermediate=False)[0]
@@ -256,11 +256,10 @@ def summarize(data: StatusData, spec: StudySpec | None, *, now: datetime.datetim
     best_trial = data.best
     best = None
     if best_trial is not None and best_trial.values:
-        per_class = best_trial.user_attrs.get(report.PER_CLASS_IOU)
         best = BestTrial(
             number=best_trial.number,
             value=best_trial.values[0],
-            per_class_iou=dict(per_class) if isinstance(per_class, dict) else {},
+            per_class_iou=report.per_class_iou_of(best_trial),
             params=dict(best_trial.params),
             cost=best_trial.values[1] if len(best_trial.values) > 1 else None,
         )
@@ -282,8 +281,7 @@ def summarize(data: StatusData, spec: StudySpec | None, *, now: datetime.datetim
 
 
 def _running(trial: FrozenTrial, now: datetime.datetime) -> RunningTrial:
-    who = trial.user_attrs.get(report.WORKER)
-    who = who if isinstance(who, dict) else {}
+    who = report.worker_of(trial)
     age = None
     if trial.datetime_start is not None:
         start = trial.datetime_start
