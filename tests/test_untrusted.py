@@ -208,3 +208,25 @@ def test_hand_edited_trial_attributes_are_gaps_not_tracebacks(tuner_home, tmp_pa
         assert "<td>n/a</td><td>n/a</td><td>n/a</td><td>0.2500</td>" in text
     if case.startswith("confusion_matrix"):
         assert "the confusion matrix recorded for this trial is not a square table of pixel counts" in text
+
+
+# --- 8. every cell from the database is escaped: no terminal escapes, no Rich markup ----------
+
+ESCAPES = "\x1b]0;pwned\x07\x1b[2J[link=https://evil.example]click[/link] [bold red]x[/]"
+
+
+def test_phase_and_created_at_reach_the_terminal_escaped(tuner_home, tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = optuna.create_study(study_name="s", storage=url)  # anyone with database access
+    study.set_user_attr("created", {"at": ESCAPES, "by": ESCAPES})
+    study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={
+        "phase": ESCAPES, "worker": {"host": ESCAPES, "pid": 1, "gpu": 0}}))
+    for args in (("list",), ("status", "s")):
+        result = invoke(tuner_app, *args, "--storage", url, env={"COLUMNS": "400"})
+        assert result.exit_code == 0, (result.stderr, result.exception)
+        assert "\x1b" not in result.stdout and "\x07" not in result.stdout, args
+        assert "[link=https://evil.example]click[/link] [bold red]x[/]" in result.stdout, args
+        assert "\\x1b]0;pwned\\x07" in result.stdout, args

@@ -177,6 +177,7 @@ def list_studies(url: str) -> list[StudyRow]:
         spec_attr = overview.user_attrs.get(SPEC_ATTR)
         created = overview.user_attrs.get("created")
         created_at = created.get("at") if isinstance(created, dict) else None
+        created_at = None if created_at is None else str(created_at)  # anything a hand edit wrote
         if created_at is None and overview.first_start is not None:
             created_at = overview.first_start.isoformat(timespec="seconds")
         counts = overview.counts
@@ -325,7 +326,7 @@ def print_study_list(storage_url: str | None, console: Console | None = None) ->
             str(row.running),
             str(row.failed),
             _value(row.best_value),
-            _when(row.created),
+            Text(printable(_when(row.created))),
         )
     console.print(table)
 
@@ -413,7 +414,7 @@ def render_status(summary: StatusSummary, masked_url: str, console: Console) -> 
             str(run.pid) if run.pid is not None else "-",
             str(run.gpu) if run.gpu is not None else "-",
             format_age(run.age_s),
-            run.phase or "-",
+            Text(printable(run.phase or "-")),
             str(run.epoch),
             _value(run.last_value),
         ]
@@ -453,7 +454,8 @@ def format_age(seconds: float | None) -> str:
 
 
 def _when(iso: str | None) -> str:
-    """``2026-11-24 11:29`` from an ISO timestamp (UTC as recorded); the raw text if unparsable."""
+    """``2026-11-24 11:29`` from an ISO timestamp (UTC as recorded); the raw text if unparsable
+    (to be shown through :func:`printable`, as every text from the database)."""
     if not iso:
         return "-"
     try:
