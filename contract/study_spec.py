@@ -84,6 +84,9 @@ class StudySpec:
     remove_aliens: bool = True
     # mIoU first, then at most one cost; specs from before: mIoU only.
     objectives: tuple[str, ...] = (Objective.MIOU.value,)
+    # How many workers the team expects to run at once (``tuner create --workers-hint``); the
+    # sampler's options depend on it (:func:`tpe_options`). Specs from before: 1.
+    workers_hint: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.objectives, list):  # the JSON round trip of to_attr
@@ -110,6 +113,8 @@ class StudySpec:
             )
         if self.n_trials < 1:
             raise SpecError(f"the trial budget must be >= 1, got {self.n_trials}")
+        if self.workers_hint < 1:
+            raise SpecError(f"--workers-hint must be >= 1, got {self.workers_hint}")
         if not 0 <= self.seed <= MAX_SEED:  # numpy's seeds, which Optuna's samplers use
             raise SpecError(f"--seed must be in 0..{MAX_SEED}, got {self.seed}")
         if self.grace_period <= self.heartbeat_interval:
@@ -138,6 +143,8 @@ class StudySpec:
         field) instead of running it as one objective."""
         out = dataclasses.asdict(self)
         out["space"] = self.space.to_dict()
+        if self.workers_hint == 1:  # as objectives: older workers still join such a study
+            del out["workers_hint"]
         if self.multi_objective:
             out["objectives"] = list(self.objectives)
         else:
@@ -189,19 +196,15 @@ class StudySpec:
     def make_sampler(self, worker_key: str = "") -> optuna.samplers.BaseSampler:
         """The study's sampler, seeded per worker.
 
-        All workers sharing one seed would draw the same start-up configurations; mixing a
-        worker key (host, pid) into the seed keeps them apart while a single worker started
-        with an empty key reproduces the study's seed exactly.
+        See :func:`worker_seed`; TPE's options follow the expected number of workers
+        (:func:`tpe_options`).
         """
-        seed = self.seed
-        if worker_key:
-            digest = hashlib.sha256(f"{self.seed}:{worker_key}".encode()).digest()
-            seed = int.from_bytes(digest[:4], "little")
+        seed = worker_seed(self.seed, worker_key)
         if self.sampler == Sampler.RANDOM:
             return optuna.samplers.RandomSampler(seed=seed)
         if self.sampler == Sampler.NSGA2:
             return optuna.samplers.NSGAIISampler(seed=seed)
-        return optuna.samplers.TPESampler(seed=seed)  # also handles two objectives
+        return optuna.samplers.TPESampler(seed=seed, **tpe_options(self.workers_hint))  # also two objectives
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         """Pruning on epochs: the resource is the 1-based epoch number reported by the worker.
@@ -217,6 +220,27 @@ class StudySpec:
         if self.pruner == Pruner.MEDIAN:
             return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=self.min_epochs)
         return optuna.pruners.NopPruner()
+
+
+def worker_seed(seed: int, worker_key: str) -> int:
+    """The sampler seed of one worker of a study seeded with ``seed``.
+
+    All workers sharing one seed would draw the same start-up configurations; mixing a worker
+    key (host, pid) into the seed keeps them apart while a single worker started with an empty
+    key reproduces the study's seed exactly.
+    """
+    if not worker_key:
+        return seed
+    digest = hashlib.sha256(f"{seed}:{worker_key}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def tpe_options(workers_hint: int) -> dict[str, Any]:
+    """``TPESampler`` keyword arguments for a study run by about ``workers_hint`` workers at once.
+
+    ``{}`` is Optuna 5's defaults: multivariate, constant liar, 10 random start-up trials.
+    """
+    return {}
 
 
 _FIELD_TYPES: dict[str, type] = {

