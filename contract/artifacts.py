@@ -7,22 +7,26 @@ found before any training or serving starts.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 import re
-from typing import TYPE_CHECKING
+import shutil
+import stat
+from typing import BinaryIO
+
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
 
 from contract.errors import TunerError
-
-if TYPE_CHECKING:
-    from optuna.artifacts import FileSystemArtifactStore
+from contract.textfile import short_repr
 
 
 class ArtifactDirError(TunerError, RuntimeError):
     """The artifact directory cannot be used; one line for the user."""
 
 
-def open_artifact_store(path: Path, *, create: bool) -> FileSystemArtifactStore:
+def open_artifact_store(path: Path, *, create: bool) -> RegularFileArtifactStore:
     """Open the directory as an Optuna artifact store.
 
     Args:
@@ -32,8 +36,6 @@ def open_artifact_store(path: Path, *, create: bool) -> FileSystemArtifactStore:
     Raises:
         ArtifactDirError: not a directory, cannot be created, or (with ``create``) not writable.
     """
-    from optuna.artifacts import FileSystemArtifactStore
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ArtifactDirError(f"artifact directory {path} is a file, not a directory")
@@ -46,7 +48,7 @@ def open_artifact_store(path: Path, *, create: bool) -> FileSystemArtifactStore:
             raise ArtifactDirError(f"cannot create artifact directory {path}: {exc.strerror}") from None
     if create and not os.access(path, os.W_OK | os.X_OK):
         raise ArtifactDirError(f"artifact directory {path} is not writable")
-    return FileSystemArtifactStore(str(path))
+    return RegularFileArtifactStore(str(path))
 
 
 #: Optuna's artifact ids are UUID4 strings; anything path-like ("..", "a/b") is refused, since
@@ -59,4 +61,42 @@ def is_artifact_id(value: object) -> bool:
     return isinstance(value, str) and _ARTIFACT_ID.fullmatch(value) is not None
 
 
-__all__ = ["ArtifactDirError", "is_artifact_id", "open_artifact_store"]
+class RegularFileArtifactStore(FileSystemArtifactStore):
+    """Optuna's file-system store, reading and writing only regular files named by an artifact id.
+
+    The ids come from the database and the directory is often shared (a volume, an NFS mount):
+    whoever can write either could name ``../x`` or plant a symlink (``<id> -> ~/.ssh/id_rsa``)
+    that the report would embed and ``tuner export --model`` copy out, or a FIFO that hangs the
+    reader. Each is an :class:`ArtifactDirError` line instead.
+    """
+
+    def _get_filepath(self, artifact_id: str) -> Path:
+        if not is_artifact_id(artifact_id):
+            raise ArtifactDirError(f"{short_repr(artifact_id)} is not an artifact id (expected a UUID)")
+        return super()._get_filepath(artifact_id)
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        path = self._get_filepath(artifact_id)
+        try:  # O_NONBLOCK: a FIFO must not wait for a writer before it is refused
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise ArtifactNotFound("not found") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ArtifactDirError(f"artifact {artifact_id} in {self._base_path} is a symbolic link; "
+                                       "refusing to follow it") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ArtifactDirError(f"artifact {artifact_id} in {self._base_path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        # A new id each upload: O_EXCL refuses whatever was planted under it, O_NOFOLLOW a link.
+        fd = os.open(self._get_filepath(artifact_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            shutil.copyfileobj(content_body, handle)
+
+
+__all__ = ["ArtifactDirError", "RegularFileArtifactStore", "is_artifact_id", "open_artifact_store"]

@@ -230,3 +230,80 @@ def test_phase_and_created_at_reach_the_terminal_escaped(tuner_home, tmp_path):
         assert "\x1b" not in result.stdout and "\x07" not in result.stdout, args
         assert "[link=https://evil.example]click[/link] [bold red]x[/]" in result.stdout, args
         assert "\\x1b]0;pwned\\x07" in result.stdout, args
+
+
+# --- 9. artifact ids are validated; the store reads regular files only ----------------------
+
+ARTIFACT_ID = "0b7a4c7e-4c1e-4b8e-9d0a-5f3c2e1d0a99"
+
+
+def _artifact_study(tmp_path: Path, npz: Path, attrs: dict) -> str:
+    import optuna
+
+    from contract.config import TrainConfig
+    from tuner.study import create_study
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    create_study("s", storage_url=url, data=npz, fingerprint=None, space_path=None, trials=1, seed_config=False)
+    study = optuna.load_study(study_name="s", storage=url)
+    study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"config": TrainConfig().to_dict(), **attrs}))
+    return url
+
+
+def _planted(store: Path, kind: str) -> Path:
+    """A secret outside the store and, at ARTIFACT_ID inside it, a link to it (or a FIFO)."""
+    secret = store.parent / "secret.png"
+    secret.write_bytes(b"\x89PNG\r\n\x1a\n" + b"TOP-SECRET" * 100)
+    store.mkdir()
+    if kind == "symlink":
+        (store / ARTIFACT_ID).symlink_to(secret)
+    else:
+        os.mkfifo(store / ARTIFACT_ID)
+    return secret
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_report_does_not_embed_a_planted_artifact(tuner_home, tmp_path, npz, kind):
+    import base64
+
+    url = _artifact_study(tmp_path, npz, {"preview_artifact_id": ARTIFACT_ID})
+    _planted(tmp_path / "store", kind)
+    out = tmp_path / "report.html"
+    made = invoke(tuner_app, "report", "s", "-o", out, "--artifact-dir", tmp_path / "store", "--storage", url)
+    assert made.exit_code == 0, (made.stderr, made.exception)
+    text = out.read_text()
+    assert "data:image/png" not in text.split("</head>", 1)[1]  # (plotly.js, in the head, has the words)
+    assert base64.b64encode((tmp_path / "secret.png").read_bytes()).decode()[:40] not in text
+    assert ("is a symbolic link; refusing to follow it" if kind == "symlink" else "is not a regular file") in text
+
+
+def test_report_with_a_path_like_preview_id_is_a_note(tuner_home, tmp_path, npz):
+    url = _artifact_study(tmp_path, npz, {"preview_artifact_id": "../x"})
+    (tmp_path / "store").mkdir()
+    out = tmp_path / "report.html"
+    made = invoke(tuner_app, "report", "s", "-o", out, "--artifact-dir", tmp_path / "store", "--storage", url)
+    assert made.exit_code == 0, (made.stderr, made.exception)
+    assert "the recorded artifact id &#x27;../x&#x27; is not an artifact id" in out.read_text()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_export_model_refuses_a_planted_artifact(tuner_home, tmp_path, npz, kind):
+    url = _artifact_study(tmp_path, npz, {"model_artifact_id": ARTIFACT_ID})
+    _planted(tmp_path / "store", kind)
+    model = tmp_path / "out.keras"
+    one_cli_error(invoke(tuner_app, "export", "s", "-o", tmp_path / "best.yaml", "--model", model,
+                         "--artifact-dir", tmp_path / "store", "--storage", url),
+                  "symbolic link" if kind == "symlink" else "not a regular file")
+    assert not model.exists() and list(tmp_path.glob("*.keras*")) == []
+
+
+def test_the_store_does_not_write_through_a_planted_link(tmp_path):
+    import io
+
+    from contract.artifacts import open_artifact_store
+
+    secret = _planted(tmp_path / "store", "symlink")
+    store = open_artifact_store(tmp_path / "store", create=False)
+    with pytest.raises(OSError):
+        store.write(ARTIFACT_ID, io.BytesIO(b"overwritten"))
+    assert b"TOP-SECRET" in secret.read_bytes()

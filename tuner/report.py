@@ -164,12 +164,15 @@ def _preview(best: FrozenTrial | None, artifact_dir: Path | None) -> tuple[bytes
     artifact_id = best.user_attrs.get(attrs.PREVIEW_ARTIFACT)
     if not artifact_id:
         return None, "the worker saved no validation images for this trial (workers need --artifact-dir)"
+    from contract.artifacts import ArtifactDirError, is_artifact_id, open_artifact_store
+    from contract.textfile import short_repr
+
+    if not is_artifact_id(artifact_id):
+        return None, f"the recorded artifact id {short_repr(artifact_id)} is not an artifact id (expected a UUID)"
     if artifact_dir is None:
         return None, f"saved as artifact {artifact_id}: pass --artifact-dir to embed it"
     from optuna.artifacts import download_artifact
     from optuna.artifacts.exceptions import ArtifactNotFound
-
-    from contract.artifacts import ArtifactDirError, open_artifact_store
 
     try:
         store = open_artifact_store(artifact_dir, create=False)
