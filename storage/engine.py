@@ -16,10 +16,12 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from storage.errors import StorageError
+from storage.errors import SettingError
 
 POOL_SIZE = 1
 MAX_OVERFLOW = 2
+ENV_POOL_SIZE = "TUNER_POOL_SIZE"
+ENV_MAX_OVERFLOW = "TUNER_MAX_OVERFLOW"
 CONNECT_TIMEOUT_S = 10
 # A peer that vanished (machine off, network partition) is noticed in about idle + 3 x interval
 # seconds instead of the kernel's two hours, by the client (libpq) and by the server (GUCs).
@@ -48,8 +50,7 @@ def engine_kwargs(url: str, *, role: str = "worker") -> dict[str, Any]:
     if backend == "postgresql":
         app = f"mars-tuner-{role}@{socket.gethostname()}:{os.getpid()}"[:63]
         return {
-            "pool_size": _env_count("TUNER_POOL_SIZE", POOL_SIZE, least=1),
-            "max_overflow": _env_count("TUNER_MAX_OVERFLOW", MAX_OVERFLOW, least=0),
+            **pool_settings(),
             "pool_pre_ping": True,
             "pool_recycle": 1800,
             "connect_args": {
@@ -57,6 +58,21 @@ def engine_kwargs(url: str, *, role: str = "worker") -> dict[str, Any]:
             },
         }
     return {"pool_pre_ping": True}
+
+
+def pool_settings() -> dict[str, int]:
+    """``pool_size`` and ``max_overflow``, from ``TUNER_POOL_SIZE`` / ``TUNER_MAX_OVERFLOW`` or the defaults.
+
+    :func:`storage.url.resolve_url` calls it for every PostgreSQL URL, so a typo fails every
+    command at once (``tuner db check`` included) rather than when a pool is first made.
+
+    Raises:
+        SettingError: a value that is not a whole number in range.
+    """
+    return {
+        "pool_size": _env_count(ENV_POOL_SIZE, POOL_SIZE, least=1),
+        "max_overflow": _env_count(ENV_MAX_OVERFLOW, MAX_OVERFLOW, least=0),
+    }
 
 
 def _keepalive_args() -> dict[str, Any]:
@@ -88,5 +104,5 @@ def _env_count(name: str, default: int, *, least: int) -> int:
     except ValueError:
         value = least - 1
     if value < least:
-        raise StorageError(f"{name} must be a whole number >= {least}, got {raw[:40]!r}")
+        raise SettingError(f"{name} must be a whole number >= {least}, got {raw[:40]!r}")
     return value

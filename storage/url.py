@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 import re
+import stat
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.url import URL
 from sqlalchemy.exc import ArgumentError
 
-from storage.errors import StorageError
+from storage.engine import pool_settings
+from storage.errors import SettingError, StorageError
 
 ENV_STORAGE = "TUNER_STORAGE"
 ENV_HOME = "TUNER_HOME"
@@ -83,6 +85,8 @@ def resolve_url(explicit: str | None = None) -> str:
         )
     if backend == "sqlite":
         _check_sqlite(url)
+    else:
+        pool_settings()  # a typo in TUNER_POOL_SIZE is one line now, not a retried "outage" later
     url = _with_password_file(url)
     return url.render_as_string(hide_password=False)
 
@@ -190,17 +194,43 @@ def _with_password_file(url: URL) -> URL:
     path = os.environ.get(ENV_PASSWORD_FILE)
     if not path or url.password or _query_secrets(url) or url.get_backend_name() == "sqlite":
         return url
+    return url.set(password=read_password_file(path, ENV_PASSWORD_FILE))
+
+
+def read_password_file(path: str | os.PathLike[str], name: str) -> str:
+    """The password in ``path``, the file a setting called ``name`` names (for messages).
+
+    The one reader of password files. Refused, each in one line and at once: anything but a
+    regular file (a FIFO would block every command, a directory or device is a wrong path), a
+    file other users may read or write (the secret recipe keeps them to the owner and the
+    containers' group), more than :data:`MAX_PASSWORD_FILE_BYTES`, not UTF-8, or empty.
+
+    Raises:
+        SettingError: any of the above, or the file cannot be opened.
+    """
+    where = f"{name}={path}"
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_PASSWORD_FILE_BYTES + 1)
+        # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise StorageError(f"cannot read {ENV_PASSWORD_FILE}={path}: {exc.strerror}") from None
-    if len(raw) > MAX_PASSWORD_FILE_BYTES:
-        raise StorageError(
-            f"{ENV_PASSWORD_FILE}={path} is larger than {MAX_PASSWORD_FILE_BYTES} bytes: not a password file"
+        raise SettingError(f"cannot read {where}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_mode & 0o007:
+        os.close(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SettingError(f"{where} is not a regular file: name the password file itself")
+        raise SettingError(
+            f"{where} is readable or writable by other users (mode {stat.S_IMODE(info.st_mode):04o}): "
+            f"`chmod o-rwx {path}` (docs/deployment.md, the secrets recipe)"
         )
+    with os.fdopen(fd, "rb") as handle:
+        raw = handle.read(MAX_PASSWORD_FILE_BYTES + 1)
+    if len(raw) > MAX_PASSWORD_FILE_BYTES:
+        raise SettingError(f"{where} is larger than {MAX_PASSWORD_FILE_BYTES} bytes: not a password file")
     try:
         password = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise StorageError(f"{ENV_PASSWORD_FILE}={path} is not UTF-8 text") from None
-    return url.set(password=password)
+        raise SettingError(f"{where} is not UTF-8 text") from None
+    if not password:
+        raise SettingError(f"{where} is empty: write the password into it")
+    return password

@@ -91,6 +91,7 @@ def test_demo_workers_get_the_password_file_not_the_secret(tuner_home, tmp_path,
 
     secret_file = tmp_path / "pgpass"
     secret_file.write_text(SECRET + "\n")
+    secret_file.chmod(0o600)
     monkeypatch.setenv("TUNER_DB_PASSWORD_FILE", str(secret_file))
     url = resolve_url("postgresql://tuner@db.example.org/optuna")
     assert SECRET in url  # what the coordinator itself connects with
@@ -394,6 +395,7 @@ def test_sqlite_in_a_read_only_directory_is_one_line(tuner_home, tmp_path, npz):
 def test_non_utf8_password_file_is_one_line(tuner_home, tmp_path, monkeypatch):
     secret = tmp_path / "pw"
     secret.write_bytes(b"\xff\xfe" + SECRET.encode("utf-16-le"))
+    secret.chmod(0o600)
     monkeypatch.setenv("TUNER_DB_PASSWORD_FILE", str(secret))
     with pytest.raises(storage.StorageError, match="TUNER_DB_PASSWORD_FILE.*not UTF-8"):
         resolve_url("postgresql://u@h/d")

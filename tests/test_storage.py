@@ -43,6 +43,7 @@ def test_postgres_scheme_alias_and_driver(tuner_home):
 def test_password_file_is_injected_only_without_password(tuner_home, tmp_path, monkeypatch):
     secret = tmp_path / "pw"
     secret.write_text("from-file\n")
+    secret.chmod(0o600)
     monkeypatch.setenv("TUNER_DB_PASSWORD_FILE", str(secret))
     assert resolve_url("postgresql://u@h/d") == "postgresql://u:from-file@h/d"
     assert resolve_url("postgresql://u:given@h/d") == "postgresql://u:given@h/d"

@@ -6,6 +6,7 @@ instant.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 import signal
@@ -148,6 +149,13 @@ def train(
         typer.echo(f"model saved to {save}")
 
 
+def _finite_seconds(value: float) -> float:
+    """A duration option: a finite number >= 0 (``inf`` would wait forever, NaN never compares)."""
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"need a finite number of seconds >= 0, not {value}")
+    return value
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
@@ -167,7 +175,8 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-epoch progress.")] = False,
     wait_for_db: Annotated[
         float, typer.Option(
-            "--wait-for-db", envvar="TUNER_WAIT_FOR_DB", show_envvar=True, min=0, metavar="SECONDS",
+            "--wait-for-db", envvar="TUNER_WAIT_FOR_DB", show_envvar=True, metavar="SECONDS",
+            callback=_finite_seconds,
             help="At start-up, wait up to this long for the database (and the study) to appear, "
                  "printing a line every few seconds. 0: fail at once.",
         ),

@@ -37,6 +37,7 @@ from contract.data import MarsData, load_npz
 from contract.errors import TunerError
 from contract.study_spec import SpecError, StudySpec
 import storage
+from storage.errors import SettingError
 from storage.retry import DatabaseUnavailable, is_transient, with_db_retry
 from storage.retry import describe as describe_db_error
 from worker.budget import ask_within_budget, budget_lock
@@ -700,6 +701,8 @@ def _wait_for_spec(url: str, study_name: str, wait_s: float, say: Callable[[str]
     while True:
         try:
             return _read_spec(url, study_name)
+        except SettingError:
+            raise  # a wrong setting does not get better by waiting
         except (storage.StorageError, StudyMissing) as exc:
             now = time.monotonic()
             if now >= deadline:
