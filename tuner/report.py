@@ -7,7 +7,8 @@ the study header [header], the Pareto front for several objectives [pareto], opt
 history [history], learning curves [curves], parameter importance [importance], slices and
 parallel coordinates of the top parameters [params], per-class IoU of the 10 best trials
 [per-class], the best trial's confusion matrix and validation images [best], and the best
-configuration as ``tuner export`` writes it [config].
+configuration as ``tuner export`` writes it [config]. After the history: trials in flight and
+near-duplicate suggestions [parallelism] (:mod:`tuner.report_parallelism`).
 
 The study is read with a few bulk queries (:mod:`storage.summaries`); Optuna's importance
 evaluator (and its Pareto plot beyond two objectives) reads it as a study through a read-only
@@ -48,6 +49,7 @@ SECTIONS = (
     ("header", "Study"),
     ("pareto", "Pareto front"),
     ("history", "Optimisation history"),
+    ("parallelism", "Parallelism"),
     ("curves", "Learning curves"),
     ("importance", "Parameter importance"),
     ("params", "Top parameters"),
@@ -316,6 +318,7 @@ def _render(data: ReportData) -> str:
                            + figure(figs.history_by_time(trials, maximize)))
     else:
         body["history"] = _note("no completed trial yet")
+    body["parallelism"] = _parallelism_section(data, figure)
     body["curves"] = (figure(figs.learning_curves(trials)) if any(t.intermediate_values for t in finished)
                       else _note("no epoch values reported yet"))
 
@@ -386,6 +389,15 @@ def _importances(study: Any, n_complete: int) -> tuple[dict[str, float], str]:
     if not values:
         return {}, "no searched parameter"
     return dict(values), ""
+
+
+def _parallelism_section(data: ReportData, figure: Any) -> str:
+    from tuner import report_parallelism
+
+    view = report_parallelism.summarize(data.trials, data.now)
+    if view is None:
+        return _note("no trial has started yet")
+    return _table(report_parallelism.rows(view)) + figure(report_parallelism.figure(view))
 
 
 def _best_section(data: ReportData, figure: Any) -> str:
