@@ -7,6 +7,7 @@ so the writer (the worker) and the readers cannot drift apart. Values are JSON-s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import math
 import os
 import socket
@@ -17,7 +18,7 @@ import optuna
 from contract.config import TrainConfig
 
 CONFIG = "config"  # the full TrainConfig dict the trial trained (sampled + fixed values)
-WORKER = "worker"  # {"host", "pid", "gpu"}: who runs it; status shows host and age
+WORKER = "worker"  # {"host", "pid", "gpu"[, "slurm"]}: who runs it; status shows host and age
 PROVENANCE = "provenance"  # device, library versions, python: from worker.training.device.describe
 MIOU = "miou"  # final validation mean IoU over classes 1-4 (also the trial's value)
 PER_CLASS_IOU = "per_class_iou"  # {"1": iou, ..., "4": iou}; None for a class absent in both
@@ -41,7 +42,23 @@ PHASES = ("loading data", "building", "compiling", "training", "evaluating", "sa
 
 
 def worker_identity(gpu: int | None) -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "gpu": gpu}
+    identity: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "gpu": gpu}
+    task = slurm_task(os.environ)
+    if task is not None:
+        identity["slurm"] = task
+    return identity
+
+
+def slurm_task(environ: Mapping[str, str]) -> str | None:
+    """The Slurm task this process runs as (``ARRAYJOB_TASK``, or the job id outside an array).
+
+    Recorded with each trial so that a stuck or unwanted trial names the task to ``scancel``;
+    ``None`` outside Slurm.
+    """
+    array, index = environ.get("SLURM_ARRAY_JOB_ID"), environ.get("SLURM_ARRAY_TASK_ID")
+    if array and index:
+        return f"{array}_{index}"
+    return environ.get("SLURM_JOB_ID") or None
 
 
 def record_start(
