@@ -25,10 +25,8 @@ import yaml
 from contract import report
 from contract.synth import write_npz
 from helpers import BIN, run_cli
-from slurmcluster import SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
+from slurmcluster import Job, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
 import storage
-
-pytestmark = pytest.mark.slow  # a Slurm cluster, real worker processes that train models
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = "deploy/slurm/worker.sbatch"
@@ -128,7 +126,7 @@ class Site:
         (trial,) = running()
         return trial.user_attrs[report.WORKER]["slurm"], trial
 
-    def done(self, job_id: str) -> dict[str, object]:
+    def done(self, job_id: str) -> dict[str, Job]:
         try:
             jobs = self.cluster.wait_until_done(job_id, 600)
         except AssertionError as exc:
@@ -172,6 +170,13 @@ def test_readme_slurm_section_has_the_commands_these_tests_run():
     assert re.search(r"^exec worker run ", script, flags=re.M), "the worker must be the batch shell's process"
 
 
+def test_trials_record_the_slurm_task_that_runs_them():
+    assert report.slurm_task({"SLURM_JOB_ID": "12", "SLURM_ARRAY_JOB_ID": "11", "SLURM_ARRAY_TASK_ID": "1"}) == "11_1"
+    assert report.slurm_task({"SLURM_JOB_ID": "12"}) == "12"
+    assert report.slurm_task({}) is None
+
+
+@pytest.mark.slow  # a Slurm cluster; real workers train
 def test_an_array_of_three_workers_finishes_the_budget_exactly(site):
     budget = 5
     site.create(trials=budget, epochs=2)
@@ -195,6 +200,7 @@ def test_an_array_of_three_workers_finishes_the_budget_exactly(site):
     assert any((site.where / "artifacts").rglob("*"))
 
 
+@pytest.mark.slow  # a Slurm cluster; real workers train
 def test_scancel_of_a_task_mid_trial_requeues_its_trial_for_another_task(site):
     site.create(trials=1, epochs=EPOCHS_SHORT_CUT)
     job_id = site.submit("0-1")
@@ -207,6 +213,7 @@ def test_scancel_of_a_task_mid_trial_requeues_its_trial_for_another_task(site):
     _requeued_once(site, victim, rescuer=rescuer)
 
 
+@pytest.mark.slow  # a Slurm cluster; real workers train
 def test_a_task_at_its_time_limit_requeues_its_trial_for_another_task(site):
     site.create(trials=1, epochs=EPOCHS_TIME_LIMIT)
     job_id = site.submit("0-1")
@@ -225,10 +232,11 @@ def test_a_task_at_its_time_limit_requeues_its_trial_for_another_task(site):
     _requeued_once(site, victim, rescuer=rescuer)
 
 
+@pytest.mark.slow  # a Slurm cluster; real workers train
 def test_a_requeued_task_rejoins_and_runs_its_trial_again(site):
     site.create(trials=1, epochs=EPOCHS_SHORT_CUT)
     job_id = site.submit("0-0")
-    task, running = site.task_mid_trial()
+    task, _ = site.task_mid_trial()
     site.cluster.run("scontrol", "requeue", task)  # what preemption with PreemptMode=REQUEUE does
 
     jobs = site.done(job_id)
