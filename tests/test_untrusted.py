@@ -307,3 +307,67 @@ def test_the_store_does_not_write_through_a_planted_link(tmp_path):
     with pytest.raises(OSError):
         store.write(ARTIFACT_ID, io.BytesIO(b"overwritten"))
     assert b"TOP-SECRET" in secret.read_bytes()
+
+
+# --- 7. a bad TUNER_COMPILE_CACHE is one warning at start-up, never a failed trial ------------
+
+_CACHE_SCRIPT = """
+import json
+from worker.training import backend
+print(json.dumps(backend.enable_compile_cache()))
+"""
+
+
+@pytest.mark.slow
+def test_bad_compile_cache_is_one_warning_and_no_cache(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    cases = {"a file": tmp_path / "a-file", "under a file": tmp_path / "a-file" / "cache",
+             "a symlink loop": tmp_path / "loop", "fine": tmp_path / "cache"}
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "ro").mkdir(mode=0o500)
+        cases["an unwritable directory"] = tmp_path / "ro"
+    for case, path in cases.items():  # one process each: the variable is read once, as a worker does
+        proc = subprocess.run([sys.executable, "-c", _CACHE_SCRIPT], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "KERAS_BACKEND": "jax", "TUNER_COMPILE_CACHE": str(path)})
+        assert proc.returncode == 0, (case, proc.stderr[-2000:])
+        directory = json.loads(proc.stdout.strip().splitlines()[-1])
+        warned = [line for line in proc.stderr.splitlines() if "compile cache" in line]
+        if case == "fine":
+            assert directory == str(path) and warned == []
+            continue
+        assert directory is None, case
+        assert len(warned) == 1 and warned[0].startswith(f"warning: compile cache {path} (TUNER_COMPILE_CACHE) "), \
+            (case, warned)
+        assert warned[0].endswith("; running without it"), warned
+
+
+@pytest.mark.slow
+def test_worker_with_a_bad_compile_cache_warns_once_and_completes_its_trial(tuner_home, tmp_path):
+    import optuna
+    import yaml
+
+    from helpers import run_cli
+    from test_report import TINY_SPACE
+
+    pytest.importorskip("jax")
+    npz = tmp_path / "mars.npz"
+    write_npz(npz, 32, seed=3)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({**TINY_SPACE, "fixed": {**TINY_SPACE["fixed"], "epochs": 1}}))
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    created = run_cli("tuner", "create", "s", "--data", str(npz), "--space", str(space), "--trials", "1",
+                      "--pruner", "none", "--storage", url)
+    assert created.returncode == 0, created.stderr
+    (tmp_path / "a-file").write_text("x")
+    run = run_cli("worker", "run", "--study", "s", "--data", str(npz), "--quiet", "--storage", url,
+                  env={"KERAS_BACKEND": "jax", "TUNER_COMPILE_CACHE": str(tmp_path / "a-file")})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+    assert len([line for line in run.stdout.splitlines() if "warning: compile cache" in line]) == 1, run.stdout
+    assert [t.state.name for t in optuna.load_study(study_name="s", storage=url).trials] == ["COMPLETE"]

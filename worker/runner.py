@@ -254,6 +254,9 @@ class WorkerSession:
         except DeviceError as exc:
             raise RunnerError(str(exc)) from None
         self.provenance = describe(self.device)
+        from worker.training.backend import enable_compile_cache
+
+        enable_compile_cache(warn=self.say)  # a bad TUNER_COMPILE_CACHE is a warning here, not a failed trial
         self.say(f"device {self.device.kind} {self.device.name}; study {opts.study_name!r} "
                  f"on {storage.mask_url(self.url)}")
 

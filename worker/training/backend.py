@@ -7,8 +7,10 @@ is here, so the training code reads the same on both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import os
 from pathlib import Path
+import sys
 
 ENV_COMPILE_CACHE = "TUNER_COMPILE_CACHE"
 DEFAULT_COMPILE_CACHE = Path("~/.cache/mars-tuner/jax")
@@ -22,8 +24,6 @@ def name() -> str:
     The first ``import keras`` loads the backend, whose C++ start-up lines must stay off the
     terminal like every other TensorFlow import here.
     """
-    import sys
-
     if "keras" not in sys.modules:
         from worker.training.quiet import native_stderr_captured
 
@@ -79,12 +79,27 @@ def compile_cache_dir() -> Path | None:
     return Path(value).expanduser()
 
 
-def enable_compile_cache() -> str | None:
+def compile_cache_problem(directory: Path) -> str | None:
+    """Why ``directory`` cannot hold the compilation cache (it is made if missing); ``None`` if it can."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file, or a link to nowhere (a loop)
+        return "exists and is not a directory"
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "not writable"
+    return None
+
+
+def enable_compile_cache(warn: Callable[[str], None] | None = None) -> str | None:
     """Turn on the backend's persistent compilation cache once per process; returns its dir.
 
     JAX writes each compiled XLA program there, so a restarted worker (or the next trial of an
     architecture seen before) loads it instead of compiling again. TensorFlow has no such cache
-    for ``tf.function`` graphs: returns ``None``.
+    for ``tf.function`` graphs: returns ``None``. The worker calls this at start-up, so a bad
+    ``TUNER_COMPILE_CACHE`` is one ``warn`` line there (and the worker runs without the cache),
+    never a failed trial.
     """
     global _cache_dir, _cache_done
     if _cache_done:
@@ -93,14 +108,22 @@ def enable_compile_cache() -> str | None:
     directory = compile_cache_dir()
     if directory is None or is_tensorflow():
         return None
+    problem = compile_cache_problem(directory)
+    if problem is not None:
+        (warn or _warn_stderr)(f"warning: compile cache {directory} ({ENV_COMPILE_CACHE}) {problem}; "
+                               "running without it")
+        return None
     import jax
 
-    directory.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(directory))
     # Keep what took a while to compile (train/evaluate/predict steps), not every small op.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     _cache_dir = str(directory)
     return _cache_dir
+
+
+def _warn_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def reseed(seed: int) -> None:
