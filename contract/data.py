@@ -133,7 +133,7 @@ def load_npz(
         groups = None if groups is None else groups[chosen]
 
     return MarsData(
-        images=_normalise(images8),
+        images=normalise(images8),
         masks=np.ascontiguousarray(masks8),
         test_images=test_images,
         aliens_removed=aliens_removed,
@@ -435,10 +435,11 @@ def _validate_test_set(test: np.ndarray, path: Path) -> np.ndarray:
         return np.zeros((0, *IMAGE_SHAPE), dtype=np.float32)
     _check_finite(test, "test_set", path)
     # Test images need not be whole numbers: nothing hashes them.
-    return _normalise(_check_values(test, 255, path, "'test_set' pixel", "image", whole=False))
+    return normalise(_check_values(test, 255, path, "'test_set' pixel", "image", whole=False))
 
 
-def _normalise(images: np.ndarray) -> np.ndarray:
+def normalise(images: np.ndarray) -> np.ndarray:
+    """Pixels 0..255 -> float32 in [0, 1]: the one scaling training and ``worker predict`` share."""
     out = images.astype(np.float32)
     out /= np.float32(255.0)
     return out

@@ -6,6 +6,7 @@ instant.
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 from pathlib import Path
@@ -16,6 +17,10 @@ import typer
 
 from contract.options import ArtifactDirOpt, CliGroup, StorageOpt
 from contract.options import fail as _fail
+from worker.predict import DEFAULT_BATCH as PREDICT_BATCH
+from worker.predict import DEFAULT_SET as PREDICT_SET
+from worker.predict import PNG_EACH_MAX
+from worker.predict import SETS as PREDICT_SETS
 from worker.training.backend import DEFAULT_COMPILE_CACHE, ENV_COMPILE_CACHE
 from worker.training.quiet import silence_native_logs
 
@@ -39,6 +44,8 @@ DataOpt = Annotated[
         help="The challenge .npz (training_set (N,2,64,128)).",
     ),
 ]
+#: ``--set``: the sets of the challenge file.
+PredictSet = enum.Enum("PredictSet", {name: name for name in PREDICT_SETS}, type=str)  # type: ignore[misc]
 GpuOpt = Annotated[
     Optional[int],
     typer.Option(
@@ -154,6 +161,46 @@ def _finite_seconds(value: float) -> float:
     if not math.isfinite(value) or value < 0:
         raise typer.BadParameter(f"need a finite number of seconds >= 0, not {value}")
     return value
+
+
+@app.command()
+def predict(
+    model: Annotated[list[Path], typer.Option(
+        "--model", help="A saved model (.keras from worker train --save, worker run --artifact-dir or "
+                        "tuner export --model); repeat it for an ensemble (mean of the softmax).")],
+    data: DataOpt,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Write the masks here (.npz, key 'masks').")],
+    set_name: Annotated[PredictSet, typer.Option(
+        "--set", help="The set of --data to predict; a labelled set is also scored.")] = PredictSet(PREDICT_SET),
+    png: Annotated[Optional[Path], typer.Option(
+        "--png", metavar="DIR", help=f"Also write PNGs (image | prediction): one per image up to "
+                                     f"{PNG_EACH_MAX} images, else a contact sheet of the first {PNG_EACH_MAX}.")] = None,
+    tta: Annotated[Optional[bool], typer.Option(
+        "--tta/--no-tta", help="Flip test-time augmentation. Default: as each model's trial was scored "
+                               "(recorded in the model file).", show_default=False)] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per forward pass.")] = PREDICT_BATCH,
+    probabilities: Annotated[bool, typer.Option(
+        "--probabilities", help="Also write the mean probabilities (N, 64, 128, 5) as float16.")] = False,
+    gpu: GpuOpt = None,
+) -> None:
+    """Predict masks for the test set (or a labelled set, with its score) with saved models."""
+    from worker.predict import predict_file, render_score
+
+    summary = predict_file(model, data, output, set_name=set_name.value, tta=tta, batch=batch,
+                           probabilities=probabilities, png_dir=png, gpu=gpu, progress=True,
+                           say=lambda line: typer.echo(line, err=True))
+    tta_text = ", ".join("on" if t else "off" for t in summary.tta)
+    rate = summary.n_images / summary.seconds if summary.seconds > 0 else float("inf")
+    typer.echo(f"predicted {summary.n_images} images of '{set_name.value}' with {len(model)} model(s), "
+               f"flip TTA {tta_text}: {summary.seconds:.1f}s ({rate:.0f} images/s)")
+    if summary.score is not None:
+        for line in render_score(summary.score, summary.scored_images, summary.n_images):
+            typer.echo(line)
+    typer.echo(f"wrote {output}: masks ({summary.n_images}, 64, 128) uint8"
+               + (", probabilities float16" if probabilities else ""))
+    if summary.pngs:
+        where = summary.pngs[0] if len(summary.pngs) == 1 else f"{png}/ ({len(summary.pngs)} files)"
+        typer.echo(f"PNGs: {where}")
 
 
 def _first_line(exc: BaseException) -> str:

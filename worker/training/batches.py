@@ -9,6 +9,8 @@ seed's full set x 4 is about 270 MB as float32, which a GPU host holds easily.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 N_FLIPS = 4  # none, horizontal, vertical, both
@@ -39,10 +41,21 @@ def flip_tta_predict(model, images: np.ndarray, batch_size: int) -> np.ndarray:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] != 1:
         raise ValueError(f"images must have shape (N, 64, 128[, 1]), got {np.shape(images)}")
+    return flip_tta(lambda batch: model.predict(batch, batch_size=batch_size, verbose=0), x)
+
+
+def flip_tta(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """``predict`` averaged over the four flips of ``x`` (N, H, W, 1) -> float32 (N, H, W, C).
+
+    For each flip (in :data:`FLIP_AXES` order): flip the input, predict, flip the prediction
+    back; then the float32 sum over the flips divided by 4. Trials are scored through this
+    (:func:`flip_tta_predict`) and ``worker predict`` calls it per batch, so a model predicts
+    with TTA exactly as its trial was scored.
+    """
     total = None
     for axes in FLIP_AXES:  # none, horizontal, vertical, both (NHWC axes)
         flipped_x = np.ascontiguousarray(np.flip(x, axis=axes)) if axes else x
-        probs = np.asarray(model.predict(flipped_x, batch_size=batch_size, verbose=0), np.float32)
+        probs = np.asarray(predict(flipped_x), np.float32)
         probs = np.flip(probs, axis=axes) if axes else probs
         total = probs if total is None else total + probs
     return total / np.float32(N_FLIPS)

@@ -29,6 +29,7 @@ is defined at module level and registered, so a saved model's compile config can
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 
 import keras
 from keras import ops
@@ -91,8 +92,30 @@ def mean_iou(
     y_true: np.ndarray, y_pred_labels: np.ndarray, classes: Sequence[int] = FOREGROUND
 ) -> float:
     """Mean of :func:`iou_per_class` over the present classes; NaN if none is present."""
-    values = [v for v in iou_per_class(y_true, y_pred_labels, classes).values() if not np.isnan(v)]
+    return mean_of(iou_per_class(y_true, y_pred_labels, classes))
+
+
+def mean_of(per_class: dict[int, float]) -> float:
+    """The mean over the present classes (absent ones are NaN and left out); NaN if none."""
+    values = [v for v in per_class.values() if not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """A set's score as trials are scored: mean IoU (classes 1-4), per class, confusion matrix."""
+
+    miou: float
+    per_class: dict[int, float]  # NaN for a class absent from truth and prediction
+    confusion: np.ndarray  # (5, 5) int64 pixel counts, row true, column predicted
+
+
+def score(y_true: np.ndarray, y_pred_labels: np.ndarray) -> Score:
+    """Score predicted labels against the truth over the whole set: what a trial reports for
+    its validation split and ``worker predict`` prints for a labelled set."""
+    confusion = confusion_counts(y_true, y_pred_labels)
+    per_class = iou_from_confusion(confusion)
+    return Score(mean_of(per_class), per_class, confusion)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,10 +23,10 @@ GAP = 4  # white pixels between tiles
 
 @dataclasses.dataclass(frozen=True)
 class PreviewSample:
-    """A few validation images (grayscale, any range) with true and predicted labels."""
+    """A few images (grayscale, any range) with predicted and, when known, true labels."""
 
     images: np.ndarray  # (n, H, W)
-    truth: np.ndarray  # (n, H, W) ints 0-4
+    truth: np.ndarray | None  # (n, H, W) ints 0-4; None for unlabelled images (worker predict)
     prediction: np.ndarray  # (n, H, W) ints 0-4
 
 
@@ -40,7 +40,8 @@ def sample(images: np.ndarray, truth: np.ndarray, prediction: np.ndarray, n: int
 
 
 def grid(preview: PreviewSample) -> np.ndarray:
-    """An RGB uint8 array: one row per image, columns image | truth | prediction."""
+    """An RGB uint8 array: one row per image, columns image | truth | prediction (image |
+    prediction without truth)."""
     images = np.asarray(preview.images, dtype=np.float64)
     if images.ndim == 4:  # (n, H, W, 1)
         images = images[..., 0]
@@ -48,9 +49,10 @@ def grid(preview: PreviewSample) -> np.ndarray:
     span = images.max() - images.min() if n else 0.0
     gray = np.zeros_like(images) if span == 0 else (images - images.min()) / span
     gray_rgb = np.repeat((gray * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
-    tiles = [gray_rgb, PALETTE[np.clip(preview.truth, 0, 4)], PALETTE[np.clip(preview.prediction, 0, 4)]]
+    labels = [preview.prediction] if preview.truth is None else [preview.truth, preview.prediction]
+    tiles = [gray_rgb, *(PALETTE[np.clip(np.asarray(m), 0, 4)] for m in labels)]
     th, tw = h * SCALE, w * SCALE
-    out = np.full((n * th + (n + 1) * GAP, 3 * tw + 4 * GAP, 3), 255, dtype=np.uint8)
+    out = np.full((n * th + (n + 1) * GAP, len(tiles) * tw + (len(tiles) + 1) * GAP, 3), 255, dtype=np.uint8)
     for row in range(n):
         for col, tile in enumerate(tiles):
             big = tile[row].repeat(SCALE, axis=0).repeat(SCALE, axis=1)
@@ -60,9 +62,12 @@ def grid(preview: PreviewSample) -> np.ndarray:
 
 
 def write_png(preview: PreviewSample, path: str | Path) -> Path:
-    """Write :func:`grid` as a PNG file."""
+    """Write :func:`grid` as a PNG file (atomically: a reader never sees half of one)."""
     from PIL import Image
 
+    from contract.atomic import replacing
+
     path = Path(path)
-    Image.fromarray(grid(preview)).save(path, format="PNG", optimize=True)
+    with replacing(path, suffix=".png") as tmp:
+        Image.fromarray(grid(preview)).save(tmp, format="PNG", optimize=True)
     return path

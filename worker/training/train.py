@@ -38,9 +38,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from contract.atomic import replacing
 from contract.config import TrainConfig
 from worker.training.device import DeviceInfo, describe, plan
+from worker.training.saved import ModelInfo, save_model
 
 if TYPE_CHECKING:
     import keras
@@ -244,7 +244,9 @@ class Trainer:
                 on_result(result)  # out before saving, which can fail (full disk) after all the work
             if save_path is not None:
                 clock.phase("saving")
-                save_model(compiled.portable(config, weights), save_path)
+                save_model(compiled.portable(config, weights), save_path,
+                           ModelInfo(config=config.to_dict(), all_data=False,
+                                     validation_miou=_json_safe(best_miou)))
                 clock.mark("save_s")
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
@@ -493,20 +495,6 @@ def set_op_determinism(enabled: bool) -> None:
     set_determinism(enabled)
 
 
-def save_model(model: keras.Model, path: str | Path) -> Path:
-    """Save as ``.keras`` through a temporary file in the same directory, then rename.
-
-    ``os.replace`` is atomic on one filesystem, so a crash mid-save leaves either the old file
-    or none, never half a zip that fails later on load.
-    """
-    path = Path(path)
-    if path.suffix != ".keras":
-        path = path.with_name(path.name + ".keras")
-    with replacing(path, suffix=".keras") as tmp:
-        model.save(tmp)
-    return path
-
-
 def _subsample(
     images: np.ndarray, masks: np.ndarray, groups: np.ndarray | None,
     max_images: int | None, seed: int,
@@ -531,15 +519,16 @@ def _evaluate(
     """Numpy mean IoU over classes 1-4 of the model's predictions on the whole split, per-class
     IoU, and the predicted labels."""
     from worker.training.batches import flip_tta_predict
-    from worker.training.metrics import iou_per_class, mean_iou
+    from worker.training.metrics import score
 
     if tta:
         probs = flip_tta_predict(model, images, batch_size)
     else:
         probs = model.predict(images[..., None], batch_size=batch_size, verbose=0)
     labels = np.argmax(np.asarray(probs), axis=-1).astype(masks.dtype)
-    per_class = {int(c): float(v) for c, v in iou_per_class(masks, labels).items()}
-    return float(mean_iou(masks, labels)), per_class, labels
+    scored = score(masks, labels)
+    per_class = {int(c): float(v) for c, v in scored.per_class.items()}
+    return scored.miou, per_class, labels
 
 
 def inference_ms_per_image(model: keras.Model, images: np.ndarray, *, tta: bool) -> float:
