@@ -371,3 +371,31 @@ def test_worker_with_a_bad_compile_cache_warns_once_and_completes_its_trial(tune
     assert "Traceback" not in run.stdout + run.stderr
     assert len([line for line in run.stdout.splitlines() if "warning: compile cache" in line]) == 1, run.stdout
     assert [t.state.name for t in optuna.load_study(study_name="s", storage=url).trials] == ["COMPLETE"]
+
+
+# --- 11. small: PED-ANOVA's warning goes on the page, not to stderr -------------------------
+
+
+def test_importance_warning_of_equal_values_is_a_note_not_stderr(tmp_path):
+    import warnings
+
+    import optuna
+
+    from tuner import report as tuner_report
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = optuna.create_study(study_name="flat", storage=url, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(6):  # every trial scores the same: PED-ANOVA cannot tell its quantiles apart
+        trial = study.ask()
+        trial.suggest_float("lr", 0.1, 0.2)
+        study.tell(trial, 0.5)
+    out = tmp_path / "flat.html"
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        tuner_report.write_report("flat", storage_url=url, output=out)
+    assert [str(w.message) for w in warned if issubclass(w.category, UserWarning)] == []
+    assert "PED-ANOVA: Target and region quantiles select the same set of trials" in out.read_text()
+    _hostile_text_study(f"sqlite:///{tmp_path / 'other.sqlite'}")  # a study that varies: no note
+    tuner_report.write_report("s", storage_url=f"sqlite:///{tmp_path / 'other.sqlite'}", output=out)
+    assert "PED-ANOVA:" not in out.read_text()

@@ -325,7 +325,7 @@ def _render(data: ReportData) -> str:
     importances, why = _importances(study, len(complete))
     if importances:
         top = list(importances)
-        body["importance"] = figure(figs.importance(importances, "PED-ANOVA"))
+        body["importance"] = figure(figs.importance(importances, "PED-ANOVA")) + (_note(why) if why else "")
         best_first = sorted(complete, key=lambda t: t.values[0], reverse=maximize)[:figs.PARALLEL_BEST]
         body["params"] = (figure(figs.slices(trials, top[:TOP_SLICES]))
                           + figure(figs.parallel(best_first, top[:TOP_PARALLEL], maximize, len(complete))))
@@ -370,7 +370,8 @@ def _plotly_js() -> str:
 
 
 def _importances(study: Any, n_complete: int) -> tuple[dict[str, float], str]:
-    """PED-ANOVA importances for the first objective (mIoU), most important first."""
+    """PED-ANOVA importances for the first objective (mIoU), most important first; with a note
+    when there are none, or when PED-ANOVA warned (its warnings belong on the page, not stderr)."""
     if n_complete < 2:
         return {}, "importance needs at least 2 completed trials"
     from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
@@ -381,14 +382,16 @@ def _importances(study: Any, n_complete: int) -> tuple[dict[str, float], str]:
         sign = -1.0 if study.directions[0] == StudyDirection.MAXIMIZE else 1.0
         target = lambda t: sign * t.values[0]  # noqa: E731
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always", UserWarning)
             warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes", category=UserWarning)
             values = get_param_importances(study, evaluator=PedAnovaImportanceEvaluator(), target=target)
     except (ValueError, RuntimeError) as exc:  # e.g. no parameter varied
         return {}, f"importance not computable: {str(exc).splitlines()[0]}"
     if not values:
         return {}, "no searched parameter"
-    return dict(values), ""
+    said = {" ".join(str(w.message).split()) for w in warned if issubclass(w.category, UserWarning)}
+    return dict(values), "; ".join(f"PED-ANOVA: {s}" for s in sorted(said))
 
 
 def _parallelism_section(data: ReportData, figure: Any) -> str:
