@@ -399,3 +399,14 @@ def test_importance_warning_of_equal_values_is_a_note_not_stderr(tmp_path):
     _hostile_text_study(f"sqlite:///{tmp_path / 'other.sqlite'}")  # a study that varies: no note
     tuner_report.write_report("s", storage_url=f"sqlite:///{tmp_path / 'other.sqlite'}", output=out)
     assert "PED-ANOVA:" not in out.read_text()
+
+
+def test_docs_state_the_connections_a_worker_holds_as_the_code_sets_them():
+    from storage.engine import MAX_OVERFLOW, POOL_SIZE
+
+    root = Path(__file__).resolve().parent.parent
+    for doc in (".env.example", "docs/deployment.md"):
+        text = " ".join((root / doc).read_text().replace("#", " ").split())
+        stated = re.findall(r"holds at most (\d+) (?:database )?connections", text)
+        assert stated and {int(n) for n in stated} == {POOL_SIZE + MAX_OVERFLOW}, (doc, stated)
+        assert f"pool {POOL_SIZE} + overflow {MAX_OVERFLOW}" in text, doc
