@@ -9,14 +9,18 @@ the grace period is there to absorb short outages.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+import copy
 import datetime
 import logging
+import math
 import threading
 from types import TracebackType
-import warnings
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 import sqlalchemy
 
 from storage.session import read, routed_connection
@@ -120,7 +124,9 @@ _FIRST_BEAT = sqlalchemy.text(
 )
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
+def fail_stale_trials(
+    study: optuna.Study, *, explain: Callable[[FrozenTrial, float], dict[str, Any]] | None = None,
+) -> None:
     """Fail RUNNING trials whose worker stopped beating, and queue their retries.
 
     Optuna's ``optimize`` does this before every trial; ask/tell workers call this before every
@@ -129,14 +135,51 @@ def fail_stale_trials(study: optuna.Study) -> None:
 
     Optuna's check loads every RUNNING trial of the study (one per busy worker) as ORM objects;
     under the budget lock that was the slowest step. One plain query first says whether any beat
-    is stale at all, which it rarely is; only then does Optuna's own code fail them.
+    is stale at all, which it rarely is; only then are they failed, as Optuna's
+    ``fail_stale_trials`` does, except that ``explain(trial, seconds without a beat)`` gives user
+    attributes to write first (why the trial failed: the storage layer does not know the names
+    the worker's readers use). The retry the storage's callback queues does not inherit them.
     """
     rdb = getattr(study._storage, "_backend", study._storage)  # under Optuna's caching wrapper
-    if isinstance(rdb, RDBStorage) and rdb.heartbeat_interval and not _any_stale(rdb, study._study_id):
+    if not isinstance(rdb, RDBStorage) or not rdb.heartbeat_interval:
+        return  # no heartbeats: nothing goes stale
+    if not _any_stale(rdb, study._study_id):
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+    backend = study._storage  # through the caching wrapper, as Optuna's own check goes
+    failed: list[int] = []
+    explained: set[str] = set()
+    for trial_id in backend._get_stale_trial_ids(study._study_id):  # type: ignore[attr-defined]
+        try:
+            if explain is not None:
+                for key, value in explain(backend.get_trial(trial_id), _silence_s(rdb, trial_id)).items():
+                    backend.set_trial_user_attr(trial_id, key, value)
+                    explained.add(key)
+            if backend.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first
+    callback = rdb.get_heartbeat_stale_trial_callback()
+    for trial_id in failed if callback is not None else []:
+        trial = copy.deepcopy(backend.get_trial(trial_id))
+        for key in explained:
+            trial.user_attrs.pop(key, None)
+        callback(study, trial)  # type: ignore[misc]
+
+
+_LAST_BEAT = sqlalchemy.text(
+    "SELECT heartbeat, CURRENT_TIMESTAMP FROM trial_heartbeats WHERE trial_id = :tid"
+)
+
+
+def _silence_s(rdb: RDBStorage, trial_id: int) -> float:
+    """Seconds since the trial's last heartbeat, by the database clock (as staleness is judged)."""
+    for beat, now in read(rdb, _LAST_BEAT, {"tid": trial_id}):
+        try:
+            beat, now = (datetime.datetime.fromisoformat(v) if isinstance(v, str) else v for v in (beat, now))
+            return max(0.0, (now.replace(tzinfo=None) - beat.replace(tzinfo=None)).total_seconds())
+        except (TypeError, ValueError, AttributeError):
+            break
+    return math.nan
 
 
 _BEATS = sqlalchemy.text(

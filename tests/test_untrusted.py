@@ -410,3 +410,30 @@ def test_docs_state_the_connections_a_worker_holds_as_the_code_sets_them():
         stated = re.findall(r"holds at most (\d+) (?:database )?connections", text)
         assert stated and {int(n) for n in stated} == {POOL_SIZE + MAX_OVERFLOW}, (doc, stated)
         assert f"pool {POOL_SIZE} + overflow {MAX_OVERFLOW}" in text, doc
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_trial_failed_for_lack_of_heartbeats_says_why_and_whose(tmp_path):
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    import storage
+    from worker.budget import ask_within_budget
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    storage.init_schema(url)
+    rdb = storage.open_storage(url, heartbeat_interval=1, grace_period=1, max_retry=1)
+    study = optuna.create_study(storage=rdb, study_name="hb", direction="maximize")
+    trial, _ = ask_within_budget(study, rdb, url, 5)
+    trial.suggest_float("x", 0, 1)
+    trial.set_user_attr("worker", {"host": "node-7", "pid": 4242, "gpu": None})
+    time.sleep(2.5)  # its worker died after the first beat
+    retry, _ = ask_within_budget(study, rdb, url, 5)  # the next worker's ask fails it and takes the retry
+    dead, again = study.get_trials(deepcopy=False)
+    assert dead.state == TrialState.FAIL and again.number == retry.number
+    assert re.fullmatch(r"no heartbeat for [2-9]s; worker node-7:4242", dead.user_attrs["error"]), dead.user_attrs
+    assert "error" not in again.user_attrs and again.params == dead.params  # the retry starts clean
+    rdb.engine.dispose()

@@ -18,6 +18,7 @@ import contextlib
 import optuna
 from optuna.trial import TrialState
 
+from contract import report
 import storage
 from storage.counts import count_trials, waiting_trial_ids
 from storage.locks import HeldLock, named_lock
@@ -58,7 +59,7 @@ def _reserve(
     Returns the trial id (``None``: the budget is spent), whether it was a queued trial, the counts.
     """
     storage.adopt_orphans(rdb, study._study_id)
-    storage.fail_stale_trials(study)
+    storage.fail_stale_trials(study, explain=why_stale)
     counts = count_trials(rdb, study.study_name, study._study_id)
     allocated = sum(counts[state] for state in ALLOCATED)
     # Study.ask's own order: a queued trial first (it holds its slot already), else a new one.
@@ -72,6 +73,13 @@ def _reserve(
     # storage.adopt_orphans); both become visible together when the lock is released.
     storage.first_heartbeat(rdb, trial_id)
     return trial_id, queued, counts
+
+
+def why_stale(trial: optuna.trial.FrozenTrial, silent_s: float) -> dict[str, str]:
+    """The ``error`` a trial failed for lack of heartbeats carries: for how long, and whose it was."""
+    who = report.worker_of(trial)
+    silence = f"{silent_s:.0f}s" if silent_s == silent_s else "longer than the grace period"  # NaN: unknown
+    return {report.ERROR: f"no heartbeat for {silence}; worker {who['host'] or '?'}:{who['pid'] or '?'}"}
 
 
 def _pop_waiting(study: optuna.Study, rdb: optuna.storages.RDBStorage) -> int | None:
