@@ -23,6 +23,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 import sqlalchemy
 
+from storage.retry import describe
 from storage.session import read, routed_connection
 
 _logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Heartbeat:
             self.beats += 1
         except Exception as exc:  # noqa: BLE001 - any DB error must not kill the trial
             self.failures += 1
-            _logger.warning("heartbeat for %s failed: %s", self._label, type(exc).__name__)
+            _logger.warning("heartbeat for %s failed: %s", self._label, describe(exc))
 
 
 _ORPHANS = sqlalchemy.text(

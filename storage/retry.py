@@ -65,17 +65,28 @@ def _is_transient_one(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """``Type: first line`` of the deepest database error in the chain (no URL, so no secret)."""
-    root: BaseException = exc
-    for _ in range(_MAX_CHAIN):
-        nxt = root.__cause__ or root.__context__
-        if nxt is None:
-            break
-        root = nxt
-    if isinstance(root, sqlalchemy.exc.DBAPIError) and root.orig is not None:
-        root = root.orig
-    lines = [line.strip() for line in str(root).splitlines() if line.strip()]
-    return f"{type(root).__name__}: {lines[0][:160]}" if lines else type(root).__name__
+    """``Type: first line`` of the root cause: the deepest driver error in the chain (no URL, so
+    no secret).
+
+    Not simply the deepest exception: SQLAlchemy's pool raises (and handles) an empty
+    ``InvalidatePoolError`` when its pre-ping finds a dead connection, and Optuna wraps what
+    follows in a ``StorageInternalError`` that says nothing of the cause; the driver's own words
+    ("Connection refused", "server closed the connection unexpectedly") are what a user can act on.
+    """
+    chain: list[BaseException] = [exc]
+    while len(chain) < _MAX_CHAIN and (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None:
+        chain.append(nxt)
+    drivers = [e.orig for e in chain if isinstance(e, sqlalchemy.exc.DBAPIError) and e.orig is not None]
+    said = [e for e in chain if _first_line(e)]
+    root = (drivers or said or chain)[-1]
+    line = _first_line(root)
+    return f"{type(root).__name__}: {line[:160]}" if line else type(root).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of ``exc``'s message; '' for none (``InvalidatePoolError()`` says ``()``)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and line.strip() != "()"]
+    return lines[0] if lines else ""
 
 
 def with_db_retry(

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 import re
 
+from pgcluster import pg_cluster  # noqa: F401 - the fixture (a throw-away server to stop)
 import pytest
 from typer.testing import CliRunner
 
@@ -437,3 +438,41 @@ def test_a_trial_failed_for_lack_of_heartbeats_says_why_and_whose(tmp_path):
     assert re.fullmatch(r"no heartbeat for [2-9]s; worker node-7:4242", dead.user_attrs["error"]), dead.user_attrs
     assert "error" not in again.user_attrs and again.params == dead.params  # the retry starts clean
     rdb.engine.dispose()
+
+
+# --- 11. outage lines name the root cause, not InvalidatePoolError or StorageInternalError ------
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_outage_lines_name_the_database_error(pg_cluster, caplog):  # noqa: F811 - the fixture
+    import logging
+
+    import optuna
+
+    import storage
+    from storage.retry import with_db_retry
+
+    url = pg_cluster.new_database()
+    storage.init_schema(url)
+    rdb = storage.open_storage(url, heartbeat_interval=1, grace_period=60)
+    study = optuna.create_study(storage=rdb, study_name="outage")
+    trial = study.ask()
+    assert study.trials  # the pool now holds a connection, which the stop kills
+    pg_cluster.stop()
+    try:
+        lines: list[str] = []
+        with pytest.raises(Exception):
+            with_db_retry(lambda: study.trials, what="reading trials", max_wait_s=0.5, first_delay_s=0.2,
+                          on_retry=lines.append)
+        with caplog.at_level(logging.WARNING, logger="storage"):
+            with storage.Heartbeat(rdb, trial._trial_id, interval=60):
+                pass
+    finally:
+        pg_cluster.start()
+        rdb.engine.dispose()
+    beat = [r.getMessage() for r in caplog.records if "heartbeat for" in r.getMessage()]
+    for line in (lines[0], beat[0]):
+        cause = line.split("(", 1)[1] if line.startswith("database") else line.split("failed: ", 1)[1]
+        assert re.match(r"(psycopg2?\.)?\w*OperationalError: \S", cause), line  # the driver's own words
+        assert "InvalidatePoolError" not in line and "StorageInternalError" not in line, line
