@@ -75,8 +75,14 @@ class TrainConfig:
     # not combine them), so such runs are seeded but not bit-for-bit repeatable.
     jit_compile: bool = False
     mixed_precision: str = "auto"
+    # Retraining on all the data (``worker train --all-data``, which has no validation split to
+    # stop early or lower the learning rate on): the learning rate of each epoch, as the trial
+    # had it up to its best epoch; its length is the number of epochs. ``tuner export`` writes
+    # it; other runs ignore it.
+    lr_schedule: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        _check_schedule(self)
         _check_types(self)
         if self.model not in MODEL_NAMES:
             raise ConfigError(f"model must be one of {', '.join(MODEL_NAMES)}, got {short_repr(self.model)}")
@@ -126,7 +132,10 @@ class TrainConfig:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        if self.lr_schedule is not None:  # YAML and JSON write lists, not tuples
+            values["lr_schedule"] = list(self.lr_schedule)
+        return values
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -150,9 +159,33 @@ class TrainConfig:
         raise ConfigError(f"unknown format {fmt!r}; use json or yaml")
 
 
+#: Longest ``lr_schedule`` (epochs) a config may hold.
+MAX_SCHEDULE_EPOCHS = 100_000
+
+
+def _check_schedule(config: TrainConfig) -> None:
+    """``lr_schedule``: null, or a non-empty list of positive finite learning rates (kept as a
+    tuple, so the frozen config stays hashable)."""
+    value = config.lr_schedule
+    if value is None:
+        return
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"lr_schedule must be a non-empty list of learning rates (one per epoch) or null, "
+                          f"got {short_repr(value)}")
+    if len(value) > MAX_SCHEDULE_EPOCHS:
+        raise ConfigError(f"lr_schedule has {len(value)} epochs; at most {MAX_SCHEDULE_EPOCHS}")
+    for epoch, rate in enumerate(value, start=1):
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+            raise ConfigError(f"lr_schedule epoch {epoch}: a learning rate must be a positive number, "
+                              f"got {short_repr(rate)}")
+    object.__setattr__(config, "lr_schedule", tuple(float(rate) for rate in value))
+
+
 def _check_types(config: TrainConfig) -> None:
     """Reject values of the wrong type with the field's name (YAML makes ``1e-3`` a string)."""
     for field in dataclasses.fields(config):
+        if field.name == "lr_schedule":  # a sequence: _check_schedule
+            continue
         value = getattr(config, field.name)
         expected = field.type if isinstance(field.type, type) else _resolve(field.type)
         allowed = get_args(expected) if get_origin(expected) is not None else (expected,)

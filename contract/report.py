@@ -24,6 +24,7 @@ MIOU = "miou"  # final validation mean IoU over classes 1-4 (also the trial's va
 PER_CLASS_IOU = "per_class_iou"  # {"1": iou, ..., "4": iou}; None for a class absent in both
 EPOCHS_RUN = "epochs_run"
 BEST_EPOCH = "best_epoch"  # 1-based
+LEARNING_RATES = "learning_rates"  # the learning rate of each epoch run (ReduceLROnPlateau's doing)
 WALL_TIME_S = "wall_time_s"
 N_TRAIN = "n_train"
 N_VAL = "n_val"
@@ -75,6 +76,9 @@ def record_result(trial: optuna.Trial, result: Any) -> None:
     trial.set_user_attr(PER_CLASS_IOU, {str(c): json_safe(v) for c, v in result.per_class_iou.items()})
     trial.set_user_attr(EPOCHS_RUN, int(result.epochs_run))
     trial.set_user_attr(BEST_EPOCH, int(result.best_epoch) + 1)
+    history = getattr(result, "history", None)
+    if history:
+        trial.set_user_attr(LEARNING_RATES, [json_safe(float(row.get("lr", math.nan))) for row in history])
     trial.set_user_attr(WALL_TIME_S, round(float(result.wall_time_s), 3))
     trial.set_user_attr(N_TRAIN, int(result.n_train))
     trial.set_user_attr(N_VAL, int(result.n_val))
@@ -98,6 +102,19 @@ def cost_of(result: Any, objective: str) -> float | None:
     else:
         raise ValueError(f"unknown cost objective {objective!r}")
     return None if value is None else float(value)
+
+
+def lr_schedule_of(trial: optuna.trial.FrozenTrial) -> list[float] | None:
+    """The learning rate of each epoch up to the trial's best one: what retraining on all the data
+    replays (``TrainConfig.lr_schedule``); ``None`` for a trial from a worker that did not record it."""
+    rates, best = trial.user_attrs.get(LEARNING_RATES), trial.user_attrs.get(BEST_EPOCH)
+    if not isinstance(rates, list) or not isinstance(best, int) or not 1 <= best <= len(rates):
+        return None
+    schedule = rates[:best]
+    if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r > 0
+               for r in schedule):
+        return None
+    return [float(r) for r in schedule]
 
 
 def config_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:

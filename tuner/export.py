@@ -122,14 +122,16 @@ def best_trial(study: optuna.Study, pick: Pick = Pick()) -> FrozenTrial:
 
 
 def config_of(trial: FrozenTrial, spec: StudySpec) -> TrainConfig:
-    """The config ``trial`` trained: its worker's record, else rebuilt from params and space."""
+    """The config ``trial`` trained: its worker's record, else rebuilt from params and space;
+    with the learning rate of each epoch up to its best (``lr_schedule``, for ``--all-data``)
+    when its worker recorded them."""
     recorded = report.config_of(trial)
     try:
-        if recorded is not None:
-            return TrainConfig.from_dict(recorded)
-        return spec.space.config(trial.params)
+        config = TrainConfig.from_dict(recorded) if recorded is not None else spec.space.config(trial.params)
     except (ConfigError, SpaceError) as exc:
         raise ConfigError(f"trial {trial.number}'s config is not usable: {exc}") from None
+    schedule = report.lr_schedule_of(trial)
+    return config if schedule is None else config.replace(lr_schedule=schedule)
 
 
 def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial, pick: Pick | None = None,
@@ -165,6 +167,12 @@ def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial
         f"# IoU per class: {per_class_text}",
         "# Retrain with: worker train --config THIS_FILE --data DATA.npz",
     ]
+    if config.lr_schedule is not None:
+        header += [
+            "# Retrain on training + validation images together (no validation score then):",
+            "#   worker train --config THIS_FILE --data DATA.npz --all-data --save final.keras",
+            f"#   {len(config.lr_schedule)} epochs (the trial's best epoch), learning rates from lr_schedule",
+        ]
     return "\n".join(header) + "\n" + body
 
 

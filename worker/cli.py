@@ -106,6 +106,10 @@ def train(
     result_json: Annotated[Optional[Path], typer.Option("--result", help="Write the result as JSON here.")] = None,
     gpu: GpuOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-epoch progress.")] = False,
+    all_data: Annotated[bool, typer.Option(
+        "--all-data", help="Train on training + validation images together (needs --save): the "
+                           "final model. Epochs and learning rates replay the trial (lr_schedule, "
+                           "written by tuner export). Such a model has no validation score.")] = False,
 ) -> None:
     """Train one configuration and print its validation mean IoU (classes 1-4)."""
     import json
@@ -116,6 +120,8 @@ def train(
 
     if save is not None and save.suffix != ".keras":
         raise _fail(f"{save}: --save must end in .keras")
+    if all_data and save is None:
+        raise _fail("--all-data trains the final model: name where to save it with --save FILE.keras")
     for option, path in (("--save", save), ("--result", result_json)):
         problem = writable_problem(path) if path is not None else None
         if problem:
@@ -146,6 +152,9 @@ def train(
             typer.echo(f"result written to {result_json}")
 
     device = configure(gpu, mixed_precision=cfg.mixed_precision)
+    if all_data:
+        _train_all_data(cfg, loaded, save, result_json, device, quiet)
+        return
     try:
         run_training(cfg, loaded, verbose=not quiet, save_path=save, device=device, on_result=report)
     except OSError as exc:
@@ -201,6 +210,35 @@ def predict(
     if summary.pngs:
         where = summary.pngs[0] if len(summary.pngs) == 1 else f"{png}/ ({len(summary.pngs)} files)"
         typer.echo(f"PNGs: {where}")
+
+
+def _train_all_data(cfg, loaded, save, result_json, device, quiet) -> None:  # type: ignore[no-untyped-def]
+    """``worker train --all-data``: the final model, with no validation score to print."""
+    import dataclasses
+    import json
+
+    from contract.atomic import replacing
+    from worker.training.train import train_all_data
+
+    try:
+        result = train_all_data(cfg, loaded, save_path=save, verbose=not quiet, device=device)
+    except OSError as exc:
+        raise _fail(f"--save {save}: cannot save the model: {exc.strerror or _first_line(exc)}") from None
+    typer.echo(f"trained on all {result.n_images} images (training + validation) for {result.epochs} epochs "
+               f"in {result.wall_time_s:.1f}s; final training loss {result.losses[-1]:.4f}")
+    typer.echo("no validation score: no image was held out. The trial's validation mIoU (in the "
+               "exported config's header) is the estimate for this configuration.")
+    if not result.replayed:
+        typer.echo(f"note: the config has no lr_schedule: {result.epochs} epochs (its 'epochs') at learning "
+                   f"rate {cfg.learning_rate:g}; `tuner export` writes the trial's")
+    if result_json is not None:
+        try:
+            with replacing(result_json) as tmp:
+                tmp.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+        except OSError as exc:
+            raise _fail(f"--result {result_json}: cannot write: {exc.strerror}") from None
+        typer.echo(f"result written to {result_json}")
+    typer.echo(f"model saved to {save}")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -135,6 +135,105 @@ def train(
     )
 
 
+@dataclasses.dataclass
+class AllDataResult:
+    """What :func:`train_all_data` did. There is no validation score: every image trained."""
+
+    n_images: int
+    epochs: int
+    learning_rates: list[float]  # per epoch, as replayed
+    losses: list[float]  # training loss per epoch
+    wall_time_s: float
+    replayed: bool  # True: the trial's recorded schedule; False: ``epochs`` at ``learning_rate``
+
+
+def train_all_data(
+    config: TrainConfig,
+    data: MarsData,
+    *,
+    save_path: str | Path,
+    verbose: bool = True,
+    device: DeviceInfo | None = None,
+) -> AllDataResult:
+    """Train on training and validation images together, then save the model.
+
+    Without a validation split nothing can stop early or lower the learning rate on a plateau,
+    so the run replays the trial: ``config.lr_schedule`` (from ``tuner export``) holds the
+    learning rate each epoch of the trial had, up to its best epoch, and its length is the
+    number of epochs. A config without one trains ``config.epochs`` epochs at
+    ``config.learning_rate``. Class weights come from all the images' masks (they are all
+    training data now); flips augment them all as in the trial. The saved model records
+    ``all_data`` and no validation score (:class:`worker.training.saved.ModelInfo`).
+    """
+    import keras
+
+    from worker.training.backend import is_tensorflow, reseed, set_determinism
+    from worker.training.losses import class_weights_from_masks
+
+    started = time.perf_counter()
+    out = sys.stdout if verbose else None
+    device = device or _detect_device(config.mixed_precision)
+    replayed = config.lr_schedule is not None
+    schedule = list(config.lr_schedule or [config.learning_rate] * config.epochs)
+    images, masks, _ = _subsample(np.asarray(data.images), np.asarray(data.masks), data.groups,
+                                  config.max_images, config.seed)
+    weights = np.asarray(class_weights_from_masks(masks, scheme=config.class_weights,
+                                                  background_weight=config.background_weight))
+    batch_size = min(config.batch_size, len(images))
+    _say(out, f"data: all {len(images)} images train (no validation split); {len(schedule)} epochs, "
+              + ("the trial's learning rate per epoch" if replayed else
+                 f"learning rate {config.learning_rate:g} throughout (the config has no lr_schedule)"))
+    keras.utils.clear_session()
+    previous_policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(device.policy)
+    try:
+        set_determinism(not config.jit_compile)
+        keras.utils.set_random_seed(config.seed)
+        compiled = _Compiled.build(config)
+        compiled.reset(config, weights)
+        log = _epoch_log(len(schedule), out)
+        callbacks = [keras.callbacks.LearningRateScheduler(lambda epoch, _lr: schedule[epoch]), log]
+        reseed(config.seed)
+        if is_tensorflow():
+            from worker.training.pipeline import make_train_dataset
+
+            dataset = make_train_dataset(images, masks, batch_size, seed=config.seed,
+                                         augment_flips=config.augment_flips, shuffle=True)
+            compiled.model.fit(dataset, epochs=len(schedule), callbacks=callbacks, verbose=0, shuffle=False)
+        else:
+            from worker.training.batches import flipped
+
+            x, y = flipped(images, masks, config.augment_flips)
+            compiled.model.fit(x, y, batch_size=batch_size, epochs=len(schedule), shuffle=True,
+                               callbacks=callbacks, verbose=0)
+        save_model(compiled.portable(config, weights), save_path,
+                   ModelInfo(config=config.to_dict(), all_data=True, validation_miou=None))
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    return AllDataResult(n_images=len(images), epochs=len(schedule), learning_rates=log.rates,
+                         losses=log.losses, wall_time_s=time.perf_counter() - started, replayed=replayed)
+
+
+def _epoch_log(epochs: int, out: IO[str] | None) -> Any:
+    """A callback that keeps (and prints) each epoch's learning rate and training loss."""
+    import keras
+
+    class EpochLog(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rates: list[float] = []
+            self.losses: list[float] = []
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.losses.append(float((logs or {}).get("loss", math.nan)))
+            _say(out, f"epoch {epoch + 1}/{epochs}  loss {self.losses[-1]:.4f}  lr {self.rates[-1]:.2e}")
+
+    return EpochLog()
+
+
 class Trainer:
     """Trains trial after trial in one worker process, paying the fixed costs once.
 
