@@ -204,3 +204,20 @@ def test_parallel_search_smoke(tmp_path):
     assert {c["arm"] for c in hv} == {"tpe"}
     for cell in hv:
         assert 0.0 < cell["final_hv"]["median"] <= 1.0
+
+
+def test_predict_speed_smoke(tmp_path):
+    result = _run("predict_speed.py", tmp_path / "ps.json", timeout=600)
+    assert result["benchmark"] == "predict_speed"
+    assert [r["tta"] for r in result["rows"]] == [False, True]
+    for row in result["rows"]:
+        for key in ("baseline_s", "predict_s", "ratio", "predict_images_per_s"):
+            assert _positive(row[key]), (row["tta"], key, row[key])
+        assert row["masks_equal_share"] > 0.999  # the same masks as the plain model.predict
+    assert [r["images"] for r in result["rss"]] == [20, 200]
+    assert all(_positive(r["peak_rss_mib"]) for r in result["rss"])
+    assert {(r["saved_on"], r["predicted_on"]) for r in result["round_trip"]} == {
+        ("tensorflow", "jax"), ("jax", "tensorflow")}
+    for row in result["round_trip"]:
+        assert row["max_abs_probability_diff"] < 1e-4 and row["images"] == 48
+    assert len(result["verdict"]) == 2 and all("goal" in line for line in result["verdict"])
