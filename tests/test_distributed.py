@@ -231,7 +231,9 @@ def test_export_retrains_to_the_same_score(pg_url, tmp_path, npz):
     exported = tmp_path / "best.yaml"
     result = _cli("tuner", "export", "s", "-o", str(exported), url=pg_url)
     assert result.returncode == 0, result.stderr
-    assert yaml.safe_load(exported.read_text()) == best.user_attrs[report.CONFIG]
+    # what the trial trained, plus the learning rate of each epoch up to its best (for --all-data)
+    schedule = best.user_attrs[report.LEARNING_RATES][:best.user_attrs[report.BEST_EPOCH]]
+    assert yaml.safe_load(exported.read_text()) == {**best.user_attrs[report.CONFIG], "lr_schedule": schedule}
 
     out = tmp_path / "result.json"
     retrain = _cli("worker", "train", "--config", str(exported), "--data", str(npz), "--quiet",
