@@ -33,6 +33,12 @@ def test_demo_runs_a_local_search_and_prints_the_best_config(tmp_path):
     config = TrainConfig.load(best)  # the printed winner is a valid training config
     assert yaml.safe_load(best.read_text()) == config.to_dict()
     assert "best configuration" in out and f"learning_rate: {config.learning_rate}" in out
+    # What a new user is told: no option the demo does not take, where the figures are, what compiles.
+    assert "--no-seed-config" not in out + result.stderr
+    report = tmp_path / "home" / "demo-report.html"
+    assert f"report with figures (open it in a browser): {report}" in out and "tuner report demo -o" in out
+    assert '<section id="curves">' in report.read_text()
+    assert "phase: compiling (from " in out and "tens of seconds without output" in out
     assert (tmp_path / "home" / "tuner.db").exists()
     url = storage.resolve_url(f"sqlite:///{tmp_path / 'home' / 'tuner.db'}")
     study = optuna.load_study(study_name="demo", storage=storage.open_storage(url, heartbeat_interval=None))

@@ -476,3 +476,22 @@ def test_outage_lines_name_the_database_error(pg_cluster, caplog):  # noqa: F811
         cause = line.split("(", 1)[1] if line.startswith("database") else line.split("failed: ", 1)[1]
         assert re.match(r"(psycopg2?\.)?\w*OperationalError: \S", cause), line  # the driver's own words
         assert "InvalidatePoolError" not in line and "StorageInternalError" not in line, line
+
+
+# --- 12. what a new user sees ---------------------------------------------------------------
+
+
+def test_phase_lines_say_when_a_phase_started_and_why_compiling_is_quiet():
+    import io
+    import time
+
+    from worker.training.train import _Clock
+
+    out, seen = io.StringIO(), []
+    clock = _Clock(time.perf_counter() - 40.0, out, seen.append)
+    clock.phase("training")
+    clock.phase("compiling")
+    training, compiling = out.getvalue().splitlines()
+    assert re.fullmatch(r"phase: training \(from 40\.\ds into the trial\)", training), training
+    assert compiling.startswith("phase: compiling (from 40.") and "tens of seconds without output" in compiling
+    assert seen == ["training", "compiling"]

@@ -64,6 +64,7 @@ def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url:
         study, storage_url=url, data=data, fingerprint=None, space_path=demo_space_path(),
         trials=trials, seed=DEMO_SEED, pruner="hyperband" if len(goal) == 1 else None, heartbeat_interval=5,
         grace_period=30, max_retry=1, overwrite=True, objectives=goal,
+        seed_config=False,  # the seed team's configuration does not fit the demo's tiny space
     ), flush=True)
     created, _, _ = load(study, url)
     created.set_user_attr(DEMO_ATTR, True)
@@ -80,9 +81,24 @@ def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url:
         return 1
     print(f"\nbest configuration (retrain with: worker train --config {best_file} --data {data}):\n")
     print(best_file.read_text())
+    _write_report(study, url, home / f"{study}-report.html", pick)
     completed, _, _ = load(study, url)
     n_complete = sum(1 for t in completed.get_trials(deepcopy=False) if t.state.name == "COMPLETE")
     return 0 if n_complete and all(code == 0 for code in codes) else 1
+
+
+def _write_report(study: str, url: str, output: Path, pick: Pick) -> None:
+    """The search as figures, and how to make the page again: what a new user looks at next."""
+    from contract.errors import TunerError
+    from tuner.report import write_report
+
+    try:
+        write_report(study, storage_url=url, output=output, pick=pick)
+    except TunerError as exc:  # the search itself succeeded: say why there is no page, go on
+        print(f"no report: {exc}", file=sys.stderr)
+        return
+    print(f"report with figures (open it in a browser): {output}\n"
+          f"  write it again, e.g. while workers run: tuner report {study} -o {output.name}")
 
 
 def _check_replaceable(study: str, url: str) -> None:

@@ -562,6 +562,13 @@ def _fit(compiled: _Compiled, config: TrainConfig, prepared: _Prepared, batch_si
     return recorder, stopper
 
 
+#: What a phase line adds where a new user would otherwise wonder why nothing happens.
+_PHASE_HINTS = {
+    "compiling": ": the first epoch of each new model shape is traced and compiled first, "
+                 "tens of seconds without output on a CPU",
+}
+
+
 class _Clock:
     """Phase changes (told to the caller and printed) and the seconds since the run started."""
 
@@ -572,8 +579,10 @@ class _Clock:
         self.current = ""
 
     def phase(self, name: str) -> None:
+        """Announce phase ``name``; the time is when it starts (seconds into the run), not its length."""
         self.current = name
-        _say(self.out, f"phase: {name} ({time.perf_counter() - self.started:.1f}s)")
+        hint = _PHASE_HINTS.get(name, "")
+        _say(self.out, f"phase: {name} (from {time.perf_counter() - self.started:.1f}s into the trial){hint}")
         if self.callback is not None:
             self.callback(name)
 
