@@ -28,6 +28,10 @@ CONNECT_TIMEOUT_S = 10
 KEEPALIVES_IDLE_S = 10
 KEEPALIVES_INTERVAL_S = 5
 KEEPALIVES_COUNT = 3
+# Keepalives only probe an idle socket. A statement sent into a blackhole (a partition that drops
+# packets, no RST) leaves unacknowledged data, which the kernel retransmits for ~15 minutes: the
+# call would hang that long. TCP_USER_TIMEOUT bounds it, both ways, to the keepalives' own limit.
+TCP_USER_TIMEOUT_MS = (KEEPALIVES_IDLE_S + KEEPALIVES_INTERVAL_S * KEEPALIVES_COUNT) * 1000
 # No statement of ours takes a minute; one that waits that long is stuck behind a frozen session.
 STATEMENT_TIMEOUT_MS = 60_000
 LOCK_TIMEOUT_MS = 30_000
@@ -76,11 +80,12 @@ def pool_settings() -> dict[str, int]:
 
 
 def _keepalive_args() -> dict[str, Any]:
-    """libpq keepalives plus the server-side timeouts, as psycopg2 ``connect`` arguments."""
+    """libpq keepalives and TCP user timeout plus the server-side timeouts, as ``connect`` arguments."""
     server = {
         "tcp_keepalives_idle": KEEPALIVES_IDLE_S,
         "tcp_keepalives_interval": KEEPALIVES_INTERVAL_S,
         "tcp_keepalives_count": KEEPALIVES_COUNT,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
         "statement_timeout": STATEMENT_TIMEOUT_MS,
         "lock_timeout": LOCK_TIMEOUT_MS,
         "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT_MS,
@@ -90,6 +95,7 @@ def _keepalive_args() -> dict[str, Any]:
         "keepalives_idle": KEEPALIVES_IDLE_S,
         "keepalives_interval": KEEPALIVES_INTERVAL_S,
         "keepalives_count": KEEPALIVES_COUNT,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
         "options": " ".join(f"-c {name}={value}" for name, value in server.items()),
     }
 

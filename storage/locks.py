@@ -32,6 +32,7 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from storage import engine as engine_settings
 from storage.errors import StorageError
 from storage.retry import DatabaseUnavailable
 
@@ -43,7 +44,13 @@ LOG_FIRST_S = 5.0
 LOG_EVERY_S = 10.0
 # Server-side keepalives on the lock's connection: a holder whose machine vanished is noticed
 # within about idle + interval * count seconds even while no statement runs.
-KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
+# The same values as every connection's (storage.engine), which a pooler may not pass on.
+KEEPALIVES = {
+    "tcp_keepalives_idle": str(engine_settings.KEEPALIVES_IDLE_S),
+    "tcp_keepalives_interval": str(engine_settings.KEEPALIVES_INTERVAL_S),
+    "tcp_keepalives_count": str(engine_settings.KEEPALIVES_COUNT),
+    "tcp_user_timeout": str(engine_settings.TCP_USER_TIMEOUT_MS),  # unacknowledged data: a blackhole
+}
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout ends a wait
 
 
