@@ -365,17 +365,20 @@ class WorkerSession:
         retry. A trial failed as stale by another worker meanwhile is "dropped".
         """
         try:
-            return self._run_trial(trial, guard)
+            try:
+                return self._run_trial(trial, guard)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                raise
+            except Exception as exc:
+                if self._study_replaced():
+                    raise self._gone() from None
+                if is_transient(exc):
+                    return self._database_lost(trial, exc)  # may find the trial taken over, too
+                raise
         except optuna.exceptions.UpdateFinishedTrialError:
             self.say(f"trial {trial.number} was finished elsewhere meanwhile (failed as stale by "
                      "another worker, which queued its retry); this worker's result is dropped")
             return Outcome.DROPPED
-        except Exception as exc:
-            if self._study_replaced():
-                raise self._gone() from None
-            if is_transient(exc):
-                return self._database_lost(trial, exc)
-            raise
 
     def _run_trial(self, trial: optuna.Trial, guard: SignalGuard) -> Outcome:
         from worker.training.device import with_precision
@@ -529,10 +532,13 @@ class WorkerSession:
 
         def fail_and_requeue() -> None:
             with budget_lock(study, rdb, self.url):
-                if not rdb.get_trial(trial._trial_id).state.is_finished():
+                stored = rdb.get_trial(trial._trial_id)
+                if not stored.state.is_finished():
                     mark()
                     self._tell_now(trial, state=TrialState.FAIL)
-                elif rdb.get_trial(trial._trial_id).state != TrialState.FAIL:
+                elif stored.state != TrialState.FAIL or not _marked(stored, interrupted=interrupted, error=error):
+                    # Finished by someone else: failed as stale while this worker was cut off
+                    # (its retry is Optuna's to queue), or completed. Not ours to fail or queue.
                     raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} finished elsewhere")
                 if not _has_retry(study, trial.number):
                     study.enqueue_trial(trial.params, user_attrs={report.RETRY_OF: trial.number})
@@ -649,6 +655,14 @@ def _has_retry(study: optuna.Study, number: int) -> bool:
         if number in other.system_attrs.get("retry_history", ()) or other.user_attrs.get(report.RETRY_OF) == number:
             return True
     return False
+
+
+def _marked(stored: optuna.trial.FrozenTrial, *, interrupted: str | None, error: str | None) -> bool:
+    """Whether a FAIL stored for this trial is this worker's own (written with its marks, in one
+    transaction, by :meth:`WorkerSession._requeue`: a retry after a lost reply finds them)."""
+    return ((interrupted is None or stored.user_attrs.get(report.INTERRUPTED) == interrupted)
+            and (error is None or stored.user_attrs.get(report.ERROR) == error)
+            and (interrupted is not None or error is not None))
 
 
 def _holds(stored: optuna.trial.FrozenTrial, *, state: TrialState | None = None,
