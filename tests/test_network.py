@@ -118,11 +118,12 @@ def test_host_cut_off_past_the_grace_period_loses_its_trial_to_another_and_carri
     text = cut_off.text()
     assert codes == [0, 0], "\n".join(w.text() for w in workers)
     assert "Traceback" not in text + other.text()
-    taken = [line for t, line in cut_off.lines if t >= healed_at and f"trial {lost} " in line]
+    about = [line for t, line in cut_off.lines if t >= healed_at and f"trial {lost} " in line
+             and "warning: heartbeat" not in line]  # a beat may fail as the link comes back
     told = cut_off.first("finished elsewhere", healed_at)
     print(f"\npartition: healed {healed_at - cut_at:.1f}s after the cut; the cut-off worker said so "
           f"{(told or healed_at) - healed_at:.1f}s after the link returned")
-    assert len(taken) == 1 and "finished elsewhere" in taken[0] and "dropped" in taken[0], text
+    assert len(about) == 1 and "finished elsewhere" in about[0] and "dropped" in about[0], text
     assert f"retry of trial {lost}" in other.text()
     assert "done:" in text and "1 dropped" in text  # back in the loop after it, not stopped
     trials = _budget_exact(local, budget)
