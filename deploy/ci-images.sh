@@ -80,11 +80,15 @@ if ! have "$DEBIAN_IMAGE" && ! { have "$BASE_IMAGE" && have "$POSTGRES_IMAGE"; }
     rm -rf "$root"
 fi
 
-build_standin() {  # IMAGE DOCKERFILE
-    have "$1" && return 0
+build_standin() {  # IMAGE DOCKERFILE: (re)built when standins/ changed since it was built
+    local digest
+    digest="$(cat standins/* | sha256sum | cut -c1-16)"
+    if have "$1" && [ "$(docker image inspect -f '{{index .Config.Labels "mars-tuner.standins"}}' "$1")" = "$digest" ]; then
+        return 0
+    fi
     say "building $1"
     DOCKER_BUILDKIT=0 docker build -q --network host --build-arg "DEBIAN_IMAGE=$DEBIAN_IMAGE" \
-        -t "$1" -f "standins/$2" standins >/dev/null
+        --label "mars-tuner.standins=$digest" -t "$1" -f "standins/$2" standins >/dev/null
 }
 build_standin "$BASE_IMAGE" python.Dockerfile
 build_standin "$POSTGRES_IMAGE" postgres.Dockerfile

@@ -388,7 +388,7 @@ def test_env_example_documents_every_variable_with_the_same_defaults_and_no_pass
                 assert documented[name] == default, f"{name}: .env.example {documented[name]!r} != {default!r}"
     text = ENV_EXAMPLE.read_text()
     for name, value in documented.items():
-        if re.search(r"PASSWORD|SECRET|TOKEN", name):
+        if re.search(r"PASSWORD|SECRET|TOKEN", name) and not name.endswith("_GID"):  # a group id is no secret
             assert name.endswith(("_FILE", "_FILE_HOST")) and "/" in value, f"{name}={value}"
         assert not re.fullmatch(r"[A-Fa-f0-9]{16,}|[A-Za-z0-9+/_-]{24,}={0,2}", value), f"{name} looks like a key"
     for url in re.findall(r"postgres(?:ql)?://\S+", text):
@@ -411,6 +411,91 @@ def test_team_and_coordinator_workers_are_the_same_worker():
     # Both files build the same image the same way (coordinator: in init).
     (main_build,) = {repr(b) for b in builders(coordinator()).values()}
     assert {repr(b) for b in builders(team()).values()} == {main_build}
+
+
+# --- The secret recipe ------------------------------------------------------------------------
+#
+# Compose mounts a secret file as it is on the host, so the recipe's modes are what protects the
+# password. Each document's copy of the recipe is run as written, on a fresh checkout and on one
+# where an older recipe left `secrets/` and the file open to everyone.
+
+RECIPE_DOCS = {
+    "README.md": ROOT / "README.md", "docs/deployment.md": DOCS, ".env.example": ENV_EXAMPLE,
+    "docker-compose.yml": MAIN, "docker-compose.workers.yml": WORKERS,
+}
+
+
+def recipes(path: Path) -> list[list[str]]:
+    """The secret recipes in a document: consecutive shell lines that handle ``secrets/``.
+
+    Markdown: the lines of ``bash`` blocks; compose files and .env.example: comment lines
+    indented as commands (``#   ...``).
+    """
+    text = path.read_text()
+    if path.suffix == ".md":
+        lines = [line for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S) for line in block.splitlines()]
+    else:
+        lines = [line[4:] for line in text.splitlines() if line.startswith("#   ")]
+    found: list[list[str]] = []
+    current: list[str] = []
+    for line in lines:
+        if "secrets" in line and not line.lstrip().startswith("docker"):
+            current.append(line)
+        elif current:
+            found.append(current)
+            current = []
+    return [*found, current] if current else found
+
+
+def _run_recipe(lines: list[str], where: Path, coordinator_copy: Path) -> None:
+    script = "\n".join(lines).replace("scp coordinator.example.org:mars-tuner/", f"cp {coordinator_copy}/")
+    script = script.replace("scp coordinator:mars-tuner/", f"cp {coordinator_copy}/")
+    subprocess.run(["bash", "-euc", script], cwd=where, check=True, capture_output=True, timeout=60,
+                   env={**os.environ, "HOME": str(where)})
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE_DOCS))
+@pytest.mark.parametrize("before", ["fresh", "world-readable leftovers"])
+def test_secret_recipe_leaves_the_password_to_you_and_your_group(tmp_path, name, before):
+    from storage.url import read_password_file
+
+    found = recipes(RECIPE_DOCS[name])
+    assert found, f"{name} has no secret recipe"
+    coordinator_copy = tmp_path / "coordinator" / "secrets"  # what scp fetches on team machines
+    coordinator_copy.mkdir(parents=True)
+    (coordinator_copy / "postgres_password").write_text("from-the-coordinator\n")
+    (coordinator_copy / "postgres_password").chmod(0o644)
+    for i, lines in enumerate(found):
+        where = tmp_path / f"checkout{i}"
+        (where / "secrets").mkdir(parents=True)
+        (where / ".env").write_text("SECRETS_GID=10001\n")  # as `cp .env.example .env` leaves it
+        if before == "fresh":
+            (where / "secrets").rmdir()
+        else:  # what `mkdir -p -m 700` + `chmod 644` left behind: a password the database has
+            (where / "secrets").chmod(0o755)
+            (where / "secrets" / "postgres_password").write_text("kept\n")
+            (where / "secrets" / "postgres_password").chmod(0o644)
+        _run_recipe(lines, where, coordinator_copy.parent)
+        secret = where / "secrets" / "postgres_password"
+        assert (where / "secrets").stat().st_mode & 0o777 == 0o700, f"{name}: {lines}"
+        assert secret.stat().st_mode & 0o777 == 0o640, f"{name}: {lines}"
+        password = read_password_file(secret, "secret")  # the reader the containers use accepts it
+        if any("scp" in line for line in lines):
+            assert password == "from-the-coordinator", name
+        elif before != "fresh":
+            assert password == "kept", f"{name}: the recipe replaced the password the database has"
+        else:
+            assert re.fullmatch(r"[0-9a-f]{48}", password), name
+        gids = re.findall(r"^SECRETS_GID=(\d+)$", (where / ".env").read_text(), flags=re.M)
+        assert gids[-1] == str(os.getgid()), f"{name}: the containers do not join the files' group"
+
+
+def test_secret_files_are_read_through_the_hosts_group():
+    for compose in (coordinator(), team()):
+        for name, svc in compose["services"].items():
+            if "postgres_password" in svc.get("secrets", []) and name != "postgres":
+                assert svc.get("group_add") == ["10001"], name
+        assert coordinator({"SECRETS_GID": "1000"})["services"]["init"]["group_add"] == ["1000"]
 
 
 # --- Commands against the real CLIs ----------------------------------------------------------
@@ -704,8 +789,9 @@ E2E_STUDY = "e2e"
 E2E_TRIALS = 4
 E2E_SETUP = (
     "cp .env.example .env",
-    "mkdir -p -m 700 secrets && openssl rand -hex 24 > secrets/postgres_password",
-    "chmod 644 secrets/postgres_password",
+    "mkdir -p secrets && chmod 700 secrets",
+    "[ -s secrets/postgres_password ] || openssl rand -hex 24 > secrets/postgres_password",
+    'chmod 640 secrets/*_password && echo "SECRETS_GID=$(id -g)" >> .env',
 )
 E2E_COORDINATOR = (
     "docker compose build",
@@ -875,6 +961,15 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
         start = time.monotonic()
         coord.sh(E2E_COORDINATOR[0], timeout=1200)  # build
         timings["build"] = time.monotonic() - start
+        # A password file other users may read: `up` refuses (init stops with one line).
+        secret = coord.root / "secrets" / "postgres_password"
+        secret.chmod(0o644)
+        refused = coord.sh(E2E_COORDINATOR[1], timeout=600, check=False)
+        assert refused.returncode != 0, log[-1]
+        init_log = coord.sh("docker compose logs init").stdout
+        assert "readable or writable by other users" in init_log, init_log[-2000:]
+        assert not re.search(r"worker-cpu-\d+\s.*\bUp\b", coord.sh("docker compose ps -a").stdout)
+        secret.chmod(0o640)
         start = time.monotonic()
         coord.sh(E2E_COORDINATOR[1], timeout=600)  # up
         timings["up"] = time.monotonic() - start

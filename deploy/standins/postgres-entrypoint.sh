@@ -16,6 +16,14 @@ fi
 : "${PGDATA:=/var/lib/postgresql/data}"
 export PGDATA
 
+# Like the official image, read the password file while still root (its mode may be 640 with a
+# group the postgres user is not in) and hand it on in the environment of the server's setup only.
+if [ "$(id -u)" = 0 ] && [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    POSTGRES_PASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
+    export POSTGRES_PASSWORD
+    unset POSTGRES_PASSWORD_FILE
+fi
+
 if [ "$(id -u)" = 0 ]; then
     mkdir -p "$PGDATA" /var/run/postgresql
     chown postgres:postgres "$PGDATA" /var/run/postgresql
@@ -52,5 +60,6 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
     echo "initialised $PGDATA: role $user, database $db"
 fi
+unset POSTGRES_PASSWORD  # the server's environment does not keep it
 
 exec "$@"
