@@ -17,6 +17,8 @@ from typing import TypeVar
 import optuna
 import sqlalchemy
 
+from storage.errors import StorageError
+
 T = TypeVar("T")
 _logger = logging.getLogger(__name__)
 
@@ -32,6 +34,15 @@ _MAX_CHAIN = 8
 
 class DatabaseUnavailable(Exception):
     """Marker base for errors that mean the database was unreachable (see :func:`is_transient`)."""
+
+
+class ConnectionLost(StorageError, DatabaseUnavailable):
+    """The database answered, then the connection ended under a call (killed, server restarting).
+
+    A one-line :class:`StorageError` for the CLI, and transient for :func:`with_db_retry`: unlike
+    "cannot connect" (the database is not there: ``--wait-for-db`` decides whether to wait), a
+    connection lost mid-way is worth trying again at once.
+    """
 
 
 def is_transient(exc: BaseException) -> bool:

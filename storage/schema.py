@@ -17,6 +17,7 @@ from sqlalchemy.pool import NullPool
 from storage.engine import engine_kwargs
 from storage.errors import StorageError
 from storage.locks import named_lock
+from storage.retry import ConnectionLost
 from storage.url import mask_url, missing_sqlite_file, scrub
 
 SCHEMA_LOCK = "mars-tuner:schema"
@@ -102,8 +103,14 @@ def _enable_wal(url: str) -> None:
 
 
 def connection_error(exc: BaseException, url: str) -> StorageError:
-    """One line: the masked URL and the driver's own first line (e.g. 'Connection refused')."""
+    """One line: the masked URL and the driver's own first line (e.g. 'Connection refused').
+
+    A connection that was made and then ended (SQLAlchemy's ``connection_invalidated``) is a
+    :class:`~storage.retry.ConnectionLost`, which callers retry; "cannot connect" is not.
+    """
     original = getattr(exc, "orig", None) or exc
     lines = [line.strip() for line in str(original).strip().splitlines() if line.strip()]
     reason = " ".join(lines[:2]) if lines else type(original).__name__
+    if getattr(exc, "connection_invalidated", False):  # connected, then lost: retried by with_db_retry
+        return ConnectionLost(f"lost the connection to {mask_url(url)}: {scrub(reason, url)}")
     return StorageError(f"cannot reach {mask_url(url)}: {scrub(reason, url)}")

@@ -19,9 +19,11 @@ import optuna
 from optuna.trial import TrialState
 
 from contract import report
+from contract.study_spec import StudySpec
 import storage
 from storage.counts import count_trials, waiting_trial_ids
 from storage.locks import HeldLock, named_lock
+from storage.retry import with_db_retry
 from storage.session import on_connection
 
 ALLOCATED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -48,7 +50,12 @@ def ask_within_budget(
         trial_id, queued, counts = _reserve(study, rdb, n_trials)
     if trial_id is None:
         return None, counts
-    return _trial(study, trial_id, queued=queued), counts
+    # The slot is taken (committed): a connection lost while loading the trial retries the load,
+    # never the reservation, which would take a second slot and orphan this one.
+    grace = float(rdb.grace_period or StudySpec.grace_period)
+    trial = with_db_retry(lambda: _trial(study, trial_id, queued=queued), what="loading the trial just taken",
+                          max_wait_s=grace)
+    return trial, counts
 
 
 def _reserve(

@@ -260,18 +260,27 @@ class WorkerSession:
         self.say(f"device {self.device.kind} {self.device.name}; study {opts.study_name!r} "
                  f"on {storage.mask_url(self.url)}")
 
-        self.rdb = storage.open_storage(
-            self.url, heartbeat_interval=self.spec.heartbeat_interval, grace_period=self.spec.grace_period,
-            max_retry=self.spec.max_retry,
-        )
-        try:
-            self.study = optuna.load_study(
-                study_name=opts.study_name, storage=self.rdb,
-                sampler=self.spec.make_sampler(f"{self.identity['host']}:{self.identity['pid']}:{opts.gpu}"),
-                pruner=self.spec.make_pruner(),
+        def join() -> tuple[optuna.storages.RDBStorage, optuna.Study]:
+            rdb = storage.open_storage(
+                self.url, heartbeat_interval=self.spec.heartbeat_interval, grace_period=self.spec.grace_period,
+                max_retry=self.spec.max_retry,
             )
+            try:
+                return rdb, optuna.load_study(
+                    study_name=opts.study_name, storage=rdb,
+                    sampler=self.spec.make_sampler(f"{self.identity['host']}:{self.identity['pid']}:{opts.gpu}"),
+                    pruner=self.spec.make_pruner(),
+                )
+            except BaseException:
+                rdb.engine.dispose()
+                raise
+
+        try:  # a connection killed meanwhile is retried for the grace period, as during a trial
+            self.rdb, self.study = self._db(join, "joining the study")
         except KeyError:
             raise self._gone() from None
+        except DatabaseUnavailable as exc:
+            raise DatabaseLost(f"{exc}; start the worker again when the database is back") from None
 
     def close(self) -> None:
         self._log_handler.detach()
@@ -711,20 +720,34 @@ def _wait_for_spec(url: str, study_name: str, wait_s: float, say: Callable[[str]
     """Read the study's spec, waiting up to ``wait_s`` for the database (and the study) to appear.
 
     A coordinator that reboots, or a compose stack whose database and ``tuner create`` job are
-    still starting, is not a reason to give up at once when ``--wait-for-db`` says so.
+    still starting, is not a reason to give up at once when ``--wait-for-db`` says so. A
+    connection lost while reading (killed, server restarting) is retried for at least the default
+    grace period whatever ``wait_s`` says, as it would be during a trial: the database was there.
     """
     deadline = time.monotonic() + wait_s
     next_line = 0.0
+    lost_since: float | None = None
     while True:
         try:
             return _read_spec(url, study_name)
         except SettingError:
             raise  # a wrong setting does not get better by waiting
-        except (storage.StorageError, StudyMissing) as exc:
-            now = time.monotonic()
-            if now >= deadline:
+        except Exception as exc:
+            lost = is_transient(exc)
+            if not lost and not isinstance(exc, (storage.StorageError, StudyMissing)):
                 raise
-            if now >= next_line:
+            now = time.monotonic()
+            if lost and lost_since is None:
+                lost_since = now
+                deadline = max(deadline, now + StudySpec.grace_period)
+            if now >= deadline:
+                if lost:
+                    raise DatabaseLost(f"database connection lost while reading study {study_name!r} "
+                                       f"for {now - lost_since:.0f}s ({describe_db_error(exc)})") from None
+                raise
+            if lost:
+                say(f"database connection lost while reading the study ({describe_db_error(exc)}); retrying")
+            elif now >= next_line:
                 say(f"waiting for the database ({deadline - now:.0f}s left of --wait-for-db {wait_s:.0f}): {exc}")
                 next_line = now + WAIT_FOR_DB_LINE_S
             time.sleep(min(1.0, max(0.0, deadline - now)))
