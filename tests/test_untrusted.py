@@ -495,3 +495,53 @@ def test_phase_lines_say_when_a_phase_started_and_why_compiling_is_quiet():
     assert re.fullmatch(r"phase: training \(from 40\.\ds into the trial\)", training), training
     assert compiling.startswith("phase: compiling (from 40.") and "tens of seconds without output" in compiling
     assert seen == ["training", "compiling"]
+
+
+def _whiteness(colour: str) -> int:
+    """The darkest channel of ``#rrggbb``: 255 is white."""
+    return min(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def test_report_figures_show_every_trial_with_whole_number_ticks():
+    import optuna
+
+    from tuner import report_figures as figs
+
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+             "gamma": optuna.distributions.FloatDistribution(0, 3)}
+    trials = []
+    for number, (lr, gamma, value) in enumerate([(1e-3, 0.5, 0.40), (5e-3, 2.2, 0.50), (5e-4, 0.8, 0.41)]):
+        trial = optuna.trial.create_trial(value=value, params={"lr": lr, "gamma": gamma}, distributions=dists,
+                                          intermediate_values={1: value / 3, 2: value / 2, 3: value})
+        trial.number = number
+        trials.append(trial)
+    # The worst trial is drawn in a colour that shows on white (slices and parallel coordinates).
+    parallel = figs.parallel(trials, ["lr", "gamma"], True, 3)
+    lines = [t["line"]["color"] for t in parallel["data"] if t["mode"] == "lines"]
+    assert len(lines) == 3 and max(_whiteness(c) for c in lines) < 0xe0, lines
+    slices = figs.slices(trials, ["lr", "gamma"])
+    for trace in slices["data"]:
+        assert _whiteness(trace["marker"]["colorscale"][0][1]) < 0xe0
+    assert _whiteness(parallel["data"][-1]["marker"]["colorscale"][0][1]) < 0xe0  # its colour bar
+    # Learning curves of a few trials are not a faint haze.
+    curves = figs.learning_curves(trials)
+    assert curves["data"][0]["opacity"] >= 0.6
+    # Trials and epochs are counted: no tick at 0.5.
+    assert figs.history_by_number(trials, True)["layout"]["xaxis"]["dtick"] == 1
+    assert curves["layout"]["xaxis"]["dtick"] == 1
+    assert slices["data"][0]["marker"]["colorbar"]["dtick"] == 1
+    # A slice panel leaves room for its tick labels before the next one.
+    first, second = slices["layout"]["xaxis"]["domain"], slices["layout"]["xaxis2"]["domain"]
+    assert second[0] - first[1] >= 0.05 and slices["layout"]["xaxis"]["nticks"] <= 6
+
+
+def test_report_header_counts_epochs_in_english(tmp_path):
+    from tuner import report as tuner_report
+    from tuner.study import create_study
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    create_study("s", storage_url=url, data=None, fingerprint="ab" * 32, space_path=None, trials=3,
+                 seed_config=False)  # the default minimum: 1 epoch before a trial can be pruned
+    out = tmp_path / "r.html"
+    tuner_report.write_report("s", storage_url=url, output=out)
+    assert "hyperband (min 1 epoch)" in out.read_text()

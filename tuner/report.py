@@ -213,7 +213,7 @@ def header_rows(data: ReportData) -> list[tuple[str, str]]:
         rows += [
             ("budget", f"{finished}/{spec.n_trials} finished (complete + pruned)"),
             ("sampler", f"{spec.sampler} (seed {spec.seed})"),
-            ("pruner", f"{spec.pruner} (min {spec.min_epochs} epochs)" if not spec.multi_objective
+            ("pruner", f"{spec.pruner} (min {_count(spec.min_epochs, 'epoch')})" if not spec.multi_objective
                        else f"{spec.pruner} (two objectives: nothing prunes them)"),
             ("data fingerprint", spec.data_fingerprint),
         ]

@@ -46,8 +46,12 @@ CONFIG = {"displaylogo": False, "responsive": True}
 _COLORS = {TrialState.COMPLETE: "#1f77b4", TrialState.PRUNED: "#d62728"}
 #: plotly's "Blues", light to dark.
 _BLUES = ["#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5", "#08519c", "#08306b"]
-#: The same as a colour scale (plotly.js' own "Blues" runs the other way, dark to light).
+#: The same as a colour scale (plotly.js' own "Blues" runs the other way, dark to light): for
+#: shares (the confusion matrix), where white is 0.
 _BLUE_SCALE = [[i / (len(_BLUES) - 1), c] for i, c in enumerate(_BLUES)]
+#: Trials as markers and lines on white: the lightest is still seen (else the worst trial vanishes).
+_TRIAL_BLUES = _BLUES[3:]
+_TRIAL_SCALE = [[i / (len(_TRIAL_BLUES) - 1), c] for i, c in enumerate(_TRIAL_BLUES)]
 _AXIS = {"gridcolor": "#e5e5e5", "zerolinecolor": "#cccccc", "linecolor": "#999999", "automargin": True}
 
 
@@ -108,6 +112,19 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _counting(values: Iterable[float]) -> dict[str, Any]:
+    """Axis (or colour bar) settings for counts (trial numbers, epochs): ticks on whole numbers
+    only; plotly's automatic step is fractional (0.5) for a span below about ten."""
+    values = list(values)
+    span = max(values) - min(values) if values else 0
+    return {"tickformat": "d", **({"tick0": 0, "dtick": 1} if span <= 10 else {})}
+
+
+def _curve_opacity(n: int) -> float:
+    """Learning curves: each one readable for a few trials, a density for thousands."""
+    return 0.9 if n <= 10 else 0.6 if n <= 100 else 0.35 if n <= 1000 else 0.2
+
+
 def _marker(n: int) -> int:
     """Marker size: visible for a few trials, not a blot for thousands."""
     return 8 if n < 200 else 5 if n < 1000 else 4
@@ -126,7 +143,9 @@ def complete(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
 def history_by_number(trials: Sequence[FrozenTrial], maximize: bool) -> Figure:
     """Each COMPLETE trial's value by trial number, and the best so far."""
     done = sorted(complete(trials), key=lambda t: t.number)
-    return _history(done, _numbers(t.number for t in done), maximize, "trial", "best so far, by trial number")
+    fig = _history(done, _numbers(t.number for t in done), maximize, "trial", "best so far, by trial number")
+    fig["layout"]["xaxis"].update(_counting(t.number for t in done))
+    return fig
 
 
 def history_by_time(trials: Sequence[FrozenTrial], maximize: bool) -> Figure:
@@ -161,6 +180,8 @@ def learning_curves(trials: Sequence[FrozenTrial]) -> Figure:
     figure of a few arrays instead of 5,000 traces.
     """
     traces: list[dict[str, Any]] = []
+    drawn = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.intermediate_values]
+    opacity = _curve_opacity(len(drawn))
     for state in (TrialState.COMPLETE, TrialState.PRUNED):
         xs: list[float | None] = []
         ys: list[float | None] = []
@@ -178,7 +199,7 @@ def learning_curves(trials: Sequence[FrozenTrial]) -> Figure:
             continue
         label = "complete" if state == TrialState.COMPLETE else "pruned"
         traces.append({"type": "scatter", "x": _numbers(xs, "f4"), "y": _numbers(ys, "f4"), "mode": "lines",
-                       "name": label, "line": {"width": 1, "color": _COLORS[state]}, "opacity": 0.25,
+                       "name": label, "line": {"width": 1.5, "color": _COLORS[state]}, "opacity": opacity,
                        "hoverinfo": "skip", "connectgaps": False})
         if state == TrialState.PRUNED:
             traces.append({
@@ -186,7 +207,8 @@ def learning_curves(trials: Sequence[FrozenTrial]) -> Figure:
                 "mode": "markers", "name": "pruned here", "marker": {"symbol": "x", "size": 6, "color": _COLORS[state]},
                 "text": [f"trial {e[2]} pruned after epoch {e[0]}" for e in ends], "hoverinfo": "text",
             })
-    return _figure(traces, "learning curves", "epoch", METRIC)
+    epochs = [s for t in drawn for s in (min(t.intermediate_values), max(t.intermediate_values))]
+    return _figure(traces, "learning curves", "epoch", METRIC, xaxis=_counting(epochs))
 
 
 # -- parameters ---------------------------------------------------------------------------------
@@ -209,7 +231,7 @@ def importance(importances: dict[str, float], evaluator_name: str) -> Figure:
 def slices(trials: Sequence[FrozenTrial], params: list[str]) -> Figure:
     """Value against each parameter (one panel per parameter), coloured by trial number."""
     done = complete(trials)
-    n, gap = len(params), 0.03
+    n, gap = len(params), 0.07  # room for a panel's last tick label before the next panel
     width = (1 - gap * (n - 1)) / n
     traces: list[dict[str, Any]] = []
     layout: dict[str, Any] = {"annotations": [], "showlegend": False}
@@ -218,7 +240,7 @@ def slices(trials: Sequence[FrozenTrial], params: list[str]) -> Figure:
         dist = having[0].distributions[name] if having else None
         axis = "xaxis" if i == 0 else f"xaxis{i + 1}"
         x_axis: dict[str, Any] = {**_AXIS, "domain": [i * (width + gap), i * (width + gap) + width],
-                                  "anchor": "y"}
+                                  "anchor": "y", "nticks": 5}
         if isinstance(dist, CategoricalDistribution):
             x: list[Any] = [str(t.params[name]) for t in having]
             x_axis.update(type="category", categoryorder="array", categoryarray=[str(c) for c in dist.choices])
@@ -232,7 +254,8 @@ def slices(trials: Sequence[FrozenTrial], params: list[str]) -> Figure:
             "name": name, "xaxis": "x" if i == 0 else f"x{i + 1}", "yaxis": "y",
             "text": [f"trial {t.number}" for t in having],
             "marker": {"size": _marker(len(having)), "opacity": 0.6, "color": _numbers(t.number for t in having),
-                       "colorscale": _BLUE_SCALE, "showscale": i == 0, "colorbar": {"title": {"text": "trial"}}},
+                       "colorscale": _TRIAL_SCALE, "showscale": i == 0,
+                       "colorbar": {"title": {"text": "trial"}, **_counting(t.number for t in done)}},
         })
         layout["annotations"].append({"text": name, "x": i * (width + gap) + width / 2, "y": 1.0, "xref": "paper",
                                       "yref": "paper", "xanchor": "center", "yanchor": "bottom",
@@ -256,13 +279,14 @@ def parallel(trials: Sequence[FrozenTrial], params: list[str], maximize: bool, o
         share = (values[k] - low) / (high - low) if high > low else 1.0
         traces.append({
             "type": "scatter", "x": list(range(len(axes))), "y": [a["scaled"][k] for a in axes], "mode": "lines",
-            "line": {"color": _blue(share if maximize else 1 - share), "width": 1.2}, "opacity": 0.5,
+            "line": {"color": _blue(share if maximize else 1 - share), "width": 1.5},
+            "opacity": 0.8 if len(shown) <= 20 else 0.5,
             "showlegend": False, "customdata": [[a["label"], a["text"][k]] for a in axes],
             "hovertemplate": f"trial {shown[k].number}<br>%{{customdata[0]}}: %{{customdata[1]}}<extra></extra>",
         })
     traces.append({  # the colour bar
         "type": "scatter", "x": [None, None], "y": [None, None], "mode": "markers", "showlegend": False,
-        "hoverinfo": "skip", "marker": {"color": [low, high], "cmin": low, "cmax": high, "colorscale": _BLUE_SCALE,
+        "hoverinfo": "skip", "marker": {"color": [low, high], "cmin": low, "cmax": high, "colorscale": _TRIAL_SCALE,
                                         "reversescale": not maximize, "showscale": True,
                                         "colorbar": {"title": {"text": METRIC}}},
     })
@@ -311,8 +335,8 @@ def _numeric_axis(label: str, raw: list[float], position: list[float], fmt: Any)
 
 
 def _blue(share: float) -> str:
-    """A colour of :data:`_BLUES` for a share in 0-1 (0 light, 1 dark)."""
-    return _BLUES[min(int(share * (len(_BLUES) - 1) + 0.5), len(_BLUES) - 1)]
+    """A colour of :data:`_TRIAL_BLUES` for a share in 0-1 (0 light, 1 dark)."""
+    return _TRIAL_BLUES[min(int(share * (len(_TRIAL_BLUES) - 1) + 0.5), len(_TRIAL_BLUES) - 1)]
 
 
 # -- several objectives -------------------------------------------------------------------------
