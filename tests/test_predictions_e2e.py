@@ -1,0 +1,80 @@
+"""The README's "From search to predictions" commands, run as written, after a search by two
+workers on PostgreSQL (tiny models on synthetic data: about two minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+import re
+import subprocess
+import zipfile
+
+import numpy as np
+import pytest
+import yaml
+
+from contract.synth import write_npz
+from helpers import BIN, run_cli
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## From search to predictions"
+N_TEST = 12
+SPACE = {
+    "fixed": {
+        "model": "multipath", "depth": 2, "base_filters": 4, "conventional_filters": 8,
+        "residual_filters": 4, "multiscale_filters": 8, "context_filters": 4, "batch_size": 16,
+        "augment_flips": False, "validation_fraction": 0.25, "early_stopping_patience": 5,
+        "reduce_lr_patience": 1, "reduce_lr_factor": 0.5, "batchnorm_momentum": 0.9, "epochs": 4,
+        "tta": True,
+    },
+    "params": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+}
+
+
+def readme_commands() -> list[str]:
+    """The commands of the section's bash block, comments stripped, in order."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(SECTION):]
+    section = section[:section.index("\n## ", len(SECTION))]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_from_search_to_predictions(pg_url, tmp_path):
+    env = {**os.environ, "TUNER_STORAGE": pg_url, "TUNER_COMPILE_CACHE": "off"}
+    write_npz(tmp_path / "mars_for_students.npz", 48, seed=3, n_test=N_TEST)
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    created = run_cli("tuner", "create", "mars", "--data", "mars_for_students.npz", "--space", "space.yaml",
+                      "--trials", "3", "--pruner", "none", env=env, cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    workers = [subprocess.Popen([str(BIN / "worker"), "run", "--study", "mars", "--data", "mars_for_students.npz",
+                                 "--quiet"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [w.communicate(timeout=900)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(logs)
+    assert sum(log.count(" complete: mIoU") for log in logs) == 3, "\n".join(logs)
+
+    commands = readme_commands()
+    assert [c.split()[:2] for c in commands] == [["tuner", "export"], ["worker", "train"],
+                                                 ["worker", "predict"], ["ls", "pngs"]]
+    outputs = []
+    for command in commands:
+        done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                              env={**env, "PATH": f"{BIN}:{env['PATH']}"})
+        assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+        outputs.append(done.stdout)
+
+    exported = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    schedule = exported["lr_schedule"]
+    assert 1 <= len(schedule) <= SPACE["fixed"]["epochs"] and schedule[0] == pytest.approx(exported["learning_rate"], rel=1e-6)
+    assert f"for {len(schedule)} epochs" in outputs[1] and "no validation score" in outputs[1]
+    with zipfile.ZipFile(tmp_path / "final.keras") as archive:
+        info = json.loads(archive.read("mars_tuner.json"))
+    assert info["all_data"] is True and info["validation_miou"] is None and info["config"]["tta"] is True
+    assert "flip TTA on" in outputs[2]  # as the trial was scored
+    with np.load(tmp_path / "predictions.npz") as npz:
+        assert npz["masks"].shape == (N_TEST, 64, 128) and npz["masks"].dtype == np.uint8
+    assert outputs[3].split() == [f"{i:02d}.png" for i in range(N_TEST)]
