@@ -170,6 +170,23 @@ def test_studies_made_by_plain_optuna_show_in_status_list_and_report(tuner_home,
         assert "a front of 4 objectives is not drawn" in text
 
 
+def test_export_picks_the_best_finite_trial_as_status_does(tuner_home, tmp_path, npz):
+    import optuna
+
+    from contract.config import TrainConfig
+    from tuner.study import create_study
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    create_study("s", storage_url=url, data=npz, fingerprint=None, space_path=None, trials=3, seed_config=False)
+    study = optuna.load_study(study_name="s", storage=url)
+    for value in (0.5, float("inf")):  # inf: a hand edit, or plain Optuna's tell
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"config": TrainConfig().to_dict()}))
+    status = invoke(tuner_app, "status", "s", "--storage", url, env={"COLUMNS": "200"})
+    exported = invoke(tuner_app, "export", "s", "-o", tmp_path / "best.yaml", "--storage", url)
+    assert "best:     0.5000 (trial 0)" in status.stdout
+    assert exported.exit_code == 0 and "wrote the config of trial 0 (value 0.5000)" in exported.stderr
+
+
 HAND_EDITS = {
     "per_class_iou with strings": {"per_class_iou": {"1": "high", "2": [0.5], "3": None, "4": 0.25}},
     "confusion_matrix with NaN": {"confusion_matrix": [[900, float("nan")], [2, 800]]},

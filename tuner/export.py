@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import contextlib
+import math
 import os
 from pathlib import Path
 import sys
@@ -115,10 +116,14 @@ def best_trial(study: optuna.Study, pick: Pick = Pick()) -> FrozenTrial:
         if picked is None:
             raise StudyError(f"no completed trial yet in study {study.study_name!r}")
         return picked
-    try:
-        return study.best_trial
-    except ValueError:
-        raise StudyError(f"no completed trial yet in study {study.study_name!r}") from None
+    # The best finite first value (mIoU), lowest number on ties, as `tuner status` and `list` rank:
+    # Optuna's best_trial would pick a hand-written inf, and refuses more than one objective.
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.values and all(math.isfinite(v) for v in t.values)]
+    if not done:
+        raise StudyError(f"no completed trial yet in study {study.study_name!r}")
+    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    return min(done, key=lambda t: (sign * t.values[0], t.number))
 
 
 def config_of(trial: FrozenTrial, spec: StudySpec) -> TrainConfig:
