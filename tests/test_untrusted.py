@@ -248,6 +248,10 @@ def test_phase_and_created_at_reach_the_terminal_escaped(tuner_home, tmp_path):
         assert "\x1b" not in result.stdout and "\x07" not in result.stdout, args
         assert "[link=https://evil.example]click[/link] [bold red]x[/]" in result.stdout, args
         assert "\\x1b]0;pwned\\x07" in result.stdout, args
+    # A hand-written spec's budget is not a number: `list` shows no budget rather than the text.
+    optuna.create_study(study_name="t", storage=url).set_user_attr("tuner_spec", {"n_trials": ESCAPES})
+    listed = invoke(tuner_app, "list", "--storage", url, env={"COLUMNS": "400"})
+    assert listed.exit_code == 0 and "\x1b" not in listed.stdout and listed.stdout.count("0/-") == 2
 
 
 # --- 9. artifact ids are validated; the store reads regular files only ----------------------

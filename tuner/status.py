@@ -184,7 +184,7 @@ def list_studies(url: str) -> list[StudyRow]:
         rows.append(StudyRow(
             name=overview.name,
             finished=sum(counts[s] for s in FINISHED),
-            budget=spec_attr.get("n_trials") if isinstance(spec_attr, dict) else None,
+            budget=_count_or_none(spec_attr.get("n_trials")) if isinstance(spec_attr, dict) else None,
             running=counts[TrialState.RUNNING],
             failed=counts[TrialState.FAIL],
             best_value=overview.best_value,
@@ -322,7 +322,7 @@ def print_study_list(storage_url: str | None, console: Console | None = None) ->
     for row in rows:
         table.add_row(
             Text(printable(row.name)),
-            f"{row.finished}/{row.budget if row.budget is not None else '-'}",
+            Text(printable(f"{row.finished}/{row.budget if row.budget is not None else '-'}")),  # a hand-edited spec
             str(row.running),
             str(row.failed),
             _value(row.best_value),
@@ -437,6 +437,11 @@ def printable(text: str) -> str:
         else ch
         for ch in text
     )
+
+
+def _count_or_none(value: Any) -> int | None:
+    """A whole number from a study attribute, else ``None`` (shown as '-'): anyone can write them."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def format_age(seconds: float | None) -> str:
