@@ -180,14 +180,16 @@ def _munge_works() -> bool:
     return subprocess.run(["munge", "-n"], capture_output=True, timeout=30).returncode == 0
 
 
-def _start_munged(stack: contextlib.ExitStack) -> None:
+def _start_munged(stack: contextlib.ExitStack, root: Path) -> None:
     """Start munged as user munge (the machine's key and socket) and stop it at the end."""
     if not MUNGE_RUN.exists():
         MUNGE_RUN.mkdir(mode=0o755)
         shutil.chown(MUNGE_RUN, "munge", "munge")
         stack.callback(shutil.rmtree, MUNGE_RUN, ignore_errors=True)
+    log = open(root / "munged.log", "wb")  # noqa: SIM115 - closed by the stack
+    stack.callback(log.close)
     munged = subprocess.Popen(["munged", "--foreground"], user="munge", group="munge",
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              stdout=log, stderr=subprocess.STDOUT)
     stack.callback(_stop, munged)
     _wait(_munge_works, 30, "munged to answer", munged)
 
@@ -238,7 +240,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         (root / "slurm.conf").write_text(CONF.format(
             host=host, port=PORT, slurmd_port=PORT + 1, root=root, node=NODE, partition=PARTITION))
         if not _munge_works():
-            _start_munged(stack)
+            _start_munged(stack, root)
         cluster = SlurmCluster(root)
         conf = str(cluster.conf)
         ctld = _start(stack, root, "slurmctld", "-D", "-c", "-f", conf)
