@@ -412,6 +412,7 @@ def test_worker_with_a_bad_compile_cache_warns_once_and_completes_its_trial(tune
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
     assert len([line for line in run.stdout.splitlines() if "warning: compile cache" in line]) == 1, run.stdout
+    assert "starting Keras on jax (takes a few seconds)" in run.stdout  # no silent start-up either (item 12)
     assert [t.state.name for t in optuna.load_study(study_name="s", storage=url).trials] == ["COMPLETE"]
 
 

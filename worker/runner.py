@@ -16,6 +16,7 @@ import dataclasses
 import enum
 import logging
 import math
+import os
 from pathlib import Path
 import signal
 import sys
@@ -247,6 +248,8 @@ class WorkerSession:
         self.say(f"data {opts.data_path}: {len(data)} images (aliens removed: {data.aliens_removed}), "
                  f"fingerprint {data.fingerprint[:12]} matches the study")
 
+        # Importing the backend is the first quiet stretch a new user sees (seconds; more on a busy machine).
+        self.say(f"starting Keras on {os.environ.get('KERAS_BACKEND') or 'tensorflow'} (takes a few seconds)")
         from worker.training.device import DeviceError, configure, describe
 
         try:
