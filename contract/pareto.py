@@ -6,7 +6,10 @@ and ``report`` all choose from it with the same :class:`Pick`:
 
 - ``best-miou``: the highest mIoU on the front (ties: the smaller cost);
 - ``smallest-within D``: the smallest cost whose mIoU is at most ``D`` below the best mIoU
-  (``D`` in mIoU units: 0.01 is one point of mIoU).
+  (``D`` in mIoU units: 0.01 is one point of mIoU);
+- ``confirmed`` (any study, one objective too): the configuration ``tuner confirm`` re-ran whose
+  confirmation runs have the highest mean mIoU minus one standard error (``contract/confirm.py``);
+  it needs the confirmation runs' attributes, so the readers resolve it, not :meth:`Pick.choose`.
 
 Pure Python (no TensorFlow, no database), so every reader shares one definition.
 """
@@ -32,6 +35,7 @@ class PickError(TunerError, ValueError):
 class PickRule(str, enum.Enum):
     BEST_MIOU = "best-miou"
     SMALLEST_WITHIN = "smallest-within"
+    CONFIRMED = "confirmed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,17 +84,19 @@ class Pick:
 
     @classmethod
     def parse(cls, text: str | Pick) -> Pick:
-        """``best-miou``, ``smallest-within 0.01`` or ``smallest-within=0.01``.
+        """``best-miou``, ``confirmed``, ``smallest-within 0.01`` or ``smallest-within=0.01``.
 
         Raises:
             PickError: anything else, or a tolerance that is not a finite number >= 0.
         """
         if isinstance(text, Pick):
             return text
-        usage = "use best-miou or 'smallest-within D' with D >= 0 in mIoU units (e.g. 0.01)"
+        usage = "use best-miou or 'smallest-within D' with D >= 0 in mIoU units (e.g. 0.01), or confirmed"
         words = [w for w in re.split(r"[\s=]+", str(text).strip().lower()) if w]
         if words == [PickRule.BEST_MIOU.value]:
             return cls()
+        if words == [PickRule.CONFIRMED.value]:
+            return cls(PickRule.CONFIRMED)
         if len(words) == 2 and words[0] == PickRule.SMALLEST_WITHIN.value:
             try:
                 within = float(words[1])
@@ -105,11 +111,17 @@ class Pick:
     def is_default(self) -> bool:
         return self == Pick()
 
+    @property
+    def confirmed(self) -> bool:
+        return self.rule == PickRule.CONFIRMED
+
     def __str__(self) -> str:
         return self.rule.value if self.within is None else f"{self.rule.value} {self.within:g}"
 
     def choose(self, points: Iterable[Point]) -> Point | None:
         """The picked point of the front of ``points``; ``None`` if there is none."""
+        if self.confirmed:
+            raise ValueError("the confirmed pick ranks confirmation runs, not points: see contract.confirm")
         candidates = front(points)
         if not candidates:
             return None
@@ -119,6 +131,21 @@ class Pick:
         assert self.within is not None
         good = [p for p in candidates if p.miou >= best - self.within]
         return min(good, key=lambda p: (p.cost, -p.miou, p.number))
+
+
+def ranked(points: Iterable[Point]) -> list[Point]:
+    """Every point by Pareto rank (the front, then the front of the rest, ...), within a rank by
+    mIoU down, then cost, then number: ``tuner confirm``'s order for two objectives."""
+    rest = list(points)
+    out: list[Point] = []
+    while rest:
+        layer = front(rest)
+        if not layer:  # only non-finite points left
+            break
+        out.extend(sorted(layer, key=lambda p: (-p.miou, p.cost, p.number)))
+        taken = {p.number for p in layer}
+        rest = [p for p in rest if p.number not in taken]
+    return out
 
 
 # -- trials -------------------------------------------------------------------------------------

@@ -32,6 +32,10 @@ MODEL_ARTIFACT = "model_artifact_id"  # optuna artifact id of the saved .keras m
 ERROR = "error"  # one line, on FAIL
 INTERRUPTED = "interrupted"  # signal name, on FAIL by SIGTERM/SIGINT
 RETRY_OF = "retry_of"  # trial number this one re-runs (interrupted trials)
+#: ``tuner confirm``: the search trial whose configuration this trial re-runs with another seed.
+#: Such a trial does not count towards the search budget and is never pruned (worker/budget.py).
+CONFIRMS = "confirms"
+CONFIRM_SEED = "confirm_seed"  # the training config's ``seed`` it runs with (split and initialisation)
 CONFUSION_MATRIX = "confusion_matrix"  # 5x5 pixel counts [truth][prediction] of the validation split
 PREVIEW_ARTIFACT = "preview_artifact_id"  # PNG grid of validation images: image, truth, prediction
 #: Class colours (RGB) of that PNG, which the report's legend repeats: 0 background .. 4 big rock.
@@ -115,6 +119,19 @@ def lr_schedule_of(trial: optuna.trial.FrozenTrial) -> list[float] | None:
                for r in schedule):
         return None
     return [float(r) for r in schedule]
+
+
+def confirmation_of(user_attrs: dict[str, Any]) -> tuple[int, int] | None:
+    """(confirmed trial number, seed) of a ``tuner confirm`` trial; ``None`` for a search trial."""
+    confirms, seed = user_attrs.get(CONFIRMS), user_attrs.get(CONFIRM_SEED)
+    if isinstance(confirms, int) and isinstance(seed, int):
+        return confirms, seed
+    return None
+
+
+def confirmation_attrs(user_attrs: dict[str, Any]) -> dict[str, Any]:
+    """The confirmation marks of ``user_attrs`` (empty for a search trial): a retry must keep them."""
+    return {key: user_attrs[key] for key in (CONFIRMS, CONFIRM_SEED) if key in user_attrs}
 
 
 def config_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:

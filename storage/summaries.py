@@ -93,10 +93,16 @@ class StudyOverview:
     best_value: float | None  # best finite objective-0 value of COMPLETE trials, in its direction
     user_attrs: dict[str, Any]  # only the keys asked for
     first_start: datetime.datetime | None  # naive UTC
+    #: of ``counts``, the trials carrying the user attribute ``apart_key`` per state (every state)
+    apart: dict[TrialState, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(TrialState, 0))
 
 
-def study_overviews(engine: sqlalchemy.Engine, user_attr_keys: Collection[str] = ()) -> list[StudyOverview]:
-    """Every study in the database, with its counts per state and best finite value (5 queries)."""
+def study_overviews(engine: sqlalchemy.Engine, user_attr_keys: Collection[str] = (),
+                    apart_key: str | None = None) -> list[StudyOverview]:
+    """Every study in the database, with its counts per state and best finite value (5 queries).
+
+    ``apart_key``: also count, per state, the trials carrying that user attribute (one more query).
+    """
     with engine.connect() as conn:
         names = conn.execute(sqlalchemy.text("SELECT study_id, study_name FROM studies")).all()
         directions: dict[int, list[tuple[int, StudyDirection]]] = defaultdict(list)
@@ -116,6 +122,12 @@ def study_overviews(engine: sqlalchemy.Engine, user_attr_keys: Collection[str] =
             "JOIN trial_values v ON v.trial_id = t.trial_id "
             "WHERE t.state = 'COMPLETE' AND v.objective = 0 AND v.value_type = 'FINITE' "
             "GROUP BY t.study_id"))}
+        apart: dict[int, dict[TrialState, int]] = defaultdict(lambda: dict.fromkeys(TrialState, 0))
+        if apart_key is not None:
+            for sid, state, n in conn.execute(sqlalchemy.text(
+                    "SELECT t.study_id, t.state, count(*) FROM trials t JOIN trial_user_attributes a "
+                    "ON a.trial_id = t.trial_id AND a.key = :key GROUP BY t.study_id, t.state"), {"key": apart_key}):
+                apart[sid][_state(state)] = int(n)
         attrs: dict[int, dict[str, Any]] = defaultdict(dict)
         if user_attr_keys:
             query = sqlalchemy.text(
@@ -133,7 +145,7 @@ def study_overviews(engine: sqlalchemy.Engine, user_attr_keys: Collection[str] =
         overviews.append(StudyOverview(
             study_id=sid, name=name, directions=dirs, counts=dict(counts[sid]),
             best_value=None if best is None else float(best), user_attrs=dict(attrs[sid]),
-            first_start=first.get(sid),
+            first_start=first.get(sid), apart=dict(apart[sid]),
         ))
     return overviews
 
@@ -167,6 +179,22 @@ def best_trial_id(engine: sqlalchemy.Engine, study_id: int, direction: StudyDire
     with engine.connect() as conn:
         row = conn.execute(query, {"sid": study_id}).first()
     return None if row is None else int(row[0])
+
+
+def marked_trial_ids(engine: sqlalchemy.Engine, study_id: int, key: str) -> list[int]:
+    """Ids of the trials carrying user attribute ``key``, whose value is another trial's number,
+    and of the trials so named (``tuner confirm``'s runs and the trials they confirm): 2 queries."""
+    with engine.connect() as conn:
+        rows = conn.execute(sqlalchemy.text(
+            "SELECT t.trial_id, a.value_json FROM trials t JOIN trial_user_attributes a "
+            "ON a.trial_id = t.trial_id AND a.key = :key WHERE t.study_id = :sid"), {"sid": study_id, "key": key}).all()
+        numbers = sorted({n for _, value in rows if isinstance(n := json.loads(value), int)})
+        named = []
+        if numbers:
+            query = sqlalchemy.text("SELECT trial_id FROM trials WHERE study_id = :sid AND number IN :numbers")
+            named = [r[0] for r in conn.execute(query.bindparams(sqlalchemy.bindparam("numbers", expanding=True)),
+                                                {"sid": study_id, "numbers": numbers})]
+    return sorted({int(r[0]) for r in rows} | {int(i) for i in named})
 
 
 def load_trials(

@@ -52,6 +52,9 @@ def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url:
     except SpecError as exc:
         raise StudyError(str(exc)) from None
     check_pick(pick, len(goal), study)
+    if pick.confirmed:  # it would fail at the end, after the whole search
+        raise StudyError("--pick confirmed needs `tuner confirm` runs, which the demo does not make; run the demo, "
+                         f"then `tuner confirm {study}`, workers, and `tuner export {study} --pick confirmed`")
     url = storage.resolve_url(storage_url)
     _check_replaceable(study, url)  # also fails fast, before any file is written, if unreachable
     home = default_home()

@@ -25,6 +25,7 @@ from contract import report
 from contract.artifacts import ArtifactDirError, is_artifact_id, open_artifact_store
 from contract.atomic import replacing
 from contract.config import ConfigError, ConfigFormat, TrainConfig
+from contract.confirm import Confirmed, summarize
 from contract.pareto import Pick, pick_trial
 from contract.space import SpaceError
 from contract.study_spec import StudySpec
@@ -74,10 +75,15 @@ def export_best(
         if model.exists():
             raise StudyError(f"{model} already exists; choose another --model path or remove it")
 
-    study, spec, _ = load(name, storage)
-    best = best_trial(study, pick)
+    study, spec, url = load(name, storage)
+    from tuner.status import check_pick
+
+    check_pick(pick, len(study.directions), name)
+    confirmations, chosen = _confirmed(url, name, pick)
+    best = chosen or best_trial(study, pick)
     config = config_of(best, spec)
-    text = render(config, fmt, study_name=name, trial=best, pick=pick, objectives=spec.objectives)
+    text = render(config, fmt, study_name=name, trial=best, pick=pick, objectives=spec.objectives,
+                  confirmed=summarize(confirmations))
 
     if model is None:
         _emit(text, output, best)
@@ -103,6 +109,7 @@ def _emit(text: str, output: Path | None, best: FrozenTrial) -> None:
 
 def best_trial(study: optuna.Study, pick: Pick = Pick()) -> FrozenTrial:
     """The best trial; with two objectives, the one ``pick`` chooses from the Pareto front.
+    (``--pick confirmed`` is chosen from the confirmation runs: :func:`_confirmed`.)
 
     Raises:
         StudyError: no completed trial, or a non-default ``pick`` for one objective.
@@ -110,6 +117,7 @@ def best_trial(study: optuna.Study, pick: Pick = Pick()) -> FrozenTrial:
     from tuner.status import check_pick
 
     check_pick(pick, len(study.directions), study.study_name)
+    assert not pick.confirmed, "resolved by _confirmed"
     if len(study.directions) == 2:
         trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         picked = pick_trial(trials, study.directions, pick)
@@ -126,6 +134,28 @@ def best_trial(study: optuna.Study, pick: Pick = Pick()) -> FrozenTrial:
     return min(done, key=lambda t: (sign * t.values[0], t.number))
 
 
+def _confirmed(url: str, name: str, pick: Pick) -> tuple[list[FrozenTrial], FrozenTrial | None]:
+    """The study's confirmation trials and the trials they confirm (read as the readers do);
+    with ``--pick confirmed`` also the chosen search trial, with all its attributes.
+
+    Raises:
+        ConfirmError: ``--pick confirmed`` before any configuration has its confirmation runs.
+    """
+    from storage.summaries import find_study, open_reader
+    from tuner.confirm import confirmed_pick, read_confirmations
+
+    engine = open_reader(url)
+    try:
+        head = find_study(engine, name)
+        if head is None:
+            raise StudyError(f"study {name!r} was deleted meanwhile")
+        confirmations = read_confirmations(engine, head.study_id)
+        chosen = confirmed_pick(engine, head.study_id, name)[0] if pick.confirmed else None
+        return confirmations, chosen
+    finally:
+        engine.dispose()
+
+
 def config_of(trial: FrozenTrial, spec: StudySpec) -> TrainConfig:
     """The config ``trial`` trained: its worker's record, else rebuilt from params and space;
     with the learning rate of each epoch up to its best (``lr_schedule``, for ``--all-data``)
@@ -140,10 +170,11 @@ def config_of(trial: FrozenTrial, spec: StudySpec) -> TrainConfig:
 
 
 def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial, pick: Pick | None = None,
-           objectives: tuple[str, ...] = ()) -> str:
+           objectives: tuple[str, ...] = (), confirmed: list[Confirmed] | None = None) -> str:
     """The config text; YAML gets a comment header, JSON stays pure (``load`` rejects extra keys).
 
-    A trial with two values (mIoU and a cost) gets the cost and the pick rule in its header.
+    A trial with two values (mIoU and a cost) gets the cost and the pick rule in its header;
+    a study with ``tuner confirm`` runs gets one line per ``confirmed`` configuration.
     """
     body = config.dumps(fmt)
     if fmt != "yaml":
@@ -168,10 +199,14 @@ def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial
             f"# trial: {trial.number}",
             f"# value (validation mean IoU, classes 1-4): {values[0]!r}",
         ]
-    header += [
-        f"# IoU per class: {per_class_text}",
-        "# Retrain with: worker train --config THIS_FILE --data DATA.npz",
-    ]
+    header += [f"# IoU per class: {per_class_text}"]
+    if pick is not None and pick.confirmed:
+        header[0] = (f"# Confirmed pick of study {study_name!r} (highest mean mIoU minus one standard error "
+                     "over its confirmation seeds), exported by `tuner export`.")
+    if confirmed:
+        header.append("# Confirmed configurations (tuner confirm; n, mean, sd, min over the confirmation seeds):")
+        header += [f"#   {c.line()}" for c in confirmed]
+    header += ["# Retrain with: worker train --config THIS_FILE --data DATA.npz"]
     if config.lr_schedule is not None:
         header += [
             "# Retrain on training + validation images together (no validation score then):",

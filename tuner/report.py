@@ -37,6 +37,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from contract import report as attrs
 from contract.atomic import writable_problem
+from contract.confirm import Confirmed, pick_confirmed
+from contract.confirm import summarize as summarize_confirmed
 from contract.pareto import Pick, front_trials, pick_trial
 from contract.study_spec import StudySpec
 import storage
@@ -54,6 +56,7 @@ SECTIONS = (
     ("importance", "Parameter importance"),
     ("params", "Top parameters"),
     ("per-class", "IoU per class"),
+    ("confirmed", "Confirmed configurations"),
     ("best", "Best trial"),
     ("config", "Best configuration"),
 )
@@ -61,7 +64,7 @@ BEST_N = 10  # trials in the per-class IoU section
 TOP_SLICES = 4  # parameters in the slice plot
 TOP_PARALLEL = 6  # parameters in the parallel-coordinates plot
 METRIC_NAME = "validation mIoU"
-_TRIAL_ATTRS = (attrs.WORKER, attrs.PROVENANCE)  # read for every trial; the best ones get all
+_TRIAL_ATTRS = (attrs.WORKER, attrs.PROVENANCE, attrs.CONFIRMS)  # read for every trial; the best ones get all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +82,7 @@ class ReportData:
     now: datetime.datetime
     pick: Pick = Pick()
     front: list[FrozenTrial] = dataclasses.field(default_factory=list)  # two objectives: by cost
+    confirmed: list[Confirmed] = dataclasses.field(default_factory=list)  # `tuner confirm`'s, per configuration
 
     @property
     def objectives(self) -> tuple[str, ...]:
@@ -92,8 +96,9 @@ def write_report(name: str, *, storage_url: str | None, output: Path, artifact_d
     """Read study ``name`` and write its report to ``output`` (atomically).
 
     Raises:
-        StudyError: no such study, unwritable output, a ``pick`` for a study with one objective.
+        StudyError: no such study, unwritable output, a Pareto ``pick`` for a study with one objective.
         PickError: ``pick`` is not a pick rule.
+        ConfirmError: ``--pick confirmed`` before any configuration has its confirmation runs.
         StorageError: unreachable database or no schema.
     """
     from tuner.export import write_atomic
@@ -125,6 +130,7 @@ def _no_cyclic_gc() -> Iterator[None]:
 
 
 def read_report(name: str, storage_url: str | None, artifact_dir: Path | None, pick: Pick = Pick()) -> ReportData:
+    from tuner.confirm import read_confirmations
     from tuner.status import check_pick, find_or_fail, spec_or_none, utc_now
 
     url = storage.resolve_url(storage_url)
@@ -136,7 +142,11 @@ def read_report(name: str, storage_url: str | None, artifact_dir: Path | None, p
         trials = load_trials(engine, head.study_id, user_attr_keys=_TRIAL_ATTRS)
         ranked = best_first(trials, head.directions)[:BEST_N]
         two = len(head.directions) == 2
-        picked = pick_trial(trials, head.directions, pick) if two else None
+        confirmations = read_confirmations(engine, head.study_id)
+        if pick.confirmed:
+            picked: FrozenTrial | None = pick_confirmed(confirmations, name)[0]
+        else:
+            picked = pick_trial(trials, head.directions, pick) if two else None
         front = front_trials(trials, head.directions) if two else []
         # Again, with every attribute (per-class IoU, config, confusion matrix, preview id).
         wanted = {t._trial_id for t in ranked} | ({picked._trial_id} if picked is not None else set())
@@ -147,7 +157,8 @@ def read_report(name: str, storage_url: str | None, artifact_dir: Path | None, p
     best = full[picked.number] if picked is not None else top[0] if top else None
     preview, note = _preview(best, artifact_dir)
     return ReportData(head=head, spec=spec, masked_url=storage.mask_url(url), trials=trials, top=top, best=best,
-                      preview_png=preview, preview_note=note, now=utc_now(), pick=pick, front=front)
+                      preview_png=preview, preview_note=note, now=utc_now(), pick=pick, front=front,
+                      confirmed=summarize_confirmed(confirmations))
 
 
 def best_first(trials: list[FrozenTrial], directions: tuple[StudyDirection, ...]) -> list[FrozenTrial]:
@@ -193,7 +204,8 @@ def header_rows(data: ReportData) -> list[tuple[str, str]]:
     """The study header as (label, text) rows."""
     spec, trials = data.spec, data.trials
     counts = Counter(t.state for t in trials)
-    finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    search = Counter(t.state for t in trials if attrs.confirmation_of(t.user_attrs) is None)
+    finished = search[TrialState.COMPLETE] + search[TrialState.PRUNED]  # what the budget counts
     created = data.head.user_attrs.get("created")
     rows = [("study", data.head.study_name), ("storage", data.masked_url)]
     if isinstance(created, dict):
@@ -217,6 +229,10 @@ def header_rows(data: ReportData) -> list[tuple[str, str]]:
                        else f"{spec.pruner} (two objectives: nothing prunes them)"),
             ("data fingerprint", spec.data_fingerprint),
         ]
+    if data.confirmed:
+        n_confirming = len(trials) - sum(search.values())
+        rows.append(("confirmation", f"{n_confirming} trials of "
+                                     f"`tuner confirm` (outside the budget), {len(data.confirmed)} configurations"))
     rows.append(("trials per state", ", ".join(f"{s.name.lower()} {counts[s]}" for s in TrialState if counts[s])
                  or "none"))
     starts = [t.datetime_start for t in trials if t.datetime_start]
@@ -249,12 +265,39 @@ def header_rows(data: ReportData) -> list[tuple[str, str]]:
     return rows
 
 
+def _confirmed_table(confirmed: list[Confirmed]) -> str:
+    """Per confirmed configuration: n, mean, sd, min, mean - SE and per-class means over its
+    confirmation runs (its search run apart: it was selected for scoring high)."""
+    from tuner.report_figures import CLASS_NAMES
+
+    def v(x: float | None) -> str:
+        return "-" if x is None else f"{x:.4f}"
+
+    names = "".join(f"<th>{CLASS_NAMES[c]} (mean)</th>" for c in (1, 2, 3, 4))
+    rows = []
+    for c in confirmed:
+        per_class = "".join(f"<td>{'n/a' if c.per_class_iou.get(str(k)) is None else v(c.per_class_iou[str(k)])}</td>"
+                            for k in (1, 2, 3, 4))
+        rows.append(f"<tr><td>{c.number}</td><td>{v(c.search_miou)}</td><td>{c.n}</td><td>{v(c.mean)}</td>"
+                    f"<td>{v(c.sd)}</td><td>{v(c.minimum)}</td><td>{v(c.score)}</td><td>{c.pending}</td>"
+                    f"<td>{c.failed}</td>{per_class}</tr>")
+    note = _note("Statistics over each configuration's confirmation seeds (tuner confirm); the search run is "
+                 "shown apart, as it was chosen for scoring high. --pick confirmed takes the highest mean "
+                 "minus one standard error (sd / sqrt(n)).")
+    return (note + '<table class="iou"><tr><th>trial</th><th>search run</th><th>n</th><th>mean</th><th>sd</th>'
+            f"<th>min</th><th>mean - SE</th><th>pending</th><th>failed</th>{names}</tr>" + "".join(rows) + "</table>")
+
+
 def _best_values(data: ReportData) -> str:
     """``validation mIoU 0.6123`` and, with two objectives, ``, params 12,345 (pick best-miou)``."""
     from tuner.status import format_cost
 
     assert data.best is not None
     text = f"{METRIC_NAME} {data.best.values[0]:.4f}"
+    picked = next((c for c in data.confirmed if c.number == data.best.number), None) if data.pick.confirmed else None
+    if picked is not None:
+        text += (f" (search run); confirmed pick: mean {picked.mean:.4f}, sd {picked.sd:.4f}, "
+                 f"min {picked.minimum:.4f} over {picked.n} seeds")
     if len(data.best.values) == 2:
         text += f", {data.objectives[1]} {format_cost(data.best.values[1])} (pick {data.pick})"
     return text
@@ -334,6 +377,9 @@ def _render(data: ReportData) -> str:
 
     body["per-class"] = (figure(figs.per_class_iou(data.top)) + _per_class_table(data.top)
                          if data.top else _note("no completed trial yet"))
+    body["confirmed"] = (_confirmed_table(data.confirmed) if data.confirmed else
+                         _note(f"no configuration confirmed yet: `tuner confirm {head.study_name} --top K --seeds S` "
+                               "re-runs the best ones with more seeds"))
     body["best"] = _best_section(data, figure)
     body["config"] = _config_section(data)
 

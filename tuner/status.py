@@ -26,6 +26,7 @@ from rich.text import Text
 import sqlalchemy
 
 from contract import report
+from contract.confirm import Confirmed, pick_confirmed, summarize as summarize_confirmed
 from contract.pareto import Pick, front_trials, pick_trial
 from contract.study_spec import SPEC_ATTR, SpecError, StudySpec
 import storage
@@ -107,6 +108,8 @@ class StatusData:
     n_complete: int = 0  # two objectives: the complete trials the front was drawn from
     pick: Pick = Pick()
     directions: tuple[Any, ...] = ()  # StudyDirection per objective
+    # `tuner confirm`'s trials (every state) and the search trials they confirm (tuner/confirm.py)
+    confirmations: list[FrozenTrial] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,10 +125,14 @@ class StatusSummary:
     best: BestTrial | None
     running: list[RunningTrial]
     front: Front | None = None  # two objectives only
+    confirmed: list[Confirmed] = dataclasses.field(default_factory=list)  # per confirmed configuration
+    confirming: dict[str, int] = dataclasses.field(default_factory=dict)  # confirmation trials per state
+    picked: Confirmed | None = None  # with --pick confirmed: the chosen configuration's summary
 
     @property
     def finished(self) -> int:
-        return sum(self.counts.get(s.name, 0) for s in FINISHED)
+        """Finished search trials: what the budget counts (confirmation trials take no slot)."""
+        return sum(self.counts.get(s.name, 0) - self.confirming.get(s.name, 0) for s in FINISHED)
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -169,7 +176,7 @@ def list_studies(url: str) -> list[StudyRow]:
         return []
     engine = open_reader(url)
     try:
-        overviews = study_overviews(engine, user_attr_keys=(SPEC_ATTR, "created"))
+        overviews = study_overviews(engine, user_attr_keys=(SPEC_ATTR, "created"), apart_key=report.CONFIRMS)
     finally:
         engine.dispose()
     rows = []
@@ -183,7 +190,7 @@ def list_studies(url: str) -> list[StudyRow]:
         counts = overview.counts
         rows.append(StudyRow(
             name=overview.name,
-            finished=sum(counts[s] for s in FINISHED),
+            finished=sum(counts[s] - overview.apart[s] for s in FINISHED),  # search trials: the budget's
             budget=_count_or_none(spec_attr.get("n_trials")) if isinstance(spec_attr, dict) else None,
             running=counts[TrialState.RUNNING],
             failed=counts[TrialState.FAIL],
@@ -203,11 +210,17 @@ def read_status(engine: sqlalchemy.Engine, head: StudyHead, pick: Pick = Pick())
     Raises:
         StudyError: a pick other than the default for a study with one objective.
     """
+    from tuner.confirm import read_confirmations
+
     check_pick(pick, len(head.directions), head.study_name)
     best = None
     front = None
     n_complete = 0
-    if len(head.directions) != 2:  # one objective (or more than two: the best mIoU, as `list` shows)
+    confirmations = read_confirmations(engine, head.study_id)
+    if pick.confirmed:
+        chosen, _ = pick_confirmed(confirmations, head.study_name)
+        best = load_trials(engine, head.study_id, trial_ids=[chosen._trial_id], intermediate=False)[0]
+    if len(head.directions) != 2 and best is None:  # one objective (or more than two: the best mIoU, as `list` shows)
         best_id = best_trial_id(engine, head.study_id, head.directions[0])
         if best_id is not None:
             best = load_trials(engine, head.study_id, trial_ids=[best_id], intermediate=False)[0]
@@ -216,23 +229,25 @@ def read_status(engine: sqlalchemy.Engine, head: StudyHead, pick: Pick = Pick())
                                intermediate=False)
         n_complete = len(complete)
         front = front_trials(complete, head.directions)
-        picked = pick_trial(complete, head.directions, pick)
+        picked = None if pick.confirmed else pick_trial(complete, head.directions, pick)
         if picked is not None:
             best = load_trials(engine, head.study_id, trial_ids=[picked._trial_id], intermediate=False)[0]
     running = load_trials(engine, head.study_id, states=(TrialState.RUNNING,),
                           user_attr_keys=(report.WORKER, report.PHASE))
     return StatusData(name=head.study_name, n_objectives=len(head.directions),
                       counts=count_states(engine, head.study_id), best=best, running=running,
-                      front=front, n_complete=n_complete, pick=pick, directions=head.directions)
+                      front=front, n_complete=n_complete, pick=pick, directions=head.directions,
+                      confirmations=confirmations)
 
 
 def check_pick(pick: Pick, n_objectives: int, study_name: str) -> None:
-    """``--pick`` chooses from a Pareto front: with one objective only the default makes sense.
+    """``--pick`` chooses from a Pareto front: with one objective only the default and
+    ``confirmed`` (which ranks confirmation runs, not a front) make sense.
 
     Raises:
-        StudyError: a non-default pick for a study without two objectives.
+        StudyError: a Pareto pick for a study without two objectives.
     """
-    if n_objectives != 2 and not pick.is_default:
+    if n_objectives != 2 and not pick.is_default and not pick.confirmed:
         raise StudyError(
             f"--pick {pick} needs a study with two objectives (miou and a cost); study "
             f"{study_name!r} has {n_objectives}: create one with --objectives miou,params"
@@ -268,6 +283,14 @@ def summarize(data: StatusData, spec: StudySpec | None, *, now: datetime.datetim
     if data.front is not None:
         front = Front(objectives=objective_names(spec, data.directions), size=len(data.front), complete=data.n_complete,
                       pick=str(data.pick))
+    confirmed = summarize_confirmed(data.confirmations)
+    confirming = {s.name: 0 for s in STATES}
+    for trial in data.confirmations:
+        if report.confirmation_of(trial.user_attrs) is not None and trial.state.name in confirming:
+            confirming[trial.state.name] += 1
+    picked = None
+    if data.pick.confirmed and best is not None:
+        picked = next((c for c in confirmed if c.number == best.number), None)
     return StatusSummary(
         name=data.name,
         budget=spec.n_trials if spec else None,
@@ -278,6 +301,9 @@ def summarize(data: StatusData, spec: StudySpec | None, *, now: datetime.datetim
         best=best,
         running=sorted((_running(t, now) for t in data.running), key=lambda r: r.number),
         front=front,
+        confirmed=confirmed,
+        confirming=confirming,
+        picked=picked,
     )
 
 
@@ -370,6 +396,10 @@ def render_status(summary: StatusSummary, masked_url: str, console: Console) -> 
         line(f"budget:   {budget} trials; sampler {summary.sampler}, pruner {summary.pruner}")
         line(f"data:     {(summary.fingerprint or '-')[:12]}")
     line(f"progress: {summary.finished}/{budget} finished (complete + pruned)")
+    if summary.confirmed:
+        total = sum(summary.confirming.values())
+        line(f"confirm:  {summary.confirming.get('COMPLETE', 0)}/{total} confirmation trials complete "
+             f"(outside the budget; `tuner confirm`)")
 
     counts = Table(title="trials", title_justify="left")
     for state in STATES:
@@ -388,12 +418,19 @@ def render_status(summary: StatusSummary, masked_url: str, console: Console) -> 
         per_class = " ".join(
             f"{c}={'n/a' if v is None else _value(v)}" for c, v in sorted(best.per_class_iou.items())
         ) or "-"
-        if front is not None:
+        if summary.picked is not None:
+            c = summary.picked
+            line(f"pick:     confirmed -> trial {best.number}: mean {_value(c.mean)} - SE {_value(c.stderr)} = "
+                 f"{_value(c.score)} over {c.n} confirmation runs (search run {_value(best.value)})")
+        elif front is not None:
             line(f"pick:     {front.pick} -> trial {best.number}: {front.objectives[0]} {_value(best.value)}, "
                  f"{front.objectives[1]} {format_cost(best.cost)}; IoU per class: {per_class}")
         else:
             line(f"best:     {_value(best.value)} (trial {best.number}); IoU per class: {per_class}")
         line(_wrap(_params(best.params), console.width, indent=10))
+
+    if summary.confirmed:
+        console.print(confirmed_table(summary.confirmed))
 
     if not summary.running:
         line("running:  none")
@@ -423,6 +460,20 @@ def render_status(summary: StatusSummary, masked_url: str, console: Console) -> 
     if not wide:
         for run in summary.running:
             line(_wrap(f"trial {run.number}: {_params(run.params)}", console.width, indent=2, hang=2))
+
+
+def confirmed_table(confirmed: list[Confirmed]) -> Table:
+    """Per confirmed configuration: its search run, then n, mean, sd, min, mean - SE and the
+    per-class means over its confirmation runs (the search run left out: it was selected)."""
+    table = Table(title="confirmed configurations (over confirmation seeds; --pick confirmed ranks by mean - SE)",
+                  title_justify="left")
+    for column in ("trial", "search", "n", "mean", "sd", "min", "mean-SE", "pending", "failed", "IoU per class (mean)"):
+        table.add_column(column, justify="left" if column.startswith("IoU") else "right")
+    for c in confirmed:
+        per_class = " ".join(f"{k}={'n/a' if v is None else _value(v)}" for k, v in c.per_class_iou.items()) or "-"
+        table.add_row(str(c.number), _value(c.search_miou), str(c.n), _value(c.mean), _value(c.sd),
+                      _value(c.minimum), _value(c.score), str(c.pending), str(c.failed), per_class)
+    return table
 
 
 def printable(text: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 import contextlib
+import dataclasses
 
 import optuna
 from optuna.trial import TrialState
@@ -21,23 +22,41 @@ from optuna.trial import TrialState
 from contract import report
 from contract.study_spec import StudySpec
 import storage
-from storage.counts import count_trials, waiting_trial_ids
-from storage.locks import HeldLock, named_lock
+from storage.budget_lock import budget_lock as storage_budget_lock
+from storage.counts import count_trials_apart, waiting_trial_ids
+from storage.locks import HeldLock
 from storage.retry import with_db_retry
-from storage.session import on_connection
 
 ALLOCATED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    """A study's trials per state, apart: the search's, and ``tuner confirm``'s re-runs.
+
+    Indexing gives the total of both (``counts[TrialState.RUNNING]``: every running trial, any
+    of which may die and need a worker for its retry).
+    """
+
+    search: Counter[TrialState]
+    confirming: Counter[TrialState]
+
+    def __getitem__(self, state: TrialState) -> int:
+        return self.search[state] + self.confirming[state]
 
 
 def ask_within_budget(
     study: optuna.Study, rdb: optuna.storages.RDBStorage, url: str, n_trials: int,
     *, on_wait: Callable[[float], None] | None = None, on_log: Callable[[str], None] | None = None,
-) -> tuple[optuna.Trial | None, Counter[TrialState]]:
+) -> tuple[optuna.Trial | None, Counts]:
     """Return a new (or queued) trial if the budget allows, else ``None``; plus the counts.
 
     Stale trials of dead workers are failed first (their retries are queued as WAITING), and
     trials left without any heartbeat are adopted so that they go stale too. A WAITING trial is
-    always handed out: it already holds a budget slot. The new trial has its first heartbeat.
+    always handed out: a search trial's retry already holds a budget slot, and a ``tuner
+    confirm`` trial (marked :data:`contract.report.CONFIRMS`) needs none: only search trials
+    count towards ``n_trials``, so the search ends with exactly ``n_trials`` however many
+    confirmations are queued. The new trial has its first heartbeat.
     ``on_wait`` / ``on_log``: see :func:`storage.locks.named_lock` (interrupt / report the wait).
 
     Raises:
@@ -60,15 +79,15 @@ def ask_within_budget(
 
 def _reserve(
     study: optuna.Study, rdb: optuna.storages.RDBStorage, n_trials: int,
-) -> tuple[int | None, bool, Counter[TrialState]]:
+) -> tuple[int | None, bool, Counts]:
     """Under the budget lock: settle dead workers' trials, count, take a slot.
 
     Returns the trial id (``None``: the budget is spent), whether it was a queued trial, the counts.
     """
     storage.adopt_orphans(rdb, study._study_id)
     storage.fail_stale_trials(study, explain=why_stale)
-    counts = count_trials(rdb, study.study_name, study._study_id)
-    allocated = sum(counts[state] for state in ALLOCATED)
+    counts = Counts(*count_trials_apart(rdb, study._study_id, report.CONFIRMS))
+    allocated = sum(counts.search[state] for state in ALLOCATED)
     # Study.ask's own order: a queued trial first (it holds its slot already), else a new one.
     trial_id = _pop_waiting(study, rdb) if counts[TrialState.WAITING] else None
     queued = trial_id is not None
@@ -121,21 +140,8 @@ def budget_lock(
     """The lock under which a study's trials are counted and their states change budget-wise.
 
     Asking, and failing a trial together with queueing its retry, both hold it: a worker counting
-    in between would otherwise see a slot free and overrun the budget.
-    A holder that stops for the grace period (frozen, cut off) loses the lock to the server, like
-    a trial that stops beating loses its slot; a waiter gives up after twice that plus a minute.
-    This thread's calls on ``rdb`` run on the lock's own connection, in its transaction
-    (:func:`storage.session.on_connection`): one connection per worker, and a section that takes
-    effect whole or not at all.
+    in between would otherwise see a slot free and overrun the budget. ``tuner confirm`` holds
+    the same lock to queue its trials (see :func:`storage.budget_lock.budget_lock`).
     """
-    grace = rdb.grace_period if rdb.heartbeat_interval else None
-    with named_lock(
-        url, f"mars-tuner:budget:{study.study_name}", engine=rdb.engine,
-        hold_timeout_s=grace, max_wait_s=None if grace is None else 2 * grace + 60,
-        on_wait=on_wait, on_log=on_log,
-    ) as held:
-        if held.connection is None:  # SQLite: a file lock; calls go through the pool as usual
-            yield held
-            return
-        with on_connection(rdb, held.connection):
-            yield held
+    with storage_budget_lock(rdb, url, study.study_name, on_wait=on_wait, on_log=on_log) as held:
+        yield held

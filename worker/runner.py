@@ -325,7 +325,7 @@ class WorkerSession:
         """Ask for a trial if the shared budget allows; ``None`` when the study is done.
 
         Counting and asking happen under one database lock, so N workers racing for the last
-        trial create exactly one. Queued retries (WAITING) are always taken. When the budget is
+        trial create exactly one. Queued trials (retries, `tuner confirm`'s) are always taken. When the budget is
         fully allocated but other workers still run trials, wait: one of them may die, and its
         retry needs a worker. A signal while waiting for the lock stops the worker at once.
         """
@@ -355,9 +355,13 @@ class WorkerSession:
                 raise
             if trial is not None:
                 return trial
-            finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+            # Only search trials count towards the budget; running confirmations (counts[...] is
+            # the total) keep this worker waiting too: one of them may die and need its retry run.
+            finished = counts.search[TrialState.COMPLETE] + counts.search[TrialState.PRUNED]
+            confirmed = counts.confirming[TrialState.COMPLETE]
+            also = f", {confirmed} confirmation trial(s) complete" if confirmed else ""
             if counts[TrialState.RUNNING] == 0:
-                self.say(f"study budget reached: {finished}/{self.spec.n_trials} trials finished")
+                self.say(f"study budget reached: {finished}/{self.spec.n_trials} trials finished{also}")
                 return None
             if not announced:
                 self.say(f"budget allocated ({finished}/{self.spec.n_trials} finished); waiting for "
@@ -396,11 +400,16 @@ class WorkerSession:
         from worker.training.device import with_precision
 
         config = self._db(lambda: self.spec.space.sample(trial), "sampling the trial's parameters")
+        confirming = report.confirmation_of(trial.user_attrs)  # `tuner confirm`: (trial, seed)
+        if confirming is not None:  # the same configuration, another split and initialisation
+            config = config.replace(seed=confirming[1])
         device = with_precision(self.device, config.mixed_precision)
         retry_of = self._db(lambda: self._retry_of(trial), "reading the trial's origin")
         self._db(lambda: report.record_start(trial, config, self.identity, self.provenance), "recording the trial")
         params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
         again = f" (retry of trial {retry_of})" if retry_of is not None else ""
+        if confirming is not None:
+            again += f" (confirms trial {confirming[0]} with seed {confirming[1]})"
         self.say(f"trial {trial.number} started{again}: {params}")
 
         multi = self.spec.multi_objective
@@ -418,7 +427,9 @@ class WorkerSession:
                              "recording an epoch")
                     return
                 self._db(lambda: trial.report(value, step), "reporting an epoch")
-                prune = self._db(trial.should_prune, "asking the pruner")
+                # A confirmation measures its configuration's spread over seeds: cutting its
+                # unlucky seeds short would bias exactly that, so the pruner is never asked.
+                prune = confirming is None and self._db(trial.should_prune, "asking the pruner")
             if prune:
                 raise optuna.TrialPruned(f"pruned at epoch {step} (val mIoU {value:.4f})")
 
@@ -552,8 +563,9 @@ class WorkerSession:
                     # Finished by someone else: failed as stale while this worker was cut off
                     # (its retry is Optuna's to queue), or completed. Not ours to fail or queue.
                     raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} finished elsewhere")
-                if not _has_retry(study, trial.number):
-                    study.enqueue_trial(trial.params, user_attrs={report.RETRY_OF: trial.number})
+                if not _has_retry(study, trial.number):  # a confirmation's retry stays one
+                    study.enqueue_trial(trial.params, user_attrs={
+                        report.RETRY_OF: trial.number, **report.confirmation_attrs(trial.user_attrs)})
 
         if patient:
             self._db(fail_and_requeue, "failing and re-queueing the trial")
