@@ -40,12 +40,13 @@ IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
 SQLITE_BUSY_TIMEOUT_S = 60
 
 
-def engine_kwargs(url: str, *, role: str = "worker") -> dict[str, Any]:
+def engine_kwargs(url: str, *, role: str = "worker", session_role: str | None = None) -> dict[str, Any]:
     """Engine keyword arguments for ``optuna.storages.RDBStorage(engine_kwargs=...)``.
 
     Args:
         url: the resolved storage URL.
         role: shown to the DBA as PostgreSQL ``application_name``, with the host and pid.
+        session_role: a PostgreSQL role every session switches to (``-c role=...``).
     """
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
@@ -58,7 +59,7 @@ def engine_kwargs(url: str, *, role: str = "worker") -> dict[str, Any]:
             "pool_pre_ping": True,
             "pool_recycle": 1800,
             "connect_args": {
-                "connect_timeout": CONNECT_TIMEOUT_S, "application_name": app, **_keepalive_args(),
+                "connect_timeout": CONNECT_TIMEOUT_S, "application_name": app, **_keepalive_args(session_role),
             },
         }
     return {"pool_pre_ping": True}
@@ -79,7 +80,7 @@ def pool_settings() -> dict[str, int]:
     }
 
 
-def _keepalive_args() -> dict[str, Any]:
+def _keepalive_args(session_role: str | None = None) -> dict[str, Any]:
     """libpq keepalives and TCP user timeout plus the server-side timeouts, as ``connect`` arguments."""
     server = {
         "tcp_keepalives_idle": KEEPALIVES_IDLE_S,
@@ -90,6 +91,8 @@ def _keepalive_args() -> dict[str, Any]:
         "lock_timeout": LOCK_TIMEOUT_MS,
         "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT_MS,
     }
+    if session_role is not None:
+        server["role"] = session_role
     return {
         "keepalives": 1,
         "keepalives_idle": KEEPALIVES_IDLE_S,

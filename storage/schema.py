@@ -65,15 +65,20 @@ def current_revision(url: str) -> str | None:
         engine.dispose()
 
 
-def init_schema(url: str) -> str:
+def init_schema(url: str, *, session_role: str | None = None) -> str:
     """Create the schema if needed, safely under concurrency, and return its revision.
+
+    Args:
+        session_role: PostgreSQL role to create the tables as (``SET ROLE``), so that they
+            belong to it rather than to the connecting superuser (``tuner db init --roles``).
 
     Raises:
         StorageError: unreachable database, or a schema too old for this Optuna.
     """
     try:
         with named_lock(url, SCHEMA_LOCK):
-            storage = RDBStorage(url, engine_kwargs=engine_kwargs(url, role="coordinator"))
+            kwargs = engine_kwargs(url, role="coordinator", session_role=session_role)
+            storage = RDBStorage(url, engine_kwargs=kwargs)
             revision = storage.get_current_version()
             storage.engine.dispose()
     except sqlalchemy.exc.SQLAlchemyError as exc:

@@ -114,7 +114,8 @@ def env_example(commented: bool = True) -> dict[str, str]:
 def variables(path: Path) -> dict[str, str | None]:
     """Every ``${VAR...}`` a file references, with its ``:-`` default if it has one."""
     found: dict[str, str | None] = {}
-    for m in _VAR.finditer(path.read_text()):
+    text = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+    for m in _VAR.finditer(text):  # Compose does not interpolate comments (the secret recipe's $f)
         if m["name"]:
             default = m["arg"] if m["op"] in (":-", "-") else None
             found.setdefault(m["name"], default)
@@ -239,8 +240,9 @@ def test_coordinator_has_the_four_roles_and_the_team_file_has_only_workers():
 
 def test_init_waits_for_healthy_postgres_and_the_rest_for_completed_init():
     services = coordinator()["services"]
-    assert services["init"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert services["init"].get("restart", "no") == "no"
+    assert services["roles"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["init"]["depends_on"]["roles"]["condition"] == "service_completed_successfully"
+    assert services["roles"].get("restart", "no") == "no" and services["init"].get("restart", "no") == "no"
     waiting = ["dashboard", *workers(coordinator())]
     for name in waiting:
         assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully", name
@@ -328,8 +330,12 @@ def test_data_is_mounted_read_only_where_it_is_read():
 # --- Environment and secrets -----------------------------------------------------------------
 
 
+ROLE_OF = {"roles": None, "init": "tuner_owner", "dashboard": "tuner_viewer"}  # None: the superuser
+SECRET_OF = {"roles": "postgres_password", "init": "owner_password", "dashboard": "dashboard_password"}
+
+
 @pytest.mark.parametrize("env", [{}, {"POSTGRES_USER": "alice", "POSTGRES_DB": "hpo"}], ids=["defaults", "custom"])
-def test_every_tuner_service_reaches_the_postgres_service_as_its_user_and_database(env):
+def test_each_tuner_service_reaches_postgres_as_its_own_role_with_its_own_secret(env):
     main = coordinator(env)
     pg_env = service_env(main["services"]["postgres"])
     tuner_services = {n: s for n, s in main["services"].items() if n != "postgres"}
@@ -338,9 +344,19 @@ def test_every_tuner_service_reaches_the_postgres_service_as_its_user_and_databa
         assert url.get_backend_name() == "postgresql", name
         assert url.host == "postgres" and url.host in main["services"], name
         assert str(url.port) == main["services"]["postgres"]["ports"][0].rsplit(":", 1)[1], name
-        assert url.username == pg_env["POSTGRES_USER"], name
+        assert url.username == (ROLE_OF.get(name, "tuner_worker") or pg_env["POSTGRES_USER"]), name
         assert url.database == pg_env["POSTGRES_DB"], name
         assert url.password is None, f"{name}: password in the URL"
+        secret = SECRET_OF.get(name, "worker_password")
+        assert service_env(svc)[ENV_PASSWORD_FILE] == SECRET_DIR + secret, name
+        assert "postgres_password" not in svc["secrets"] or name == "roles", f"{name} gets the superuser's password"
+    assert main["secrets"]["dashboard_password"] == {"file": "./secrets/viewer_password"}
+    opted = coordinator({**env, "DASHBOARD_ROLE": "worker"})
+    assert make_url(service_env(opted["services"]["dashboard"])["TUNER_STORAGE"]).username == "tuner_worker"
+    assert opted["secrets"]["dashboard_password"] == {"file": "./secrets/worker_password"}
+    for svc in team()["services"].values():
+        assert svc["secrets"] == ["worker_password", "postgres_ca"]
+        assert service_env(svc)[ENV_PASSWORD_FILE] == SECRET_DIR + "worker_password"
 
 
 def test_team_workers_require_TUNER_STORAGE_and_use_it_verbatim():
@@ -353,8 +369,9 @@ def test_team_workers_require_TUNER_STORAGE_and_use_it_verbatim():
 @pytest.mark.parametrize("load_file", [coordinator, team], ids=["coordinator", "team"])
 def test_password_only_travels_as_a_secret_file(load_file):
     compose = load_file()
-    secret = compose["secrets"]["postgres_password"]
-    assert set(secret) == {"file"} and secret["file"] == "./secrets/postgres_password"
+    for name, secret in compose["secrets"].items():
+        if name.endswith("_password"):
+            assert set(secret) == {"file"} and secret["file"].startswith("./secrets/"), name
     for name, svc in compose["services"].items():
         env = service_env(svc)
         for key, value in env.items():
@@ -454,38 +471,46 @@ def _run_recipe(lines: list[str], where: Path, coordinator_copy: Path) -> None:
                    env={**os.environ, "HOME": str(where)})
 
 
+ROLE_SECRETS = ("postgres_password", "owner_password", "worker_password", "viewer_password")
+
+
 @pytest.mark.parametrize("name", sorted(RECIPE_DOCS))
 @pytest.mark.parametrize("before", ["fresh", "world-readable leftovers"])
-def test_secret_recipe_leaves_the_password_to_you_and_your_group(tmp_path, name, before):
+def test_secret_recipe_leaves_the_passwords_to_you_and_your_group(tmp_path, name, before):
     from storage.url import read_password_file
 
     found = recipes(RECIPE_DOCS[name])
     assert found, f"{name} has no secret recipe"
     coordinator_copy = tmp_path / "coordinator" / "secrets"  # what scp fetches on team machines
     coordinator_copy.mkdir(parents=True)
-    (coordinator_copy / "postgres_password").write_text("from-the-coordinator\n")
-    (coordinator_copy / "postgres_password").chmod(0o644)
+    (coordinator_copy / "worker_password").write_text("from-the-coordinator\n")
+    (coordinator_copy / "worker_password").chmod(0o644)
     for i, lines in enumerate(found):
         where = tmp_path / f"checkout{i}"
         (where / "secrets").mkdir(parents=True)
         (where / ".env").write_text("SECRETS_GID=10001\n")  # as `cp .env.example .env` leaves it
+        team_recipe = any("scp" in line for line in lines)
+        made = ("worker_password",) if team_recipe else ROLE_SECRETS
         if before == "fresh":
             (where / "secrets").rmdir()
-        else:  # what `mkdir -p -m 700` + `chmod 644` left behind: a password the database has
+        else:  # what `mkdir -p -m 700` + `chmod 644` left behind: passwords the database has
             (where / "secrets").chmod(0o755)
-            (where / "secrets" / "postgres_password").write_text("kept\n")
-            (where / "secrets" / "postgres_password").chmod(0o644)
+            for secret in made:
+                (where / "secrets" / secret).write_text(f"kept {secret}\n")
+                (where / "secrets" / secret).chmod(0o644)
         _run_recipe(lines, where, coordinator_copy.parent)
-        secret = where / "secrets" / "postgres_password"
         assert (where / "secrets").stat().st_mode & 0o777 == 0o700, f"{name}: {lines}"
-        assert secret.stat().st_mode & 0o777 == 0o640, f"{name}: {lines}"
-        password = read_password_file(secret, "secret")  # the reader the containers use accepts it
-        if any("scp" in line for line in lines):
-            assert password == "from-the-coordinator", name
-        elif before != "fresh":
-            assert password == "kept", f"{name}: the recipe replaced the password the database has"
-        else:
-            assert re.fullmatch(r"[0-9a-f]{48}", password), name
+        assert sorted(p.name for p in (where / "secrets").iterdir()) == sorted(made), name
+        for secret in made:
+            path = where / "secrets" / secret
+            assert path.stat().st_mode & 0o777 == 0o640, f"{name}: {lines}"
+            password = read_password_file(path, secret)  # the reader the containers use accepts it
+            if team_recipe:
+                assert password == "from-the-coordinator", name
+            elif before != "fresh":
+                assert password == f"kept {secret}", f"{name}: the recipe replaced a password the database has"
+            else:
+                assert re.fullmatch(r"[0-9a-f]{48}", password), name
         gids = re.findall(r"^SECRETS_GID=(\d+)$", (where / ".env").read_text(), flags=re.M)
         assert gids[-1] == str(os.getgid()), f"{name}: the containers do not join the files' group"
 
@@ -493,7 +518,7 @@ def test_secret_recipe_leaves_the_password_to_you_and_your_group(tmp_path, name,
 def test_secret_files_are_read_through_the_hosts_group():
     for compose in (coordinator(), team()):
         for name, svc in compose["services"].items():
-            if "postgres_password" in svc.get("secrets", []) and name != "postgres":
+            if svc.get("secrets") and name != "postgres":
                 assert svc.get("group_add") == ["10001"], name
         assert coordinator({"SECRETS_GID": "1000"})["services"]["init"]["group_add"] == ["1000"]
 
@@ -705,13 +730,13 @@ def test_dockerfile_needs_no_frontend_image_from_docker_hub():
 
 def test_the_image_is_built_once_and_every_other_service_reuses_its_tag():
     main = coordinator()
-    assert set(builders(main)) == {"init"}, "one builder: the service every other tuner service waits for"
-    image = main["services"]["init"]["image"]
+    assert set(builders(main)) == {"roles"}, "one builder: the service every other tuner service waits for"
+    image = main["services"]["roles"]["image"]
     for name, svc in main["services"].items():
         if name != "postgres":
             assert svc["image"] == image, name
     for profiles, named in (({"gpus4"}, set()), ({"cpu"}, set()), (set(), {"postgres", "dashboard", "worker-cpu"})):
-        assert "init" in active(main, profiles, named), (profiles, named)
+        assert "roles" in active(main, profiles, named), (profiles, named)
     other = team()
     for profiles, named in (({"gpus1"}, set()), ({"gpus8"}, set()), (set(), {"worker-cpu"})):
         started = active(other, profiles, named)
@@ -790,7 +815,7 @@ E2E_TRIALS = 4
 E2E_SETUP = (
     "cp .env.example .env",
     "mkdir -p secrets && chmod 700 secrets",
-    "[ -s secrets/postgres_password ] || openssl rand -hex 24 > secrets/postgres_password",
+    "for f in postgres owner worker viewer; do [ -s secrets/${f}_password ] || openssl rand -hex 24 > secrets/${f}_password; done",
     'chmod 640 secrets/*_password && echo "SECRETS_GID=$(id -g)" >> .env',
 )
 E2E_COORDINATOR = (
@@ -928,6 +953,7 @@ def _wait(predicate, timeout: float, what: str, log: list[str]):
 def test_the_whole_deployment_for_real(docker_ready, tmp_path):
     import json
     import secrets as secrets_module
+    import urllib.error
     import urllib.request
 
     import optuna
@@ -966,7 +992,7 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
         secret.chmod(0o644)
         refused = coord.sh(E2E_COORDINATOR[1], timeout=600, check=False)
         assert refused.returncode != 0, log[-1]
-        init_log = coord.sh("docker compose logs init").stdout
+        init_log = coord.sh("docker compose logs roles").stdout
         assert "readable or writable by other users" in init_log, init_log[-2000:]
         assert not re.search(r"worker-cpu-\d+\s.*\bUp\b", coord.sh("docker compose ps -a").stdout)
         secret.chmod(0o640)
@@ -977,7 +1003,7 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
         assert re.search(r"-init-1\s.*Exited \(0\)", ps), ps
 
         password = (coord.root / "secrets" / "postgres_password").read_text().strip()
-        url = f"postgresql://tuner:{password}@127.0.0.1:{pg_port}/optuna"
+        url = f"postgresql://postgres:{password}@127.0.0.1:{pg_port}/optuna"  # the test's own look
         rdb = optuna.storages.RDBStorage(url, skip_table_creation=True, skip_compatibility_check=True)
 
         def trials():
@@ -988,6 +1014,12 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
             return next((t for t in trials() if t.state == TrialState.RUNNING and t.intermediate_values), None)
 
         victim = _wait(running_with_an_epoch, 600, "a trial in its first epochs", log)
+        import sqlalchemy
+
+        with rdb.engine.connect() as conn:  # workers run as the worker role, nothing as a superuser
+            users = set(conn.execute(sqlalchemy.text(
+                "SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name LIKE 'mars-tuner-worker@%'")).scalars())
+        assert users == {"tuner_worker"}, users
         container = victim.user_attrs[report.WORKER]["host"]  # the container's hostname: its short id
         subprocess.run(["docker", "kill", container], check=True, capture_output=True, timeout=60)
         log.append(f"killed container {container} running trial {victim.number}")
@@ -997,11 +1029,13 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
             team_.sh(line)
         import shutil
 
-        shutil.copy(coord.root / "secrets" / "postgres_password", team_.root / "secrets" / "postgres_password")
+        for name in os.listdir(team_.root / "secrets"):  # a team machine holds the worker's password only
+            os.remove(team_.root / "secrets" / name)
+        shutil.copy(coord.root / "secrets" / "worker_password", team_.root / "secrets" / "worker_password")
         shutil.copytree(coord.root / "data", team_.root / "data")
         team_.env(
             COMPOSE_PROJECT_NAME=f"{tag}-team", BASE_IMAGE=CI_BASE_IMAGE, TUNER_IMAGE=CI_TUNER_IMAGE,
-            TUNER_STORAGE=f"postgresql://tuner@127.0.0.1:{pg_port}/optuna", TUNER_STUDY=E2E_STUDY,
+            TUNER_STORAGE=f"postgresql://tuner_worker@127.0.0.1:{pg_port}/optuna", TUNER_STUDY=E2E_STUDY,
             DATA_FILE="synthetic.npz", **_pip_build_secrets(tmp_path),
         )
         check = team_.sh(E2E_TEAM[0], timeout=300)  # tuner db check through the published port
@@ -1036,6 +1070,20 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
         assert best["epochs"] == 3 and best["base_filters"] == 4
         with urllib.request.urlopen(f"http://127.0.0.1:{dash_port}/api/studies", timeout=30) as response:
             studies = json.loads(response.read())
+        # --- least privilege: each service as its role; the dashboard reads only ----------------
+        with rdb.engine.connect() as conn:
+            users = dict(conn.execute(sqlalchemy.text(
+                "SELECT split_part(application_name, '@', 1), string_agg(DISTINCT usename, ',') "
+                "FROM pg_stat_activity WHERE application_name LIKE 'mars-tuner-%' GROUP BY 1")).all())
+        assert users.get("mars-tuner-dashboard") == "tuner_viewer", users
+        refused = urllib.request.Request(f"http://127.0.0.1:{dash_port}/api/studies/1", method="DELETE")
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(refused, timeout=30)
+        assert denied.value.code == 403 and b"read-only" in denied.value.read()
+        with rdb.engine.connect() as conn:
+            owners = set(conn.execute(sqlalchemy.text(
+                "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")).scalars())
+        assert owners == {"tuner_owner"}, owners
         names = [s.get("study_name") for s in studies.get("study_summaries", studies.get("studies", []))]
         assert E2E_STUDY in names, studies
         rdb.engine.dispose()

@@ -8,14 +8,17 @@ and survives a database restart.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 import socket
 from typing import Any
 
 import optuna
+from sqlalchemy.engine import make_url
 
 from contract.artifacts import ArtifactDirError, open_artifact_store
 import storage as storage_lib  # `serve` has a keyword argument named storage
+from storage.roles import can_write
 from tuner.study import StudyError, unknown_study
 
 
@@ -43,8 +46,6 @@ def serve(
         DashboardError: the port cannot be bound; the artifact directory is unusable.
         StorageError: unreachable database.
     """
-    import optuna_dashboard
-
     url_given, study_name = _split_target(target, storage)
     url = storage_lib.resolve_url(url_given)
     artifact_store = _artifact_store(artifact_dir)
@@ -58,8 +59,11 @@ def serve(
     shown_host = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
     print(f"optuna-dashboard on {storage_lib.mask_url(url)}", flush=True)
     print(f"open http://{_url_host(shown_host)}:{port}{path}  (Ctrl-C to stop)", flush=True)
+    app = dashboard_app(rdb, url, artifact_store)
     try:
-        optuna_dashboard.run_server(rdb, host=host, port=port, artifact_store=artifact_store)
+        import bottle
+
+        bottle.run(app, host=host, port=port)
     except OSError as exc:
         raise DashboardError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
@@ -73,16 +77,50 @@ def make_app(url: str | None, artifact_dir: Path | None = None) -> Any:
 
     ``gunicorn 'tuner.dashboard:make_app("postgresql://...")'`` serves it with several workers.
     """
-    import optuna_dashboard
-
     resolved = storage_lib.resolve_url(url)
     rdb = open_dashboard_storage(resolved)
-    return optuna_dashboard.wsgi(rdb, artifact_store=_artifact_store(artifact_dir))
+    return dashboard_app(rdb, resolved, _artifact_store(artifact_dir))
+
+
+def dashboard_app(rdb: optuna.storages.RDBStorage, url: str, artifact_store: Any) -> Any:
+    """optuna-dashboard's WSGI app; read-only (writes refused with a reason) unless the role may write."""
+    import optuna_dashboard
+
+    app = optuna_dashboard.wsgi(rdb, artifact_store=artifact_store)
+    if can_write(url):
+        return app
+    return ReadOnly(app, f"this dashboard is read-only: its database role ({make_url(url).username}) may not "
+                         "write. To change studies from the dashboard, set DASHBOARD_ROLE=worker in .env "
+                         "(docs/roles.md)")
+
+
+class ReadOnly:
+    """WSGI middleware: anything but GET/HEAD is answered 403 with ``{"reason": ...}``.
+
+    optuna-dashboard shows a failed request's ``reason`` to the user, so a viewer who clicks
+    "delete study" reads why instead of a server error (the database role refuses it anyway).
+    """
+
+    SAFE = ("GET", "HEAD", "OPTIONS")
+
+    def __init__(self, app: Any, reason: str) -> None:
+        self.app, self.reason = app, reason
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD", "GET").upper() in self.SAFE:
+            return self.app(environ, start_response)
+        body = json.dumps({"reason": self.reason}).encode()
+        start_response("403 Forbidden", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
 
 
 def open_dashboard_storage(url: str) -> optuna.storages.RDBStorage:
-    """Create the schema if missing (the dashboard fails without it), then open the storage."""
-    storage_lib.init_schema(url)
+    """Create the schema if missing (the dashboard fails without it), then open the storage.
+
+    An existing schema is left alone, so a read-only role can open it.
+    """
+    if storage_lib.current_revision(url) is None:
+        storage_lib.init_schema(url)
     return storage_lib.open_storage(url, heartbeat_interval=None, role="dashboard")
 
 
