@@ -234,3 +234,28 @@ def test_documented_role_sql_is_what_db_init_runs():
     docs = (ROOT / "docs" / "roles.md").read_text()
     for statement in (*role_statements(), *privilege_statements("optuna")):
         assert statement.replace('"optuna"', "optuna") + ";" in docs, statement
+
+
+def test_db_init_roles_needs_postgresql_and_the_three_password_files(tuner_home, tmp_path):
+    from typer.testing import CliRunner
+
+    from helpers import one_cli_error
+    from tuner.cli import app
+
+    sqlite = f"sqlite:///{tmp_path / 'x.db'}"
+    one_cli_error(CliRunner().invoke(app, ["db", "init", "--roles", "--storage", sqlite]), "needs PostgreSQL")
+    assert not (tmp_path / "x.db").exists()
+    unset = {name: None for name in PASSWORD_FILE_ENV.values()}
+    result = CliRunner().invoke(app, ["db", "init", "--roles", "--storage", "postgresql://u@127.0.0.1:1/d"], env=unset)
+    one_cli_error(result, "TUNER_OWNER_PASSWORD_FILE")
+
+
+@pytest.mark.slow
+def test_db_init_roles_as_a_role_that_may_not_create_roles_is_one_line(tls_cluster, study_db):
+    env = {"TUNER_DB_PASSWORD_FILE": str(tls_cluster.secrets / WORKER),
+           **{PASSWORD_FILE_ENV[r]: str(tls_cluster.secrets / r) for r in ROLES}}
+    result = run_cli("tuner", "db", "init", "--roles", "--storage", tls_cluster.url(WORKER, study_db), env=env)
+    line = one_error_line(result.stderr, result.returncode)
+    assert "cannot create the roles" in line and "superuser" in line, line
+    for role in ROLES:
+        assert (tls_cluster.secrets / role).read_text().strip() not in result.stdout + result.stderr
