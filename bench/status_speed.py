@@ -71,10 +71,10 @@ def build_study(url: str, n_finished: int, epochs: int, seed: int = 0) -> dict[s
 
     from contract.study_spec import StudySpec
     import storage
-    from tuner.study import create_study
+    from tuner.study import CreateOptions, create_study
 
-    create_study(STUDY, storage_url=url, data=None, fingerprint="0" * 64, space_path=None,
-                 trials=n_finished, sampler="tpe", pruner="hyperband")
+    create_study(STUDY, CreateOptions(storage_url=url, data=None, fingerprint="0" * 64, space_path=None,
+                                      trials=n_finished, sampler="tpe", pruner="hyperband"))
     rdb = storage.open_storage(url, heartbeat_interval=None, role="coordinator")
     import optuna
 

@@ -7,9 +7,11 @@ pruner from it, checks its data against the recorded fingerprint and obeys the s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import enum
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -246,6 +248,34 @@ def tpe_options(workers_hint: int) -> dict[str, Any]:
 _FIELD_TYPES: dict[str, type] = {
     "int": int, "str": str, "bool": bool, "SearchSpace": SearchSpace, "tuple[str, ...]": tuple,
 }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CreateOptions:
+    """What ``tuner create`` was asked for: the spec's settings plus where and how to create it.
+
+    ``tuner create``, ``tuner demo`` and the tests fill one of these; ``create_study`` checks it
+    and turns it into a :class:`StudySpec`. The defaults are the spec's own.
+    """
+
+    storage_url: str | None
+    data: Path | None  # the .npz whose fingerprint is recorded; or give ``fingerprint``
+    fingerprint: str | None
+    space_path: Path | None  # None: the shipped default space
+    trials: int
+    sampler: str = StudySpec.sampler
+    seed: int = StudySpec.seed
+    pruner: str | None = None  # None: the default of the objectives (:func:`default_pruner`)
+    min_epochs: int = StudySpec.min_epochs
+    heartbeat_interval: int = StudySpec.heartbeat_interval
+    grace_period: int = StudySpec.grace_period
+    max_retry: int = StudySpec.max_retry
+    overwrite: bool = False
+    exist_ok: bool = False
+    enqueue: Sequence[Path] = ()  # training configs to enqueue as first trials
+    seed_config: bool = True  # also enqueue the seed team's best configuration
+    remove_aliens: bool = True
+    objectives: str | tuple[str, ...] = StudySpec.objectives  # "miou,params" or names; mIoU first
 
 
 def default_pruner(objectives: tuple[str, ...]) -> str:

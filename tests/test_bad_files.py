@@ -20,7 +20,7 @@ from contract.synth import write_npz
 from helpers import one_error_line as _one_error_line
 from helpers import run_cli
 import storage
-from tuner.study import create_study
+from tuner.study import CreateOptions, create_study
 
 BINARY = bytes(range(128, 256))  # not UTF-8 anywhere
 
@@ -125,7 +125,7 @@ def study_url(tmp_path: Path, npz: Path) -> str:
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     space = tmp_path / "space.yaml"
     space.write_text("params:\n  epochs: {type: int, low: 1, high: 4}\n  tta: {type: bool}\n")
-    create_study("s", storage_url=url, data=npz, fingerprint=None, space_path=space, trials=3)
+    create_study("s", CreateOptions(storage_url=url, data=npz, fingerprint=None, space_path=space, trials=3))
     return url
 
 

@@ -13,7 +13,7 @@ from contract.study_spec import StudySpec
 from contract.synth import write_npz
 from helpers import run_cli
 import storage
-from tuner.study import StudyError, create_study
+from tuner.study import CreateOptions, StudyError, create_study
 
 
 def tuner(*args: str, url: str) -> subprocess.CompletedProcess[str]:
@@ -104,16 +104,16 @@ def test_bad_data_file_is_refused(pg_url, tmp_path):
 
 def test_exactly_one_data_source_required(pg_url, npz):
     with pytest.raises(StudyError, match="exactly one of --data"):
-        create_study("s", storage_url=pg_url, data=None, fingerprint=None, space_path=None, trials=1)
+        create_study("s", CreateOptions(storage_url=pg_url, data=None, fingerprint=None, space_path=None, trials=1))
     with pytest.raises(StudyError, match="exactly one of --data"):
-        create_study("s", storage_url=pg_url, data=npz, fingerprint="ab" * 32, space_path=None, trials=1)
+        create_study("s", CreateOptions(storage_url=pg_url, data=npz, fingerprint="ab" * 32, space_path=None, trials=1))
 
 
 def test_exist_ok_with_other_data_is_refused(pg_url, npz):
-    create_study("s", storage_url=pg_url, data=None, fingerprint="ab" * 32, space_path=None, trials=1)
+    create_study("s", CreateOptions(storage_url=pg_url, data=None, fingerprint="ab" * 32, space_path=None, trials=1))
     with pytest.raises(StudyError, match="different data fingerprint"):
-        create_study("s", storage_url=pg_url, data=npz, fingerprint=None, space_path=None, trials=1,
-                     exist_ok=True)
+        create_study("s", CreateOptions(storage_url=pg_url, data=npz, fingerprint=None, space_path=None, trials=1,
+                                        exist_ok=True))
 
 
 def _pruned_epochs(spec: StudySpec) -> list[int]:

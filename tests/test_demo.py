@@ -13,7 +13,7 @@ from contract.config import TrainConfig
 from helpers import BIN
 import storage
 from tuner.demo import DEMO_ATTR
-from tuner.study import create_study
+from tuner.study import CreateOptions, create_study
 
 pytestmark = pytest.mark.slow  # real worker processes train models
 
@@ -47,7 +47,7 @@ def test_demo_runs_a_local_search_and_prints_the_best_config(tmp_path):
 
 def test_demo_never_replaces_a_study_it_did_not_create(tmp_path):
     url = f"sqlite:///{tmp_path / 'team.db'}"
-    create_study("demo", storage_url=url, data=None, fingerprint="ab" * 32, space_path=None, trials=5)
+    create_study("demo", CreateOptions(storage_url=url, data=None, fingerprint="ab" * 32, space_path=None, trials=5))
     env = {**os.environ, "TUNER_HOME": str(tmp_path / "home"), "TUNER_STORAGE": url}
     result = subprocess.run(
         [str(BIN / "tuner"), "demo", "--workers", "1", "--trials", "1", "--images", "16"],

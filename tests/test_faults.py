@@ -278,41 +278,43 @@ def test_workers_survive_connections_killed_every_fraction_of_a_second(pg_cluste
 
 # -- 6: a tell whose reply was lost -----------------------------------------------------------
 
-def _session(url: str, tmp_path: Path, npz: Path):  # noqa: F811
-    from worker.runner import WorkerOptions, WorkerSession, _read_spec
+def _link(url: str, tmp_path: Path, npz: Path):  # noqa: F811
+    """What a joined worker's trials talk to the study through (worker.study_link)."""
+    from worker.joining import read_spec
+    from worker.study_link import StudyLink
 
     _create(url, tmp_path, npz, trials=2, epochs=2, heartbeat_interval="1", grace_period="5")
-    spec = _read_spec(url, "s")
-    session = WorkerSession(WorkerOptions("s", npz, url), print, url, spec)
-    session.rdb = storage.open_storage(url, heartbeat_interval=1, grace_period=5)
-    session.study = optuna.load_study(study_name="s", storage=session.rdb)
-    return session
+    spec = read_spec(url, "s")
+    rdb = storage.open_storage(url, heartbeat_interval=1, grace_period=5)
+    return StudyLink(optuna.load_study(study_name="s", storage=rdb), rdb, url, spec.grace_period, print)
 
 
 def test_tell_whose_reply_was_lost_is_not_reported_as_dropped(cluster_url, tmp_path, npz):  # noqa: F811
-    session = _session(cluster_url, tmp_path, npz)
+    link = _link(cluster_url, tmp_path, npz)
     try:
-        trial = session.study.ask()
-        lose_first_reply(session.study)
-        session._tell(trial, values=0.5)  # before: UpdateFinishedTrialError -> "dropped"
+        trial = link.study.ask()
+        lose_first_reply(link.study)
+        link.tell(trial, values=0.5)  # before: UpdateFinishedTrialError -> "dropped"
         assert [(t.state, t.value) for t in _trials(cluster_url)] == [(TrialState.COMPLETE, 0.5)]
     finally:
-        session.close()
+        link.close()
 
 
 def test_interrupted_trial_whose_fail_reply_was_lost_is_still_requeued_once(cluster_url, tmp_path, npz):  # noqa: F811
-    session = _session(cluster_url, tmp_path, npz)
+    from worker.requeue import requeue
+
+    link = _link(cluster_url, tmp_path, npz)
     try:
-        trial = session.study.ask()
+        trial = link.study.ask()
         trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True)
-        lose_first_reply(session.study)
-        session._requeue(trial, interrupted="SIGTERM")
-        session._requeue(trial, interrupted="SIGTERM")  # a second attempt adds nothing
+        lose_first_reply(link.study)
+        requeue(link, trial, interrupted="SIGTERM")
+        requeue(link, trial, interrupted="SIGTERM")  # a second attempt adds nothing
         trials = _trials(cluster_url)
         assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
         assert trials[1].user_attrs[report.RETRY_OF] == 0
     finally:
-        session.close()
+        link.close()
 
 
 # -- 7: studies replaced under running workers; concurrent creation ----------------------------
@@ -333,7 +335,7 @@ def test_overwrite_while_a_worker_runs_stops_it_with_one_line(cluster_url, tmp_p
 
 
 def test_concurrent_create_exist_ok_makes_one_study_and_never_shows_a_half_made_one(cluster_url, tmp_path, npz):  # noqa: F811
-    from tuner.study import create_study
+    from tuner.study import CreateOptions, create_study
 
     space = _space(tmp_path, 2)
     storage.init_schema(cluster_url)
@@ -354,8 +356,9 @@ def test_concurrent_create_exist_ok_makes_one_study_and_never_shows_a_half_made_
     def create(errors: list[BaseException], barrier: threading.Barrier) -> None:
         barrier.wait()
         try:
-            create_study("s", storage_url=cluster_url, data=npz, fingerprint=None, space_path=space, trials=1,
-                         exist_ok=True)
+            create_study("s", CreateOptions(storage_url=cluster_url, data=npz, fingerprint=None,
+                                            space_path=space, trials=1,
+                                            exist_ok=True))
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 

@@ -412,10 +412,10 @@ def test_bad_pool_settings_are_one_line(tuner_home, pg_url, tmp_path, npz, monke
 
 @pytest.mark.parametrize("artifact_id", ["..", ".", "../secret.keras", "a/b"])
 def test_path_like_artifact_ids_are_refused(tuner_home, tmp_path, npz, artifact_id):
-    from tuner.study import create_study
+    from tuner.study import CreateOptions, create_study
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    create_study("s", storage_url=url, data=npz, fingerprint=None, space_path=None, trials=1)
+    create_study("s", CreateOptions(storage_url=url, data=npz, fingerprint=None, space_path=None, trials=1))
     (tmp_path / "secret.keras").write_text("not yours")
     store = tmp_path / "store"
     store.mkdir()

@@ -26,7 +26,7 @@ from tuner import report as tuner_report
 from tuner.cli import app
 from tuner.export import export_best
 from tuner.status import print_status, read_status, summarize
-from tuner.study import StudyError, create_study, default_space_path
+from tuner.study import CreateOptions, StudyError, create_study, default_space_path
 
 FINGERPRINT = "cd" * 32
 #: (mIoU, params) of the filled study's trials, by number. Front: 2 (cheapest), 1, 0; 3 and 4
@@ -104,8 +104,9 @@ def test_spec_objectives_default_round_trip_and_old_specs():
 
 def test_nsga2_and_tpe_run_a_two_objective_study_in_process(pg_url):
     for sampler in ("nsga2", "tpe"):
-        create_study(sampler, storage_url=pg_url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=6,
-                     objectives="miou,params", sampler=sampler, seed_config=False)
+        create_study(sampler, CreateOptions(storage_url=pg_url, data=None, fingerprint=FINGERPRINT,
+                                            space_path=None, trials=6,
+                                            objectives="miou,params", sampler=sampler, seed_config=False))
         rdb = storage.open_storage(pg_url, heartbeat_interval=None)
         spec = StudySpec.of(optuna.load_study(study_name=sampler, storage=rdb))
         study = optuna.load_study(study_name=sampler, storage=rdb, sampler=spec.make_sampler("w1"),
@@ -196,8 +197,8 @@ def test_demo_refuses_bad_objectives_and_picks_before_writing(tmp_path, monkeypa
 
 def _filled(url: str, values=VALUES, objectives: str = "miou,params") -> optuna.Study:
     """A study with COMPLETE trials of known values (and the config a worker records)."""
-    create_study("s", storage_url=url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=10,
-                 objectives=objectives, seed_config=False)
+    create_study("s", CreateOptions(storage_url=url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=10,
+                                    objectives=objectives, seed_config=False))
     rdb = storage.open_storage(url, heartbeat_interval=None)
     study = optuna.load_study(study_name="s", storage=rdb, sampler=optuna.samplers.RandomSampler(seed=0))
     spec = StudySpec.of(study)
@@ -269,8 +270,8 @@ def test_export_writes_the_picked_trials_config(pg_url, tmp_path):
 
 
 def test_one_objective_takes_only_the_default_pick(pg_url, tmp_path):
-    create_study("s", storage_url=pg_url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=3,
-                 seed_config=False)
+    create_study("s", CreateOptions(storage_url=pg_url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=3,
+                                    seed_config=False))
     study = _load(pg_url)
     trial = study.ask()
     attrs.record_start(trial, StudySpec.of(study).space.sample(trial), {}, {})
@@ -309,26 +310,25 @@ def test_report_draws_the_front_and_uses_the_pick(pg_url, tmp_path):
 
 def test_a_two_value_tell_whose_reply_was_lost_is_not_dropped(pg_url, tmp_path):
     """A retried tell finds the trial COMPLETE with both values: it had worked."""
-    from worker.runner import WorkerOptions, WorkerSession
+    from worker.study_link import StudyLink
 
-    create_study("s", storage_url=pg_url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=2,
-                 objectives="miou,params", seed_config=False)
+    create_study("s", CreateOptions(storage_url=pg_url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=2,
+                                    objectives="miou,params", seed_config=False))
     rdb = storage.open_storage(pg_url, heartbeat_interval=None)
     study = optuna.load_study(study_name="s", storage=rdb)
-    session = WorkerSession(WorkerOptions("s", tmp_path / "x.npz", pg_url), print, pg_url, StudySpec.of(study))
-    session.rdb, session.study = rdb, study
+    link = StudyLink(study, rdb, pg_url, StudySpec.of(study).grace_period, print)
     real = study.tell
     try:
         trial = study.ask()
         lost = lose_first_reply(study)
-        session._tell(trial, values=[0.5, 1234.0])
+        link.tell(trial, values=[0.5, 1234.0])
         assert lost and [(t.state, t.values) for t in _load(pg_url).get_trials()] == [(TrialState.COMPLETE, [0.5, 1234.0])]
         other = study.ask()
         real(other, [0.4, 10.0])
         with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # finished with other values
-            session._tell(other, values=[0.5, 1234.0])
+            link.tell(other, values=[0.5, 1234.0])
     finally:
-        session.close()
+        link.close()
 
 
 # -- a real worker ----------------------------------------------------------------------------------

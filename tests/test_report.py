@@ -34,7 +34,7 @@ from contract.study_spec import StudySpec
 import storage
 from tuner import export
 from tuner import report as tuner_report
-from tuner.study import StudyError, create_study
+from tuner.study import CreateOptions, StudyError, create_study
 from worker.training import preview
 
 BIN = Path(sys.executable).parent
@@ -76,7 +76,8 @@ def _parse(text: str) -> _Page:
 
 
 def _study(url: str, name: str = "mars", trials: int = 13) -> tuple[optuna.Study, StudySpec, RDBStorage]:
-    create_study(name, storage_url=url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=trials)
+    create_study(name, CreateOptions(storage_url=url, data=None, fingerprint=FINGERPRINT,
+                                     space_path=None, trials=trials))
     rdb = storage.open_storage(url, heartbeat_interval=None)
     study = optuna.load_study(study_name=name, storage=rdb, sampler=optuna.samplers.RandomSampler(seed=0))
     return study, StudySpec.of(study), rdb

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from worker.runner import Interrupted, SignalGuard
+from worker.signals import Interrupted, SignalGuard
 
 
 def test_signal_outside_training_only_requests_stop():

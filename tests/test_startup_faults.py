@@ -23,9 +23,11 @@ import yaml
 
 from conftest import PG_ADMIN_DSN
 from contract.synth import write_npz
-from tuner.study import create_study
-from worker import runner
-from worker.runner import SignalGuard, WorkerOptions, WorkerSession
+from tuner.study import CreateOptions, create_study
+from worker import joining
+from worker.joining import WorkerOptions, join
+from worker.runner import WorkerSession
+from worker.signals import SignalGuard
 
 PHASES = ("spec", "join", "ask")
 #: Statements killed per phase, spread from its first to its last (each kill costs a retry's wait).
@@ -86,7 +88,7 @@ class Killer:
 @pytest.fixture
 def killer(monkeypatch) -> Iterator[Killer]:
     kill = Killer()
-    read_spec, join, next_trial = runner._read_spec, WorkerSession._join, WorkerSession.next_trial
+    read_spec, open_study, next_trial = joining.read_spec, joining.open_study, WorkerSession.next_trial
 
     def phased(phase, call):
         def wrapper(*args, **kwargs):
@@ -94,8 +96,8 @@ def killer(monkeypatch) -> Iterator[Killer]:
                 return call(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(runner, "_read_spec", phased("spec", read_spec))
-    monkeypatch.setattr(WorkerSession, "_join", phased("join", join))
+    monkeypatch.setattr(joining, "read_spec", phased("spec", read_spec))
+    monkeypatch.setattr(joining, "open_study", phased("join", open_study))
     monkeypatch.setattr(WorkerSession, "next_trial", phased("ask", next_trial))
     sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", kill)
     try:
@@ -106,8 +108,8 @@ def killer(monkeypatch) -> Iterator[Killer]:
 
 def _start(url: str, study: str, npz, wait_for_db_s: float = 0.0) -> optuna.trial.FrozenTrial:
     """What `worker run` does up to its first trial; returns that trial."""
-    session = WorkerSession.open(WorkerOptions(study_name=study, data_path=npz, storage_url=url,
-                                               verbose=False, wait_for_db_s=wait_for_db_s))
+    session = WorkerSession(join(WorkerOptions(study_name=study, data_path=npz, storage_url=url,
+                                               verbose=False, wait_for_db_s=wait_for_db_s)))
     try:
         with SignalGuard() as guard:
             trial = session.next_trial(guard)
@@ -125,8 +127,8 @@ def _spread(total: int, k: int) -> list[int]:
 
 
 def _statements_per_phase(url: str, npz, space, killer: Killer) -> dict[str, int]:
-    create_study("probe", storage_url=url, data=npz, fingerprint=None, space_path=space, trials=2,
-                 heartbeat_interval=1, grace_period=30, seed_config=False)
+    create_study("probe", CreateOptions(storage_url=url, data=npz, fingerprint=None, space_path=space, trials=2,
+                                        heartbeat_interval=1, grace_period=30, seed_config=False))
     _start(url, "probe", npz)
     counts = dict(killer.seen)
     assert set(counts) == set(PHASES), counts
@@ -141,8 +143,8 @@ def test_a_connection_killed_at_any_statement_of_start_up_does_not_crash_the_wor
     targets = [(phase, n) for phase in PHASES for n in _spread(counts[phase], KILLS_PER_PHASE)]
     for i, target in enumerate(targets):
         name = f"s{i}"
-        create_study(name, storage_url=pg_url, data=npz, fingerprint=None, space_path=space, trials=2,
-                     heartbeat_interval=1, grace_period=30, seed_config=False)
+        create_study(name, CreateOptions(storage_url=pg_url, data=npz, fingerprint=None, space_path=space, trials=2,
+                                         heartbeat_interval=1, grace_period=30, seed_config=False))
         killer.seen, killer.target, before = {}, target, len(killer.killed)
         try:
             trial = _start(pg_url, name, npz)  # --wait-for-db 0, the CLI's default

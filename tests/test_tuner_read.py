@@ -32,7 +32,7 @@ from contract.study_spec import StudySpec
 from helpers import BIN
 import storage
 from tuner import dashboard, export, status
-from tuner.study import StudyError, create_study
+from tuner.study import CreateOptions, StudyError, create_study
 
 TUNER = BIN / "tuner"
 FINGERPRINT = "ab" * 32
@@ -55,7 +55,8 @@ class Builder:
     """Adds trials to a study the way a worker would, remembering what it wrote."""
 
     def __init__(self, url: str, name: str, trials: int = 5) -> None:
-        create_study(name, storage_url=url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=trials)
+        create_study(name, CreateOptions(storage_url=url, data=None, fingerprint=FINGERPRINT,
+                                         space_path=None, trials=trials))
         self.rdb = storage.open_storage(url, heartbeat_interval=None)
         self.study = optuna.load_study(
             study_name=name, storage=self.rdb, sampler=optuna.samplers.RandomSampler(seed=0)

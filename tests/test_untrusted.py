@@ -186,10 +186,11 @@ def test_export_picks_the_best_finite_trial_as_status_does(tuner_home, tmp_path,
     import optuna
 
     from contract.config import TrainConfig
-    from tuner.study import create_study
+    from tuner.study import CreateOptions, create_study
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    create_study("s", storage_url=url, data=npz, fingerprint=None, space_path=None, trials=3, seed_config=False)
+    create_study("s", CreateOptions(storage_url=url, data=npz, fingerprint=None, space_path=None, trials=3,
+                                    seed_config=False))
     study = optuna.load_study(study_name="s", storage=url)
     for value in (0.5, float("inf")):  # inf: a hand edit, or plain Optuna's tell
         study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"config": TrainConfig().to_dict()}))
@@ -214,10 +215,11 @@ def test_hand_edited_trial_attributes_are_gaps_not_tracebacks(tuner_home, tmp_pa
     from optuna.trial import TrialState
 
     from contract.config import TrainConfig
-    from tuner.study import create_study
+    from tuner.study import CreateOptions, create_study
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    create_study("s", storage_url=url, data=npz, fingerprint=None, space_path=None, trials=3, seed_config=False)
+    create_study("s", CreateOptions(storage_url=url, data=npz, fingerprint=None, space_path=None, trials=3,
+                                    seed_config=False))
     study = optuna.load_study(study_name="s", storage=url)
     edited = {"config": TrainConfig().to_dict(), "phase": "training", **HAND_EDITS[case]}
     study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs=edited))
@@ -275,10 +277,11 @@ def _artifact_study(tmp_path: Path, npz: Path, attrs: dict) -> str:
     import optuna
 
     from contract.config import TrainConfig
-    from tuner.study import create_study
+    from tuner.study import CreateOptions, create_study
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    create_study("s", storage_url=url, data=npz, fingerprint=None, space_path=None, trials=1, seed_config=False)
+    create_study("s", CreateOptions(storage_url=url, data=npz, fingerprint=None, space_path=None, trials=1,
+                                    seed_config=False))
     study = optuna.load_study(study_name="s", storage=url)
     study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"config": TrainConfig().to_dict(), **attrs}))
     return url
@@ -579,11 +582,11 @@ def test_report_figures_show_every_trial_with_whole_number_ticks():
 
 def test_report_header_counts_epochs_in_english(tmp_path):
     from tuner import report as tuner_report
-    from tuner.study import create_study
+    from tuner.study import CreateOptions, create_study
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    create_study("s", storage_url=url, data=None, fingerprint="ab" * 32, space_path=None, trials=3,
-                 seed_config=False)  # the default minimum: 1 epoch before a trial can be pruned
+    create_study("s", CreateOptions(storage_url=url, data=None, fingerprint="ab" * 32, space_path=None, trials=3,
+                                    seed_config=False))  # the default minimum: 1 epoch before a trial can be pruned
     out = tmp_path / "r.html"
     tuner_report.write_report("s", storage_url=url, output=out)
     assert "hyperband (min 1 epoch)" in out.read_text()

@@ -16,7 +16,7 @@ import yaml
 from contract.study_spec import StudySpec
 from contract.synth import write_npz
 import storage
-from tuner.study import create_study, demo_space_path
+from tuner.study import CreateOptions, create_study, demo_space_path
 from tuner.warm_start import WarmStartError, fit_params, read_config, seed_config_path
 from worker.budget import ask_within_budget
 
@@ -112,26 +112,26 @@ def test_config_that_does_not_fit_is_one_line_and_writes_nothing(pg_url, npz, tm
 def test_more_configs_than_budget_refused(pg_url, npz, tmp_path):
     extra = _write(tmp_path / "known.yaml", {"learning_rate": 3e-4})
     with pytest.raises(Exception, match="exceed the budget of 1 trials"):
-        create_study("s", storage_url=pg_url, data=npz, fingerprint=None, space_path=None, trials=1,
-                     enqueue=[extra])
+        create_study("s", CreateOptions(storage_url=pg_url, data=npz, fingerprint=None, space_path=None, trials=1,
+                                        enqueue=[extra]))
 
 
 def test_default_seed_config_skipped_when_the_space_cannot_hold_it(pg_url, npz):
-    summary = create_study("s", storage_url=pg_url, data=npz, fingerprint=None,
-                           space_path=demo_space_path(), trials=3)
+    summary = create_study("s", CreateOptions(storage_url=pg_url, data=npz, fingerprint=None,
+                                              space_path=demo_space_path(), trials=3))
     assert "seed configuration not enqueued (base_filters=32 is outside" in summary
     assert len(_load(pg_url)[0].trials) == 0
     with pytest.raises(WarmStartError, match="--enqueue .*seed_config.yaml: base_filters=32"):
-        create_study("t", storage_url=pg_url, data=npz, fingerprint=None,
-                     space_path=demo_space_path(), trials=3, enqueue=[seed_config_path()])
+        create_study("t", CreateOptions(storage_url=pg_url, data=npz, fingerprint=None,
+                                        space_path=demo_space_path(), trials=3, enqueue=[seed_config_path()]))
 
 
 def test_keep_aliens_recorded_in_spec(pg_url, tmp_path):
     path = tmp_path / "aliens.npz"
     write_npz(path, 60, seed=2)  # default: 6 aliens
-    create_study("a", storage_url=pg_url, data=path, fingerprint=None, space_path=None, trials=2)
-    create_study("k", storage_url=pg_url, data=path, fingerprint=None, space_path=None, trials=2,
-                 remove_aliens=False)
+    create_study("a", CreateOptions(storage_url=pg_url, data=path, fingerprint=None, space_path=None, trials=2))
+    create_study("k", CreateOptions(storage_url=pg_url, data=path, fingerprint=None, space_path=None, trials=2,
+                                    remove_aliens=False))
     removed, kept = StudySpec.of(_load(pg_url, "a")[0]), StudySpec.of(_load(pg_url, "k")[0])
     assert removed.remove_aliens and not kept.remove_aliens
     assert removed.data_fingerprint != kept.data_fingerprint

@@ -15,7 +15,7 @@ from contract.config import ConfigFormat
 from contract.options import ArtifactDirOpt, CliGroup, StorageOpt
 from contract.options import fail as _fail
 from contract.pareto import Pick
-from contract.study_spec import Pruner, Sampler, StudySpec
+from contract.study_spec import CreateOptions, Pruner, Sampler, StudySpec
 
 app = typer.Typer(
     name="tuner",
@@ -197,27 +197,13 @@ def create(
     """Create a study from a search-space file (schema is created if missing)."""
     from tuner.study import create_study
 
-    summary = create_study(
-        name,
-        storage_url=storage,
-        data=data,
-        fingerprint=fingerprint,
-        space_path=space,
-        trials=trials,
-        sampler=sampler.value,
-        seed=seed,
-        pruner=pruner.value if pruner is not None else None,
-        min_epochs=min_epochs,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        max_retry=max_retry,
-        overwrite=overwrite,
-        exist_ok=exist_ok,
-        enqueue=enqueue,
-        seed_config=seed_config,
-        remove_aliens=not keep_aliens,
-        objectives=objectives,
-    )
+    summary = create_study(name, CreateOptions(
+        storage_url=storage, data=data, fingerprint=fingerprint, space_path=space, trials=trials,
+        sampler=sampler.value, seed=seed, pruner=pruner.value if pruner is not None else None,
+        min_epochs=min_epochs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+        max_retry=max_retry, overwrite=overwrite, exist_ok=exist_ok, enqueue=tuple(enqueue or ()),
+        seed_config=seed_config, remove_aliens=not keep_aliens, objectives=objectives,
+    ))
     typer.echo(summary)
 
 

@@ -18,7 +18,7 @@ import threading
 import optuna
 
 from contract.pareto import Pick
-from contract.study_spec import StudySpec, parse_objectives
+from contract.study_spec import CreateOptions, StudySpec, parse_objectives
 import storage
 from storage.url import default_home, without_file_password
 from tuner.study import (
@@ -63,12 +63,13 @@ def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url:
     if not data.exists():
         print(f"generating {images} synthetic Mars images -> {data}", flush=True)
         write_npz(data, images, seed=DEMO_SEED)
-    print(create_study(
-        study, storage_url=url, data=data, fingerprint=None, space_path=demo_space_path(),
-        trials=trials, seed=DEMO_SEED, pruner="hyperband" if len(goal) == 1 else None, heartbeat_interval=5,
-        grace_period=30, max_retry=1, overwrite=True, objectives=goal,
+    options = CreateOptions(
+        storage_url=url, data=data, fingerprint=None, space_path=demo_space_path(), trials=trials, seed=DEMO_SEED,
+        pruner="hyperband" if len(goal) == 1 else None, heartbeat_interval=5, grace_period=30, max_retry=1,
+        overwrite=True, objectives=goal,
         seed_config=False,  # the seed team's configuration does not fit the demo's tiny space
-    ), flush=True)
+    )
+    print(create_study(study, options), flush=True)
     created, _, _ = load(study, url)
     created.set_user_attr(DEMO_ATTR, True)
 

@@ -21,6 +21,7 @@ from contract.errors import TunerError
 from contract.space import SearchSpace, SpaceError
 from contract.study_spec import (
     SPEC_ATTR,
+    CreateOptions,
     SpecError,
     StudySpec,
     default_pruner,
@@ -49,82 +50,17 @@ def demo_space_path() -> Path:
     return Path(str(resources.files("tuner") / "demo_space.yaml"))
 
 
-def create_study(
-    name: str,
-    *,
-    storage_url: str | None,
-    data: Path | None,
-    fingerprint: str | None,
-    space_path: Path | None,
-    trials: int,
-    sampler: str = StudySpec.sampler,
-    seed: int = StudySpec.seed,
-    pruner: str | None = None,
-    min_epochs: int = StudySpec.min_epochs,
-    heartbeat_interval: int = StudySpec.heartbeat_interval,
-    grace_period: int = StudySpec.grace_period,
-    max_retry: int = StudySpec.max_retry,
-    overwrite: bool = False,
-    exist_ok: bool = False,
-    enqueue: list[Path] | None = None,
-    seed_config: bool = True,
-    remove_aliens: bool = True,
-    objectives: str | tuple[str, ...] = StudySpec.objectives,
-) -> str:
+def create_study(name: str, options: CreateOptions) -> str:
     """Create the study and return a one-paragraph summary for the user.
 
-    Args:
-        pruner: ``None`` for the default of the objectives (:func:`default_pruner`).
-        objectives: ``"miou,params"`` or a tuple of names; mIoU first, at most one cost.
+    Everything is checked before the database is touched (:func:`_plan`).
+
+    Raises:
+        StudyError: bad options or inputs, or the study exists (and neither ``overwrite`` nor
+            ``exist_ok`` says what to do).
     """
-    from contract.data import DataError, check_trainable, load_npz
-    from tuner import warm_start
-
-    if overwrite and exist_ok:
-        raise StudyError("--overwrite and --exist-ok contradict each other; pick one")
-    check_study_name(name)
-    try:
-        objectives = parse_objectives(objectives) if isinstance(objectives, str) else tuple(objectives)
-    except SpecError as exc:
-        raise StudyError(str(exc)) from None
-    if pruner is None:
-        pruner = default_pruner(objectives)
-    if (data is None) == (fingerprint is None):
-        raise StudyError("give exactly one of --data FILE.npz or --fingerprint HEX")
-    if fingerprint is not None and not _FINGERPRINT.fullmatch(fingerprint):
-        raise StudyError(
-            f"--fingerprint {fingerprint!r} is not a data fingerprint: give the 64 lowercase hex "
-            "digits `worker inspect-data FILE.npz` prints"
-        )
-    try:
-        space = SearchSpace.load(space_path or default_space_path())
-    except SpaceError as exc:
-        raise StudyError(str(exc)) from None
-    if data is not None:
-        try:
-            loaded = load_npz(data, load_test=False, remove_aliens=remove_aliens)
-        except DataError as exc:
-            raise StudyError(str(exc)) from None
-        try:
-            check_trainable(loaded.masks)  # else every trial would fail
-        except DataError as exc:
-            raise StudyError(f"--data {data}: {exc}") from None
-        fingerprint = loaded.fingerprint
-        del loaded
-    assert fingerprint is not None
-    try:
-        spec = StudySpec(
-            space=space, data_fingerprint=fingerprint, n_trials=trials, sampler=sampler, seed=seed,
-            pruner=pruner, min_epochs=min_epochs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-            max_retry=max_retry, remove_aliens=remove_aliens, objectives=objectives,
-        )
-    except SpecError as exc:
-        raise StudyError(str(exc)) from None
-    queued, queue_note = warm_start.plan(space, list(enqueue or []), seed_config=seed_config)
-    if len(queued) > trials:
-        raise StudyError(f"{len(queued)} configurations to enqueue exceed the budget of {trials} trials")
-
-    url = storage.resolve_url(storage_url)
+    spec, queued, queue_note = _plan(name, options)
+    url = storage.resolve_url(options.storage_url)
     storage.init_schema(url)
     rdb = storage.open_storage(url, heartbeat_interval=None, role="coordinator")
     try:
@@ -133,20 +69,10 @@ def create_study(
         with named_lock(url, f"mars-tuner:create:{name}"):
             existing = {s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)}
             if name in existing:
-                if exist_ok:
-                    spec_existing = load_spec(optuna.load_study(study_name=name, storage=rdb))
-                    if spec_existing.data_fingerprint != spec.data_fingerprint:
-                        raise StudyError(
-                            f"study {name!r} exists with a different data fingerprint "
-                            f"({spec_existing.data_fingerprint[:12]} vs {spec.data_fingerprint[:12]})"
-                        )
-                    if spec_existing.objectives != spec.objectives:
-                        raise StudyError(
-                            f"study {name!r} exists with objectives {','.join(spec_existing.objectives)}, "
-                            f"not {','.join(spec.objectives)}"
-                        )
+                if options.exist_ok:
+                    _check_same(name, spec, load_spec(optuna.load_study(study_name=name, storage=rdb)))
                     return f"study {name!r} already exists in {storage.mask_url(url)}; kept as is"
-                if not overwrite:
+                if not options.overwrite:
                     raise StudyError(
                         f"study {name!r} already exists in {storage.mask_url(url)}; "
                         "use --overwrite to replace it or --exist-ok to keep it"
@@ -157,11 +83,89 @@ def create_study(
     goal = ("" if not spec.multi_objective else
             f"objectives {', '.join(f'{o} ({d[:3]})' for o, d in zip(spec.objectives, spec.directions))}, ")
     return (
-        f"created study {name!r} in {storage.mask_url(url)}: {goal}{trials} trials, "
-        f"{len(space.params)} searched parameters, sampler {sampler} (seed {seed}), pruner {pruner} "
-        f"(max {space.max_epochs} epochs), data {fingerprint[:12]}"
+        f"created study {name!r} in {storage.mask_url(url)}: {goal}{spec.n_trials} trials, "
+        f"{len(spec.space.params)} searched parameters, sampler {spec.sampler} (seed {spec.seed}), "
+        f"pruner {spec.pruner} (max {spec.space.max_epochs} epochs), data {spec.data_fingerprint[:12]}"
         + (f"; {queue_note}" if queue_note else "")
     )
+
+
+def _plan(name: str, options: CreateOptions) -> tuple[StudySpec, list[dict], str]:
+    """Check the options and inputs: the spec, the configurations to enqueue and a note on them."""
+    from tuner import warm_start
+
+    if options.overwrite and options.exist_ok:
+        raise StudyError("--overwrite and --exist-ok contradict each other; pick one")
+    check_study_name(name)
+    objectives = options.objectives
+    try:
+        objectives = parse_objectives(objectives) if isinstance(objectives, str) else tuple(objectives)
+    except SpecError as exc:
+        raise StudyError(str(exc)) from None
+    pruner = default_pruner(objectives) if options.pruner is None else options.pruner
+    _check_data_options(options)
+    try:
+        space = SearchSpace.load(options.space_path or default_space_path())
+    except SpaceError as exc:
+        raise StudyError(str(exc)) from None
+    if options.fingerprint is not None:
+        fingerprint = options.fingerprint
+    else:
+        assert options.data is not None
+        fingerprint = _data_fingerprint(options.data, options.remove_aliens)
+    try:
+        spec = StudySpec(
+            space=space, data_fingerprint=fingerprint, n_trials=options.trials, sampler=options.sampler,
+            seed=options.seed, pruner=pruner, min_epochs=options.min_epochs,
+            heartbeat_interval=options.heartbeat_interval, grace_period=options.grace_period,
+            max_retry=options.max_retry, remove_aliens=options.remove_aliens, objectives=objectives,
+        )
+    except SpecError as exc:
+        raise StudyError(str(exc)) from None
+    queued, queue_note = warm_start.plan(space, list(options.enqueue), seed_config=options.seed_config)
+    if len(queued) > options.trials:
+        raise StudyError(f"{len(queued)} configurations to enqueue exceed the budget of {options.trials} trials")
+    return spec, queued, queue_note
+
+
+def _check_data_options(options: CreateOptions) -> None:
+    """Exactly one of ``--data`` and ``--fingerprint``; a fingerprint must look like one."""
+    if (options.data is None) == (options.fingerprint is None):
+        raise StudyError("give exactly one of --data FILE.npz or --fingerprint HEX")
+    if options.fingerprint is not None and not _FINGERPRINT.fullmatch(options.fingerprint):
+        raise StudyError(
+            f"--fingerprint {options.fingerprint!r} is not a data fingerprint: give the 64 lowercase hex "
+            "digits `worker inspect-data FILE.npz` prints"
+        )
+
+
+def _data_fingerprint(data: Path, remove_aliens: bool) -> str:
+    """The fingerprint of ``--data``, which must hold something to train on."""
+    from contract.data import DataError, check_trainable, load_npz
+
+    try:
+        loaded = load_npz(data, load_test=False, remove_aliens=remove_aliens)
+    except DataError as exc:
+        raise StudyError(str(exc)) from None
+    try:
+        check_trainable(loaded.masks)  # else every trial would fail
+    except DataError as exc:
+        raise StudyError(f"--data {data}: {exc}") from None
+    return loaded.fingerprint
+
+
+def _check_same(name: str, spec: StudySpec, existing: StudySpec) -> None:
+    """``--exist-ok`` keeps a study only if it was made for the same data and objectives."""
+    if existing.data_fingerprint != spec.data_fingerprint:
+        raise StudyError(
+            f"study {name!r} exists with a different data fingerprint "
+            f"({existing.data_fingerprint[:12]} vs {spec.data_fingerprint[:12]})"
+        )
+    if existing.objectives != spec.objectives:
+        raise StudyError(
+            f"study {name!r} exists with objectives {','.join(existing.objectives)}, "
+            f"not {','.join(spec.objectives)}"
+        )
 
 
 def _create_complete(
