@@ -24,7 +24,7 @@ from helpers import one_cli_error
 import storage
 from tuner.cli import app
 from tuner.confirm import confirm
-from tuner.study import create_study
+from tuner.study import CreateOptions, create_study
 from worker.budget import ask_within_budget
 
 FINGERPRINT = "cd" * 32
@@ -44,8 +44,8 @@ class Study:
 
     def __init__(self, url: str, trials: int, name: str = "c", **options) -> None:
         self.url, self.name = url, name
-        create_study(name, storage_url=url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=trials,
-                     seed_config=False, **options)
+        create_study(name, CreateOptions(storage_url=url, data=None, fingerprint=FINGERPRINT, space_path=None,
+                                         trials=trials, seed_config=False, **options))
         self.rdb = storage.open_storage(url)
         self.study = optuna.load_study(study_name=name, storage=self.rdb)
         self.spec = StudySpec.of(self.study)
@@ -275,8 +275,8 @@ def test_pick_confirmed_parses():
 def test_bad_input_is_one_error_line(pg_url, monkeypatch):
     monkeypatch.setenv("TUNER_STORAGE", pg_url)
     runner = CliRunner()
-    create_study("e", storage_url=pg_url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=3,
-                 seed_config=False)
+    create_study("e", CreateOptions(storage_url=pg_url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=3,
+                                    seed_config=False))
     one_cli_error(runner.invoke(app, ["confirm", "nope"]), "no study 'nope'")
     one_cli_error(runner.invoke(app, ["confirm", "e", "--top", "2"]), "no complete search trial")
     for option in ("--top", "--seeds"):
