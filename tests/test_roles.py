@@ -99,6 +99,7 @@ def tls_cluster(tmp_path_factory) -> Iterator[TlsCluster]:
         yield TlsCluster(PORT, ca, secrets)
     finally:
         _drop(NAME)
+        shutil.rmtree(f"/etc/postgresql/{VERSION}/{NAME}", ignore_errors=True)  # what pg_dropcluster leaves
 
 
 @pytest.fixture(scope="module")
