@@ -165,6 +165,7 @@ def _arm(mode: str, url: str, study_name: str, budget: int, seed: int) -> tuple[
     if mode == "project":
         from contract.study_spec import StudySpec
         import storage
+        from storage.optuna_internals import trial_id
         from worker import budget as shared
 
         rdb = storage.open_storage(
@@ -178,7 +179,7 @@ def _arm(mode: str, url: str, study_name: str, budget: int, seed: int) -> tuple[
             return shared.ask_within_budget(study, rdb, url, budget)[0]
 
         def run(trial):
-            with storage.Heartbeat(rdb, trial._trial_id):
+            with storage.Heartbeat(rdb, trial_id(trial)):
                 return objective(trial)
 
         return study, ask, run

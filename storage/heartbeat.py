@@ -23,6 +23,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 import sqlalchemy
 
+from storage.optuna_internals import backend_of, stale_trial_ids, study_id, study_storage
 from storage.retry import describe
 from storage.session import read, routed_connection
 
@@ -141,15 +142,15 @@ def fail_stale_trials(
     attributes to write first (why the trial failed: the storage layer does not know the names
     the worker's readers use). The retry the storage's callback queues does not inherit them.
     """
-    rdb = getattr(study._storage, "_backend", study._storage)  # under Optuna's caching wrapper
+    rdb = backend_of(study)  # under Optuna's caching wrapper
     if not isinstance(rdb, RDBStorage) or not rdb.heartbeat_interval:
         return  # no heartbeats: nothing goes stale
-    if not _any_stale(rdb, study._study_id):
+    if not _any_stale(rdb, study_id(study)):
         return
-    backend = study._storage  # through the caching wrapper, as Optuna's own check goes
+    backend = study_storage(study)  # through the caching wrapper, as Optuna's own check goes
     failed: list[int] = []
     explained: set[str] = set()
-    for trial_id in backend._get_stale_trial_ids(study._study_id):  # type: ignore[attr-defined]
+    for trial_id in stale_trial_ids(study):
         try:
             if explain is not None:
                 for key, value in explain(backend.get_trial(trial_id), _silence_s(rdb, trial_id)).items():

@@ -22,6 +22,8 @@ from optuna.study import StudyDirection
 from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
+from storage import optuna_internals
+
 _STUDY_ID = 0
 
 
@@ -38,7 +40,7 @@ class SnapshotStorage(BaseStorage):
         self._name = study_name
         self._directions = list(directions)
         self._trials = sorted(trials, key=lambda t: t.number)
-        self._by_id = {t._trial_id: t for t in self._trials}
+        self._by_id = {optuna_internals.trial_id(t): t for t in self._trials}
         self._user_attrs = dict(user_attrs or {})
 
     def study(self) -> optuna.Study:
@@ -76,7 +78,7 @@ class SnapshotStorage(BaseStorage):
         self._check(study_id)
         for trial in self._trials:
             if trial.number == trial_number:
-                return trial._trial_id
+                return optuna_internals.trial_id(trial)
         raise KeyError(trial_number)
 
     def get_trial(self, trial_id: int) -> FrozenTrial:

@@ -29,6 +29,7 @@ from contract.study_spec import StudySpec
 from storage.budget_lock import budget_lock
 from storage.counts import user_attr_pairs
 from storage.summaries import load_trials, marked_trial_ids
+from storage.optuna_internals import trial_id
 from tuner.study import load_spec, open_study
 
 
@@ -137,7 +138,7 @@ def confirmed_pick(engine: sqlalchemy.Engine, study_id: int, study_name: str) ->
         ConfirmError: no configuration has enough complete confirmation runs yet.
     """
     chosen, summary = pick_confirmed(read_confirmations(engine, study_id), study_name)
-    full = load_trials(engine, study_id, trial_ids=[chosen._trial_id], intermediate=False)
+    full = load_trials(engine, study_id, trial_ids=[trial_id(chosen)], intermediate=False)
     return full[0], summary
 
 

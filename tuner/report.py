@@ -43,6 +43,7 @@ from contract.pareto import Pick, front_trials, pick_trial
 from contract.study_spec import StudySpec
 import storage
 from storage.summaries import StudyHead, load_trials, open_reader
+from storage.optuna_internals import trial_id
 from tuner.report_figures import complete as complete_trials
 from tuner.study import StudyError
 
@@ -149,7 +150,7 @@ def read_report(name: str, storage_url: str | None, artifact_dir: Path | None, p
             picked = pick_trial(trials, head.directions, pick) if two else None
         front = front_trials(trials, head.directions) if two else []
         # Again, with every attribute (per-class IoU, config, confusion matrix, preview id).
-        wanted = {t._trial_id for t in ranked} | ({picked._trial_id} if picked is not None else set())
+        wanted = {trial_id(t) for t in ranked} | ({trial_id(picked)} if picked is not None else set())
         full = {t.number: t for t in load_trials(engine, head.study_id, trial_ids=wanted, intermediate=False)}
         top = [full[t.number] for t in ranked]
     finally:

@@ -40,6 +40,7 @@ from storage.summaries import (
     study_names,
     study_overviews,
 )
+from storage.optuna_internals import trial_id
 from tuner.study import StudyError
 
 #: The states shown by ``tuner status``, in display order.
@@ -219,7 +220,7 @@ def read_status(engine: sqlalchemy.Engine, head: StudyHead, pick: Pick = Pick())
     confirmations = read_confirmations(engine, head.study_id)
     if pick.confirmed:
         chosen, _ = pick_confirmed(confirmations, head.study_name)
-        best = load_trials(engine, head.study_id, trial_ids=[chosen._trial_id], intermediate=False)[0]
+        best = load_trials(engine, head.study_id, trial_ids=[trial_id(chosen)], intermediate=False)[0]
     if len(head.directions) != 2 and best is None:  # one objective (or more than two: the best mIoU, as `list` shows)
         best_id = best_trial_id(engine, head.study_id, head.directions[0])
         if best_id is not None:
@@ -231,7 +232,7 @@ def read_status(engine: sqlalchemy.Engine, head: StudyHead, pick: Pick = Pick())
         front = front_trials(complete, head.directions)
         picked = None if pick.confirmed else pick_trial(complete, head.directions, pick)
         if picked is not None:
-            best = load_trials(engine, head.study_id, trial_ids=[picked._trial_id], intermediate=False)[0]
+            best = load_trials(engine, head.study_id, trial_ids=[trial_id(picked)], intermediate=False)[0]
     running = load_trials(engine, head.study_id, states=(TrialState.RUNNING,),
                           user_attr_keys=(report.WORKER, report.PHASE))
     return StatusData(name=head.study_name, n_objectives=len(head.directions),

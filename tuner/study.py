@@ -15,7 +15,6 @@ import uuid
 
 import optuna
 from optuna.storages import RDBStorage
-import sqlalchemy
 
 from contract.errors import TunerError
 from contract.space import SearchSpace, SpaceError
@@ -29,6 +28,7 @@ from contract.study_spec import (
 )
 import storage
 from storage.locks import named_lock
+from storage.optuna_internals import rename_study, study_id
 
 #: ``studies.study_name`` is VARCHAR(512) in Optuna's schema.
 MAX_STUDY_NAME = 512
@@ -197,11 +197,7 @@ def _create_complete(
             study.enqueue_trial(item["params"], user_attrs={"enqueued_from": item["source"]})
         if replace:
             optuna.delete_study(study_name=name, storage=rdb)
-        with rdb.engine.begin() as conn:
-            conn.execute(
-                sqlalchemy.text("UPDATE studies SET study_name = :name WHERE study_id = :id"),
-                {"name": name, "id": study._study_id},
-            )
+        rename_study(rdb, study_id(study), name)
     except BaseException:
         optuna.delete_study(study_name=building, storage=rdb)  # never leave a half-made study
         raise

@@ -25,6 +25,7 @@ import storage
 from storage.budget_lock import budget_lock as storage_budget_lock
 from storage.counts import count_trials_apart, waiting_trial_ids
 from storage.locks import HeldLock
+from storage.optuna_internals import claim_waiting, forget_cached_trials, new_trial, study_id
 from storage.retry import with_db_retry
 
 ALLOCATED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -84,9 +85,9 @@ def _reserve(
 
     Returns the trial id (``None``: the budget is spent), whether it was a queued trial, the counts.
     """
-    storage.adopt_orphans(rdb, study._study_id)
+    storage.adopt_orphans(rdb, study_id(study))
     storage.fail_stale_trials(study, explain=why_stale)
-    counts = Counts(*count_trials_apart(rdb, study._study_id, report.CONFIRMS))
+    counts = Counts(*count_trials_apart(rdb, study_id(study), report.CONFIRMS))
     allocated = sum(counts.search[state] for state in ALLOCATED)
     # Study.ask's own order: a queued trial first (it holds its slot already), else a new one.
     trial_id = _pop_waiting(study, rdb) if counts[TrialState.WAITING] else None
@@ -94,7 +95,7 @@ def _reserve(
     if trial_id is None:
         if allocated >= n_trials:
             return None, False, counts
-        trial_id = study._storage.create_new_trial(study._study_id)
+        trial_id = new_trial(study)
     # The first beat, in the same transaction: a trial is never RUNNING without one (see
     # storage.adopt_orphans); both become visible together when the lock is released.
     storage.first_heartbeat(rdb, trial_id)
@@ -110,9 +111,9 @@ def why_stale(trial: optuna.trial.FrozenTrial, silent_s: float) -> dict[str, str
 
 def _pop_waiting(study: optuna.Study, rdb: optuna.storages.RDBStorage) -> int | None:
     """Optuna's ``Study._pop_waiting_trial_id``, reading the queue from the table (see waiting_trial_ids)."""
-    for trial_id in waiting_trial_ids(rdb, study._study_id):
+    for trial_id in waiting_trial_ids(rdb, study_id(study)):
         try:
-            if study._storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+            if claim_waiting(study, trial_id):
                 return trial_id
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
@@ -126,9 +127,9 @@ def _trial(study: optuna.Study, trial_id: int, *, queued: bool) -> optuna.Trial:
     enqueued trial's fixed params; relative sampling happens lazily at the first ``suggest``.
     ``Study.ask``'s heartbeat hint is not raised here: we beat ourselves (storage.Heartbeat).
     """
-    study._thread_local.cached_all_trials = None  # as Study.ask: sync with the storage once per trial
-    if queued:  # Study.ask's pop read the queue through Optuna's trial cache; a trial must be in it
-        study._storage.get_all_trials(study._study_id, deepcopy=False, states=())
+    # As Study.ask: sync with the storage once per trial. Study.ask's pop read the queue through
+    # Optuna's trial cache, so a queued trial must be in it.
+    forget_cached_trials(study, reload=queued)
     return optuna.Trial(study, trial_id)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import optuna
 
 from contract import report
+from storage.optuna_internals import trial_id
 from storage.retry import is_transient
 from worker.budget import budget_lock
 from worker.errors import DatabaseLost
@@ -47,7 +48,7 @@ def requeue(
 
     def fail_and_requeue() -> None:
         with budget_lock(study, rdb, link.url):
-            stored = rdb.get_trial(trial._trial_id)
+            stored = rdb.get_trial(trial_id(trial))
             if not stored.state.is_finished():
                 mark()
                 link.tell_now(trial, state=failed)
@@ -98,7 +99,7 @@ def retry_of_trial(rdb: optuna.storages.RDBStorage, trial: optuna.Trial) -> int 
     # Interrupted trials carry RETRY_OF; Optuna's stale-trial retry records "failed_trial".
     retry_of = trial.user_attrs.get(report.RETRY_OF)
     if retry_of is None:
-        retry_of = rdb.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        retry_of = rdb.get_trial_system_attrs(trial_id(trial)).get("failed_trial")
     return retry_of
 
 

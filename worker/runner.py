@@ -30,6 +30,7 @@ import sqlalchemy
 
 from contract import report
 import storage
+from storage.optuna_internals import trial_id
 from storage.retry import is_transient
 from worker.budget import ask_within_budget
 from worker.errors import DatabaseLost, RunnerError, StudyGone
@@ -275,7 +276,7 @@ class WorkerSession:
                      measure_latency=self.spec.cost == "latency")
 
     def _heartbeat(self, trial: optuna.Trial) -> storage.Heartbeat:
-        return storage.Heartbeat(self.link.rdb, trial._trial_id, number=trial.number)
+        return storage.Heartbeat(self.link.rdb, trial_id(trial), number=trial.number)
 
 
 def _reporters(
@@ -294,7 +295,7 @@ def _reporters(
             if multi_objective:
                 # Optuna's Trial.report refuses several objectives (its pruners judge one value);
                 # the epoch's mIoU is still stored, for learning curves and `tuner status`.
-                call(lambda: rdb.set_trial_intermediate_value(trial._trial_id, step, value), "recording an epoch")
+                call(lambda: rdb.set_trial_intermediate_value(trial_id(trial), step, value), "recording an epoch")
                 return
             call(lambda: trial.report(value, step), "reporting an epoch")
             prune = may_prune and call(trial.should_prune, "asking the pruner")

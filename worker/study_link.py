@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import optuna
 from optuna.trial import TrialState
 
+from storage.optuna_internals import study_id, trial_id
 from storage.retry import DatabaseUnavailable, is_transient, with_db_retry
 from storage.retry import describe as describe_db_error
 from worker.errors import StudyGone
@@ -58,7 +59,7 @@ class StudyLink:
         and UpdateFinishedTrialError only for a race inside the tell); the trial loop turns
         both into "dropped".
         """
-        stored = self.rdb.get_trial(trial._trial_id)
+        stored = self.rdb.get_trial(trial_id(trial))
         if stored.state.is_finished():
             if _holds(stored, **kwargs):
                 return
@@ -68,7 +69,7 @@ class StudyLink:
     def replaced(self) -> bool:
         """True when the study this worker joined no longer exists under its name."""
         try:
-            return self.rdb.get_study_id_from_name(self.study.study_name) != self.study._study_id
+            return self.rdb.get_study_id_from_name(self.study.study_name) != study_id(self.study)
         except KeyError:
             return True
         except Exception:  # noqa: BLE001 - cannot tell (database away): not replaced as far as we know
