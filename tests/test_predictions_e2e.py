@@ -1,5 +1,6 @@
 """The README's "From search to predictions" commands, run as written, after a search by two
-workers on PostgreSQL (tiny models on synthetic data: about two minutes on 2 cores)."""
+workers on PostgreSQL; the same two workers run the confirmation trials (tiny models on
+synthetic data: about four minutes on 2 loaded cores)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,16 @@ def readme_commands() -> list[str]:
     return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
 
 
+def run_two_workers(cwd: Path, env: dict[str, str]) -> int:
+    """Two workers with their usual command until the study has nothing left; trials they completed."""
+    workers = [subprocess.Popen([str(BIN / "worker"), "run", "--study", "mars", "--data", "mars_for_students.npz",
+                                 "--quiet"], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [w.communicate(timeout=900)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(logs)
+    return sum(log.count(" complete: mIoU") for log in logs)
+
+
 def test_readme_from_search_to_predictions(pg_url, tmp_path):
     env = {**os.environ, "TUNER_STORAGE": pg_url, "TUNER_COMPILE_CACHE": "off"}
     write_npz(tmp_path / "mars_for_students.npz", 48, seed=3, n_test=N_TEST)
@@ -50,15 +61,10 @@ def test_readme_from_search_to_predictions(pg_url, tmp_path):
     created = run_cli("tuner", "create", "mars", "--data", "mars_for_students.npz", "--space", "space.yaml",
                       "--trials", "3", "--pruner", "none", env=env, cwd=tmp_path)
     assert created.returncode == 0, created.stderr
-    workers = [subprocess.Popen([str(BIN / "worker"), "run", "--study", "mars", "--data", "mars_for_students.npz",
-                                 "--quiet"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True) for _ in range(2)]
-    logs = [w.communicate(timeout=900)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], "\n".join(logs)
-    assert sum(log.count(" complete: mIoU") for log in logs) == 3, "\n".join(logs)
+    assert run_two_workers(tmp_path, env) == 3  # the search
 
     commands = readme_commands()
-    assert [c.split()[:2] for c in commands] == [["tuner", "export"], ["worker", "train"],
+    assert [c.split()[:2] for c in commands] == [["tuner", "confirm"], ["tuner", "export"], ["worker", "train"],
                                                  ["worker", "predict"], ["ls", "pngs"]]
     outputs = []
     for command in commands:
@@ -66,15 +72,19 @@ def test_readme_from_search_to_predictions(pg_url, tmp_path):
                               env={**env, "PATH": f"{BIN}:{env['PATH']}"})
         assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
         outputs.append(done.stdout)
+        if command.startswith("tuner confirm"):  # the search had ended: workers again, same command
+            assert run_two_workers(tmp_path, env) == 9  # --top 3 --seeds 3
+    header = (tmp_path / "best.yaml").read_text()
+    assert header.startswith("# Confirmed pick of study 'mars'") and header.count(": n 3, mean ") == 3, header
 
     exported = yaml.safe_load((tmp_path / "best.yaml").read_text())
     schedule = exported["lr_schedule"]
     assert 1 <= len(schedule) <= SPACE["fixed"]["epochs"] and schedule[0] == pytest.approx(exported["learning_rate"], rel=1e-6)
-    assert f"for {len(schedule)} epochs" in outputs[1] and "no validation score" in outputs[1]
+    assert f"for {len(schedule)} epochs" in outputs[2] and "no validation score" in outputs[2]
     with zipfile.ZipFile(tmp_path / "final.keras") as archive:
         info = json.loads(archive.read("mars_tuner.json"))
     assert info["all_data"] is True and info["validation_miou"] is None and info["config"]["tta"] is True
-    assert "flip TTA on" in outputs[2]  # as the trial was scored
+    assert "flip TTA on" in outputs[3]  # as the trial was scored
     with np.load(tmp_path / "predictions.npz") as npz:
         assert npz["masks"].shape == (N_TEST, 64, 128) and npz["masks"].dtype == np.uint8
-    assert outputs[3].split() == [f"{i:02d}.png" for i in range(N_TEST)]
+    assert outputs[4].split() == [f"{i:02d}.png" for i in range(N_TEST)]

@@ -23,6 +23,7 @@ or compile, and the same kernels for every batch); the padding's outputs are dro
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import contextlib
 import dataclasses
 from pathlib import Path
 import sys
@@ -157,8 +158,10 @@ def _load_models(paths: Sequence[Path]) -> list[keras.Model]:
     models = []
     for path in paths:
         model = load_model(path)
-        shape_in = _shape(model.input_shape)
-        shape_out = _shape(model.output_shape)
+        if isinstance(model.input_shape, list) or isinstance(model.output_shape, list):
+            raise PredictError(f"--model {path}: it has several inputs or outputs; a segmentation "
+                               f"model takes one image and predicts one mask")
+        shape_in, shape_out = tuple(model.input_shape), tuple(model.output_shape)
         if shape_in != expected_in:
             raise PredictError(f"--model {path}: it takes inputs of shape {shape_in[1:]}; "
                                f"the images are {expected_in[1:]}")
@@ -167,13 +170,6 @@ def _load_models(paths: Sequence[Path]) -> list[keras.Model]:
                                f"expected {expected_out[1:]}, {NUM_CLASSES} classes")
         models.append(model)
     return models
-
-
-def _shape(shape: Any) -> tuple:
-    """A model's input/output shape as one tuple (a list of them for several inputs: refused)."""
-    if isinstance(shape, list):
-        return tuple(["several"])
-    return tuple(shape)
 
 
 def _run(models: list[keras.Model], use_tta: tuple[bool, ...], reader: ArrayReader, labelled: bool,
@@ -189,9 +185,9 @@ def _run(models: list[keras.Model], use_tta: tuple[bool, ...], reader: ArrayRead
     started = time.perf_counter()
     try:
         with replacing(output, suffix=".npz") as tmp, NpzWriter(tmp) as writer, \
-                _progress_bar(n, progress) as advance:
+                _ProgressBar(n, progress) as advance:
             sink_cm = (writer.stream("probabilities", (n, *IMAGE_SHAPE, NUM_CLASSES), np.float16)
-                       if probabilities else _nothing())
+                       if probabilities else contextlib.nullcontext())
             with sink_cm as sink:
                 start = 0
                 for rows in reader.slices(batch):
@@ -283,15 +279,7 @@ def _write_pngs(png_dir: Path, images: np.ndarray, masks: np.ndarray, truth: np.
         raise PredictError(f"--png {png_dir}: cannot write: {exc.strerror or exc}") from None
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-class _progress_bar:
+class _ProgressBar:
     """A Rich progress bar with images/s on stderr when it is a terminal; otherwise nothing."""
 
     def __init__(self, total: int, enabled: bool) -> None:
