@@ -66,9 +66,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--rss-images", type=int, default=20_000)
+    parser.add_argument("--parts", default="throughput,rss,round_trip",
+                        help="which measurements (comma-separated): throughput, rss, round_trip")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()
     if args.smoke:
         args.images, args.base_filters, args.repeat, args.rss_images, args.batch = 48, 4, 1, 200, 16
 
@@ -83,9 +86,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model_path, n_params = _save_model(config, work / "model.keras")
         data = work / "images.npz"
         images = _write_images(data, args.images, seed=0)
-        rows = [_throughput(model_path, data, images, tta, args.batch, args.repeat) for tta in (False, True)]
-        rss = [_peak_rss(model_path, work, n, args.batch) for n in sorted({max(args.rss_images // 10, 1), args.rss_images})]
-        round_trip = _round_trip(config, model_path, images[:64], work)
+        parts = set(args.parts.split(","))
+        rows = [_throughput(model_path, data, images, tta, args.batch, args.repeat)
+                for tta in (False, True)] if "throughput" in parts else []
+        rss = [_peak_rss(model_path, work, n, args.batch) for n in sorted({max(args.rss_images // 10, 1), args.rss_images})
+               ] if "rss" in parts else []
+        round_trip = _round_trip(config, model_path, images[:64], work) if "round_trip" in parts else []
 
     verdict = [
         f"TTA {'on' if r['tta'] else 'off'}: ratio {r['ratio']:.3f} (goal >= {GOAL_RATIO}): "
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "predict_speed",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "load_before": os.getloadavg()},
+                    "load_before": load_before, "load_after": os.getloadavg()},
         "model": config.model, "base_filters": width, "params": n_params, "batch": args.batch,
         "images": args.images, "rows": rows, "rss": rss, "round_trip": round_trip, "verdict": verdict,
     }
@@ -164,22 +170,44 @@ def _peak_rss(model_path: Path, work: Path, n: int, batch: int) -> dict[str, Any
     _write_images(data, n, seed=1)
     out = work / f"rss-{n}-pred.npz"
     started = time.perf_counter()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "worker"), "predict", "--model", str(model_path),
-                             "--data", str(data), "-o", str(out), "--no-tta", "--probabilities",
-                             "--batch", str(batch)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    stdout, stderr = proc.stdout.read().decode(), proc.stderr.read().decode()
+    logs = work / "rss.log"
+    with open(logs, "w+") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "worker"), "predict", "--model", str(model_path),
+                                 "--data", str(data), "-o", str(out), "--no-tta", "--probabilities",
+                                 "--batch", str(batch)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        peak_kib = _watch_peak_rss(proc)
+        log.seek(0)
+        stdout = stderr = log.read()
     if proc.returncode != 0:
         raise SystemExit(f"worker predict failed on {n} images: {stderr[-2000:]}")
     seconds = time.perf_counter() - started
-    result = {"images": n, "peak_rss_mib": usage.ru_maxrss / 1024, "wall_s": seconds,
+    result = {"images": n, "peak_rss_mib": peak_kib / 1024, "wall_s": seconds,
               "input_mib": data.stat().st_size / 2**20, "output_mib": out.stat().st_size / 2**20,
               "probabilities_mib": n * 64 * 128 * 5 * 2 / 2**20, "masks_mib": n * 64 * 128 / 2**20,
               "line": next((line for line in stdout.splitlines() if line.startswith("predicted")), "")}
     data.unlink()
     out.unlink()
     return result
+
+
+def _watch_peak_rss(proc: subprocess.Popen) -> int:
+    """The child's peak resident set (KiB): ``VmHWM`` of ``/proc/PID/status``, read every 0.1 s
+    until it exits (the high-water mark only grows, so the last reading is the peak up to then).
+
+    Not ``ru_maxrss`` from ``wait4``: Linux carries the parent's resident set into a child's
+    ``ru_maxrss`` across fork and exec, and this parent holds TensorFlow and the images.
+    """
+    peak = 0
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+        time.sleep(0.1)
+    return peak
 
 
 def _round_trip(config: Any, tf_model: Path, images: np.ndarray, work: Path) -> list[dict[str, Any]]:
