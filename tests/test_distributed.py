@@ -227,6 +227,11 @@ def test_export_retrains_to_the_same_score(pg_url, tmp_path, npz):
     assert fetched.returncode == 0, fetched.stderr
     with zipfile.ZipFile(model) as archive:  # a Keras v3 model file
         assert "config.json" in archive.namelist()
+    from worker.training.saved import read_info
+
+    info = read_info(model)  # the upload records what its trial trained, TTA among it
+    assert info.config == best.user_attrs[report.CONFIG] and info.all_data is False
+    assert info.validation_miou == pytest.approx(best.value, abs=1e-12)
 
     exported = tmp_path / "best.yaml"
     result = _cli("tuner", "export", "s", "-o", str(exported), url=pg_url)
