@@ -368,8 +368,8 @@ def run_cost(url: str, arms: list[str], n_trials: int) -> list[dict[str, Any]]:
         study, ask, run = _arm(mode, url, name, n_trials + 1, seed=1)
 
         def one() -> None:
-            trial = ask()
-            study.tell(trial, run(trial))
+            trial = ask()  # noqa: B023 - called within this iteration
+            study.tell(trial, run(trial))  # noqa: B023 - called within this iteration
         holds.clear()
         budget.budget_lock = timed_lock
         try:
@@ -500,8 +500,8 @@ def run_history(url: str, sizes: list[int], n_asks: int) -> dict[str, Any]:
             proxy.close()
             rdb = storage.open_storage(url, heartbeat_interval=None)
             study_id = rdb.get_study_id_from_name(name)
-            ours = _time(lambda: count_trials(rdb, name), 5)
-            theirs = _time(lambda: rdb.get_n_trials(study_id), 5)
+            ours = _time(lambda: count_trials(rdb, name), 5)  # noqa: B023 - called within this iteration
+            theirs = _time(lambda: rdb.get_n_trials(study_id), 5)  # noqa: B023 - called within this iteration
             out["count_ms"][str(size)] = {"count_trials": ours, "rdb_get_n_trials": theirs}
             rdb.engine.dispose()
     finally:
@@ -527,7 +527,8 @@ def print_tables(result: dict[str, Any]) -> None:
           " the most one project worker held); done = COMPLETE trials / budget; N/tput = worker-seconds"
           " per trial (N x wall time / trials) as a share of a 60 s trial")
     print(f"{'arm':8} {'N':>3} {'pace':>5} {'trials/s':>9} {'ask p50':>8} {'ask p95':>8} {'ask p99':>8} "
-          f"{'sugg p50':>8} {'tell p50':>8} {'tell p95':>8} {'ovh mean':>9} {'% of 1min':>9} {'N/tput %':>8} {'conns':>6} "
+          f"{'sugg p50':>8} {'tell p50':>8} {'tell p95':>8} {'ovh mean':>9} {'% of 1min':>9} {'N/tput %':>8} "
+          f"{'conns':>6} "
           f"{'/worker':>7} {'done':>9} {'failed':>6}")
     for r in result["workers"]:
         per = r["db_connections_per_worker_peak"]
@@ -646,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
                     row = run_workers(arm, url, database, n, args.trials_per_worker * n, pace, args.max_seconds)
                     print(f"  {arm:8} N={n:<3} pace {pace:g}s: {row['trials_per_s']:.1f} trials/s, "
                           f"{row['finished']}/{row['budget']} finished, {row['db_connections_peak']} connections"
-                          f"{', %d workers failed' % row['workers_failed'] if row['workers_failed'] else ''}",
+                          + (f", {row['workers_failed']} workers failed" if row['workers_failed'] else ""),
                           flush=True)
                     rows.append(row)
         history = run_history(url, sizes, args.asks) if sizes else {}

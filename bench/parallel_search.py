@@ -48,6 +48,7 @@ for ``--pruner none`` (and for every two-objective study): Hyperband is not meas
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 import dataclasses
 import datetime as _dt
 import heapq
@@ -59,12 +60,11 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any
 import warnings
 
-import numpy as np
-
 from _report import write_result  # bench/ is on sys.path when a script runs
+import numpy as np
 
 WORKERS = (1, 4, 16, 64)
 ARMS = ("tpe", "liar_off", "startup_n", "random", "warm", "project")
@@ -152,7 +152,7 @@ class Table:
 
     def params_of(self, cell: str) -> dict[str, Any]:
         """The grid values of a cell (in the search space: a warm-start configuration)."""
-        return {name: choices[int(d)] for (name, choices), d in zip(self.grid.items(), cell)}
+        return {name: choices[int(d)] for (name, choices), d in zip(self.grid.items(), cell, strict=False)}
 
     def regret(self, mean: float) -> float:
         return (self.best - mean) if self.maximize else (mean - self.best)
@@ -332,7 +332,7 @@ def _hv_reference(table: Table) -> tuple[tuple[float, float], float]:
         acc = np.array(list(table.means.values()))
         cost = np.array([table.costs[c] for c in table.means])
         ref = (float(acc.min()), float(cost.max()))
-        _HV_CACHE[table.spec.key] = (ref, _hypervolume(list(zip(acc, cost)), ref))
+        _HV_CACHE[table.spec.key] = (ref, _hypervolume(list(zip(acc, cost, strict=False)), ref))
     return _HV_CACHE[table.spec.key]
 
 
@@ -460,11 +460,15 @@ def aggregate(table: Table, runs: dict[tuple[str, int], list[dict[str, Any]]], w
         if mo:
             cell["final_hv"] = quartiles([r["final_hv"] for r in rs])
         else:
-            cell["regret_at_trials"] = {str(k): quartiles([r["regret_at_trials"][str(k)] for r in rs]) for k in checkpoints}
+            cell["regret_at_trials"] = {
+                str(k): quartiles([r["regret_at_trials"][str(k)] for r in rs]) for k in checkpoints
+            }
             times = [r["time_to_target"] for r in rs]
             cell["time_to_target_median"] = median_time(times)
-            cell["speedup_vs_1"] = speedup([r["time_to_target"] for r in runs[(arm if (arm, min(workers)) in runs else base_arm, min(workers))]], times, rng)
-            cell["speedup_vs_tpe_1"] = speedup([r["time_to_target"] for r in runs[(base_arm, min(workers))]], times, rng)
+            alone = runs[(arm if (arm, min(workers)) in runs else base_arm, min(workers))]
+            cell["speedup_vs_1"] = speedup([r["time_to_target"] for r in alone], times, rng)
+            tpe_alone = runs[(base_arm, min(workers))]
+            cell["speedup_vs_tpe_1"] = speedup([r["time_to_target"] for r in tpe_alone], times, rng)
         out["cells"].append(cell)
     return out
 
@@ -514,7 +518,8 @@ def arms_for(arm_names: list[str], n_workers: int, multi_objective: bool) -> lis
             continue  # one worker has no other RUNNING trial to lie about
         options = arm_tpe_options(arm, n_workers)
         if {k: v for k, v in options.items() if _TPE_DEFAULTS.get(k) != v}:
-            if arm == "project" and any(options == arm_tpe_options(a, n_workers) for a in chosen if a not in ("random", "warm")):
+            tpe_arms = [a for a in chosen if a not in ("random", "warm")]
+            if arm == "project" and any(options == arm_tpe_options(a, n_workers) for a in tpe_arms):
                 continue
             chosen.append(arm)
     return chosen
@@ -576,11 +581,11 @@ def main(argv: list[str] | None = None) -> int:
                 done = pool.map(_run_task, tasks, chunksize=1)
         else:
             done = [_run_task(task) for task in tasks]
-        for spec, names in jobs:
+        for spec, _names in jobs:
             table = _table(spec)
             mo = bool(spec.cost)
             runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
-            for task, summary in zip(tasks, done):
+            for task, summary in zip(tasks, done, strict=False):
                 if task[0] == spec:
                     runs.setdefault((task[1], task[2]), []).append(summary)
             for (arm, n), rs in runs.items():

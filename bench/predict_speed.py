@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parts = set(args.parts.split(","))
         rows = [_throughput(model_path, data, images, tta, args.batch, args.repeat)
                 for tta in (False, True)] if "throughput" in parts else []
-        rss = [_peak_rss(model_path, work, n, args.batch) for n in sorted({max(args.rss_images // 10, 1), args.rss_images})
-               ] if "rss" in parts else []
+        sizes = sorted({max(args.rss_images // 10, 1), args.rss_images})
+        rss = [_peak_rss(model_path, work, n, args.batch) for n in sizes] if "rss" in parts else []
         round_trip = _round_trip(config, model_path, images[:64], work) if "round_trip" in parts else []
 
     verdict = [
@@ -245,14 +245,16 @@ def _round_trip(config: Any, tf_model: Path, images: np.ndarray, work: Path) -> 
 def _print(result: dict[str, Any]) -> None:
     print(f"model {result['model']} base {result['base_filters']} ({result['params']:,} params), "
           f"{result['images']} images, batch {result['batch']}")
-    print(f"{'TTA':>4} {'baseline s':>11} {'predict s':>10} {'base img/s':>11} {'pred img/s':>11} {'ratio':>6} {'masks equal':>12}")
+    print(f"{'TTA':>4} {'baseline s':>11} {'predict s':>10} {'base img/s':>11} {'pred img/s':>11} {'ratio':>6} "
+          f"{'masks equal':>12}")
     for r in result["rows"]:
         print(f"{'on' if r['tta'] else 'off':>4} {r['baseline_s']:>11.2f} {r['predict_s']:>10.2f} "
               f"{r['baseline_images_per_s']:>11.1f} {r['predict_images_per_s']:>11.1f} {r['ratio']:>6.3f} "
               f"{r['masks_equal_share']:>12.6f}")
     for r in result["rss"]:
         print(f"peak RSS, {r['images']:,} images with --probabilities: {r['peak_rss_mib']:.0f} MiB "
-              f"(probabilities written: {r['probabilities_mib']:.0f} MiB, masks {r['masks_mib']:.0f} MiB; {r['wall_s']:.0f}s)")
+              f"(probabilities written: {r['probabilities_mib']:.0f} MiB, masks {r['masks_mib']:.0f} MiB; "
+              f"{r['wall_s']:.0f}s)")
     for r in result["round_trip"]:
         print(f"saved on {r['saved_on']}, predicted on {r['predicted_on']}: masks identical {r['masks_identical']} "
               f"({r['mask_pixels_differing']} pixels differ), largest probability difference "

@@ -81,8 +81,8 @@ def run_arm(arm: str, space: Any, data: Any, n_trials: int, seed: int) -> dict[s
         def on_epoch(epoch: int, val_miou: float) -> None:
             nonlocal epochs_run
             epochs_run = epoch + 1
-            trial.report(val_miou if math.isfinite(val_miou) else 0.0, epoch + 1)
-            if trial.should_prune():
+            trial.report(val_miou if math.isfinite(val_miou) else 0.0, epoch + 1)  # noqa: B023 - called within this iteration
+            if trial.should_prune():  # noqa: B023 - called within this iteration
                 raise optuna.TrialPruned()
 
         t = time.perf_counter()

@@ -27,6 +27,7 @@ most 50% of its epochs.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 import datetime as _dt
 import json
 import math
@@ -36,7 +37,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 import warnings
 
 from _real import (  # bench/ is on sys.path when a script runs
@@ -106,7 +107,7 @@ def train_seed(space: Any, data: Any, n_trials: int, seed: int,
         curve: list[float] = []
         started = time.perf_counter()
         result = train(config, data, verbose=False,
-                       epoch_callback=lambda _e, v: curve.append(v if math.isfinite(v) else 0.0))
+                       epoch_callback=lambda _e, v: curve.append(v if math.isfinite(v) else 0.0))  # noqa: B023 - called within this iteration
         value = result.best_miou if math.isfinite(result.best_miou) else 0.0
         study.tell(trial, value)
         runs.append({"params": trial.params, "curve": curve, "best_miou": value,

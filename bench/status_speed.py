@@ -119,7 +119,7 @@ def build_study(url: str, n_finished: int, epochs: int, seed: int = 0) -> dict[s
         per_class = {"1": quality + 0.08, "2": quality - 0.02, "3": quality + 0.05, "4": quality - 0.11}
         attrs: dict[str, Any] = {
             "config": spec.space.config(params).to_dict(),
-            "worker": dict(zip(("host", "pid", "gpu"), workers[number % len(workers)])),
+            "worker": dict(zip(("host", "pid", "gpu"), workers[number % len(workers)], strict=False)),
             "provenance": {"device": "gpu", "device_name": "NVIDIA H100 80GB HBM3"},
         }
         if state == "RUNNING":
@@ -139,7 +139,7 @@ def build_study(url: str, n_finished: int, epochs: int, seed: int = 0) -> dict[s
                              "datetime_complete) VALUES %s RETURNING trial_id", heads, page_size=1000,
                              fetch=True)
         values, params_rows, attr_rows, step_rows = [], [], [], []
-        for (tid,), (number, state, value, params, attrs, curve) in zip(ids, rows["trials"]):
+        for (tid,), (_number, _state, value, params, attrs, curve) in zip(ids, rows["trials"], strict=False):
             if value is not None:
                 values.append((tid, 0, value, "FINITE"))
             for name, v in params.items():

@@ -117,7 +117,8 @@ class Confirmed:
         def f(v: float | None) -> str:
             return "-" if v is None else f"{v:.4f}"
 
-        extra = (f", {self.pending} pending" if self.pending else "") + (f", {self.failed} failed" if self.failed else "")
+        extra = ((f", {self.pending} pending" if self.pending else "")
+                 + (f", {self.failed} failed" if self.failed else ""))
         return (f"trial {self.number}: n {self.n}, mean {f(self.mean)}, sd {f(self.sd)}, min {f(self.minimum)}, "
                 f"mean-SE {f(self.score)} (search run {f(self.search_miou)}){extra}")
 

@@ -349,11 +349,12 @@ def _check_declared_size(npz, key: str, path: Path) -> None:
 
 
 def _bytes(n: int) -> str:
+    size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} PiB"
 
 
 def _check_numeric(array: np.ndarray, key: str, path: Path) -> None:
@@ -454,11 +455,11 @@ def _fingerprint(images8: np.ndarray, masks8: np.ndarray, groups: np.ndarray | N
     for name, array in (("images", images8), ("masks", masks8)):
         array = np.ascontiguousarray(array, dtype=np.uint8)
         digest.update(f"{name}:{array.shape}\n".encode())
-        digest.update(memoryview(array).cast("B"))
+        digest.update(array.data.cast("B"))
     if groups is not None:
         array = np.ascontiguousarray(groups, dtype="<i8")
         digest.update(f"groups:{array.shape}\n".encode())
-        digest.update(memoryview(array).cast("B"))
+        digest.update(array.data.cast("B"))
     return digest.hexdigest()
 
 

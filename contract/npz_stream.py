@@ -153,7 +153,7 @@ class _RowSink:
         rows = np.ascontiguousarray(rows, dtype=self._dtype)
         if rows.shape[1:] != self._row_shape:
             raise ValueError(f"rows of shape {rows.shape[1:]}, expected {self._row_shape}")
-        self._member.write(memoryview(rows).cast("B"))
+        self._member.write(rows.data.cast("B"))
         self.rows += len(rows)
 
 

@@ -10,7 +10,7 @@ import atexit
 import gc
 from pathlib import Path
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -18,14 +18,14 @@ from typer.core import TyperGroup
 from contract.errors import TunerError
 
 StorageOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--storage", envvar="TUNER_STORAGE", show_envvar=True,
         help="Database URL, e.g. postgresql://user@host:5432/optuna. Default: SQLite in ./.tuner.",
     ),
 ]
 ArtifactDirOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--artifact-dir", envvar="TUNER_ARTIFACT_DIR", show_envvar=True,
         help="Artifact store directory: workers upload each new best model there; export and dashboard read it.",
@@ -61,14 +61,15 @@ class CliGroup(TyperGroup):
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
+            rv = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]  # *args holds no flag
         except typer.TyperException as exc:  # click's ClickException and its usage errors
             if not standalone_mode:
                 raise
             if type(exc).__name__ == "NoArgsIsHelpError":  # `tuner` alone: the help is the answer
-                exc.show()
+                exc.show()  # type: ignore[attr-defined]  # click's NoArgsIsHelpError
                 sys.exit(0)
-            command = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) else ""
+            ctx = getattr(exc, "ctx", None)  # usage errors carry the command's context
+            command = f" (see `{ctx.command_path} --help`)" if ctx else ""
             message = exc.format_message().replace("Value error, ", "")
             typer.secho(f"error: {message}{command}", fg=typer.colors.RED, err=True)
             sys.exit(exc.exit_code)

@@ -80,7 +80,10 @@ def near_duplicates(suggestions: Sequence[Suggestion], fraction: float = NEAR_FR
     if n < 2:
         return Duplicates(near, exact, concurrent)
     numeric, categorical, raw = _encode(suggestions)
-    group = np.unique(categorical, axis=0, return_inverse=True)[1].reshape(-1) if categorical.shape[1] else np.zeros(n, int)
+    if categorical.shape[1]:
+        group = np.unique(categorical, axis=0, return_inverse=True)[1].reshape(-1)
+    else:
+        group = np.zeros(n, int)
     first = numeric[:, 0] if numeric.shape[1] else np.zeros(n)
     order = np.lexsort((first, group))
     starts = np.array([_num(s.start, math.inf) for s in suggestions])
@@ -102,7 +105,9 @@ def near_duplicates(suggestions: Sequence[Suggestion], fraction: float = NEAR_FR
     return Duplicates(near, exact, concurrent)
 
 
-def in_flight(intervals: Sequence[tuple[float, float | None]], now: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def in_flight(
+    intervals: Sequence[tuple[float, float | None]], now: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Trials running over time, as a step function: ``(times, counts)``.
 
     ``counts[i]`` trials run from ``times[i]`` until ``times[i + 1]``. An interval is (start, end);

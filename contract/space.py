@@ -56,20 +56,28 @@ class Param:
     step: float | int | None = None
     choices: tuple[Any, ...] | None = None
 
+    def _range(self) -> tuple[float | int, float | int]:
+        assert self.low is not None and self.high is not None, "checked when the space is parsed"
+        return self.low, self.high
+
     def distribution(self) -> BaseDistribution:
+        if self.type in ("float", "int"):
+            low, high = self._range()
         if self.type == "float":
-            return FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
+            return FloatDistribution(float(low), float(high), log=self.log, step=self.step)
         if self.type == "int":
-            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+            return IntDistribution(int(low), int(high), log=self.log, step=int(self.step or 1))
         choices = (False, True) if self.type == "bool" else self.choices
         assert choices is not None
         return CategoricalDistribution(choices)
 
     def suggest(self, trial: optuna.Trial) -> Any:
         if self.type == "float":
-            return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
+            low, high = self._range()
+            return trial.suggest_float(self.name, low, high, log=self.log, step=self.step)
         if self.type == "int":
-            return trial.suggest_int(self.name, self.low, self.high, log=self.log, step=int(self.step or 1))
+            low, high = self._range()
+            return trial.suggest_int(self.name, low, high, log=self.log, step=int(self.step or 1))  # type: ignore[arg-type]
         choices = (False, True) if self.type == "bool" else self.choices
         return trial.suggest_categorical(self.name, list(choices or ()))
 
@@ -233,7 +241,8 @@ def _parse_range(where: str, name: str, kind: str, spec: dict[str, Any]) -> Para
     for key in ("low", "high"):
         value = spec.get(key)
         if value is None or isinstance(value, bool) or not isinstance(value, number):
-            raise SpaceError(f"{where}: '{key}' must be a{'n int' if kind == 'int' else ' number'}, got {short_repr(value)}")
+            article = "an int" if kind == "int" else "a number"
+            raise SpaceError(f"{where}: '{key}' must be {article}, got {short_repr(value)}")
     low, high = spec["low"], spec["high"]
     log = spec.get("log", False)
     step = spec.get("step")

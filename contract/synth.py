@@ -145,7 +145,7 @@ def write_npz(
     arrays = generate(n, seed, n_aliens=n_aliens, n_test=n_test)
     with replacing(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+            np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub: allow_pickle
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -159,7 +159,7 @@ def write_npz(
         "n_test": int(n_test),
         "seed": int(seed),
         "big_rock_images": int(np.count_nonzero(has_big_rock(clean))),
-        "class_shares": {name: round(float(s), 5) for name, s in zip(CLASS_NAMES, shares)},
+        "class_shares": {name: round(float(s), 5) for name, s in zip(CLASS_NAMES, shares, strict=False)},
         "bytes": path.stat().st_size,
     }
 

@@ -82,7 +82,7 @@ def pool_settings() -> dict[str, int]:
 
 def _keepalive_args(session_role: str | None = None) -> dict[str, Any]:
     """libpq keepalives and TCP user timeout plus the server-side timeouts, as ``connect`` arguments."""
-    server = {
+    server: dict[str, Any] = {
         "tcp_keepalives_idle": KEEPALIVES_IDLE_S,
         "tcp_keepalives_interval": KEEPALIVES_INTERVAL_S,
         "tcp_keepalives_count": KEEPALIVES_COUNT,

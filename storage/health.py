@@ -56,8 +56,8 @@ def check(url: str) -> Health:
     head = head_revision()
     path = missing_sqlite_file(url)
     if path is not None:
-        error = f"no database file {path}: create it with `tuner db init` or `tuner create`"
-        return Health(masked, backend, False, head_revision=head, error=error)
+        missing = f"no database file {path}: create it with `tuner db init` or `tuner create`"
+        return Health(masked, backend, False, head_revision=head, error=missing)
     try:
         engine = short_engine(url)
     except StorageError as exc:
@@ -84,7 +84,7 @@ def check(url: str) -> Health:
                 n_studies = conn.execute(sqlalchemy.text("SELECT count(*) FROM studies")).scalar_one()
         finally:
             engine.dispose()
-    error = None
+    error: str | None = None
     if revision is None:
         error = f"no Optuna schema in {masked}: run `tuner db init`"
     elif revision != head:

@@ -13,8 +13,6 @@ packages. Tested with the Optuna version DEVELOPERS.md names.
 
 from __future__ import annotations
 
-from typing import Any
-
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState

@@ -52,7 +52,8 @@ def privilege_statements(database: str) -> list[str]:
         "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
         f"GRANT USAGE, CREATE ON SCHEMA public TO {OWNER}",
         f"GRANT USAGE ON SCHEMA public TO {WORKER}, {VIEWER}",
-        f"ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA public GRANT SELECT, INSERT, UPDATE ON TABLES TO {WORKER}",
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA public "
+        f"GRANT SELECT, INSERT, UPDATE ON TABLES TO {WORKER}",
         f"ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {WORKER}",
         f"ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA public GRANT SELECT ON TABLES TO {VIEWER}",
         f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {WORKER}",
@@ -77,10 +78,11 @@ def create_roles(url: str, passwords: dict[str, str]) -> str:
         with engine.begin() as conn:
             existing = set(conn.execute(sqlalchemy.text(
                 "SELECT rolname FROM pg_roles WHERE rolname = ANY(:names)"), {"names": list(ROLES)}).scalars())
-            for role, statement in zip(ROLES, role_statements()):
+            for role, statement in zip(ROLES, role_statements(), strict=False):
                 if role not in existing:
                     conn.exec_driver_sql(statement)
-                conn.exec_driver_sql(f"ALTER ROLE {role} {_ROLE_OPTIONS} PASSWORD {_literal(_verifier(conn, role, passwords[role]))}")
+                verifier = _literal(_verifier(conn, role, passwords[role]))
+                conn.exec_driver_sql(f"ALTER ROLE {role} {_ROLE_OPTIONS} PASSWORD {verifier}")
             for statement in privilege_statements(database)[:5]:  # database and schema; tables below
                 conn.exec_driver_sql(statement)
     except sqlalchemy.exc.ProgrammingError as exc:  # insufficient_privilege and friends
@@ -126,6 +128,7 @@ def can_write(url: str) -> bool:
 def _verifier(conn: sqlalchemy.Connection, role: str, password: str) -> str:
     """libpq's SCRAM-SHA-256 verifier of ``password`` (what ``\\password`` in psql sends)."""
     raw = conn.connection.dbapi_connection
+    assert raw is not None, "an open connection"
     if hasattr(raw, "pgconn"):  # psycopg 3
         return raw.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
     import psycopg2.extensions

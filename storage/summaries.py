@@ -115,7 +115,8 @@ def study_overviews(engine: sqlalchemy.Engine, user_attr_keys: Collection[str] =
                 "SELECT study_id, state, count(*), min(datetime_start) FROM trials GROUP BY study_id, state")):
             counts[sid][_state(state)] = int(n)
             started = _when(started)
-            if started is not None and (first.get(sid) is None or started < first[sid]):
+            earliest = first.get(sid)
+            if started is not None and (earliest is None or started < earliest):
                 first[sid] = started
         extremes = {sid: (hi, lo) for sid, hi, lo in conn.execute(sqlalchemy.text(
             "SELECT t.study_id, max(v.value), min(v.value) FROM trials t "
@@ -231,7 +232,7 @@ def load_trials(
 
     def rows(conn: sqlalchemy.Connection, sql: str, extra: dict[str, list[Any]] | None = None) -> Sequence[Any]:
         """``sql`` with ``{chosen}`` replaced; ``extra`` binds more lists (``IN :name``)."""
-        more = [sqlalchemy.bindparam(name, expanding=True) for name in extra or {}]
+        more: list[Any] = [sqlalchemy.bindparam(name, expanding=True) for name in extra or {}]
         query = sqlalchemy.text(sql.replace("{chosen}", chosen)).bindparams(*binds, *more)
         return conn.execute(query, {**params, **(extra or {})}).all()
 
@@ -310,7 +311,7 @@ def _read_steps(conn: sqlalchemy.Connection, rows: Any, steps: dict[int, dict[in
                 conn, "SELECT trial_id, array_agg(step), "
                       "array_agg(CASE WHEN intermediate_value_type = 'FINITE' THEN intermediate_value END) "
                       f"{table} GROUP BY trial_id"):
-            steps[tid] = dict(zip(numbers, values))
+            steps[tid] = dict(zip(numbers, values, strict=False))
         for tid, step, kind in rows(
                 conn, f"SELECT trial_id, step, intermediate_value_type {table} "
                       "AND intermediate_value_type <> 'FINITE'"):
@@ -330,7 +331,7 @@ def _when(value: Any) -> datetime.datetime | None:
 
 def _float(value: float | None, kind: Any) -> float:
     name = getattr(kind, "name", str(kind)).split(".")[-1]
-    return float(value) if name == "FINITE" else _INF[name]
+    return float(value) if name == "FINITE" else _INF[name]  # type: ignore[arg-type]  # FINITE rows have a value
 
 
 def _state(value: Any) -> TrialState:

@@ -46,9 +46,8 @@ def kill_connections(url: str) -> int:
 
     Returns how many were killed, so a test can check there was something to kill.
     """
-    import sqlalchemy
-
     from helpers import terminate_backends
+    import sqlalchemy
 
     return terminate_backends(_admin(), sqlalchemy.make_url(url).database)
 

@@ -31,10 +31,9 @@ import threading
 import time
 import uuid
 
-import pytest
-
 from helpers import BIN
 from pgcluster import PORT, VERSION
+import pytest
 
 PROXY_PORT = 6543  # inside the database host's namespace only: clashes with nothing
 SOCKET_DIR = "/var/run/postgresql"

@@ -3,11 +3,9 @@ writes the schedule up to the best epoch, ``worker train --all-data`` replays it
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 import types
-import zipfile
 
+from helpers import one_cli_error
 import optuna
 import pytest
 from typer.testing import CliRunner
@@ -15,7 +13,6 @@ import yaml
 
 from contract import report
 from contract.config import ConfigError, TrainConfig
-from helpers import one_cli_error
 
 
 def test_lr_schedule_round_trips_and_refuses_bad_values(tmp_path):

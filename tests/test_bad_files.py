@@ -11,14 +11,14 @@ from pathlib import Path
 import subprocess
 from typing import Any
 
+from helpers import one_error_line as _one_error_line
+from helpers import run_cli
 import optuna
 import pytest
 
 from contract.config import ConfigError, TrainConfig
 from contract.study_spec import SPEC_ATTR, SpecError, StudySpec
 from contract.synth import write_npz
-from helpers import one_error_line as _one_error_line
-from helpers import run_cli
 import storage
 from tuner.study import CreateOptions, create_study
 

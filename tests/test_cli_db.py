@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-import pytest
-
 from helpers import run_cli
+import pytest
 
 
 def tuner(*args: str, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:

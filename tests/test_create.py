@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 import subprocess
 
+from helpers import run_cli
 import optuna
 import pytest
 
 from contract.data import fingerprint_npz
 from contract.study_spec import StudySpec
 from contract.synth import write_npz
-from helpers import run_cli
 import storage
 from tuner.study import CreateOptions, StudyError, create_study
 

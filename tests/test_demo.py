@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 
+from helpers import BIN
 import optuna
 import pytest
 import yaml
 
 from contract.config import TrainConfig
-from helpers import BIN
 import storage
 from tuner.demo import DEMO_ATTR
 from tuner.study import CreateOptions, create_study

@@ -20,14 +20,14 @@ import shlex
 import subprocess
 import sys
 import time
-import tomllib
 from typing import Any
 
+from helpers import BIN
 import pytest
 from sqlalchemy.engine import make_url
+import tomllib
 import yaml
 
-from helpers import BIN
 from storage.url import ENV_PASSWORD_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -318,7 +318,8 @@ def test_profile_gpusN_runs_one_worker_on_each_of_gpus_0_to_N_minus_1(load_file)
 
 def test_data_is_mounted_read_only_where_it_is_read():
     main = coordinator()
-    readers = {"init": main["services"]["init"], **workers(main), **{f"team {k}": v for k, v in workers(team()).items()}}
+    team_workers = {f"team {k}": v for k, v in workers(team()).items()}
+    readers = {"init": main["services"]["init"], **workers(main), **team_workers}
     for name, svc in readers.items():
         mounts = [v for v in svc["volumes"] if v.split(":")[1] == "/data"]
         assert mounts == ["./data:/data:ro"], name
@@ -540,7 +541,8 @@ def test_compose_commands_use_only_real_flags_and_cover_required_options(load_fi
         env = service_env(compose["services"][name])
         help_ = help_text(*path)
         # Required options must be given as a flag or through their environment variable.
-        for flag, var in re.findall(r"^\W*\*\s+(--[\w-]+)[^\n]*?\[env var: (\w+)\][^\n]*\[required\]", help_, flags=re.M):
+        required = r"^\W*\*\s+(--[\w-]+)[^\n]*?\[env var: (\w+)\][^\n]*\[required\]"
+        for flag, var in re.findall(required, help_, flags=re.M):
             assert flag in rest or var in env, f"{name}: required {flag} missing"
 
 
@@ -656,7 +658,8 @@ def test_dockerfile_keeps_the_base_tensorflow_and_installs_the_project():
     assert "tensorflow" in freeze.lower()
     # The dependencies come from pyproject.toml, then the whole copied context is installed.
     (dest,) = [a.split()[-1] for op, a in instructions if op == "COPY" and a.split()[0] == "."]
-    assert any(re.search(rf"pip install [^&]*{re.escape(dest)}(\s|$)", r) for r in installs), "the project must be installed"
+    installed = rf"pip install [^&]*{re.escape(dest)}(\s|$)"
+    assert any(re.search(installed, r) for r in installs), "the project must be installed"
     assert any("pyproject.toml" in r and "dependencies" in r for r in runs)
 
 
@@ -669,7 +672,8 @@ def test_dockerfile_copies_every_package_and_runs_unprivileged():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     needed = {p.split(".")[0] for p in project["tool"]["setuptools"]["packages"]}
     needed |= {"pyproject.toml", project["project"]["readme"]}
-    ignored = [p.strip().rstrip("/") for p in DOCKERIGNORE.read_text().splitlines() if p.strip() and not p.startswith("#")]
+    lines = DOCKERIGNORE.read_text().splitlines()
+    ignored = [p.strip().rstrip("/") for p in lines if p.strip() and not p.startswith("#")]
     for path in needed:
         assert (ROOT / path).exists(), path
         assert not any(fnmatch.fnmatch(path, pat) for pat in ignored), f".dockerignore drops {path}"
@@ -725,7 +729,8 @@ def test_docker_compose_config_accepts_the_files(path, tmp_path):
 
 
 def test_dockerfile_needs_no_frontend_image_from_docker_hub():
-    assert not re.search(r"(?im)^#\s*syntax\s*=", DOCKERFILE.read_text()), "`# syntax=` makes BuildKit pull from Docker Hub"
+    syntax_line = re.search(r"(?im)^#\s*syntax\s*=", DOCKERFILE.read_text())
+    assert not syntax_line, "`# syntax=` makes BuildKit pull from Docker Hub"
 
 
 def test_the_image_is_built_once_and_every_other_service_reuses_its_tag():
@@ -780,7 +785,8 @@ def test_docs_tear_down_profile_workers_and_show_the_exited_init():
     text = "\n".join(doc.read_text() for doc in DOC_FILES)
     assert "docker compose --profile '*' down" in text
     assert "docker compose -f docker-compose.workers.yml --profile '*' down" in text
-    assert not re.search(r"^docker compose (down|stop)\b", text, flags=re.M), "down without profiles leaves workers running"
+    plain_down = re.search(r"^docker compose (down|stop)\b", text, flags=re.M)
+    assert not plain_down, "down without profiles leaves workers running"
     assert "docker compose ps -a" in text and not re.search(r"^docker compose ps(\s|$)(?!-a)", text, flags=re.M)
     assert "DOCKER-USER" in text, "published ports bypass INPUT rules; the docs must say where to filter"
     readme = (ROOT / "README.md").read_text()
@@ -815,7 +821,8 @@ E2E_TRIALS = 4
 E2E_SETUP = (
     "cp .env.example .env",
     "mkdir -p secrets && chmod 700 secrets",
-    "for f in postgres owner worker viewer; do [ -s secrets/${f}_password ] || openssl rand -hex 24 > secrets/${f}_password; done",
+    "for f in postgres owner worker viewer; do [ -s secrets/${f}_password ] "
+    "|| openssl rand -hex 24 > secrets/${f}_password; done",
     'chmod 640 secrets/*_password && echo "SECRETS_GID=$(id -g)" >> .env',
 )
 E2E_COORDINATOR = (
@@ -898,7 +905,9 @@ def _pip_build_secrets(where: Path) -> dict[str, str]:
         m = re.match(r"^[\w:.-]*?\.?(index-url|extra-index-url|trusted-host)='(.*)'$", line.strip())
         if m:
             settings.setdefault(m[1], []).extend(m[2].split())
-    for key, var in (("index-url", "PIP_INDEX_URL"), ("extra-index-url", "PIP_EXTRA_INDEX_URL"), ("trusted-host", "PIP_TRUSTED_HOST")):
+    pip_settings = (("index-url", "PIP_INDEX_URL"), ("extra-index-url", "PIP_EXTRA_INDEX_URL"),
+                    ("trusted-host", "PIP_TRUSTED_HOST"))
+    for key, var in pip_settings:
         if os.environ.get(var):
             settings[key] = os.environ[var].split()
     # Local file:// indexes of this host cannot be seen from inside a build.
@@ -1018,7 +1027,8 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
 
         with rdb.engine.connect() as conn:  # workers run as the worker role, nothing as a superuser
             users = set(conn.execute(sqlalchemy.text(
-                "SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name LIKE 'mars-tuner-worker@%'")).scalars())
+                "SELECT DISTINCT usename FROM pg_stat_activity "
+                "WHERE application_name LIKE 'mars-tuner-worker@%'")).scalars())
         assert users == {"tuner_worker"}, users
         container = victim.user_attrs[report.WORKER]["host"]  # the container's hostname: its short id
         subprocess.run(["docker", "kill", container], check=True, capture_output=True, timeout=60)
@@ -1097,6 +1107,7 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
         print("\n".join(log[-30:]))
     for name in (tag, f"{tag}-team"):
         label = f"label=com.docker.compose.project={name}"
-        left = [subprocess.run(["docker", kind, "ls", "-q", *(["-a"] if kind == "container" else []), "--filter", label],
-                               capture_output=True, text=True, timeout=60).stdout.split() for kind in ("container", "volume", "network")]
+        left = [subprocess.run(["docker", kind, "ls", "-q", *(["-a"] if kind == "container" else []),
+                                "--filter", label], capture_output=True, text=True, timeout=60).stdout.split()
+                for kind in ("container", "volume", "network")]
         assert left == [[], [], []], f"{name} left containers/volumes/networks behind: {left}"

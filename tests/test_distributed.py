@@ -14,6 +14,7 @@ import subprocess
 import time
 import zipfile
 
+from helpers import BIN, run_cli
 import optuna
 from optuna.trial import TrialState
 import pytest
@@ -21,7 +22,6 @@ import yaml
 
 from contract import report
 from contract.synth import write_npz
-from helpers import BIN, run_cli
 import storage
 
 pytestmark = pytest.mark.slow  # real worker processes train models

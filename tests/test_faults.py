@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 
+from helpers import lose_first_reply
 import optuna
 from optuna.trial import TrialState
 from pgcluster import cluster_url, pg_cluster  # noqa: F401 - fixtures
@@ -25,7 +26,6 @@ from test_distributed import TINY_SPACE, _cli, _trials, _wait_for, _worker, npz 
 import yaml
 
 from contract import report
-from helpers import lose_first_reply
 import storage
 
 BIN = Path(sys.executable).parent

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import zipfile
 
+from helpers import one_cli_error
 import numpy as np
 import optuna
 import pytest
@@ -28,7 +29,6 @@ from contract.config import ConfigError, TrainConfig
 from contract.data import DataError, check_trainable, load_npz
 from contract.space import SearchSpace, SpaceError
 from contract.synth import write_npz
-from helpers import one_cli_error
 import storage
 from storage.engine import engine_kwargs
 from storage.url import mask_url, resolve_url, scrub
@@ -399,7 +399,8 @@ def test_non_utf8_password_file_is_one_line(tuner_home, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNER_DB_PASSWORD_FILE", str(secret))
     with pytest.raises(storage.StorageError, match="TUNER_DB_PASSWORD_FILE.*not UTF-8"):
         resolve_url("postgresql://u@h/d")
-    one_cli_error(invoke(tuner_app, "db", "check", "--storage", "postgresql://u@127.0.0.1:1/d"), "TUNER_DB_PASSWORD_FILE")
+    checked = invoke(tuner_app, "db", "check", "--storage", "postgresql://u@127.0.0.1:1/d")
+    one_cli_error(checked, "TUNER_DB_PASSWORD_FILE")
 
 
 @pytest.mark.parametrize("variable, value", [("TUNER_POOL_SIZE", "abc"), ("TUNER_MAX_OVERFLOW", "-1")])

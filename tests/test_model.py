@@ -159,9 +159,9 @@ def test_saved_model_loads_and_predicts_the_same(tmp_path) -> None:
 def test_batchnorm_momentum_comes_from_the_config() -> None:
     default = build_model(TrainConfig(model="unet", base_filters=4, depth=2))
     fast = build_model(TrainConfig(model="unet", base_filters=4, depth=2, batchnorm_momentum=0.9))
-    bn = [l for l in fast.layers if isinstance(l, keras.layers.BatchNormalization)]
-    assert bn and all(l.momentum == 0.9 for l in bn)
-    assert all(l.momentum == 0.99 for l in default.layers if isinstance(l, keras.layers.BatchNormalization))
+    bn = [layer for layer in fast.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bn and all(layer.momentum == 0.9 for layer in bn)
+    assert all(layer.momentum == 0.99 for layer in default.layers if isinstance(layer, keras.layers.BatchNormalization))
     # The momentum is really used: one training step moves the moving mean 10% toward the batch.
     layer = bn[0]
     x = np.full((2, 64, 128, layer.moving_mean.shape[0]), 5.0, dtype="float32")

@@ -7,6 +7,7 @@ import io
 import json
 import math
 
+from helpers import lose_first_reply, one_cli_error, run_cli
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
@@ -20,7 +21,6 @@ from contract.pareto import Pick, PickError, PickRule, Point, front
 from contract.space import SearchSpace
 from contract.study_spec import SpecError, StudySpec
 from contract.synth import write_npz
-from helpers import lose_first_reply, one_cli_error, run_cli
 import storage
 from tuner import report as tuner_report
 from tuner.cli import app
@@ -243,7 +243,8 @@ def test_status_shows_the_front_and_the_picked_trial(pg_url):
 
     result = invoke("status", "s", "--pick", "smallest-within 0.01", "--storage", pg_url)
     assert result.exit_code == 0 and "-> trial 1:" in result.stdout, result.stderr
-    one_cli_error(invoke("status", "s", "--pick", "cheapest", "--storage", pg_url), "--pick 'cheapest' is not a pick rule")
+    cheapest = invoke("status", "s", "--pick", "cheapest", "--storage", pg_url)
+    one_cli_error(cheapest, "--pick 'cheapest' is not a pick rule")
 
 
 def test_list_shows_the_best_miou_of_a_two_objective_study(pg_url):
@@ -322,7 +323,8 @@ def test_a_two_value_tell_whose_reply_was_lost_is_not_dropped(pg_url, tmp_path):
         trial = study.ask()
         lost = lose_first_reply(study)
         link.tell(trial, values=[0.5, 1234.0])
-        assert lost and [(t.state, t.values) for t in _load(pg_url).get_trials()] == [(TrialState.COMPLETE, [0.5, 1234.0])]
+        stored = [(t.state, t.values) for t in _load(pg_url).get_trials()]
+        assert lost and stored == [(TrialState.COMPLETE, [0.5, 1234.0])]
         other = study.ask()
         real(other, [0.4, 10.0])
         with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # finished with other values

@@ -22,7 +22,7 @@ def arrays():
 
 
 def _collect(ds):
-    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in ds))
+    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in ds), strict=False)
     return np.concatenate(xs), np.concatenate(ys)
 
 

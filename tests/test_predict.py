@@ -10,14 +10,14 @@ import subprocess
 import sys
 import zipfile
 
+from helpers import one_cli_error, run_cli
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from contract.config import TrainConfig
-from contract.npz_stream import NpzWriter, open_array
 from contract.data import DataError
-from helpers import one_cli_error, one_error_line, run_cli
+from contract.npz_stream import NpzWriter, open_array
 
 TINY = TrainConfig(
     model="multipath", base_filters=4, depth=2, conventional_filters=8, residual_filters=8,

@@ -11,12 +11,12 @@ import re
 import subprocess
 import zipfile
 
+from helpers import BIN, run_cli
 import numpy as np
 import pytest
 import yaml
 
 from contract.synth import write_npz
-from helpers import BIN, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +79,8 @@ def test_readme_from_search_to_predictions(pg_url, tmp_path):
 
     exported = yaml.safe_load((tmp_path / "best.yaml").read_text())
     schedule = exported["lr_schedule"]
-    assert 1 <= len(schedule) <= SPACE["fixed"]["epochs"] and schedule[0] == pytest.approx(exported["learning_rate"], rel=1e-6)
+    assert 1 <= len(schedule) <= SPACE["fixed"]["epochs"]
+    assert schedule[0] == pytest.approx(exported["learning_rate"], rel=1e-6)
     assert f"for {len(schedule)} epochs" in outputs[2] and "no validation score" in outputs[2]
     with zipfile.ZipFile(tmp_path / "final.keras") as archive:
         info = json.loads(archive.read("mars_tuner.json"))

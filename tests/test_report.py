@@ -241,7 +241,8 @@ def test_preview_grid_shows_image_truth_and_prediction(tmp_path):
 _HOOK = """<script>(function(){var log=function(kind,args){console.log("[report-test " + kind + "] " +
 Array.prototype.map.call(args,String).join(" "));};
 console.error=function(){log("console.error",arguments);};console.warn=function(){log("console.warn",arguments);};
-window.addEventListener("error",function(ev){log("error",[ev.message||("resource "+(ev.target&&(ev.target.src||ev.target.href)))]);},true);
+window.addEventListener("error",function(ev){
+log("error",[ev.message||("resource "+(ev.target&&(ev.target.src||ev.target.href)))]);},true);
 window.addEventListener("unhandledrejection",function(ev){log("unhandledrejection",[ev.reason]);});})();</script>"""
 
 
@@ -358,7 +359,7 @@ def test_importance_of_two_objectives_explains_high_miou_not_low(pg_url):
     rng = np.random.default_rng(0)
     dists = {"lr": optuna.distributions.FloatDistribution(0, 1), "noise": optuna.distributions.FloatDistribution(0, 1)}
     trials = []
-    for i in range(300):
+    for _ in range(300):
         lr, noise = float(rng.random()), float(rng.random())
         # Only the best mIoU values depend on lr (a threshold): the worst ones are pure noise.
         miou = 0.9 if lr > 0.9 else 0.5 * noise

@@ -9,9 +9,9 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 import pytest
+from test_report import render_in_chromium
 
 import storage
-from test_report import render_in_chromium
 from tuner import report as tuner_report
 from tuner import report_parallelism
 

@@ -16,15 +16,15 @@ import subprocess
 import uuid
 from wsgiref.util import setup_testing_defaults
 
+from helpers import one_error_line, run_cli
 import optuna
-import psycopg2
 from pgcluster import PORT, VERSION, _ctl, _drop
+import psycopg2
 import pytest
 from test_distributed import TINY_SPACE
 import yaml
 
 from contract.synth import write_npz
-from helpers import one_error_line, run_cli
 from storage.roles import OWNER, PASSWORD_FILE_ENV, ROLES, VIEWER, WORKER, privilege_statements, role_statements
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,7 +199,8 @@ def test_a_whole_search_runs_under_the_worker_role_with_verify_full_tls(tls_clus
     rdb.engine.dispose()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2, trials
     # Viewers read it; the same worker with a CA that did not sign the server's certificate is refused.
-    status = run_cli("tuner", "status", "s", "--storage", tls_cluster.url(VIEWER, study_db), env=tls_cluster.env(VIEWER))
+    status = run_cli("tuner", "status", "s", "--storage", tls_cluster.url(VIEWER, study_db),
+                     env=tls_cluster.env(VIEWER))
     assert status.returncode == 0 and "COMPLETE" in status.stdout.upper(), status.stderr
     wrong_ca = tls_cluster.ca.with_name("other-ca.crt")
     shutil.copy("/etc/ssl/certs/ca-certificates.crt", wrong_ca)
@@ -238,9 +239,9 @@ def test_documented_role_sql_is_what_db_init_runs():
 
 
 def test_db_init_roles_needs_postgresql_and_the_three_password_files(tuner_home, tmp_path):
+    from helpers import one_cli_error
     from typer.testing import CliRunner
 
-    from helpers import one_cli_error
     from tuner.cli import app
 
     sqlite = f"sqlite:///{tmp_path / 'x.db'}"

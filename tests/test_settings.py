@@ -10,11 +10,11 @@ import os
 from pathlib import Path
 import time
 
+from helpers import one_cli_error, one_error_line, run_cli
 import pytest
 from typer.testing import CliRunner
 
 from contract.synth import write_npz
-from helpers import one_cli_error, one_error_line, run_cli
 import storage
 from storage.url import read_password_file, resolve_url
 from tuner.cli import app as tuner_app

@@ -18,15 +18,15 @@ import shutil
 import subprocess
 import time
 
+from helpers import BIN, run_cli
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 import pytest
+from slurmcluster import Job, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
 import yaml
 
 from contract import report
 from contract.synth import write_npz
-from helpers import BIN, run_cli
-from slurmcluster import Job, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
 import storage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,7 +136,7 @@ class Site:
 
 
 @pytest.fixture
-def site(pg_url, slurm, npz, tmp_path) -> Site:
+def site(pg_url, slurm, npz, tmp_path) -> Site:  # noqa: F811 - pytest fixtures by name
     return Site(slurm, pg_url, npz, tmp_path)
 
 

@@ -3,9 +3,9 @@ crash a worker").
 
 Start-up is three phases that talk to the database: reading the study's spec, joining the study
 (its storage and the study object), and the first ask. Statements spread over each phase, its first
-and last included, are killed in turn (the server terminates the connection it runs on, as a restart or a proxy would), and the
-worker must come out of start-up holding its first trial, with the budget exact. The kill is done
-by a SQLAlchemy hook, so it always lands on the statement it aims at.
+and last included, are killed in turn (the server terminates the connection it runs on, as a restart
+or a proxy would), and the worker must come out of start-up holding its first trial, with the budget
+exact. The kill is done by a SQLAlchemy hook, so it always lands on the statement it aims at.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import contextlib
 import time
 
+from conftest import PG_ADMIN_DSN
 import optuna
 import psycopg2
 import pytest
@@ -21,7 +22,6 @@ import sqlalchemy
 from test_distributed import TINY_SPACE  # noqa: F401 - the tiny space the distributed tests use
 import yaml
 
-from conftest import PG_ADMIN_DSN
 from contract.synth import write_npz
 from tuner.study import CreateOptions, create_study
 from worker import joining

@@ -93,7 +93,7 @@ def test_load_trials_equals_optunas_get_trials(two_studies):
         theirs = study.get_trials(deepcopy=False)
         ours = load_trials(engine, head.study_id)
         assert len(ours) == len(theirs) == 7
-        for mine, other in zip(ours, theirs):
+        for mine, other in zip(ours, theirs, strict=False):
             _same(mine, other)
             assert mine.user_attrs == other.user_attrs
         # Filters: states, ids, chosen attributes, no epoch values.

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+from helpers import BIN
 import numpy as np
 import optuna
 from optuna.trial import TrialState
@@ -29,7 +30,6 @@ import yaml
 from contract import report
 from contract.config import ConfigError, TrainConfig
 from contract.study_spec import StudySpec
-from helpers import BIN
 import storage
 from tuner import dashboard, export, status
 from tuner.study import CreateOptions, StudyError, create_study

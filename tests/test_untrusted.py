@@ -11,12 +11,12 @@ import os
 from pathlib import Path
 import re
 
+from helpers import one_cli_error
 from pgcluster import pg_cluster  # noqa: F401 - the fixture (a throw-away server to stop)
 import pytest
 from typer.testing import CliRunner
 
 from contract.synth import write_npz
-from helpers import one_cli_error
 from tuner.cli import app as tuner_app
 
 
@@ -76,7 +76,7 @@ def _hostile_text_study(url: str) -> None:
     study = optuna.create_study(study_name="s", storage=url, direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     choices = [HOSTILE_TEXT, "</script><script>alert(1)</script>", "a & b"]
-    for i in range(8):
+    for _ in range(8):
         trial = study.ask()
         choice = trial.suggest_categorical("loss " + HOSTILE_TEXT, choices)
         lr = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
@@ -394,11 +394,10 @@ def test_bad_compile_cache_is_one_warning_and_no_cache(tmp_path):
 
 @pytest.mark.slow
 def test_worker_with_a_bad_compile_cache_warns_once_and_completes_its_trial(tuner_home, tmp_path):
-    import optuna
-    import yaml
-
     from helpers import run_cli
+    import optuna
     from test_report import TINY_SPACE
+    import yaml
 
     pytest.importorskip("jax")
     npz = tmp_path / "mars.npz"
@@ -507,7 +506,7 @@ def test_outage_lines_name_the_database_error(pg_cluster, caplog):  # noqa: F811
     pg_cluster.stop()
     try:
         lines: list[str] = []
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises once the grace is spent
             with_db_retry(lambda: study.trials, what="reading trials", max_wait_s=0.5, first_delay_s=0.2,
                           on_retry=lines.append)
         with caplog.at_level(logging.WARNING, logger="storage"):

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 import subprocess
 
+from helpers import one_error_line, run_cli
 import numpy as np
 import pytest
 import yaml
 
 from contract.data import load_npz
-from helpers import one_error_line, run_cli
 
 
 def worker(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -78,7 +78,8 @@ def test_train_bad_config_is_one_line_and_writes_nothing(tmp_path, npz, config_t
 def test_train_bad_data_and_paths(tmp_path, npz):
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump({"epochs": 1}))
-    assert "missing.npz" in _one_error_line(worker("train", "--config", str(config), "--data", str(tmp_path / "missing.npz")))
+    missing = worker("train", "--config", str(config), "--data", str(tmp_path / "missing.npz"))
+    assert "missing.npz" in _one_error_line(missing)
     assert "--save must end in .keras" in _one_error_line(
         worker("train", "--config", str(config), "--data", str(npz), "--save", str(tmp_path / "m.h5"))
     )

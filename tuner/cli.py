@@ -7,7 +7,7 @@ default under ``./.tuner`` is used, so a single machine needs no database server
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -97,9 +97,9 @@ def db_init(
         bool, typer.Option("--roles", help="PostgreSQL, as a superuser: also create or update the owner, worker "
                                            "and viewer roles (docs/roles.md); the tables become the owner's."),
     ] = False,
-    owner_password_file: Annotated[Optional[Path], _role_password_option("owner")] = None,
-    worker_password_file: Annotated[Optional[Path], _role_password_option("worker")] = None,
-    viewer_password_file: Annotated[Optional[Path], _role_password_option("viewer")] = None,
+    owner_password_file: Annotated[Path | None, _role_password_option("owner")] = None,
+    worker_password_file: Annotated[Path | None, _role_password_option("worker")] = None,
+    viewer_password_file: Annotated[Path | None, _role_password_option("viewer")] = None,
 ) -> None:
     """Create Optuna's schema once (safe to run concurrently and repeatedly).
 
@@ -133,17 +133,17 @@ def db_init(
 def create(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Study name.")],
     data: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--data", envvar="TUNER_DATA", show_envvar=True,
             help="The challenge .npz; its fingerprint is recorded so workers with other data are refused.",
         ),
     ] = None,
     fingerprint: Annotated[
-        Optional[str], typer.Option(help="Record this data fingerprint instead of reading --data.")
+        str | None, typer.Option(help="Record this data fingerprint instead of reading --data.")
     ] = None,
     space: Annotated[
-        Optional[Path], typer.Option(help="Search-space YAML. Default: the seed's ranges (shipped).")
+        Path | None, typer.Option(help="Search-space YAML. Default: the seed's ranges (shipped).")
     ] = None,
     trials: Annotated[
         int, typer.Option(min=1, help="Trial budget for the whole study, across all workers.")
@@ -153,10 +153,11 @@ def create(
     ),
     seed: Annotated[int, typer.Option(help="Sampler seed (each worker derives its own from it).")] = StudySpec.seed,
     pruner: Annotated[
-        Optional[Pruner],
+        Pruner | None,
         typer.Option(case_sensitive=False, show_default=False,
                      help="Early stopping of unpromising trials (resource: epochs). "
-                          f"Default: {StudySpec.pruner}; none with several objectives (nothing else is allowed there)."),
+                          f"Default: {StudySpec.pruner}; none with several objectives "
+                          "(nothing else is allowed there)."),
     ] = None,
     min_epochs: Annotated[
         int, typer.Option(min=1, help="Epochs a trial trains before it can be pruned (Hyperband's min resource).")
@@ -170,13 +171,15 @@ def create(
     max_retry: Annotated[
         int, typer.Option(min=0, help="How often a trial of a dead worker is retried.")
     ] = StudySpec.max_retry,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing study of that name first.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Delete an existing study of that name first.")
+    ] = False,
     exist_ok: Annotated[
         bool, typer.Option("--exist-ok", help="If the study exists, keep it and exit 0 (for re-runnable init jobs).")
     ] = False,
     storage: StorageOpt = None,
     enqueue: Annotated[
-        Optional[list[Path]],
+        list[Path] | None,
         typer.Option("--enqueue", metavar="FILE.yaml",
                      help="Enqueue this training config as a first trial (repeatable); it must fit the space."),
     ] = None,
@@ -234,12 +237,12 @@ def status(
 def export(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Study name.")],
     format: Annotated[
-        Optional[ConfigFormat],
+        ConfigFormat | None,
         typer.Option("--format", case_sensitive=False, help="Default: from the -o suffix, else yaml."),
     ] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
     model: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="Also download the best trial's saved model (.keras) here, if a worker uploaded one."),
     ] = None,
     artifact_dir: ArtifactDirOpt = None,
@@ -283,7 +286,7 @@ def confirm(
 @app.command()
 def dashboard(
     target: Annotated[
-        Optional[str], typer.Argument(metavar="TARGET", help="A study name (on --storage) or a storage URL.")
+        str | None, typer.Argument(metavar="TARGET", help="A study name (on --storage) or a storage URL.")
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,

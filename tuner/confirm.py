@@ -24,12 +24,12 @@ from optuna.trial import FrozenTrial, TrialState
 import sqlalchemy
 
 from contract import report
-from contract.confirm import ConfirmError, Confirmed, pick_confirmed, seeds_for, summarize, top_trials
+from contract.confirm import Confirmed, ConfirmError, pick_confirmed, seeds_for, summarize, top_trials
 from contract.study_spec import StudySpec
 from storage.budget_lock import budget_lock
 from storage.counts import user_attr_pairs
-from storage.summaries import load_trials, marked_trial_ids
 from storage.optuna_internals import trial_id
+from storage.summaries import load_trials, marked_trial_ids
 from tuner.study import load_spec, open_study
 
 

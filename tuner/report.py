@@ -42,8 +42,8 @@ from contract.confirm import summarize as summarize_confirmed
 from contract.pareto import Pick, front_trials, pick_trial
 from contract.study_spec import StudySpec
 import storage
-from storage.summaries import StudyHead, load_trials, open_reader
 from storage.optuna_internals import trial_id
+from storage.summaries import StudyHead, load_trials, open_reader
 from tuner.report_figures import complete as complete_trials
 from tuner.study import StudyError
 
@@ -213,7 +213,7 @@ def header_rows(data: ReportData) -> list[tuple[str, str]]:
         rows.append(("created", f"{created.get('at', '-')} by {created.get('by', '-')}"))
     directions = [d.name.lower() for d in data.head.directions]
     if spec is not None and spec.multi_objective and len(spec.objectives) == len(directions):
-        rows.append(("objectives", ", ".join(f"{o} ({d})" for o, d in zip(spec.objectives, directions))))
+        rows.append(("objectives", ", ".join(f"{o} ({d})" for o, d in zip(spec.objectives, directions, strict=False))))
     else:
         rows.append(("objectives", ", ".join(directions)))
     if len(directions) == 2:

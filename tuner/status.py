@@ -26,10 +26,12 @@ from rich.text import Text
 import sqlalchemy
 
 from contract import report
-from contract.confirm import Confirmed, pick_confirmed, summarize as summarize_confirmed
+from contract.confirm import Confirmed, pick_confirmed
+from contract.confirm import summarize as summarize_confirmed
 from contract.pareto import Pick, front_trials, pick_trial
 from contract.study_spec import SPEC_ATTR, SpecError, StudySpec
 import storage
+from storage.optuna_internals import trial_id
 from storage.summaries import (
     StudyHead,
     best_trial_id,
@@ -40,7 +42,6 @@ from storage.summaries import (
     study_names,
     study_overviews,
 )
-from storage.optuna_internals import trial_id
 from tuner.study import StudyError
 
 #: The states shown by ``tuner status``, in display order.

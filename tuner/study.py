@@ -80,8 +80,8 @@ def create_study(name: str, options: CreateOptions) -> str:
             _create_complete(rdb, name, spec, queued, replace=name in existing)
     finally:
         rdb.engine.dispose()
-    goal = ("" if not spec.multi_objective else
-            f"objectives {', '.join(f'{o} ({d[:3]})' for o, d in zip(spec.objectives, spec.directions))}, ")
+    pairs = zip(spec.objectives, spec.directions, strict=True)  # one direction per objective
+    goal = "" if not spec.multi_objective else f"objectives {', '.join(f'{o} ({d[:3]})' for o, d in pairs)}, "
     return (
         f"created study {name!r} in {storage.mask_url(url)}: {goal}{spec.n_trials} trials, "
         f"{len(spec.space.params)} searched parameters, sampler {spec.sampler} (seed {spec.seed}), "

@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 import signal
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -47,7 +47,7 @@ DataOpt = Annotated[
 #: ``--set``: the sets of the challenge file.
 PredictSet = enum.Enum("PredictSet", {name: name for name in PREDICT_SETS}, type=str)  # type: ignore[misc]
 GpuOpt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option(
         "--gpu", envvar="TUNER_GPU", show_envvar=True, min=0,
         help="Pin this process to one GPU index. Default: first GPU if any, else CPU.",
@@ -61,7 +61,7 @@ def synth_data(
     n: Annotated[int, typer.Option("--n", min=8, help="Training images.")] = 500,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     aliens: Annotated[
-        Optional[int], typer.Option(min=0, help="Injected repeated-mask outliers (default: a few percent).")
+        int | None, typer.Option(min=0, help="Injected repeated-mask outliers (default: a few percent).")
     ] = None,
     test: Annotated[int, typer.Option(min=0, help="Unlabelled test images.")] = 0,
 ) -> None:
@@ -100,10 +100,12 @@ def inspect_data(data: Annotated[Path, typer.Argument(metavar="DATA.npz", help="
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Option("--config", help="Training config (.yaml or .json), e.g. from `tuner export`.")],
+    config: Annotated[
+        Path, typer.Option("--config", help="Training config (.yaml or .json), e.g. from `tuner export`.")
+    ],
     data: DataOpt,
-    save: Annotated[Optional[Path], typer.Option(help="Save the best model here (.keras).")] = None,
-    result_json: Annotated[Optional[Path], typer.Option("--result", help="Write the result as JSON here.")] = None,
+    save: Annotated[Path | None, typer.Option(help="Save the best model here (.keras).")] = None,
+    result_json: Annotated[Path | None, typer.Option("--result", help="Write the result as JSON here.")] = None,
     gpu: GpuOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-epoch progress.")] = False,
     all_data: Annotated[bool, typer.Option(
@@ -180,11 +182,12 @@ def predict(
     data: DataOpt,
     output: Annotated[Path, typer.Option("-o", "--output", help="Write the masks here (.npz, key 'masks').")],
     set_name: Annotated[PredictSet, typer.Option(
-        "--set", help="The set of --data to predict; a labelled set is also scored.")] = PredictSet(PREDICT_SET),
-    png: Annotated[Optional[Path], typer.Option(
+        "--set", help="The set of --data to predict; a labelled set is also scored.")] = PredictSet(PREDICT_SET),  # noqa: B008 - an enum member
+    png: Annotated[Path | None, typer.Option(
         "--png", metavar="DIR", help=f"Also write PNGs (image | prediction): one per image up to "
-                                     f"{PNG_EACH_MAX} images, else a contact sheet of the first {PNG_EACH_MAX}.")] = None,
-    tta: Annotated[Optional[bool], typer.Option(
+                                     f"{PNG_EACH_MAX} images, else a contact sheet of the first "
+                                     f"{PNG_EACH_MAX}.")] = None,
+    tta: Annotated[bool | None, typer.Option(
         "--tta/--no-tta", help="Flip test-time augmentation. Default: as each model's trial was scored "
                                "(recorded in the model file).", show_default=False)] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Images per forward pass.")] = PREDICT_BATCH,
@@ -253,7 +256,8 @@ def run(
     storage: StorageOpt = None,
     gpu: GpuOpt = None,
     max_trials: Annotated[
-        Optional[int], typer.Option(min=1, help="Stop after this many trials of this process (the study budget still applies).")
+        int | None,
+        typer.Option(min=1, help="Stop after this many trials of this process (the study budget still applies)."),
     ] = None,
     max_failures: Annotated[int, typer.Option(min=1, help="Stop after this many failed trials in a row.")] = 3,
     artifact_dir: ArtifactDirOpt = None,
@@ -267,7 +271,7 @@ def run(
         ),
     ] = 0.0,
     compile_cache: Annotated[
-        Optional[str], typer.Option(
+        str | None, typer.Option(
             "--compile-cache", envvar=ENV_COMPILE_CACHE, show_envvar=True, metavar="DIR",
             help=f"Keep compiled XLA programs here (Keras on JAX), so a restarted worker does not "
                  f"compile again; 'off' disables it. Default: {DEFAULT_COMPILE_CACHE}.",

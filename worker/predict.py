@@ -110,7 +110,7 @@ def predict_file(
 
         configure(gpu, mixed_precision="off")  # before the first TensorFlow op; models keep their dtypes
         loaded = _load_models(models)
-        for path, info in zip(models, infos):
+        for path, info in zip(models, infos, strict=False):
             if tta is None and info.tta is None:
                 say(f"note: {path} records no TTA setting (saved by an older version): predicting "
                     "without flip TTA; --tta turns it on")
@@ -141,7 +141,8 @@ def _check_set(reader: ArrayReader, set_name: str) -> bool:
         labelled, image_shape = False, shape[1:]
     else:
         raise PredictError(f"{reader.path}: '{set_name}' has shape {shape}; expected (N, {IMAGE_SHAPE[0]}, "
-                           f"{IMAGE_SHAPE[1]}) images or (N, 2, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}) image and mask pairs")
+                           f"{IMAGE_SHAPE[1]}) images or (N, 2, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}) "
+                           "image and mask pairs")
     if tuple(image_shape) != IMAGE_SHAPE:
         raise PredictError(f"{reader.path}: '{set_name}' images are {image_shape[0]}x{image_shape[1]}; "
                            f"the models take {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}")
@@ -196,7 +197,7 @@ def _run(models: list[keras.Model], use_tta: tuple[bool, ...], reader: ArrayRead
                         truth[start:start + len(rows)] = _labels(rows, reader, start)
                     x = normalise(images)[..., None]
                     total = None
-                    for forward, tta in zip(forwards, use_tta):
+                    for forward, tta in zip(forwards, use_tta, strict=False):
                         probs = flip_tta(forward, x) if tta else forward(x)
                         total = probs if total is None else total + probs
                     mean = total if len(models) == 1 else total / np.float32(len(models))

@@ -488,7 +488,7 @@ class _Compiled:
     def reset(self, config: TrainConfig, class_weights: np.ndarray) -> None:
         """Initial weights, a fresh optimizer state, and this trial's hyperparameters."""
         self.model.set_weights(self.initial_weights)
-        for variable, value in zip(self.model.optimizer.variables, self.initial_optimizer):
+        for variable, value in zip(self.model.optimizer.variables, self.initial_optimizer, strict=False):
             variable.assign(value)
         self.optimizer.set(config.learning_rate, config.weight_decay)
         self.params.set(config.focal_gamma, class_weights)
