@@ -221,3 +221,19 @@ def test_predict_speed_smoke(tmp_path):
     for row in result["round_trip"]:
         assert row["max_abs_probability_diff"] < 1e-4 and row["images"] == 48
     assert len(result["verdict"]) == 2 and all("goal" in line for line in result["verdict"])
+@pytest.mark.skipif(not REAL_DATA.is_file(), reason=f"real data file absent: {REAL_DATA} (set MARS_REAL_DATA)")
+def test_confirm_spread_smoke(tmp_path):
+    result = _run("confirm_spread.py", tmp_path / "cs.json", timeout=900)
+    assert result["benchmark"] == "confirm_spread"
+    summary = result["summary"]
+    assert summary["trials_total"] == result["trials"] + result["top"] * result["seeds"]
+    rows = summary["configurations"]
+    assert len(rows) == result["top"]
+    for row in rows:
+        assert row["n"] == result["seeds"] and len(row["mious"]) == row["n"]
+        assert row["seeds"] == list(range(1, result["seeds"] + 1))
+        assert min(row["mious"]) == row["min"] and row["mean"] == pytest.approx(sum(row["mious"]) / row["n"])
+        assert row["sd"] >= 0.0 and row["mean_minus_se"] <= row["mean"]
+    assert sorted(summary["by_mean_minus_se"]) == sorted(r["trial"] for r in rows)
+    assert isinstance(result["single_run_winner_stays_first"], bool) and result["verdict"]
+    assert summary["n_train"] and summary["n_val"]
