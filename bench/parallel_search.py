@@ -48,10 +48,11 @@ for ``--pruner none`` (and for every two-objective study): Hyperband is not meas
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import contextlib
 import dataclasses
 import datetime as _dt
 import heapq
+import json
 import math
 import os
 from pathlib import Path
@@ -60,11 +61,12 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 import warnings
 
-from _report import write_result  # bench/ is on sys.path when a script runs
 import numpy as np
+
+from _report import write_result  # bench/ is on sys.path when a script runs
 
 WORKERS = (1, 4, 16, 64)
 ARMS = ("tpe", "liar_off", "startup_n", "random", "warm", "project")
@@ -152,7 +154,7 @@ class Table:
 
     def params_of(self, cell: str) -> dict[str, Any]:
         """The grid values of a cell (in the search space: a warm-start configuration)."""
-        return {name: choices[int(d)] for (name, choices), d in zip(self.grid.items(), cell, strict=False)}
+        return {name: choices[int(d)] for (name, choices), d in zip(self.grid.items(), cell)}
 
     def regret(self, mean: float) -> float:
         return (self.best - mean) if self.maximize else (mean - self.best)
@@ -332,7 +334,7 @@ def _hv_reference(table: Table) -> tuple[tuple[float, float], float]:
         acc = np.array(list(table.means.values()))
         cost = np.array([table.costs[c] for c in table.means])
         ref = (float(acc.min()), float(cost.max()))
-        _HV_CACHE[table.spec.key] = (ref, _hypervolume(list(zip(acc, cost, strict=False)), ref))
+        _HV_CACHE[table.spec.key] = (ref, _hypervolume(list(zip(acc, cost)), ref))
     return _HV_CACHE[table.spec.key]
 
 
@@ -379,6 +381,45 @@ def summarize_run(table: Table, records: list[TrialRecord], checkpoints: list[in
     out["regret_at_trials"] = {str(k): float(regrets[min(k, len(regrets)) - 1]) for k in checkpoints}
     hit = np.nonzero(regrets <= table.regret(table.target) + 1e-12)[0]
     out["time_to_target"] = float(times[hit[0]]) if len(hit) else None
+    return out
+
+
+#: The order cells run in (most telling first), so that an interrupted run has the decisive ones.
+_PRIORITY = [("tpe", 1), ("tpe", 16), ("liar_off", 16), ("startup_n", 16), ("tpe", 64), ("liar_off", 64),
+             ("startup_n", 64), ("random", 1), ("random", 16), ("random", 64), ("nsga2", 1), ("nsga2", 16),
+             ("tpe", 4), ("liar_off", 4), ("random", 4), ("warm", 1), ("warm", 16), ("warm", 64), ("warm", 4),
+             ("project", 16), ("project", 64), ("project", 4), ("nsga2", 64), ("nsga2", 4)]
+
+
+def _priority(names: list[str], workers: list[int], mo: bool) -> list[tuple[str, int]]:
+    cells = [(arm, n) for n in workers for arm in arms_for(names, n, mo)]
+    rank = {cell: i for i, cell in enumerate(_PRIORITY)}
+    return sorted(cells, key=lambda c: (rank.get(c, len(rank)), c[1]))
+
+
+def _interleave(lists: list[list[Any]]) -> list[Any]:
+    """Round robin over the tables' cell lists."""
+    out = []
+    for i in range(max((len(x) for x in lists), default=0)):
+        out += [x[i] for x in lists if i < len(x)]
+    return out
+
+
+def _task_key(task: tuple) -> tuple[str, str, int, int]:
+    spec, arm, n, seed = task[:4]
+    return (spec.key, arm, n, seed)
+
+
+def _load_runs(path: Path | None, trials: int) -> dict[tuple[str, str, int, int], dict[str, Any]]:
+    """Studies an earlier (interrupted) run saved with ``--runs``, of the same budget."""
+    if path is None or not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row.pop("trials") == trials:
+            key = tuple(row.pop("key"))
+            out[(key[0], key[1], int(key[2]), int(key[3]))] = row
     return out
 
 
@@ -460,15 +501,11 @@ def aggregate(table: Table, runs: dict[tuple[str, int], list[dict[str, Any]]], w
         if mo:
             cell["final_hv"] = quartiles([r["final_hv"] for r in rs])
         else:
-            cell["regret_at_trials"] = {
-                str(k): quartiles([r["regret_at_trials"][str(k)] for r in rs]) for k in checkpoints
-            }
+            cell["regret_at_trials"] = {str(k): quartiles([r["regret_at_trials"][str(k)] for r in rs]) for k in checkpoints}
             times = [r["time_to_target"] for r in rs]
             cell["time_to_target_median"] = median_time(times)
-            alone = runs[(arm if (arm, min(workers)) in runs else base_arm, min(workers))]
-            cell["speedup_vs_1"] = speedup([r["time_to_target"] for r in alone], times, rng)
-            tpe_alone = runs[(base_arm, min(workers))]
-            cell["speedup_vs_tpe_1"] = speedup([r["time_to_target"] for r in tpe_alone], times, rng)
+            cell["speedup_vs_1"] = speedup([r["time_to_target"] for r in runs[(arm if (arm, min(workers)) in runs else base_arm, min(workers))]], times, rng)
+            cell["speedup_vs_tpe_1"] = speedup([r["time_to_target"] for r in runs[(base_arm, min(workers))]], times, rng)
         out["cells"].append(cell)
     return out
 
@@ -477,8 +514,8 @@ def aggregate(table: Table, runs: dict[tuple[str, int], list[dict[str, Any]]], w
 
 
 def _fmt(q: dict[str, float], digits: int = 3) -> str:
-    def f(x: float) -> str:
-        return "inf" if math.isinf(x) else f"{x:.{digits}g}"
+    def f(x: float) -> str:  # inf / nan: no trial had finished by then (in that quartile)
+        return "–" if not math.isfinite(x) else f"{x:.{digits}g}"
     return f"{f(q['median'])} [{f(q['q1'])}, {f(q['q3'])}]"
 
 
@@ -504,6 +541,52 @@ def print_table(name: str, agg: dict[str, Any], checkpoints: list[int], mo: bool
         print(" | ".join(row))
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The docs' tables (docs/benchmarks.md) from a result JSON: regret, speed-up, duplicates, hypervolume."""
+    out: list[str] = []
+    checkpoints = result["checkpoints"]
+    for key, t in result["tables"].items():
+        cells = t["cells"]
+        title = f"{t['bench']} {t['dataset']}, {t['metric']}" + (f" vs {t['cost']}" if t["cost"] else "")
+        out.append(f"**{key}: {title}** ({result['seeds']} seeds, {result['trials']} trials; "
+                   f"median [q1, q3]; t = virtual time as a share of N = 1 `tpe`'s median makespan, "
+                   f"{t['base_makespan']:,.0f} s)\n")
+        if t["cost"]:
+            out.append("| arm | N | " + " | ".join(f"HV share @ t={f:.3g}" for f in TIME_FRACTIONS) + " |")
+            out.append("|---|---|" + "---|" * len(TIME_FRACTIONS))
+            for c in cells:
+                out.append(f"| {c['arm']} | {c['workers']} | "
+                           + " | ".join(_fmt(c["hv_at_time"][f"{f:.4g}"]) for f in TIME_FRACTIONS) + " |")
+            out.append("")
+            continue
+        fractions = TIME_FRACTIONS[1:]
+        out.append("| arm | N | " + " | ".join(f"regret @ {k} trials" for k in checkpoints) + " | "
+                   + " | ".join(f"regret @ t={f:.3g}" for f in fractions) + " |")
+        out.append("|---|---|" + "---|" * (len(checkpoints) + len(fractions)))
+        for c in cells:
+            out.append(f"| {c['arm']} | {c['workers']} | "
+                       + " | ".join(_fmt(c["regret_at_trials"][str(k)]) for k in checkpoints) + " | "
+                       + " | ".join(_fmt(c["regret_at_time"][f"{f:.4g}"]) for f in fractions) + " |")
+        out.append("")
+        out.append(f"Speed-up to the top 1% (regret <= {t['best'] - t['target'] if t['maximize'] else t['target'] - t['best']:.4g}) "
+                   "vs the same arm at N = 1 (ideal: N), bootstrap 90% interval, runs that got there; "
+                   "near-duplicate / concurrent / repeated-cell counts per study (median [q1, q3]):\n")
+        out.append("| arm | N | speed-up | reached | near-dup | concurrent | repeated cells |")
+        out.append("|---|---|---|---|---|---|---|")
+        for c in cells:
+            sp = c["speedup_vs_1"]
+            out.append(f"| {c['arm']} | {c['workers']} | {_ratio(sp)} | {sp['reached']} | {_fmt(c['near_duplicates'])} | "
+                       f"{_fmt(c['concurrent_duplicates'])} | {_fmt(c['repeated_cells'])} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _ratio(sp: dict[str, Any]) -> str:
+    def f(x: float) -> str:
+        return "n/a" if math.isnan(x) else "inf" if math.isinf(x) else f"{x:.2g}"
+    return f"{f(sp['speedup'])} [{f(sp['lo'])}, {f(sp['hi'])}]"
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -518,8 +601,7 @@ def arms_for(arm_names: list[str], n_workers: int, multi_objective: bool) -> lis
             continue  # one worker has no other RUNNING trial to lie about
         options = arm_tpe_options(arm, n_workers)
         if {k: v for k, v in options.items() if _TPE_DEFAULTS.get(k) != v}:
-            tpe_arms = [a for a in chosen if a not in ("random", "warm")]
-            if arm == "project" and any(options == arm_tpe_options(a, n_workers) for a in tpe_arms):
+            if arm == "project" and any(options == arm_tpe_options(a, n_workers) for a in chosen if a not in ("random", "warm")):
                 continue
             chosen.append(arm)
     return chosen
@@ -539,7 +621,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="processes (the figures do not depend on it)")
     parser.add_argument("--smoke", "--quick", action="store_true", help="tiny sizes: seconds")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--runs", type=Path, default=None, metavar="JSONL",
+                        help="append each finished study here, and skip the ones already there (resume)")
+    parser.add_argument("--only-saved", action="store_true", help="aggregate what --runs holds; run nothing")
+    parser.add_argument("--markdown", nargs="+", type=Path, metavar="JSON",
+                        help="print the docs' tables from earlier results and exit")
     args = parser.parse_args(argv)
+    if args.markdown:
+        for path in args.markdown:
+            print(markdown(json.loads(path.read_text())))
+        return 0
     if args.smoke:
         args.tables, args.workers, args.seeds, args.trials = "nb201", "1,4", 2, 16
         args.arms, args.mo_arms = "tpe,liar_off,random,warm", "tpe"
@@ -570,22 +661,42 @@ def main(argv: list[str] | None = None) -> int:
         template = workdir / "template.db"
         storage.init_schema(f"sqlite:///{template}")
         jobs = [(TABLES[t], arm_names) for t in tables] + ([(MO_TABLE, mo_arms)] if mo_arms else [])
+        cells = _interleave([[(spec, arm, n) for arm, n in _priority(names, workers, bool(spec.cost))]
+                             for spec, names in jobs])
         tasks = [(spec, arm, n, seed, args.trials, checkpoints, template, workdir)
-                 for spec, names in jobs for n in workers for arm in arms_for(names, n, bool(spec.cost))
-                 for seed in range(args.seeds)]
-        print(f"{len(tasks)} studies of {args.trials} trials, {args.jobs} process(es)", flush=True)
-        if args.jobs > 1:
-            import multiprocessing
+                 for spec, arm, n in cells for seed in range(args.seeds)]
+        saved = _load_runs(args.runs, args.trials)
+        todo = [t for t in tasks if _task_key(t) not in saved]
+        if args.only_saved:
+            todo = []
+        print(f"{len(tasks)} studies of {args.trials} trials ({len(tasks) - len(todo)} saved in --runs), "
+              f"{args.jobs} process(es)", flush=True)
+        with contextlib.ExitStack() as stack:
+            if args.jobs > 1:
+                import multiprocessing
 
-            with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
-                done = pool.map(_run_task, tasks, chunksize=1)
-        else:
-            done = [_run_task(task) for task in tasks]
-        for spec, _names in jobs:
+                pool = stack.enter_context(multiprocessing.get_context("fork").Pool(args.jobs))
+                results = pool.imap(_run_task, todo, chunksize=1)
+            else:
+                results = map(_run_task, todo)
+            for i, (task, summary) in enumerate(zip(todo, results), 1):
+                saved[_task_key(task)] = summary
+                if args.runs is not None:
+                    with args.runs.open("a") as f:
+                        f.write(json.dumps({"key": list(_task_key(task)), "trials": args.trials, **summary}) + "\n")
+                if i % max(1, len(todo) // 20) == 0 or i == len(todo):
+                    print(f"  {i}/{len(todo)} studies, {time.time() - started:.0f} s", flush=True)
+        done_tasks = [t for t in tasks if _task_key(t) in saved]
+        done = [saved[_task_key(t)] for t in done_tasks]
+        tasks = done_tasks
+        for spec, names in jobs:
+            if not any(task[0] == spec and task[1] == "tpe" and task[2] == min(workers) for task in tasks):
+                print(f"  {spec.key}: no N={min(workers)} tpe runs yet; left out")
+                continue
             table = _table(spec)
             mo = bool(spec.cost)
             runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
-            for task, summary in zip(tasks, done, strict=False):
+            for task, summary in zip(tasks, done):
                 if task[0] == spec:
                     runs.setdefault((task[1], task[2]), []).append(summary)
             for (arm, n), rs in runs.items():
