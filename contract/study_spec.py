@@ -276,6 +276,7 @@ class CreateOptions:
     seed_config: bool = True  # also enqueue the seed team's best configuration
     remove_aliens: bool = True
     objectives: str | tuple[str, ...] = StudySpec.objectives  # "miou,params" or names; mIoU first
+    workers_hint: int = StudySpec.workers_hint  # workers expected at once (the sampler's options)
 
 
 def default_pruner(objectives: tuple[str, ...]) -> str:

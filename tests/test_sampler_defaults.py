@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import optuna
 import pytest
+from typer.testing import CliRunner
 
 from contract.space import SearchSpace
-from contract.study_spec import SpecError, StudySpec, worker_seed
+from contract.study_spec import SpecError, StudySpec, tpe_options, worker_seed
+import storage
+from tuner.cli import app
 
 SPACE = SearchSpace.from_dict({"params": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}})
 
@@ -31,3 +35,22 @@ def test_worker_seeds_differ_per_worker_and_an_empty_key_keeps_the_study_seed():
     seeds = {worker_seed(7, f"host:{pid}") for pid in range(50)}
     assert len(seeds) == 50 and all(0 <= s < 2**32 for s in seeds)
     assert worker_seed(7, "a") == worker_seed(7, "a") != worker_seed(8, "a")
+
+
+def test_tuner_create_records_the_workers_hint(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    result = CliRunner().invoke(app, ["create", "s", "--fingerprint", "ab" * 32, "--trials", "20",
+                                      "--workers-hint", "16", "--storage", url])
+    assert result.exit_code == 0, result.output
+    assert "tuned for 16 workers" in result.output
+    rdb = storage.open_storage(url, heartbeat_interval=None)
+    spec = StudySpec.of(optuna.load_study(study_name="s", storage=rdb))
+    rdb.engine.dispose()
+    assert spec.workers_hint == 16
+    sampler = spec.make_sampler("host:1")
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._n_startup_trials == tpe_options(16).get("n_startup_trials", 10)
+
+    bad = CliRunner().invoke(app, ["create", "t", "--fingerprint", "ab" * 32, "--workers-hint", "0",
+                                   "--storage", url])
+    assert bad.exit_code == 2 and "--workers-hint" in bad.output

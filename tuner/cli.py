@@ -196,6 +196,11 @@ def create(
                           "miou,latency (inference ms per image on the worker's device). Two objectives: "
                           "a Pareto front, no pruning; --sampler tpe or nsga2."),
     ] = ",".join(StudySpec.objectives),
+    workers_hint: Annotated[
+        int, typer.Option(min=1, metavar="N",
+                          help="Workers you expect to run at once; TPE's start-up trials follow it "
+                               "(docs/benchmarks.md, 'Parallel search quality').")
+    ] = StudySpec.workers_hint,
 ) -> None:
     """Create a study from a search-space file (schema is created if missing)."""
     from tuner.study import create_study
@@ -206,6 +211,7 @@ def create(
         min_epochs=min_epochs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
         max_retry=max_retry, overwrite=overwrite, exist_ok=exist_ok, enqueue=tuple(enqueue or ()),
         seed_config=seed_config, remove_aliens=not keep_aliens, objectives=objectives,
+        workers_hint=workers_hint,
     ))
     typer.echo(summary)
 

@@ -84,10 +84,15 @@ def create_study(name: str, options: CreateOptions) -> str:
     goal = "" if not spec.multi_objective else f"objectives {', '.join(f'{o} ({d[:3]})' for o, d in pairs)}, "
     return (
         f"created study {name!r} in {storage.mask_url(url)}: {goal}{spec.n_trials} trials, "
-        f"{len(spec.space.params)} searched parameters, sampler {spec.sampler} (seed {spec.seed}), "
+        f"{len(spec.space.params)} searched parameters, "
+        f"sampler {spec.sampler} (seed {spec.seed}{_hint(spec)}), "
         f"pruner {spec.pruner} (max {spec.space.max_epochs} epochs), data {spec.data_fingerprint[:12]}"
         + (f"; {queue_note}" if queue_note else "")
     )
+
+
+def _hint(spec: StudySpec) -> str:
+    return f", tuned for {spec.workers_hint} workers" if spec.workers_hint > 1 and spec.sampler == "tpe" else ""
 
 
 def _plan(name: str, options: CreateOptions) -> tuple[StudySpec, list[dict], str]:
@@ -119,6 +124,7 @@ def _plan(name: str, options: CreateOptions) -> tuple[StudySpec, list[dict], str
             seed=options.seed, pruner=pruner, min_epochs=options.min_epochs,
             heartbeat_interval=options.heartbeat_interval, grace_period=options.grace_period,
             max_retry=options.max_retry, remove_aliens=options.remove_aliens, objectives=objectives,
+            workers_hint=options.workers_hint,
         )
     except SpecError as exc:
         raise StudyError(str(exc)) from None
