@@ -49,8 +49,29 @@ def test_tuner_create_records_the_workers_hint(tmp_path):
     assert spec.workers_hint == 16
     sampler = spec.make_sampler("host:1")
     assert isinstance(sampler, optuna.samplers.TPESampler)
-    assert sampler._n_startup_trials == tpe_options(16).get("n_startup_trials", 10)
+    assert sampler._n_startup_trials == tpe_options(16)["n_startup_trials"] == 16
 
     bad = CliRunner().invoke(app, ["create", "t", "--fingerprint", "ab" * 32, "--workers-hint", "0",
                                    "--storage", url])
     assert bad.exit_code == 2 and "--workers-hint" in bad.output
+
+
+@pytest.mark.parametrize(("workers", "startup"), [(1, 10), (4, 10), (10, 10), (16, 16), (64, 64)])
+def test_tpe_defaults_follow_the_workers_hint(workers, startup):
+    """The defaults chosen from bench/parallel_search.py (docs/benchmarks.md): constant liar on,
+    at least one random start-up trial per expected worker, never fewer than Optuna's 10."""
+    sampler = _spec(workers_hint=workers).make_sampler("host:1")
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._constant_liar is True
+    assert sampler._n_startup_trials == startup
+    assert sampler._multivariate is None  # Optuna's own choice per number of objectives
+
+
+def test_one_worker_gets_optunas_tpe_defaults():
+    default = optuna.samplers.TPESampler()
+    ours = _spec().make_sampler()
+    for attr in ("_constant_liar", "_n_startup_trials", "_multivariate", "_n_ei_candidates"):
+        assert getattr(ours, attr) == getattr(default, attr), attr
+    two = StudySpec(space=SPACE, data_fingerprint="0" * 64, n_trials=10, pruner="none",
+                    objectives=("miou", "params"), workers_hint=32).make_sampler()
+    assert two._n_startup_trials == 32 and two._constant_liar is True
