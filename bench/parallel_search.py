@@ -564,19 +564,19 @@ def markdown(result: dict[str, Any]) -> str:
                    f"median [q1, q3]; t = virtual time as a share of N = 1 `tpe`'s median makespan, "
                    f"{t['base_makespan']:,.0f} s)\n")
         if t["cost"]:
-            out.append("| arm | N | " + " | ".join(f"HV share @ t={f:.3g}" for f in TIME_FRACTIONS) + " |")
-            out.append("|---|---|" + "---|" * len(TIME_FRACTIONS))
+            out.append("| arm | N | seeds | " + " | ".join(f"HV share @ t={f:.3g}" for f in TIME_FRACTIONS) + " |")
+            out.append("|---|---|---|" + "---|" * len(TIME_FRACTIONS))
             for c in cells:
-                out.append(f"| {c['arm']} | {c['workers']} | "
+                out.append(f"| {c['arm']} | {c['workers']} | {c['seeds']} | "
                            + " | ".join(_fmt(c["hv_at_time"][f"{f:.4g}"]) for f in TIME_FRACTIONS) + " |")
             out.append("")
             continue
         fractions = TIME_FRACTIONS[1:]
-        out.append("| arm | N | " + " | ".join(f"regret @ {k} trials" for k in checkpoints) + " | "
+        out.append("| arm | N | seeds | " + " | ".join(f"regret @ {k} trials" for k in checkpoints) + " | "
                    + " | ".join(f"regret @ t={f:.3g}" for f in fractions) + " |")
-        out.append("|---|---|" + "---|" * (len(checkpoints) + len(fractions)))
+        out.append("|---|---|---|" + "---|" * (len(checkpoints) + len(fractions)))
         for c in cells:
-            out.append(f"| {c['arm']} | {c['workers']} | "
+            out.append(f"| {c['arm']} | {c['workers']} | {c['seeds']} | "
                        + " | ".join(_fmt(c["regret_at_trials"][str(k)]) for k in checkpoints) + " | "
                        + " | ".join(_fmt(c["regret_at_time"][f"{f:.4g}"]) for f in fractions) + " |")
         out.append("")
@@ -611,10 +611,11 @@ def arms_for(arm_names: list[str], n_workers: int, multi_objective: bool) -> lis
             continue
         if arm == "liar_off" and n_workers == 1:
             continue  # one worker has no other RUNNING trial to lie about
-        options = arm_tpe_options(arm, n_workers)
-        if {k: v for k, v in options.items() if _TPE_DEFAULTS.get(k) != v}:
-            if arm == "project" and any(options == arm_tpe_options(a, n_workers) for a in chosen if a not in ("random", "warm")):
-                continue
+        options = {**_TPE_DEFAULTS, **arm_tpe_options(arm, n_workers)}
+        if options != _TPE_DEFAULTS:
+            if arm == "project" and any(options == {**_TPE_DEFAULTS, **arm_tpe_options(a, n_workers)}
+                                        for a in chosen if a not in ("random", "warm")):
+                continue  # the project's defaults are that arm's: not run twice
             chosen.append(arm)
     return chosen
 
@@ -684,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         todo = [t for t in tasks if _task_key(t) not in saved]
         if args.only_saved:
             todo = []
-        print(f"{len(tasks)} studies of {args.trials} trials ({len(tasks) - len(todo)} saved in --runs), "
+        print(f"{len(tasks)} studies of {args.trials} trials ({sum(_task_key(t) in saved for t in tasks)} saved in --runs), "
               f"{args.jobs} process(es)", flush=True)
         with contextlib.ExitStack() as stack:
             if args.jobs > 1:
