@@ -42,24 +42,24 @@ def test_tuner_create_records_the_workers_hint(tmp_path):
     result = CliRunner().invoke(app, ["create", "s", "--fingerprint", "ab" * 32, "--trials", "20",
                                       "--workers-hint", "16", "--storage", url])
     assert result.exit_code == 0, result.output
-    assert "tuned for 16 workers" in result.output
+    assert "16 workers expected" in result.output and "fewer than 3 waves" in result.output
     rdb = storage.open_storage(url, heartbeat_interval=None)
     spec = StudySpec.of(optuna.load_study(study_name="s", storage=rdb))
     rdb.engine.dispose()
     assert spec.workers_hint == 16
     sampler = spec.make_sampler("host:1")
     assert isinstance(sampler, optuna.samplers.TPESampler)
-    assert sampler._n_startup_trials == tpe_options(16)["n_startup_trials"] == 16
+    assert sampler._n_startup_trials == tpe_options(16)["n_startup_trials"] == 10
 
     bad = CliRunner().invoke(app, ["create", "t", "--fingerprint", "ab" * 32, "--workers-hint", "0",
                                    "--storage", url])
     assert bad.exit_code == 2 and "--workers-hint" in bad.output
 
 
-@pytest.mark.parametrize(("workers", "startup"), [(1, 10), (4, 10), (10, 10), (16, 16), (64, 64)])
-def test_tpe_defaults_follow_the_workers_hint(workers, startup):
+@pytest.mark.parametrize(("workers", "startup"), [(1, 10), (4, 10), (16, 10), (64, 10)])
+def test_tpe_defaults_for_any_number_of_workers(workers, startup):
     """The defaults chosen from bench/parallel_search.py (docs/benchmarks.md): constant liar on,
-    at least one random start-up trial per expected worker, never fewer than Optuna's 10."""
+    10 random start-up trials whatever the number of workers (scaling them was not a win)."""
     sampler = _spec(workers_hint=workers).make_sampler("host:1")
     assert isinstance(sampler, optuna.samplers.TPESampler)
     assert sampler._constant_liar is True
@@ -74,4 +74,4 @@ def test_one_worker_gets_optunas_tpe_defaults():
         assert getattr(ours, attr) == getattr(default, attr), attr
     two = StudySpec(space=SPACE, data_fingerprint="0" * 64, n_trials=10, pruner="none",
                     objectives=("miou", "params"), workers_hint=32).make_sampler()
-    assert two._n_startup_trials == 32 and two._constant_liar is True
+    assert two._n_startup_trials == 10 and two._constant_liar is True

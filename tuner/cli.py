@@ -198,7 +198,7 @@ def create(
     ] = ",".join(StudySpec.objectives),
     workers_hint: Annotated[
         int, typer.Option(min=1, metavar="N",
-                          help="Workers you expect to run at once; TPE's start-up trials follow it "
+                          help="Workers you expect to run at once (recorded; warns when --trials is under 3 waves) "
                                "(docs/benchmarks.md, 'Parallel search quality').")
     ] = StudySpec.workers_hint,
 ) -> None:

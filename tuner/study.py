@@ -92,7 +92,16 @@ def create_study(name: str, options: CreateOptions) -> str:
 
 
 def _hint(spec: StudySpec) -> str:
-    return f", tuned for {spec.workers_hint} workers" if spec.workers_hint > 1 and spec.sampler == "tpe" else ""
+    """The expected workers, and a warning when the budget is under 3 waves of them: most trials
+    then start before any result exists, and TPE did no better than random search there
+    (docs/benchmarks.md, "Parallel search quality")."""
+    if spec.workers_hint == 1:
+        return ""
+    text = f", {spec.workers_hint} workers expected"
+    if spec.n_trials < 3 * spec.workers_hint:
+        text += (f"; {spec.n_trials} trials are fewer than 3 waves of them: most start before results "
+                 "exist (raise --trials)")
+    return text
 
 
 def _plan(name: str, options: CreateOptions) -> tuple[StudySpec, list[dict], str]:
