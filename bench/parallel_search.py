@@ -50,6 +50,7 @@ for ``--pruner none`` (and for every two-objective study): Hyperband is not meas
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 import contextlib
 import dataclasses
 import datetime as _dt
@@ -63,12 +64,11 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any
 import warnings
 
-import numpy as np
-
 from _report import write_result  # bench/ is on sys.path when a script runs
+import numpy as np
 
 WORKERS = (1, 4, 16, 64)
 ARMS = ("tpe", "liar_off", "startup_n", "random", "warm", "project")
@@ -156,7 +156,7 @@ class Table:
 
     def params_of(self, cell: str) -> dict[str, Any]:
         """The grid values of a cell (in the search space: a warm-start configuration)."""
-        return {name: choices[int(d)] for (name, choices), d in zip(self.grid.items(), cell)}
+        return {name: choices[int(d)] for (name, choices), d in zip(self.grid.items(), cell, strict=True)}
 
     def regret(self, mean: float) -> float:
         return (self.best - mean) if self.maximize else (mean - self.best)
@@ -336,7 +336,7 @@ def _hv_reference(table: Table) -> tuple[tuple[float, float], float]:
         acc = np.array(list(table.means.values()))
         cost = np.array([table.costs[c] for c in table.means])
         ref = (float(acc.min()), float(cost.max()))
-        _HV_CACHE[table.spec.key] = (ref, _hypervolume(list(zip(acc, cost)), ref))
+        _HV_CACHE[table.spec.key] = (ref, _hypervolume(list(zip(acc, cost, strict=True)), ref))
     return _HV_CACHE[table.spec.key]
 
 
@@ -483,7 +483,7 @@ def speedup(base: list[float | None], other: list[float | None], rng: np.random.
 def _time_to(table: Table, run: dict[str, Any]) -> float | None:
     """Virtual time at which the run's incumbent first reached the table's target (None: never)."""
     goal = table.regret(table.target) + 1e-12
-    for t, regret in zip(run["curve"]["t"], run["curve"]["regret"]):
+    for t, regret in zip(run["curve"]["t"], run["curve"]["regret"], strict=True):
         if regret <= goal:
             return float(t)
     return None
@@ -512,7 +512,8 @@ def aggregate(table: Table, runs: dict[tuple[str, int], list[dict[str, Any]]], w
         if mo:
             cell["final_hv"] = quartiles([r["final_hv"] for r in rs])
         else:
-            cell["regret_at_trials"] = {str(k): quartiles([r["regret_at_trials"][str(k)] for r in rs]) for k in checkpoints}
+            cell["regret_at_trials"] = {str(k): quartiles([r["regret_at_trials"][str(k)] for r in rs])
+                                        for k in checkpoints}
             times = [_time_to(table, r) for r in rs]
             cell["time_to_target_median"] = median_time(times)
             own = (arm, min(workers)) if (arm, min(workers)) in runs else (base_arm, min(workers))
@@ -580,14 +581,16 @@ def markdown(result: dict[str, Any]) -> str:
                        + " | ".join(_fmt(c["regret_at_trials"][str(k)]) for k in checkpoints) + " | "
                        + " | ".join(_fmt(c["regret_at_time"][f"{f:.4g}"]) for f in fractions) + " |")
         out.append("")
-        out.append(f"Speed-up to the top {result.get('target_quantile', TARGET_QUANTILE):.0%} (regret <= {t['best'] - t['target'] if t['maximize'] else t['target'] - t['best']:.4g}) "
+        goal = t["best"] - t["target"] if t["maximize"] else t["target"] - t["best"]
+        out.append(f"Speed-up to the top {result.get('target_quantile', TARGET_QUANTILE):.0%} (regret <= {goal:.4g}) "
                    "vs the same arm at N = 1 (ideal: N), bootstrap 90% interval, runs that got there; "
                    "near-duplicate / concurrent / repeated-cell counts per study (median [q1, q3]):\n")
         out.append("| arm | N | speed-up | reached | near-dup | concurrent | repeated cells |")
         out.append("|---|---|---|---|---|---|---|")
         for c in cells:
             sp = c["speedup_vs_1"]
-            out.append(f"| {c['arm']} | {c['workers']} | {_ratio(sp)} | {sp['reached']} | {_fmt(c['near_duplicates'])} | "
+            out.append(f"| {c['arm']} | {c['workers']} | {_ratio(sp)} | {sp['reached']} | "
+                       f"{_fmt(c['near_duplicates'])} | "
                        f"{_fmt(c['concurrent_duplicates'])} | {_fmt(c['repeated_cells'])} |")
         out.append("")
     return "\n".join(out)
@@ -685,7 +688,8 @@ def main(argv: list[str] | None = None) -> int:
         todo = [t for t in tasks if _task_key(t) not in saved]
         if args.only_saved:
             todo = []
-        print(f"{len(tasks)} studies of {args.trials} trials ({sum(_task_key(t) in saved for t in tasks)} saved in --runs), "
+        n_saved = sum(_task_key(t) in saved for t in tasks)
+        print(f"{len(tasks)} studies of {args.trials} trials ({n_saved} saved in --runs), "
               f"{args.jobs} process(es)", flush=True)
         with contextlib.ExitStack() as stack:
             if args.jobs > 1:
@@ -695,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
                 results = pool.imap(_run_task, todo, chunksize=1)
             else:
                 results = map(_run_task, todo)
-            for i, (task, summary) in enumerate(zip(todo, results), 1):
+            for i, (task, summary) in enumerate(zip(todo, results, strict=False), 1):  # results: a lazy imap
                 saved[_task_key(task)] = summary
                 if args.runs is not None:
                     with args.runs.open("a") as f:
@@ -705,14 +709,14 @@ def main(argv: list[str] | None = None) -> int:
         done_tasks = [t for t in tasks if _task_key(t) in saved]
         done = [saved[_task_key(t)] for t in done_tasks]
         tasks = done_tasks
-        for spec, names in jobs:
+        for spec, _ in jobs:
             if not any(task[0] == spec and task[1] == "tpe" and task[2] == min(workers) for task in tasks):
                 print(f"  {spec.key}: no N={min(workers)} tpe runs yet; left out")
                 continue
             table = Table(spec, args.target)
             mo = bool(spec.cost)
             runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
-            for task, summary in zip(tasks, done):
+            for task, summary in zip(tasks, done, strict=True):
                 if task[0] == spec:
                     runs.setdefault((task[1], task[2]), []).append(summary)
             for (arm, n), rs in runs.items():
