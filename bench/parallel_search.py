@@ -278,7 +278,14 @@ def simulate(table: Table, arm: str, n_workers: int, n_trials: int, seed: int, t
 
         for worker in range(n_workers):  # all start at time 0, one after another
             ask(worker)
+        beaten = time.monotonic()
         while running:
+            if time.monotonic() - beaten > spec.heartbeat_interval / 2:
+                # As each worker's Heartbeat thread does: a long simulation (64 workers on loaded
+                # cores) would otherwise see its own trials failed as stale by the next ask.
+                for *_, waiting, _record in running:
+                    rdb.record_heartbeat(waiting._trial_id)
+                beaten = time.monotonic()
             now, _, worker, trial, record = heapq.heappop(running)
             values = [record.observed, record.cost] if table.spec.cost else record.observed
             studies[worker].tell(trial, values)
