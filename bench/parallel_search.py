@@ -238,6 +238,7 @@ def simulate(table: Table, arm: str, n_workers: int, n_trials: int, seed: int, t
     import optuna
 
     import storage
+    from storage import optuna_internals
     from worker.budget import ask_within_budget
 
     path = workdir / f"run-{os.getpid()}.db"
@@ -284,7 +285,7 @@ def simulate(table: Table, arm: str, n_workers: int, n_trials: int, seed: int, t
                 # As each worker's Heartbeat thread does: a long simulation (64 workers on loaded
                 # cores) would otherwise see its own trials failed as stale by the next ask.
                 for *_, waiting, _record in running:
-                    rdb.record_heartbeat(waiting._trial_id)
+                    rdb.record_heartbeat(optuna_internals.trial_id(waiting))
                 beaten = time.monotonic()
             now, _, worker, trial, record = heapq.heappop(running)
             values = [record.observed, record.cost] if table.spec.cost else record.observed
