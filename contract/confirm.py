@@ -3,7 +3,7 @@
 One trial is one training run with one seed, scored on one validation split; the best of many
 noisy runs is biased upwards (the winner's curse). ``tuner confirm STUDY --top K --seeds S``
 re-runs the K best configurations of the search with S more seeds each, as trials of the same
-study marked with :data:`contract.report.CONFIRMS` and :data:`contract.report.CONFIRM_SEED`.
+study marked with :data:`contract.trial_attrs.CONFIRMS` and :data:`contract.trial_attrs.CONFIRM_SEED`.
 Readers then summarise each confirmed configuration over its confirmation runs: n, mean,
 sample standard deviation, minimum, per-class means. The search run is left out of these: it was
 chosen *because* it scored high, so it is biased; the confirmation seeds are not.
@@ -29,7 +29,7 @@ from typing import Any
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from contract import report
+from contract import trial_attrs
 from contract.errors import TunerError
 
 #: Complete confirmation runs a configuration needs before ``--pick confirmed`` can rank it.
@@ -50,7 +50,7 @@ def seeds_for(base_seed: int, n: int) -> list[int]:
 
 
 def is_search(trial: FrozenTrial) -> bool:
-    return report.confirmation_of(trial.user_attrs) is None
+    return trial_attrs.confirmation_of(trial.user_attrs) is None
 
 
 def top_trials(trials: Iterable[FrozenTrial], directions: Sequence[StudyDirection], k: int) -> list[FrozenTrial]:
@@ -134,7 +134,7 @@ def summarize(trials: Iterable[FrozenTrial]) -> list[Confirmed]:
     by_seed: dict[int, dict[int, list[FrozenTrial]]] = defaultdict(lambda: defaultdict(list))
     search: dict[int, FrozenTrial] = {}
     for trial in sorted(trials, key=lambda t: t.number):
-        mark = report.confirmation_of(trial.user_attrs)
+        mark = trial_attrs.confirmation_of(trial.user_attrs)
         if mark is None:
             search[trial.number] = trial
         else:
@@ -190,7 +190,7 @@ def pick_confirmed(trials: Sequence[FrozenTrial], study_name: str) -> tuple[Froz
 
 
 def _miou(trial: FrozenTrial) -> float | None:
-    value: Any = trial.user_attrs.get(report.MIOU)
+    value: Any = trial.user_attrs.get(trial_attrs.MIOU)
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         value = trial.values[0] if trial.values else None
     return float(value) if value is not None and math.isfinite(value) else None
@@ -200,7 +200,7 @@ def _per_class_means(trials: Sequence[FrozenTrial]) -> dict[str, float | None]:
     sums: dict[str, list[float]] = defaultdict(list)
     names: set[str] = set()
     for trial in trials:
-        per_class = trial.user_attrs.get(report.PER_CLASS_IOU)
+        per_class = trial.user_attrs.get(trial_attrs.PER_CLASS_IOU)
         if not isinstance(per_class, dict):
             continue
         for name, value in per_class.items():

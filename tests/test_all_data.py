@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 import yaml
 
-from contract import report
+from contract import trial_attrs
 from contract.config import ConfigError, TrainConfig
 
 
@@ -33,11 +33,11 @@ def _finished(rates, best_epoch, config=TrainConfig(tta=True)):
     """A trial as a worker leaves it: config at the start, the result at the end."""
     study = optuna.create_study(direction="maximize")
     trial = study.ask()
-    report.record_start(trial, config, {"host": "h", "pid": 1, "gpu": None}, {})
+    trial_attrs.record_start(trial, config, {"host": "h", "pid": 1, "gpu": None}, {})
     result = types.SimpleNamespace(
         best_miou=0.5, per_class_iou={1: 0.5}, epochs_run=len(rates), best_epoch=best_epoch - 1,
         wall_time_s=1.0, n_train=8, n_val=2, history=[{"loss": 1.0, "lr": r} for r in rates])
-    report.record_result(trial, result)
+    trial_attrs.record_result(trial, result)
     study.tell(trial, 0.5)
     return study.trials[0]
 
@@ -46,15 +46,15 @@ def test_export_writes_the_trials_learning_rates_up_to_its_best_epoch():
     from tuner.export import config_of, render
 
     trial = _finished([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4], best_epoch=4)
-    assert trial.user_attrs[report.LEARNING_RATES] == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
+    assert trial.user_attrs[trial_attrs.LEARNING_RATES] == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
     config = config_of(trial, spec=None)
     assert config.lr_schedule == (1e-3, 1e-3, 5e-4, 5e-4) and config.tta is True
     text = render(config, "yaml", study_name="s", trial=trial)
     assert yaml.safe_load(text)["lr_schedule"] == [1e-3, 1e-3, 5e-4, 5e-4]
     assert "--all-data --save final.keras" in text and "4 epochs (the trial's best epoch)" in text
     # a trial from a worker that did not record them exports as before
-    old = optuna.trial.create_trial(value=0.5, user_attrs={report.CONFIG: TrainConfig().to_dict(),
-                                                           report.BEST_EPOCH: 2})
+    old = optuna.trial.create_trial(value=0.5, user_attrs={trial_attrs.CONFIG: TrainConfig().to_dict(),
+                                                           trial_attrs.BEST_EPOCH: 2})
     assert config_of(old, spec=None) == TrainConfig()
     assert "--all-data" not in render(TrainConfig(), "yaml", study_name="s", trial=old)
 

@@ -2,7 +2,7 @@
 search budget, and the per-configuration summary (n, mean, sd, min, mean - SE) the readers show.
 
 Fast: trials are asked through the workers' own ``ask_within_budget`` and told by hand, with the
-attributes written through :mod:`contract.report` as a worker writes them.
+attributes written through :mod:`contract.trial_attrs` as a worker writes them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from optuna.trial import TrialState, create_trial
 import pytest
 from typer.testing import CliRunner
 
-from contract import report
+from contract import trial_attrs
 from contract.confirm import Confirmed, best, seeds_for, summarize, top_trials
 from contract.pareto import Pick, PickError
 from contract.study_spec import StudySpec
@@ -31,7 +31,7 @@ FINGERPRINT = "cd" * 32
 
 
 class FakeResult:
-    """The fields of worker.training.train.TrainResult that report.record_result reads."""
+    """The fields of worker.training.train.TrainResult that trial_attrs.record_result reads."""
 
     def __init__(self, miou: float) -> None:
         self.best_miou = miou
@@ -57,18 +57,18 @@ class Study:
     def run(self, trial: optuna.Trial, miou: float) -> None:
         """What a worker does with a trial: sample, apply a confirmation's seed, record, tell."""
         config = self.spec.space.sample(trial)
-        mark = report.confirmation_of(trial.user_attrs)
+        mark = trial_attrs.confirmation_of(trial.user_attrs)
         if mark is not None:
             config = config.replace(seed=mark[1])
-        report.record_start(trial, config, {"host": "h", "pid": 1, "gpu": None}, {})
-        report.record_result(trial, FakeResult(miou))
+        trial_attrs.record_start(trial, config, {"host": "h", "pid": 1, "gpu": None}, {})
+        trial_attrs.record_result(trial, FakeResult(miou))
         self.study.tell(trial, miou)
 
     def search(self, mious: list[float]) -> list[int]:
         numbers = []
         for miou in mious:
             trial = self.ask()
-            assert trial is not None and report.confirmation_of(trial.user_attrs) is None
+            assert trial is not None and trial_attrs.confirmation_of(trial.user_attrs) is None
             self.run(trial, miou)
             numbers.append(trial.number)
         return numbers
@@ -77,7 +77,7 @@ class Study:
         return self.study.get_trials(deepcopy=False)
 
     def marks(self) -> list[tuple[int, int]]:
-        return sorted(m for t in self.trials() if (m := report.confirmation_of(t.user_attrs)) is not None)
+        return sorted(m for t in self.trials() if (m := trial_attrs.confirmation_of(t.user_attrs)) is not None)
 
     def close(self) -> None:
         self.rdb.engine.dispose()
@@ -96,9 +96,9 @@ def test_confirm_queues_the_top_k_with_s_seeds_once_and_a_larger_s_adds_the_diff
     assert [d.trial.number for d in done] == [numbers[1], numbers[2]]  # 0.7, 0.6
     assert study.marks() == [(numbers[1], 1), (numbers[1], 2), (numbers[2], 1), (numbers[2], 2)]
     for trial in study.trials():
-        if report.confirmation_of(trial.user_attrs) is not None:
+        if trial_attrs.confirmation_of(trial.user_attrs) is not None:
             assert trial.state == TrialState.WAITING
-            assert trial.system_attrs["fixed_params"] == study.trials()[trial.user_attrs[report.CONFIRMS]].params
+            assert trial.system_attrs["fixed_params"] == study.trials()[trial.user_attrs[trial_attrs.CONFIRMS]].params
 
     again = confirm("c", storage_url=study.url, top=2, seeds=2)  # idempotent
     assert [d.added for d in again] == [(), ()] and len(study.marks()) == 4
@@ -146,12 +146,12 @@ def test_confirmations_take_no_search_slot_and_are_handed_out_after_the_budget_i
     # The search has 2 of its 4 slots left: queued confirmations come first, then new search trials.
     got = []
     while (trial := study.ask()) is not None:
-        got.append(report.confirmation_of(trial.user_attrs))
+        got.append(trial_attrs.confirmation_of(trial.user_attrs))
         study.run(trial, 0.55)
     assert got == [(numbers[1], 1), (numbers[1], 2), None, None]
     states = [t.state for t in study.trials()]
     assert states == [TrialState.COMPLETE] * 6
-    search = [t for t in study.trials() if report.confirmation_of(t.user_attrs) is None]
+    search = [t for t in study.trials() if trial_attrs.confirmation_of(t.user_attrs) is None]
     assert len(search) == study.n_trials  # exactly N search trials, plus K x S confirmations
 
     # The search budget is spent: a second configuration's seeds are still handed out.
@@ -159,10 +159,10 @@ def test_confirmations_take_no_search_slot_and_are_handed_out_after_the_budget_i
     assert [len(d.added) for d in done] == [0, 2] and len(study.marks()) == 4
     handed = []
     while (trial := study.ask()) is not None:
-        handed.append(report.confirmation_of(trial.user_attrs))
+        handed.append(trial_attrs.confirmation_of(trial.user_attrs))
         study.run(trial, 0.6)
     assert handed == [(done[1].trial.number, 1), (done[1].trial.number, 2)]
-    assert sum(1 for t in study.trials() if report.confirmation_of(t.user_attrs) is None) == study.n_trials
+    assert sum(1 for t in study.trials() if trial_attrs.confirmation_of(t.user_attrs) is None) == study.n_trials
 
 
 def test_a_dead_workers_confirmation_is_retried_as_a_confirmation_outside_the_budget(pg_url):
@@ -176,12 +176,12 @@ def test_a_dead_workers_confirmation_is_retried_as_a_confirmation_outside_the_bu
         number = s.search([0.5])[0]
         confirm("c", storage_url=pg_url, top=1, seeds=1)
         dead = s.ask()  # its worker dies: no beat after the first
-        assert report.confirmation_of(dead.user_attrs) == (number, 1)
+        assert trial_attrs.confirmation_of(dead.user_attrs) == (number, 1)
         time.sleep(3.5)
         retry, counts = ask_within_budget(s.study, s.rdb, pg_url, s.n_trials)
         assert retry is not None, "the retry of a confirmation was refused: the search budget is spent"
         assert s.rdb.get_trial(dead._trial_id).state == TrialState.FAIL
-        assert report.confirmation_of(retry.user_attrs) == (number, 1) and retry.params == dead.params
+        assert trial_attrs.confirmation_of(retry.user_attrs) == (number, 1) and retry.params == dead.params
         s.run(retry, 0.45)
         assert ask_within_budget(s.study, s.rdb, pg_url, s.n_trials)[0] is None
         (summary,) = summarize(s.trials())
@@ -196,7 +196,7 @@ def test_a_running_confirmation_keeps_workers_waiting(study):
     study.search([0.5, 0.7, 0.6, 0.4])
     confirm("c", storage_url=study.url, top=1, seeds=1)
     trial = study.ask()
-    assert trial is not None and report.confirmation_of(trial.user_attrs) is not None
+    assert trial is not None and trial_attrs.confirmation_of(trial.user_attrs) is not None
     none, counts = ask_within_budget(study.study, study.rdb, study.url, study.n_trials)
     assert none is None
     assert counts[TrialState.RUNNING] == 1 and counts.confirming[TrialState.RUNNING] == 1
@@ -210,10 +210,10 @@ def _trial(number: int, miou: float | None, state: TrialState = TrialState.COMPL
            confirms: int | None = None, seed: int = 0, per_class: dict | None = None) -> optuna.trial.FrozenTrial:
     attrs: dict = {}
     if confirms is not None:
-        attrs = {report.CONFIRMS: confirms, report.CONFIRM_SEED: seed}
+        attrs = {trial_attrs.CONFIRMS: confirms, trial_attrs.CONFIRM_SEED: seed}
     if miou is not None:
-        attrs[report.MIOU] = miou
-        attrs[report.PER_CLASS_IOU] = per_class or {"1": miou, "2": None}
+        attrs[trial_attrs.MIOU] = miou
+        attrs[trial_attrs.PER_CLASS_IOU] = per_class or {"1": miou, "2": None}
     trial = create_trial(state=state, value=miou if state == TrialState.COMPLETE else None, user_attrs=attrs)
     trial.number = number
     return trial
@@ -307,7 +307,7 @@ def _confirmed_study(url: str) -> Study:
     confirm("c", storage_url=url, top=2, seeds=3)
     scores = {numbers[1]: [0.55, 0.60, 0.50], numbers[2]: [0.63, 0.64, 0.62]}
     while (trial := s.ask()) is not None:
-        number, seed = report.confirmation_of(trial.user_attrs)
+        number, seed = trial_attrs.confirmation_of(trial.user_attrs)
         s.run(trial, scores[number][seed - 1])
     return s
 
@@ -411,8 +411,8 @@ def test_four_racing_workers_finish_exactly_n_search_and_k_x_s_confirmation_tria
     by_hand = []
     for miou in (0.9, 0.8):  # finished as a worker would record them, without training
         trial, _ = ask_within_budget(study, rdb, pg_url, n_search)
-        report.record_start(trial, spec.space.sample(trial), {"host": "h", "pid": 1, "gpu": None}, {})
-        report.record_result(trial, FakeResult(miou))
+        trial_attrs.record_start(trial, spec.space.sample(trial), {"host": "h", "pid": 1, "gpu": None}, {})
+        trial_attrs.record_result(trial, FakeResult(miou))
         study.tell(trial, miou)
         by_hand.append(trial.number)
     workers = [subprocess.Popen([str(BIN / "worker"), "run", "--study", "s", "--data", str(data), "--quiet"],
@@ -434,20 +434,21 @@ def test_four_racing_workers_finish_exactly_n_search_and_k_x_s_confirmation_tria
     finally:
         rdb.engine.dispose()
 
-    search = [t for t in trials if report.confirmation_of(t.user_attrs) is None]
-    confirming = [t for t in trials if report.confirmation_of(t.user_attrs) is not None]
+    search = [t for t in trials if trial_attrs.confirmation_of(t.user_attrs) is None]
+    confirming = [t for t in trials if trial_attrs.confirmation_of(t.user_attrs) is not None]
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in search) == n_search
     assert [t.state for t in confirming] == [TrialState.COMPLETE] * (top * seeds)
     assert len(trials) == n_search + top * seeds  # nothing overran, nothing queued twice, nothing failed
     assert sorted(int(said[i][0].split("queued ")[-1].split()[0]) for i in range(2)) == [0, top * seeds]
     by_number = {t.number: t for t in trials}
-    marks = sorted(report.confirmation_of(t.user_attrs) for t in confirming)
+    marks = sorted(trial_attrs.confirmation_of(t.user_attrs) for t in confirming)
     confirmed = sorted({m[0] for m in marks})
     assert marks == [(n, s) for n in by_hand for s in (1, 2)] and confirmed == by_hand
     for trial in confirming:
-        number, seed = report.confirmation_of(trial.user_attrs)
+        number, seed = trial_attrs.confirmation_of(trial.user_attrs)
         assert trial.params == by_number[number].params
-        assert trial.user_attrs[report.CONFIG] == {**by_number[number].user_attrs[report.CONFIG], "seed": seed}
+        confirmed_config = by_number[number].user_attrs[trial_attrs.CONFIG]
+        assert trial.user_attrs[trial_attrs.CONFIG] == {**confirmed_config, "seed": seed}
         assert len(trial.intermediate_values) == 2  # every epoch recorded ...
         assert not [k for k in trial.system_attrs if k.startswith("completed_rung")]  # ... none judged
     trained = [t for t in search if t.number not in by_hand]

@@ -968,7 +968,7 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    from contract import report
+    from contract import trial_attrs
 
     tag = f"mt-e2e-{os.getpid()}-{secrets_module.token_hex(3)}"
     log: list[str] = []
@@ -1030,7 +1030,7 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
                 "SELECT DISTINCT usename FROM pg_stat_activity "
                 "WHERE application_name LIKE 'mars-tuner-worker@%'")).scalars())
         assert users == {"tuner_worker"}, users
-        container = victim.user_attrs[report.WORKER]["host"]  # the container's hostname: its short id
+        container = victim.user_attrs[trial_attrs.WORKER]["host"]  # the container's hostname: its short id
         subprocess.run(["docker", "kill", container], check=True, capture_output=True, timeout=60)
         log.append(f"killed container {container} running trial {victim.number}")
 
@@ -1065,7 +1065,7 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
         retries = [t for t in final if t.number > victim.number and t.params == victim.params]
         assert retries and retries[0].state == TrialState.COMPLETE, "the killed trial was not retried"
         assert len([t for t in final if t.state == TrialState.COMPLETE]) == E2E_TRIALS
-        hosts = {t.user_attrs[report.WORKER]["host"] for t in final}
+        hosts = {t.user_attrs[trial_attrs.WORKER]["host"] for t in final}
         log.append(f"trials ran on {sorted(hosts)}")
         team_log = team_.sh("docker compose -f docker-compose.workers.yml logs worker-cpu").stdout
         assert "matches the study" in team_log, team_log[-2000:]  # joined: same data, same study

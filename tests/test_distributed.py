@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 import pytest
 import yaml
 
-from contract import report
+from contract import trial_attrs
 from contract.synth import write_npz
 import storage
 
@@ -108,18 +108,18 @@ def test_three_workers_share_budget_exactly_and_survive_dropped_connections(
     assert len(finished) == budget
     assert len(trials) == budget  # nobody overran the budget, nothing failed
     assert sorted(t.number for t in trials) == list(range(budget))
-    hosts = {t.user_attrs[report.WORKER]["pid"] for t in trials}
+    hosts = {t.user_attrs[trial_attrs.WORKER]["pid"] for t in trials}
     assert len(hosts) >= 2, "the trials were not shared between workers"
     for t in trials:
         assert t.intermediate_values, f"trial {t.number} reported no epoch"
         assert set(t.intermediate_values) <= {1, 2, 3}
     for t in (t for t in trials if t.state == TrialState.COMPLETE):
         assert 0.0 <= t.value <= 1.0
-        assert t.value == pytest.approx(t.user_attrs[report.MIOU])
-        assert set(t.user_attrs[report.PER_CLASS_IOU]) == {"1", "2", "3", "4"}
-        assert t.user_attrs[report.EPOCHS_RUN] == 3
-        assert t.user_attrs[report.CONFIG]["learning_rate"] == t.params["learning_rate"]
-        assert t.user_attrs[report.PROVENANCE]["versions"]["optuna"] == optuna.__version__
+        assert t.value == pytest.approx(t.user_attrs[trial_attrs.MIOU])
+        assert set(t.user_attrs[trial_attrs.PER_CLASS_IOU]) == {"1", "2", "3", "4"}
+        assert t.user_attrs[trial_attrs.EPOCHS_RUN] == 3
+        assert t.user_attrs[trial_attrs.CONFIG]["learning_rate"] == t.params["learning_rate"]
+        assert t.user_attrs[trial_attrs.PROVENANCE]["versions"]["optuna"] == optuna.__version__
     assert "study budget reached" in "".join(outputs)
 
 
@@ -158,8 +158,8 @@ def test_sigterm_fails_trial_cleanly_and_requeues_it(pg_url, tmp_path, npz):
     assert proc.returncode == 0, out
     trials = _trials(pg_url)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
-    assert trials[0].user_attrs[report.INTERRUPTED] == "SIGTERM"
-    assert trials[1].user_attrs[report.RETRY_OF] == 0
+    assert trials[0].user_attrs[trial_attrs.INTERRUPTED] == "SIGTERM"
+    assert trials[1].user_attrs[trial_attrs.RETRY_OF] == 0
     assert "interrupted by SIGTERM" in out
 
 
@@ -219,7 +219,7 @@ def test_export_retrains_to_the_same_score(pg_url, tmp_path, npz):
                "--artifact-dir", str(artifacts), url=pg_url, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     best = max((t for t in _trials(pg_url) if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-    assert report.MODEL_ARTIFACT in best.user_attrs  # each new best model is uploaded
+    assert trial_attrs.MODEL_ARTIFACT in best.user_attrs  # each new best model is uploaded
 
     model = tmp_path / "best.keras"
     fetched = _cli("tuner", "export", "s", "--artifact-dir", str(artifacts), "--model", str(model),
@@ -230,15 +230,15 @@ def test_export_retrains_to_the_same_score(pg_url, tmp_path, npz):
     from worker.training.saved import read_info
 
     info = read_info(model)  # the upload records what its trial trained, TTA among it
-    assert info.config == best.user_attrs[report.CONFIG] and info.all_data is False
+    assert info.config == best.user_attrs[trial_attrs.CONFIG] and info.all_data is False
     assert info.validation_miou == pytest.approx(best.value, abs=1e-12)
 
     exported = tmp_path / "best.yaml"
     result = _cli("tuner", "export", "s", "-o", str(exported), url=pg_url)
     assert result.returncode == 0, result.stderr
     # what the trial trained, plus the learning rate of each epoch up to its best (for --all-data)
-    schedule = best.user_attrs[report.LEARNING_RATES][:best.user_attrs[report.BEST_EPOCH]]
-    assert yaml.safe_load(exported.read_text()) == {**best.user_attrs[report.CONFIG], "lr_schedule": schedule}
+    schedule = best.user_attrs[trial_attrs.LEARNING_RATES][:best.user_attrs[trial_attrs.BEST_EPOCH]]
+    assert yaml.safe_load(exported.read_text()) == {**best.user_attrs[trial_attrs.CONFIG], "lr_schedule": schedule}
 
     out = tmp_path / "result.json"
     retrain = _cli("worker", "train", "--config", str(exported), "--data", str(npz), "--quiet",

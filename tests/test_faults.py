@@ -25,7 +25,7 @@ import sqlalchemy
 from test_distributed import TINY_SPACE, _cli, _trials, _wait_for, _worker, npz  # noqa: F401
 import yaml
 
-from contract import report
+from contract import trial_attrs
 import storage
 
 BIN = Path(sys.executable).parent
@@ -128,7 +128,7 @@ def test_outage_shorter_than_grace_period_loses_nothing(pg_cluster, tmp_path, np
     assert code == 0, text
     trials = _trials(url)
     assert [t.state for t in trials] == [TrialState.COMPLETE], text  # not failed, not retried
-    assert trials[0].user_attrs[report.EPOCHS_RUN] == EPOCHS
+    assert trials[0].user_attrs[trial_attrs.EPOCHS_RUN] == EPOCHS
     assert "Traceback" not in text
     retries = [line for line in worker.out + worker.err if "retrying in" in line]
     assert retries and all(PREFIXED.match(line) for line in retries), text  # each printed once
@@ -312,7 +312,7 @@ def test_interrupted_trial_whose_fail_reply_was_lost_is_still_requeued_once(clus
         requeue(link, trial, interrupted="SIGTERM")  # a second attempt adds nothing
         trials = _trials(cluster_url)
         assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
-        assert trials[1].user_attrs[report.RETRY_OF] == 0
+        assert trials[1].user_attrs[trial_attrs.RETRY_OF] == 0
     finally:
         link.close()
 
@@ -413,8 +413,8 @@ def test_full_artifact_disk_keeps_the_result_and_leaves_no_partial_file(cluster_
         assert any("model upload" in line and "failed" in line and PREFIXED.match(line) for line in worker.out), text
         trials = _trials(cluster_url)
         assert [t.state for t in trials] == [TrialState.COMPLETE]
-        assert trials[0].value == pytest.approx(trials[0].user_attrs[report.MIOU])
-        assert report.MODEL_ARTIFACT not in trials[0].user_attrs
+        assert trials[0].value == pytest.approx(trials[0].user_attrs[trial_attrs.MIOU])
+        assert trial_attrs.MODEL_ARTIFACT not in trials[0].user_attrs
         assert list(full.iterdir()) == []  # no partial artifact
     finally:
         subprocess.run(["umount", str(full)], check=False)

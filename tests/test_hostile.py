@@ -23,7 +23,7 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from contract import report
+from contract import trial_attrs
 from contract.atomic import replacing, writable_problem
 from contract.config import ConfigError, TrainConfig
 from contract.data import DataError, check_trainable, load_npz
@@ -422,7 +422,7 @@ def test_path_like_artifact_ids_are_refused(tuner_home, tmp_path, npz, artifact_
     store.mkdir()
     study = optuna.load_study(study_name="s", storage=url)
     study.add_trial(optuna.trial.create_trial(
-        value=0.5, user_attrs={report.CONFIG: TrainConfig().to_dict(), report.MODEL_ARTIFACT: artifact_id},
+        value=0.5, user_attrs={trial_attrs.CONFIG: TrainConfig().to_dict(), trial_attrs.MODEL_ARTIFACT: artifact_id},
     ))
     model = tmp_path / "out" / "best.keras"
     one_cli_error(invoke(tuner_app, "export", "s", "--model", model, "--artifact-dir", store, "--storage", url),

@@ -17,7 +17,7 @@ import pytest
 from test_distributed import _trials, _wait_for, npz  # noqa: F401 - fixtures
 from test_faults import _create
 
-from contract import report
+from contract import trial_attrs
 
 pytestmark = pytest.mark.slow  # real worker processes on namespaced hosts
 START_S = 400  # TensorFlow import and tracing: ~20 s idle, minutes on a loaded 2-core machine
@@ -35,7 +35,7 @@ def _study(net: Network, tmp_path: Path, npz: Path, **options: str) -> tuple[str
 def _running_on(local: str, worker: HostWorker) -> list[int]:
     """Numbers of the trials ``worker``'s process is running with an epoch reported."""
     return [t.number for t in _trials(local) if t.state == TrialState.RUNNING and t.intermediate_values
-            and t.user_attrs.get(report.WORKER, {}).get("pid") == worker.proc.pid]
+            and t.user_attrs.get(trial_attrs.WORKER, {}).get("pid") == worker.proc.pid]
 
 
 def _budget_exact(local: str, budget: int) -> list:
@@ -128,7 +128,7 @@ def test_host_cut_off_past_the_grace_period_loses_its_trial_to_another_and_carri
     assert "done:" in text and "1 dropped" in text  # back in the loop after it, not stopped
     trials = _budget_exact(local, budget)
     assert trials[lost].state == TrialState.FAIL  # never overwritten by the late worker
-    assert report.MIOU not in trials[lost].user_attrs
+    assert trial_attrs.MIOU not in trials[lost].user_attrs
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == lost)
     assert retry.state in FINISHED and retry.params == trials[lost].params
 
@@ -158,7 +158,7 @@ def test_host_cut_off_for_less_than_the_grace_period_rides_it_out(net, tmp_path,
     assert code == 0, worker.text()
     trials = _budget_exact(local, 1)
     assert [t.state for t in trials] == [TrialState.COMPLETE], worker.text()
-    assert trials[0].user_attrs[report.EPOCHS_RUN] == 8
+    assert trials[0].user_attrs[trial_attrs.EPOCHS_RUN] == 8
 
 
 # -- the database host unreachable for every worker at once -------------------------------------

@@ -16,7 +16,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 import yaml
 
-from contract import report as attrs
+from contract import trial_attrs as attrs
 from contract.pareto import Pick, PickError, PickRule, Point, front
 from contract.space import SearchSpace
 from contract.study_spec import SpecError, StudySpec

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 import pytest
 import yaml
 
-from contract import report as attrs
+from contract import trial_attrs as attrs
 from contract.study_spec import StudySpec
 import storage
 from tuner import export

@@ -25,7 +25,7 @@ import pytest
 from slurmcluster import Job, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
 import yaml
 
-from contract import report
+from contract import trial_attrs
 from contract.synth import write_npz
 import storage
 
@@ -125,7 +125,7 @@ class Site:
 
         self.wait_for(running, 300, "a trial to report its first epoch")
         (trial,) = running()
-        return trial.user_attrs[report.WORKER]["slurm"], trial
+        return trial.user_attrs[trial_attrs.WORKER]["slurm"], trial
 
     def done(self, job_id: str) -> dict[str, Job]:
         try:
@@ -146,12 +146,12 @@ def _requeued_once(site: Site, victim: str, *, rescuer: str) -> FrozenTrial:
     trials = site.trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], site.logs()
     cut, retry = trials
-    assert cut.user_attrs[report.INTERRUPTED] == "SIGTERM"
-    assert cut.user_attrs[report.WORKER]["slurm"] == victim
-    assert retry.user_attrs[report.RETRY_OF] == cut.number
+    assert cut.user_attrs[trial_attrs.INTERRUPTED] == "SIGTERM"
+    assert cut.user_attrs[trial_attrs.WORKER]["slurm"] == victim
+    assert retry.user_attrs[trial_attrs.RETRY_OF] == cut.number
     assert retry.params == cut.params  # the same configuration, run again
-    assert retry.user_attrs[report.WORKER]["slurm"] == rescuer
-    assert retry.user_attrs[report.EPOCHS_RUN] == len(retry.intermediate_values)
+    assert retry.user_attrs[trial_attrs.WORKER]["slurm"] == rescuer
+    assert retry.user_attrs[trial_attrs.EPOCHS_RUN] == len(retry.intermediate_values)
     assert "interrupted by SIGTERM" in site.log(victim)
     return cut
 
@@ -172,9 +172,10 @@ def test_readme_slurm_section_has_the_commands_these_tests_run():
 
 
 def test_trials_record_the_slurm_task_that_runs_them():
-    assert report.slurm_task({"SLURM_JOB_ID": "12", "SLURM_ARRAY_JOB_ID": "11", "SLURM_ARRAY_TASK_ID": "1"}) == "11_1"
-    assert report.slurm_task({"SLURM_JOB_ID": "12"}) == "12"
-    assert report.slurm_task({}) is None
+    array_task = {"SLURM_JOB_ID": "12", "SLURM_ARRAY_JOB_ID": "11", "SLURM_ARRAY_TASK_ID": "1"}
+    assert trial_attrs.slurm_task(array_task) == "11_1"
+    assert trial_attrs.slurm_task({"SLURM_JOB_ID": "12"}) == "12"
+    assert trial_attrs.slurm_task({}) is None
 
 
 @pytest.mark.slow  # a Slurm cluster; real workers train
@@ -192,12 +193,12 @@ def test_an_array_of_three_workers_finishes_the_budget_exactly(site):
         task: ("COMPLETED", "0:0") for task in jobs}, site.logs()
     trials = site.trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * budget, site.logs()
-    ran = {t.user_attrs[report.WORKER]["slurm"] for t in trials}
+    ran = {t.user_attrs[trial_attrs.WORKER]["slurm"] for t in trials}
     assert ran <= set(jobs) and len(ran) >= 2, f"trials were not shared between tasks: {ran}"
     for task in jobs:
         assert "study budget reached: 5/5 trials finished" in site.log(task)
     best = max(trials, key=lambda t: t.value)
-    assert report.MODEL_ARTIFACT in best.user_attrs  # uploaded to the shared artifact directory
+    assert trial_attrs.MODEL_ARTIFACT in best.user_attrs  # uploaded to the shared artifact directory
     assert any((site.where / "artifacts").rglob("*"))
 
 
@@ -247,6 +248,6 @@ def test_a_requeued_task_rejoins_and_runs_its_trial_again(site):
     assert (jobs[task].state, jobs[task].restarts) == ("COMPLETED", 1), site.logs()
     cut = _requeued_once(site, task, rescuer=task)
     retry = site.trials()[1]
-    assert retry.user_attrs[report.WORKER]["pid"] != cut.user_attrs[report.WORKER]["pid"]
+    assert retry.user_attrs[trial_attrs.WORKER]["pid"] != cut.user_attrs[trial_attrs.WORKER]["pid"]
     log = site.log(task)
     assert "(run 1)" in log and "(run 2)" in log  # both runs, one log (--open-mode=append)

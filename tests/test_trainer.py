@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from contract import report
+from contract import trial_attrs
 from contract.config import TrainConfig
 from contract.data import load_npz
 
@@ -74,7 +74,7 @@ def test_hyperparameters_are_not_frozen_into_the_traced_step(reused) -> None:
 
 def test_phases_are_reported_in_order_and_compiling_only_when_new(reused) -> None:
     _, _, phases = reused
-    assert set(phases) <= set(report.PHASES)
+    assert set(phases) <= set(trial_attrs.PHASES)
     assert phases == ["loading data", "building", "compiling", "training", "evaluating",
                       "loading data", "building", "training", "evaluating"]
 

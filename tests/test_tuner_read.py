@@ -1,7 +1,7 @@
 """The coordinator's read side: ``tuner list``, ``status``, ``export`` and ``dashboard``.
 
 Studies are built without training: trials are asked and told by hand, with the user attributes
-written through :mod:`contract.report` exactly as a worker writes them.
+written through :mod:`contract.trial_attrs` exactly as a worker writes them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pytest
 from rich.console import Console
 import yaml
 
-from contract import report
+from contract import trial_attrs
 from contract.config import ConfigError, TrainConfig
 from contract.study_spec import StudySpec
 import storage
@@ -40,7 +40,7 @@ FINGERPRINT = "ab" * 32
 
 @dataclasses.dataclass
 class FakeResult:
-    """The fields of worker.training.train.TrainResult that report.record_result reads."""
+    """The fields of worker.training.train.TrainResult that trial_attrs.record_result reads."""
 
     best_miou: float
     per_class_iou: dict[int, float | None]
@@ -71,9 +71,9 @@ class Builder:
         trial = self.study.ask()
         config = self.spec.space.sample(trial)
         if record_config:
-            report.record_start(trial, config, {"host": host, "pid": pid, "gpu": gpu}, {"device": "cpu"})
+            trial_attrs.record_start(trial, config, {"host": host, "pid": pid, "gpu": gpu}, {"device": "cpu"})
         else:
-            trial.set_user_attr(report.WORKER, {"host": host, "pid": pid, "gpu": gpu})
+            trial.set_user_attr(trial_attrs.WORKER, {"host": host, "pid": pid, "gpu": gpu})
         for step in range(1, epochs + 1):
             value = float(self.rng.uniform(0.1, 0.6))
             trial.report(value, step)
@@ -85,7 +85,7 @@ class Builder:
         per_class = {c: float(self.rng.uniform(0.2, 0.9)) for c in (1, 2, 3)}
         per_class[4] = None  # a class absent in both truth and prediction
         miou = float(np.mean([v for v in per_class.values() if v is not None]))
-        report.record_result(trial, FakeResult(best_miou=miou, per_class_iou=per_class))
+        trial_attrs.record_result(trial, FakeResult(best_miou=miou, per_class_iou=per_class))
         self.study.tell(trial, miou)
         self.completed[trial.number] = (miou, {str(c): v for c, v in per_class.items()})
         return trial
@@ -110,7 +110,7 @@ def _mixed(url: str, name: str = "mars") -> Builder:
         b.complete()
     b.end(TrialState.PRUNED)
     b.end(TrialState.FAIL)
-    b.ask(host="node-a", pid=11, gpu=0, epochs=3).set_user_attr(report.PHASE, "training")
+    b.ask(host="node-a", pid=11, gpu=0, epochs=3).set_user_attr(trial_attrs.PHASE, "training")
     b.ask(host="node-b", pid=22, gpu=1, epochs=1)
     b.study.enqueue_trial({"learning_rate": 3e-4})
     return b
@@ -256,7 +256,7 @@ def test_list_shows_budget_and_foreign_studies(pg_url):
 def test_export_yaml_and_json_round_trip(pg_url, tmp_path, capsys):
     b = _mixed(pg_url)
     number, value = b.best()
-    recorded = TrainConfig.from_dict(b.study.trials[number].user_attrs[report.CONFIG])
+    recorded = TrainConfig.from_dict(b.study.trials[number].user_attrs[trial_attrs.CONFIG])
 
     yaml_path = tmp_path / "best.yaml"
     assert export.export_best("mars", storage=pg_url, fmt="yaml", output=yaml_path) == recorded
@@ -343,8 +343,8 @@ def test_export_model_downloads_the_uploaded_artifact(pg_url, tmp_path):
         artifact_store=FileSystemArtifactStore(str(artifacts)), file_path=str(tmp_path / "trial.keras"),
         study_or_trial=trial,
     )
-    trial.set_user_attr(report.MODEL_ARTIFACT, artifact_id)
-    report.record_result(trial, FakeResult(best_miou=0.99, per_class_iou={1: 0.99, 2: 0.99, 3: 0.99, 4: 0.99}))
+    trial.set_user_attr(trial_attrs.MODEL_ARTIFACT, artifact_id)
+    trial_attrs.record_result(trial, FakeResult(best_miou=0.99, per_class_iou={1: 0.99, 2: 0.99, 3: 0.99, 4: 0.99}))
     b.study.tell(trial, 0.99)
 
     model = tmp_path / "out" / "best.keras"
@@ -506,7 +506,7 @@ def test_cli_dashboard_comes_up(pg_url):
 def test_cli_status_list_export(pg_url, tmp_path):
     b = _mixed(pg_url)
     number, value = b.best()
-    recorded = TrainConfig.from_dict(b.study.trials[number].user_attrs[report.CONFIG])
+    recorded = TrainConfig.from_dict(b.study.trials[number].user_attrs[trial_attrs.CONFIG])
     b.close()
     env = {**os.environ, "COLUMNS": "160"}
 

@@ -23,7 +23,7 @@ import dataclasses
 from optuna.trial import FrozenTrial, TrialState
 import sqlalchemy
 
-from contract import report
+from contract import trial_attrs
 from contract.confirm import Confirmed, ConfirmError, pick_confirmed, seeds_for, summarize, top_trials
 from contract.study_spec import StudySpec
 from storage.budget_lock import budget_lock
@@ -62,7 +62,8 @@ def confirm(name: str, *, storage_url: str | None, top: int, seeds: int) -> list
                                "seed, so its space must leave seed fixed")
         study_id = rdb.get_study_id_from_name(name)
         complete = load_trials(rdb.engine, study_id, states=(TrialState.COMPLETE,), intermediate=False,
-                               user_attr_keys=(report.CONFIRMS, report.CONFIRM_SEED, report.CONFIG, report.MIOU))
+                               user_attr_keys=(trial_attrs.CONFIRMS, trial_attrs.CONFIRM_SEED, trial_attrs.CONFIG,
+                                               trial_attrs.MIOU))
         ranked = top_trials(complete, study.directions, len(complete))
         if not ranked:
             raise ConfirmError(f"no complete search trial yet in study {name!r}: nothing to confirm")
@@ -71,7 +72,7 @@ def confirm(name: str, *, storage_url: str | None, top: int, seeds: int) -> list
                                f"wait for more, or use --top {len(ranked)}")
         with budget_lock(rdb, url, name, grace_period=float(spec.grace_period)):
             # Read inside the lock's transaction: what another coordinator queued is seen or waited for.
-            have = {(a, b) for a, b in user_attr_pairs(rdb, study_id, report.CONFIRMS, report.CONFIRM_SEED)}
+            have = {(a, b) for a, b in user_attr_pairs(rdb, study_id, trial_attrs.CONFIRMS, trial_attrs.CONFIRM_SEED)}
             confirmed_before = {number for number, _ in have}
             chosen = ([t for t in ranked if t.number in confirmed_before]
                       + [t for t in ranked if t.number not in confirmed_before])[:top]
@@ -82,7 +83,7 @@ def confirm(name: str, *, storage_url: str | None, top: int, seeds: int) -> list
                 added = tuple(s for s in wanted_seeds if (trial.number, s) not in have)
                 for seed in added:
                     study.enqueue_trial(dict(trial.params),
-                                        user_attrs={report.CONFIRMS: trial.number, report.CONFIRM_SEED: seed})
+                                        user_attrs={trial_attrs.CONFIRMS: trial.number, trial_attrs.CONFIRM_SEED: seed})
                 done.append(Queued(trial=trial, seeds=wanted_seeds, added=added, passed_over=passed_over))
         return done
     finally:
@@ -114,13 +115,13 @@ def describe(name: str, done: list[Queued]) -> str:
 
 
 #: What the summaries read of each confirmation trial and confirmed search trial.
-SUMMARY_ATTRS = (report.CONFIRMS, report.CONFIRM_SEED, report.MIOU, report.PER_CLASS_IOU)
+SUMMARY_ATTRS = (trial_attrs.CONFIRMS, trial_attrs.CONFIRM_SEED, trial_attrs.MIOU, trial_attrs.PER_CLASS_IOU)
 
 
 def read_confirmations(engine: sqlalchemy.Engine, study_id: int) -> list[FrozenTrial]:
     """The study's confirmation trials (every state) and the search trials they confirm, with
     :data:`SUMMARY_ATTRS` only: two small queries plus the trials, however large the study."""
-    ids = marked_trial_ids(engine, study_id, report.CONFIRMS)
+    ids = marked_trial_ids(engine, study_id, trial_attrs.CONFIRMS)
     if not ids:
         return []
     return load_trials(engine, study_id, trial_ids=ids, user_attr_keys=SUMMARY_ATTRS, intermediate=False)
@@ -144,7 +145,7 @@ def confirmed_pick(engine: sqlalchemy.Engine, study_id: int, study_name: str) ->
 
 def _base_seed(trial: FrozenTrial, spec: StudySpec) -> int:
     """The seed the search trial trained with: its worker's record, else the space's."""
-    recorded = report.config_of(trial)
+    recorded = trial_attrs.config_of(trial)
     if recorded is not None and isinstance(recorded.get("seed"), int):
         return int(recorded["seed"])
     return spec.space.config(trial.params).seed

@@ -21,7 +21,7 @@ import sys
 import optuna
 from optuna.trial import FrozenTrial
 
-from contract import report
+from contract import trial_attrs
 from contract.artifacts import ArtifactDirError, is_artifact_id, open_artifact_store
 from contract.atomic import replacing
 from contract.config import ConfigError, ConfigFormat, TrainConfig
@@ -160,12 +160,12 @@ def config_of(trial: FrozenTrial, spec: StudySpec) -> TrainConfig:
     """The config ``trial`` trained: its worker's record, else rebuilt from params and space;
     with the learning rate of each epoch up to its best (``lr_schedule``, for ``--all-data``)
     when its worker recorded them."""
-    recorded = report.config_of(trial)
+    recorded = trial_attrs.config_of(trial)
     try:
         config = TrainConfig.from_dict(recorded) if recorded is not None else spec.space.config(trial.params)
     except (ConfigError, SpaceError) as exc:
         raise ConfigError(f"trial {trial.number}'s config is not usable: {exc}") from None
-    schedule = report.lr_schedule_of(trial)
+    schedule = trial_attrs.lr_schedule_of(trial)
     return config if schedule is None else config.replace(lr_schedule=schedule)
 
 
@@ -179,7 +179,7 @@ def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial
     body = config.dumps(fmt)
     if fmt != "yaml":
         return body
-    per_class = report.per_class_iou_of(trial)
+    per_class = trial_attrs.per_class_iou_of(trial)
     per_class_text = (
         " ".join(f"{c}={'n/a' if v is None else f'{v:.4f}'}" for c, v in sorted(per_class.items()))
         if per_class else "not recorded"
@@ -222,7 +222,7 @@ def downloaded_model(trial: FrozenTrial, path: Path, artifact_dir: Path) -> Iter
     from optuna.artifacts import download_artifact
     from optuna.artifacts.exceptions import ArtifactNotFound
 
-    artifact_id = trial.user_attrs.get(report.MODEL_ARTIFACT)
+    artifact_id = trial.user_attrs.get(trial_attrs.MODEL_ARTIFACT)
     if not artifact_id:
         raise StudyError(
             f"best trial {trial.number} has no saved model; run workers with --artifact-dir"

@@ -35,7 +35,7 @@ import warnings
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from contract import report as attrs
+from contract import trial_attrs as attrs
 from contract.atomic import writable_problem
 from contract.confirm import Confirmed, pick_confirmed
 from contract.confirm import summarize as summarize_confirmed

@@ -397,7 +397,7 @@ def pareto_optuna(study: optuna.Study, names: list[str]) -> Figure:
 
 def per_class_iou(trials: Sequence[FrozenTrial]) -> Figure:
     """Grouped bars: IoU of each foreground class, for each of the given (best) trials."""
-    from contract.report import per_class_iou_of
+    from contract.trial_attrs import per_class_iou_of
 
     labels = [f"#{t.number}" for t in trials]
     per_class = [per_class_iou_of(t) for t in trials]

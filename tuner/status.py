@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 import sqlalchemy
 
-from contract import report
+from contract import trial_attrs
 from contract.confirm import Confirmed, pick_confirmed
 from contract.confirm import summarize as summarize_confirmed
 from contract.pareto import Pick, front_trials, pick_trial
@@ -178,7 +178,7 @@ def list_studies(url: str) -> list[StudyRow]:
         return []
     engine = open_reader(url)
     try:
-        overviews = study_overviews(engine, user_attr_keys=(SPEC_ATTR, "created"), apart_key=report.CONFIRMS)
+        overviews = study_overviews(engine, user_attr_keys=(SPEC_ATTR, "created"), apart_key=trial_attrs.CONFIRMS)
     finally:
         engine.dispose()
     rows = []
@@ -235,7 +235,7 @@ def read_status(engine: sqlalchemy.Engine, head: StudyHead, pick: Pick = Pick())
         if picked is not None:
             best = load_trials(engine, head.study_id, trial_ids=[trial_id(picked)], intermediate=False)[0]
     running = load_trials(engine, head.study_id, states=(TrialState.RUNNING,),
-                          user_attr_keys=(report.WORKER, report.PHASE))
+                          user_attr_keys=(trial_attrs.WORKER, trial_attrs.PHASE))
     return StatusData(name=head.study_name, n_objectives=len(head.directions),
                       counts=count_states(engine, head.study_id), best=best, running=running,
                       front=front, n_complete=n_complete, pick=pick, directions=head.directions,
@@ -277,7 +277,7 @@ def summarize(data: StatusData, spec: StudySpec | None, *, now: datetime.datetim
         best = BestTrial(
             number=best_trial.number,
             value=best_trial.values[0],
-            per_class_iou=report.per_class_iou_of(best_trial),
+            per_class_iou=trial_attrs.per_class_iou_of(best_trial),
             params=dict(best_trial.params),
             cost=best_trial.values[1] if len(best_trial.values) > 1 else None,
         )
@@ -288,7 +288,7 @@ def summarize(data: StatusData, spec: StudySpec | None, *, now: datetime.datetim
     confirmed = summarize_confirmed(data.confirmations)
     confirming = {s.name: 0 for s in STATES}
     for trial in data.confirmations:
-        if report.confirmation_of(trial.user_attrs) is not None and trial.state.name in confirming:
+        if trial_attrs.confirmation_of(trial.user_attrs) is not None and trial.state.name in confirming:
             confirming[trial.state.name] += 1
     picked = None
     if data.pick.confirmed and best is not None:
@@ -310,7 +310,7 @@ def summarize(data: StatusData, spec: StudySpec | None, *, now: datetime.datetim
 
 
 def _running(trial: FrozenTrial, now: datetime.datetime) -> RunningTrial:
-    who = report.worker_of(trial)
+    who = trial_attrs.worker_of(trial)
     age = None
     if trial.datetime_start is not None:
         start = trial.datetime_start
@@ -318,7 +318,7 @@ def _running(trial: FrozenTrial, now: datetime.datetime) -> RunningTrial:
             start = start.astimezone(datetime.timezone.utc).replace(tzinfo=None)
         age = (now - start).total_seconds()
     last_step = max(trial.intermediate_values) if trial.intermediate_values else None
-    phase = trial.user_attrs.get(report.PHASE)
+    phase = trial.user_attrs.get(trial_attrs.PHASE)
     return RunningTrial(
         number=trial.number,
         host=who.get("host"),

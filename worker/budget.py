@@ -19,7 +19,7 @@ import dataclasses
 import optuna
 from optuna.trial import TrialState
 
-from contract import report
+from contract import trial_attrs
 from contract.study_spec import StudySpec
 import storage
 from storage.budget_lock import budget_lock as storage_budget_lock
@@ -55,7 +55,7 @@ def ask_within_budget(
     Stale trials of dead workers are failed first (their retries are queued as WAITING), and
     trials left without any heartbeat are adopted so that they go stale too. A WAITING trial is
     always handed out: a search trial's retry already holds a budget slot, and a ``tuner
-    confirm`` trial (marked :data:`contract.report.CONFIRMS`) needs none: only search trials
+    confirm`` trial (marked :data:`contract.trial_attrs.CONFIRMS`) needs none: only search trials
     count towards ``n_trials``, so the search ends with exactly ``n_trials`` however many
     confirmations are queued. The new trial has its first heartbeat.
     ``on_wait`` / ``on_log``: see :func:`storage.locks.named_lock` (interrupt / report the wait).
@@ -87,7 +87,7 @@ def _reserve(
     """
     storage.adopt_orphans(rdb, study_id(study))
     storage.fail_stale_trials(study, explain=why_stale)
-    counts = Counts(*count_trials_apart(rdb, study_id(study), report.CONFIRMS))
+    counts = Counts(*count_trials_apart(rdb, study_id(study), trial_attrs.CONFIRMS))
     allocated = sum(counts.search[state] for state in ALLOCATED)
     # Study.ask's own order: a queued trial first (it holds its slot already), else a new one.
     trial_id = _pop_waiting(study, rdb) if counts[TrialState.WAITING] else None
@@ -104,9 +104,9 @@ def _reserve(
 
 def why_stale(trial: optuna.trial.FrozenTrial, silent_s: float) -> dict[str, str]:
     """The ``error`` a trial failed for lack of heartbeats carries: for how long, and whose it was."""
-    who = report.worker_of(trial)
+    who = trial_attrs.worker_of(trial)
     silence = f"{silent_s:.0f}s" if silent_s == silent_s else "longer than the grace period"  # NaN: unknown
-    return {report.ERROR: f"no heartbeat for {silence}; worker {who['host'] or '?'}:{who['pid'] or '?'}"}
+    return {trial_attrs.ERROR: f"no heartbeat for {silence}; worker {who['host'] or '?'}:{who['pid'] or '?'}"}
 
 
 def _pop_waiting(study: optuna.Study, rdb: optuna.storages.RDBStorage) -> int | None:

@@ -19,7 +19,7 @@ import warnings
 
 import optuna
 
-from contract import report
+from contract import trial_attrs
 from contract.artifacts import ArtifactDirError, open_artifact_store
 from contract.data import MarsData, load_npz
 from contract.study_spec import SpecError, StudySpec
@@ -78,7 +78,7 @@ def join(options: WorkerOptions) -> Joined:
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    identity = report.worker_identity(options.gpu)
+    identity = trial_attrs.worker_identity(options.gpu)
     say = _printer(f"[{identity['host']}:{identity['pid']}]")
     url = storage.resolve_url(options.storage_url)
     spec = wait_for_spec(url, options.study_name, options.wait_for_db_s, say)

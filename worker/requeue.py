@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import optuna
 
-from contract import report
+from contract import trial_attrs
 from storage.optuna_internals import trial_id
 from storage.retry import is_transient
 from worker.budget import budget_lock
@@ -20,7 +20,7 @@ from worker.study_link import GaveUp, StudyLink
 
 def fail(link: StudyLink, trial: optuna.Trial, line: str) -> None:
     """Record ``line`` as the trial's error and tell it FAIL (the configuration failed)."""
-    link.call(lambda: trial.set_user_attr(report.ERROR, line), "recording the error")
+    link.call(lambda: trial.set_user_attr(trial_attrs.ERROR, line), "recording the error")
     link.tell(trial, state=optuna.trial.TrialState.FAIL)
     link.say(f"trial {trial.number} failed: {line}")
 
@@ -42,9 +42,9 @@ def requeue(
 
     def mark() -> None:
         if interrupted is not None:
-            trial.set_user_attr(report.INTERRUPTED, interrupted)
+            trial.set_user_attr(trial_attrs.INTERRUPTED, interrupted)
         if error is not None:
-            trial.set_user_attr(report.ERROR, error)
+            trial.set_user_attr(trial_attrs.ERROR, error)
 
     def fail_and_requeue() -> None:
         with budget_lock(study, rdb, link.url):
@@ -58,7 +58,7 @@ def requeue(
                 raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} finished elsewhere")
             if not _has_retry(study, trial.number):  # a confirmation's retry stays one
                 study.enqueue_trial(trial.params, user_attrs={
-                    report.RETRY_OF: trial.number, **report.confirmation_attrs(trial.user_attrs)})
+                    trial_attrs.RETRY_OF: trial.number, **trial_attrs.confirmation_attrs(trial.user_attrs)})
 
     if patient:
         link.call(fail_and_requeue, "failing and re-queueing the trial")
@@ -97,7 +97,7 @@ def requeue_after_outage(link: StudyLink, trial: optuna.Trial, exc: Exception) -
 def retry_of_trial(rdb: optuna.storages.RDBStorage, trial: optuna.Trial) -> int | None:
     """The number of the trial that ``trial`` retries, if it is a retry."""
     # Interrupted trials carry RETRY_OF; Optuna's stale-trial retry records "failed_trial".
-    retry_of = trial.user_attrs.get(report.RETRY_OF)
+    retry_of = trial.user_attrs.get(trial_attrs.RETRY_OF)
     if retry_of is None:
         retry_of = rdb.get_trial_system_attrs(trial_id(trial)).get("failed_trial")
     return retry_of
@@ -106,8 +106,8 @@ def retry_of_trial(rdb: optuna.storages.RDBStorage, trial: optuna.Trial) -> int 
 def _marked(stored: optuna.trial.FrozenTrial, *, interrupted: str | None, error: str | None) -> bool:
     """Whether a FAIL stored for this trial is this worker's own (written with its marks, in one
     transaction, by :func:`requeue`: a retry after a lost reply finds them)."""
-    return ((interrupted is None or stored.user_attrs.get(report.INTERRUPTED) == interrupted)
-            and (error is None or stored.user_attrs.get(report.ERROR) == error)
+    return ((interrupted is None or stored.user_attrs.get(trial_attrs.INTERRUPTED) == interrupted)
+            and (error is None or stored.user_attrs.get(trial_attrs.ERROR) == error)
             and (interrupted is not None or error is not None))
 
 
@@ -116,7 +116,8 @@ def _has_retry(study: optuna.Study, number: int) -> bool:
     for other in study.get_trials(deepcopy=False):
         if other.number == number:
             continue
-        if number in other.system_attrs.get("retry_history", ()) or other.user_attrs.get(report.RETRY_OF) == number:
+        if (number in other.system_attrs.get("retry_history", ())
+                or other.user_attrs.get(trial_attrs.RETRY_OF) == number):
             return True
     return False
 

@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 import sqlalchemy
 
-from contract import report
+from contract import trial_attrs
 import storage
 from storage.optuna_internals import trial_id
 from storage.retry import is_transient
@@ -225,12 +225,12 @@ class WorkerSession:
         link, joined = self.link, self.joined
         call = link.call
         config = call(lambda: self.spec.space.sample(trial), "sampling the trial's parameters")
-        confirming = report.confirmation_of(trial.user_attrs)  # `tuner confirm`: (trial, seed)
+        confirming = trial_attrs.confirmation_of(trial.user_attrs)  # `tuner confirm`: (trial, seed)
         if confirming is not None:  # the same configuration, another split and initialisation
             config = config.replace(seed=confirming[1])
         device = with_precision(joined.device, config.mixed_precision)
         retry_of = call(lambda: retry_of_trial(link.rdb, trial), "reading the trial's origin")
-        call(lambda: report.record_start(trial, config, joined.identity, joined.provenance), "recording the trial")
+        call(lambda: trial_attrs.record_start(trial, config, joined.identity, joined.provenance), "recording the trial")
         params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
         again = f" (retry of trial {retry_of})" if retry_of is not None else ""
         if confirming is not None:
@@ -241,13 +241,13 @@ class WorkerSession:
     def _finish(self, trial: optuna.Trial, result: Any, save_path: Path | None) -> Outcome:
         """Record a trained trial's result, upload its model if best, tell the study."""
         # The result first: an upload that fails (disk full) must not cost the trial.
-        self.link.call(lambda: report.record_result(trial, result), "recording the result")
+        self.link.call(lambda: trial_attrs.record_result(trial, result), "recording the result")
         if not math.isfinite(result.best_miou):
             return self._fail(trial, "mean IoU undefined: no class 1-4 pixel in the validation split")
         values: float | list[float] = result.best_miou
         cost_text = ""
         if self.spec.cost is not None:
-            cost = report.cost_of(result, self.spec.cost)
+            cost = trial_attrs.cost_of(result, self.spec.cost)
             if cost is None or not math.isfinite(cost):
                 return self._fail(trial, f"cost {self.spec.cost} not measured ({cost!r})")
             values = [result.best_miou, cost]
@@ -304,7 +304,7 @@ def _reporters(
 
     def on_phase(phase: str) -> None:  # train() prints it too; `tuner status` shows it
         with guard.deferred():
-            call(lambda: trial.set_user_attr(report.PHASE, phase), "recording the phase")
+            call(lambda: trial.set_user_attr(trial_attrs.PHASE, phase), "recording the phase")
 
     return on_epoch, on_phase
 

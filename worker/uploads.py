@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from contract import report
+from contract import trial_attrs
 from storage.retry import is_transient
 from worker.study_link import StudyLink
 
@@ -56,7 +56,7 @@ class Uploader:
         store = _CleanupStore(self.store)
         try:
             artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
-            self.link.call(lambda: trial.set_user_attr(report.MODEL_ARTIFACT, artifact_id), "recording the model")
+            self.link.call(lambda: trial.set_user_attr(trial_attrs.MODEL_ARTIFACT, artifact_id), "recording the model")
         except Exception as exc:  # noqa: BLE001 - the trial's result is worth more than its model file
             store.discard()
             if is_transient(exc) or self.link.replaced():
@@ -77,7 +77,8 @@ class Uploader:
         try:
             png = write_png(preview, path.with_suffix(".png"))
             preview_id = upload_artifact(artifact_store=store, file_path=str(png), study_or_trial=trial)
-            self.link.call(lambda: trial.set_user_attr(report.PREVIEW_ARTIFACT, preview_id), "recording the preview")
+            self.link.call(lambda: trial.set_user_attr(trial_attrs.PREVIEW_ARTIFACT, preview_id),
+                           "recording the preview")
         except Exception as exc:  # noqa: BLE001 - a picture is worth less than the trial
             store.discard()
             if is_transient(exc) or self.link.replaced():

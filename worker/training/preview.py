@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.report import CLASS_COLOURS
+from contract.trial_attrs import CLASS_COLOURS
 
 #: Class colours (RGB): 0 background black, 1 soil, 2 bedrock, 3 sand, 4 big rock.
 PALETTE = np.array(CLASS_COLOURS, dtype=np.uint8)

@@ -120,7 +120,7 @@ def train(
 
     ``epoch_callback(epoch_index, val_miou)`` runs after every epoch; whatever it raises (for
     example ``optuna.TrialPruned``) stops training and propagates unchanged.
-    ``phase_callback(phase)`` hears each of ``contract.report.PHASES`` as the run enters it.
+    ``phase_callback(phase)`` hears each of ``contract.trial_attrs.PHASES`` as the run enters it.
     ``device`` is what :func:`worker.training.device.configure` returned; without it the device
     is detected and ``config.mixed_precision`` decides the precision. ``save_path`` receives the
     best model as a ``.keras`` file, written atomically.
