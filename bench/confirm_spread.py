@@ -99,7 +99,7 @@ def ranks(rows: list[dict[str, Any]], key: str) -> list[int]:
 
 def summarise(url: str) -> dict[str, Any]:
     """What ``tuner status`` reads: the confirmed configurations and the trials' sizes."""
-    from contract import report
+    from contract import trial_attrs
     from storage.summaries import find_study, load_trials, open_reader
     from tuner.confirm import read_confirmed
 
@@ -109,13 +109,14 @@ def summarise(url: str) -> dict[str, Any]:
         assert head is not None
         confirmed = read_confirmed(engine, head.study_id)
         trials = load_trials(engine, head.study_id, intermediate=False,
-                             user_attr_keys=(report.N_TRAIN, report.N_VAL, report.WALL_TIME_S, report.CONFIRMS))
+                             user_attr_keys=(trial_attrs.N_TRAIN, trial_attrs.N_VAL, trial_attrs.WALL_TIME_S,
+                                             trial_attrs.CONFIRMS))
     finally:
         engine.dispose()
     rows = [{"trial": c.number, "search_miou": c.search_miou, "n": c.n, "seeds": list(c.seeds),
              "mious": list(c.mious), "mean": c.mean, "sd": c.sd, "min": c.minimum, "mean_minus_se": c.score,
              "per_class_iou_mean": c.per_class_iou, "failed": c.failed} for c in confirmed]
-    search = [t for t in trials if report.CONFIRMS not in t.user_attrs]
+    search = [t for t in trials if trial_attrs.CONFIRMS not in t.user_attrs]
     return {
         "configurations": rows,
         "by_search_run": ranks(rows, "search_miou"),
@@ -123,9 +124,9 @@ def summarise(url: str) -> dict[str, Any]:
         "by_mean_minus_se": ranks(rows, "mean_minus_se"),
         "search_trials": [{"trial": t.number, "state": t.state.name, "miou": t.values[0] if t.values else None}
                           for t in search],
-        "n_train": sorted({t.user_attrs.get(report.N_TRAIN) for t in trials} - {None}),
-        "n_val": sorted({t.user_attrs.get(report.N_VAL) for t in trials} - {None}),
-        "trial_wall_s_mean": (sum(t.user_attrs.get(report.WALL_TIME_S, 0.0) for t in trials) / len(trials)
+        "n_train": sorted({t.user_attrs.get(trial_attrs.N_TRAIN) for t in trials} - {None}),
+        "n_val": sorted({t.user_attrs.get(trial_attrs.N_VAL) for t in trials} - {None}),
+        "trial_wall_s_mean": (sum(t.user_attrs.get(trial_attrs.WALL_TIME_S, 0.0) for t in trials) / len(trials)
                               if trials else None),
         "trials_total": len(trials),
     }
