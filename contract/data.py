@@ -24,7 +24,7 @@ import zlib
 
 import numpy as np
 
-from contract.errors import TunerError
+from contract.errors import TunerError, first_line
 
 IMAGE_HEIGHT = 64
 IMAGE_WIDTH = 128
@@ -293,7 +293,7 @@ def _open_npz(path: Path):
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot open {path} as .npz: {_first_line(exc)}") from None
+        raise DataError(f"cannot open {path} as .npz: {first_line(exc)}") from None
     return npz
 
 
@@ -306,10 +306,10 @@ def _read_array(npz, key: str, path: Path) -> np.ndarray:
             raise DataError(
                 f"{path}: '{key}' holds Python objects; expected a numeric array"
             ) from None
-        raise DataError(f"{path}: cannot read '{key}': {_first_line(exc)}") from None
+        raise DataError(f"{path}: cannot read '{key}': {first_line(exc)}") from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(
-            f"{path}: cannot read '{key}' (corrupt file?): {_first_line(exc)}"
+            f"{path}: cannot read '{key}' (corrupt file?): {first_line(exc)}"
         ) from None
 
 
@@ -332,7 +332,7 @@ def _check_declared_size(npz, key: str, path: Path) -> None:
             shape, _, dtype = read_header(member)
             stored = info.file_size - member.tell()
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(f"{path}: cannot read '{key}' (corrupt file?): {_first_line(exc)[:200]}") from None
+        raise DataError(f"{path}: cannot read '{key}' (corrupt file?): {first_line(exc)[:200]}") from None
     if dtype.hasobject:
         return  # pickled objects: _read_array reports them
     declared = math.prod(int(d) for d in shape) * dtype.itemsize
@@ -553,7 +553,3 @@ def _num(value) -> str:
     value = float(value)
     return str(int(value)) if value.is_integer() else f"{value:g}"
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -23,6 +23,7 @@ import zlib
 import numpy as np
 
 from contract.data import MAX_ARRAY_BYTES, DataError
+from contract.errors import first_line
 
 
 @dataclasses.dataclass
@@ -54,7 +55,8 @@ class ArrayReader:
             try:
                 raw = self._member.read(n * row_bytes)
             except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-                raise DataError(f"{self.path}: cannot read '{self.key}' (corrupt file?): {_first_line(exc)}") from None
+                reason = first_line(exc, limit=200)
+                raise DataError(f"{self.path}: cannot read '{self.key}' (corrupt file?): {reason}") from None
             if len(raw) != n * row_bytes:
                 raise DataError(f"{self.path}: '{self.key}' ends early (truncated file?)")
             yield np.frombuffer(raw, dtype=self.dtype).reshape((n, *self.shape[1:]))
@@ -79,7 +81,7 @@ def open_array(path: str | Path, key: str) -> Iterator[ArrayReader]:
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot open {path} as .npz: {_first_line(exc)}") from None
+        raise DataError(f"cannot open {path} as .npz: {first_line(exc, limit=200)}") from None
     with npz:
         if key not in npz.files:
             found = ", ".join(sorted(npz.files)) or "none"
@@ -94,7 +96,7 @@ def open_array(path: str | Path, key: str) -> Iterator[ArrayReader]:
             shape, fortran, dtype = read_header(member, max_header_size=10_000)
             stored = info.file_size - member.tell()
         except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise DataError(f"{path}: cannot read '{key}' (corrupt file?): {_first_line(exc)[:200]}") from None
+            raise DataError(f"{path}: cannot read '{key}' (corrupt file?): {first_line(exc, limit=200)}") from None
         with member:
             if dtype.hasobject:
                 raise DataError(f"{path}: '{key}' holds Python objects; expected a numeric array")
@@ -156,7 +158,3 @@ class _RowSink:
         self._member.write(rows.data.cast("B"))
         self.rows += len(rows)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__

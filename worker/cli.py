@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from contract.errors import first_line
 from contract.options import ArtifactDirOpt, CliGroup, StorageOpt
 from contract.options import fail as _fail
 from worker.predict import DEFAULT_BATCH as PREDICT_BATCH
@@ -162,7 +163,7 @@ def train(
     except OSError as exc:
         if save is None:
             raise
-        raise _fail(f"--save {save}: cannot save the model: {exc.strerror or _first_line(exc)}") from None
+        raise _fail(f"--save {save}: cannot save the model: {exc.strerror or first_line(exc, limit=200)}") from None
     if save is not None:
         typer.echo(f"model saved to {save}")
 
@@ -226,7 +227,7 @@ def _train_all_data(cfg, loaded, save, result_json, device, quiet) -> None:  # t
     try:
         result = train_all_data(cfg, loaded, save_path=save, verbose=not quiet, device=device)
     except OSError as exc:
-        raise _fail(f"--save {save}: cannot save the model: {exc.strerror or _first_line(exc)}") from None
+        raise _fail(f"--save {save}: cannot save the model: {exc.strerror or first_line(exc, limit=200)}") from None
     typer.echo(f"trained on all {result.n_images} images (training + validation) for {result.epochs} epochs "
                f"in {result.wall_time_s:.1f}s; final training loss {result.losses[-1]:.4f}")
     typer.echo("no validation score: no image was held out. The trial's validation mIoU (in the "
@@ -243,10 +244,6 @@ def _train_all_data(cfg, loaded, save, result_json, device, quiet) -> None:  # t
         typer.echo(f"result written to {result_json}")
     typer.echo(f"model saved to {save}")
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 @app.command()
