@@ -54,14 +54,14 @@ def engine_kwargs(url: str, *, role: str = "worker", session_role: str | None = 
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     if backend == "postgresql":
         app = f"mars-tuner-{role}@{socket.gethostname()}:{os.getpid()}"[:63]
-        return {
-            **pool_settings(),
-            "pool_pre_ping": True,
-            "pool_recycle": 1800,
-            "connect_args": {
-                "connect_timeout": CONNECT_TIMEOUT_S, "application_name": app, **_keepalive_args(session_role),
-            },
+        connect_args: dict[str, Any] = {
+            "connect_timeout": CONNECT_TIMEOUT_S, "application_name": app, **_keepalive_args(session_role),
         }
+        if make_url(url).get_driver_name() == "psycopg":
+            # psycopg 3 prepares a statement on the server after five runs; behind a pooler in
+            # transaction mode the next transaction may land on a server connection without it.
+            connect_args["prepare_threshold"] = None
+        return {**pool_settings(), "pool_pre_ping": True, "pool_recycle": 1800, "connect_args": connect_args}
     return {"pool_pre_ping": True}
 
 
@@ -80,9 +80,13 @@ def pool_settings() -> dict[str, int]:
     }
 
 
-def _keepalive_args(session_role: str | None = None) -> dict[str, Any]:
-    """libpq keepalives and TCP user timeout plus the server-side timeouts, as ``connect`` arguments."""
-    server: dict[str, Any] = {
+def server_settings() -> dict[str, int]:
+    """The server-side settings every session of ours runs with (sent as startup ``options``).
+
+    A pooler in transaction mode (PgBouncer) does not pass startup options on: it is configured
+    to ignore them and to set these on each server connection instead (:func:`pooler_connect_query`).
+    """
+    return {
         "tcp_keepalives_idle": KEEPALIVES_IDLE_S,
         "tcp_keepalives_interval": KEEPALIVES_INTERVAL_S,
         "tcp_keepalives_count": KEEPALIVES_COUNT,
@@ -91,7 +95,22 @@ def _keepalive_args(session_role: str | None = None) -> dict[str, Any]:
         "lock_timeout": LOCK_TIMEOUT_MS,
         "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT_MS,
     }
-    if session_role is not None:
+
+
+def pooler_connect_query() -> str:
+    """PgBouncer's ``connect_query``: :func:`server_settings` on every connection it opens.
+
+    Every client of the pool wants the same values, so a session-level ``SET`` on a shared server
+    connection leaks nothing; what must differ per transaction (the budget lock's timeouts) is
+    set with ``set_config(..., true)`` inside it (storage.locks).
+    """
+    return "; ".join(f"SET {name} = {value}" for name, value in server_settings().items())
+
+
+def _keepalive_args(session_role: str | None = None) -> dict[str, Any]:
+    """libpq keepalives and TCP user timeout plus the server-side timeouts, as ``connect`` arguments."""
+    server: dict[str, Any] = dict(server_settings())
+    if session_role is not None:  # behind PgBouncer: log in as that role (options are ignored)
         server["role"] = session_role
     return {
         "keepalives": 1,
