@@ -11,11 +11,12 @@ from __future__ import annotations
 import warnings
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback  # noqa: F401 - the type returned
 import sqlalchemy
 
 from storage.engine import engine_kwargs
 from storage.errors import StorageError
+from storage.roundtrips import LeanRDBStorage, ping_when_idle
 from storage.schema import connection_error, current_revision
 from storage.url import mask_url
 
@@ -54,14 +55,21 @@ def open_storage(
             callback = None
             if heartbeat_interval is not None and max_retry is not None:
                 callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-            return RDBStorage(
+            kwargs = engine_kwargs(url, role=role)
+            postgres = sqlalchemy.engine.make_url(url).get_backend_name() == "postgresql"
+            if postgres:  # pinged only after idling, not at every checkout (storage.roundtrips)
+                kwargs["pool_pre_ping"] = False
+            rdb = LeanRDBStorage(
                 url,
-                engine_kwargs=engine_kwargs(url, role=role),
+                engine_kwargs=kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period if heartbeat_interval is not None else None,
                 heartbeat_stale_trial_callback=callback,
                 skip_table_creation=True,
             )
+            if postgres:
+                ping_when_idle(rdb.engine)
+            return rdb
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise connection_error(exc, url) from None
     except RuntimeError as exc:  # Optuna's schema-compatibility error
