@@ -4,7 +4,8 @@ A database host (its own namespace, a throw-away PostgreSQL cluster on ``TEST_PG
 listening on every address there) and N worker hosts, each a namespace of its own joined to the
 database host by one veth pair (``10.77.<i>.2`` on the worker's side, ``10.77.<i>.1`` on the
 database's). Nothing is added to the machine's own network namespace: no interface, no route,
-no firewall rule; the test process reads the study over the cluster's Unix socket.
+no firewall rule; the test process reads the study over the cluster's Unix socket (in a
+directory of its own, so the port is taken nowhere outside the namespace).
 
 Links are cut in the database host's namespace with iptables DROP rules on that host's veth (a
 partition, or a blackhole when nobody lifts it: packets vanish, nobody answers with an RST), and
@@ -36,7 +37,6 @@ from pgcluster import PORT, VERSION
 import pytest
 
 PROXY_PORT = 6543  # inside the database host's namespace only: clashes with nothing
-SOCKET_DIR = "/var/run/postgresql"
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -103,6 +103,7 @@ class Network:
         self.rules: list[tuple[str, ...]] = []
         self.processes: list[subprocess.Popen[str]] = []
         self.proxy_stats: Path | None = None
+        self.socket_dir = Path(f"/tmp/{self.tag}-pg")
 
     # -- building and removing --------------------------------------------------------------
 
@@ -120,7 +121,11 @@ class Network:
             _run("ip", "-n", host.ns, "link", "set", host.ns, "up")
             _run("ip", "-n", self.db_ns, "link", "set", host.veth_db, "up")
         _run("pg_dropcluster", "--stop", VERSION, self.cluster, check=False)  # an interrupted run's
+        # Its Unix socket in a directory of its own: the port is only taken inside the namespace.
+        self.socket_dir.mkdir(mode=0o755, exist_ok=True)
+        shutil.chown(self.socket_dir, "postgres")
         _run("pg_createcluster", VERSION, self.cluster, "--port", str(PORT),
+             "-o", f"unix_socket_directories={self.socket_dir}",
              "-o", "listen_addresses=*", "-o", "fsync=off", "-o", "synchronous_commit=off",
              "-o", "full_page_writes=off", "-o", "max_connections=100")
         Path(f"/etc/postgresql/{VERSION}/{self.cluster}/pg_hba.conf").write_text(
@@ -141,18 +146,19 @@ class Network:
         for ns in reversed(self.namespaces):
             _run("ip", "netns", "del", ns, check=False)
         self.namespaces.clear()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     # -- the database ------------------------------------------------------------------------
 
     def new_database(self) -> str:
         """A fresh database; returns its name."""
         name = f"nw_{uuid.uuid4().hex[:10]}"
-        _run("psql", "-h", SOCKET_DIR, "-p", str(PORT), "-U", "postgres", "-c", f'CREATE DATABASE "{name}"')
+        _run("psql", "-h", str(self.socket_dir), "-p", str(PORT), "-U", "postgres", "-c", f'CREATE DATABASE "{name}"')
         return name
 
     def local_url(self, database: str) -> str:
         """The test's own view of the study: the cluster's Unix socket, outside every namespace."""
-        return f"postgresql+psycopg2://postgres@/{database}?host={SOCKET_DIR}&port={PORT}"
+        return f"postgresql+psycopg2://postgres@/{database}?host={self.socket_dir}&port={PORT}"
 
     def url(self, host: Host, database: str, *, proxied: bool = False) -> str:
         """What ``host``'s workers use: the database host's address, directly or through the proxy."""
