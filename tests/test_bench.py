@@ -221,6 +221,8 @@ def test_predict_speed_smoke(tmp_path):
     for row in result["round_trip"]:
         assert row["max_abs_probability_diff"] < 1e-4 and row["images"] == 48
     assert len(result["verdict"]) == 2 and all("goal" in line for line in result["verdict"])
+
+
 @pytest.mark.skipif(not REAL_DATA.is_file(), reason=f"real data file absent: {REAL_DATA} (set MARS_REAL_DATA)")
 def test_confirm_spread_smoke(tmp_path):
     result = _run("confirm_spread.py", tmp_path / "cs.json", timeout=900)
@@ -237,3 +239,21 @@ def test_confirm_spread_smoke(tmp_path):
     assert sorted(summary["by_mean_minus_se"]) == sorted(r["trial"] for r in rows)
     assert isinstance(result["single_run_winner_stays_first"], bool) and result["verdict"]
     assert summary["n_train"] and summary["n_val"]
+
+
+def test_many_workers_smoke(tmp_path):
+    import shutil
+
+    if shutil.which("pgbouncer") is None and not os.path.exists("/usr/sbin/pgbouncer"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must have pgbouncer (.ci/run installs it)")
+        pytest.skip("needs pgbouncer")
+    result = _run("many_workers.py", tmp_path / "many.json", timeout=240)
+    assert result["benchmark"] == "many_workers"
+    assert result["budget_exact"] and result["states"] == {"COMPLETE": result["args"]["trials"]}
+    assert result["workers_ok"] == result["workers"] and result["connection_errors"] == []
+    assert result["deadlocks"] == 0
+    for key in ("lock_wait_p50_ms", "lock_hold_p50_ms", "overhead_p50_s", "worker_cpu_per_trial_ms",
+                "db_cpu_per_trial_ms", "statements_per_trial", "server_tps"):
+        assert _positive(result[key]), (key, result[key])
+    assert result["peak_client_connections"] > 0
