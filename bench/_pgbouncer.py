@@ -73,7 +73,8 @@ class Bouncer:
         limit = max(4096, 2 * self.max_client_conn + 100)
         self.proc = subprocess.Popen(
             ["sh", "-c", f'ulimit -n {limit} && exec "$0" "$@"', binary, *user, str(ini)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            # Its log goes to the logfile; an unread pipe would fill up and block it.
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         socket = self.dir / f".s.PGSQL.{self.listen_port}"
         deadline = time.monotonic() + 15
