@@ -16,6 +16,7 @@ import sqlalchemy
 
 from storage.engine import engine_kwargs
 from storage.errors import StorageError
+from storage.health import head_revision
 from storage.roundtrips import LeanRDBStorage, ping_when_idle
 from storage.schema import connection_error, current_revision
 from storage.url import mask_url
@@ -43,10 +44,21 @@ def open_storage(
     Raises:
         StorageError: unreachable database, missing schema, incompatible schema.
     """
-    if current_revision(url) is None:
+    revision = current_revision(url)
+    if revision is None:
         raise StorageError(
             f"no Optuna schema in {mask_url(url)}: create it first with "
             "`tuner db init` or `tuner create` (workers never create tables)"
+        )
+    # Optuna's own check keeps a transaction open while it opens a second connection: behind a
+    # pooler in transaction mode, as many workers starting at once as the pool has server
+    # connections then wait for each other until the pooler gives up (query_wait_timeout).
+    # The revision just read is compared with Optuna's head instead, on no connection at all.
+    head = head_revision()
+    if revision != head:
+        raise StorageError(
+            f"{mask_url(url)}: schema revision {revision} is not this Optuna's {head}: "
+            "run `optuna storage upgrade --storage URL` (do not mix Optuna 4 and 5 workers)"
         )
     try:
         with warnings.catch_warnings():
@@ -66,6 +78,7 @@ def open_storage(
                 grace_period=grace_period if heartbeat_interval is not None else None,
                 heartbeat_stale_trial_callback=callback,
                 skip_table_creation=True,
+                skip_compatibility_check=True,
             )
             if postgres:
                 ping_when_idle(rdb.engine)
