@@ -99,7 +99,7 @@ def test_real_workers_through_pgbouncer_finish_the_budget_exactly(bouncer, pg_ur
     npz = tmp_path / "mars.npz"
     write_npz(npz, 48, seed=3)
     budget = 4
-    _create(pg_url, tmp_path, npz, trials=budget, epochs=2)
+    _create(pg_url, tmp_path, npz, trials=budget, epochs=2, pruner="none")
     # One on psycopg2, one on the default driver (psycopg 3): both through the pool.
     workers = [_worker(b.url(database, driver), npz) for driver in ("postgresql+psycopg2", "postgresql")]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
