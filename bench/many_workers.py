@@ -75,24 +75,7 @@ def _session_class() -> type:
 
         trial_s = 60.0
         epochs = 4
-
-        def _join(self) -> None:
-            import optuna
-
-            import storage
-            from worker.training.device import DeviceInfo
-
-            self.device = DeviceInfo("CPU", "paced", None, False)
-            self.rdb = storage.open_storage(
-                self.url, heartbeat_interval=self.spec.heartbeat_interval, grace_period=self.spec.grace_period,
-                max_retry=self.spec.max_retry,
-            )
-            self.study = optuna.load_study(
-                study_name=self.options.study_name, storage=self.rdb,
-                sampler=self.spec.make_sampler(f"{self.identity['pid']}:{threading.get_ident()}"),
-                pruner=self.spec.make_pruner(),
-            )
-            self.slept = 0.0
+        slept = 0.0
 
         def _train(self, config, on_epoch, on_phase, save_path, device):  # noqa: ANN001, ANN202
             start = time.monotonic()
@@ -108,8 +91,23 @@ def _session_class() -> type:
     return PacedSession
 
 
+def _join(url: str, spec: Any, say: Any) -> Any:
+    """What ``worker.joining.join`` does, minus the data file and the device: a ``Joined``."""
+    from contract import report
+    from worker.joining import Joined, WorkerOptions, _SayHandler, open_study
+    from worker.study_link import StudyLink
+    from worker.training.device import DeviceInfo
+
+    options = WorkerOptions("s", Path("-"), url, verbose=False)
+    identity = report.worker_identity(None)
+    rdb, study = open_study(url, options, spec, f"{identity['pid']}:{threading.get_ident()}", say)
+    link = StudyLink(study, rdb, url, spec.grace_period, say)
+    return Joined(options, say, spec, identity, None, DeviceInfo("CPU", "paced", None, False), {}, link, None,
+                  _SayHandler(say))  # the handler is never attached: threads share the logger
+
+
 def _timed_lock(waits: list[float], holds: list[float]) -> Any:
-    """``worker.budget.named_lock``, recording how long each take waited and how long it was held."""
+    """``storage.budget_lock.named_lock``, recording how long each take waited and how long it was held."""
     import contextlib
 
     from storage.locks import named_lock
@@ -133,14 +131,14 @@ def _process(url: str, n: int, first: int, args: dict[str, Any], start_at: float
     import optuna
 
     from contract.study_spec import StudySpec  # noqa: F401 - imported before the threads race for it
-    import worker.budget
-    from worker.runner import WorkerOptions, _read_spec
+    import storage.budget_lock
+    from worker.joining import read_spec
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     waits: list[float] = []
     holds: list[float] = []
-    worker.budget.named_lock = _timed_lock(waits, holds)
-    spec = _read_spec(url, "s")
+    storage.budget_lock.named_lock = _timed_lock(waits, holds)
+    spec = read_spec(url, "s")
     Session = _session_class()
     Session.trial_s, Session.epochs = args["trial_s"], args["epochs"]
     lines: list[str] = []
@@ -159,8 +157,7 @@ def _process(url: str, n: int, first: int, args: dict[str, Any], start_at: float
         if delay > 0:
             time.sleep(delay)
         try:
-            session = Session(WorkerOptions("s", Path("-"), url, verbose=False), say, url, spec)
-            session._join()
+            session = Session(_join(url, spec, say))
             ask_s = [0.0]
             ask, cycle = session.next_trial, session.run_trial
 
@@ -244,6 +241,7 @@ def _pct(values: list[float], q: float) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from sqlalchemy.engine import make_url
 
+    from contract.study_spec import CreateOptions
     import storage
     from tuner.study import create_study
 
@@ -255,10 +253,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="nw-many-") as tmp:
             space = Path(tmp) / "space.yaml"
             space.write_text(SPACE.replace("epochs: 4", f"epochs: {args.epochs}"))
-            create_study("s", storage_url=direct, data=None, fingerprint=FINGERPRINT, space_path=space,
-                         trials=args.trials, sampler=args.sampler, pruner="none",
-                         heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
-                         seed_config=False)
+            create_study("s", CreateOptions(
+                storage_url=direct, data=None, fingerprint=FINGERPRINT, space_path=space, trials=args.trials,
+                sampler=args.sampler, pruner="none", heartbeat_interval=args.heartbeat_interval,
+                grace_period=args.grace_period, seed_config=False,
+            ))
         with Bouncer(upstream.host or "127.0.0.1", upstream.port or 5432, pool_size=args.pool_size,
                      max_client_conn=4 * args.workers + 100) as bouncer:
             url = bouncer.url(name)
@@ -290,6 +289,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 pools = _pools(bouncer, name)
                 peak_clients = max(peak_clients, pools.get("clients", 0))
                 peak_servers = max(peak_servers, pools.get("servers", 0))
+                if len(results) < len(procs) and not any(p.is_alive() for p in procs) and queue.empty():
+                    raise BenchError(f"a worker process died: exit codes {[p.exitcode for p in procs]}")
                 if time.monotonic() - began > args.timeout_s:
                     raise BenchError(f"timed out after {args.timeout_s:.0f}s")
             for proc in procs:
