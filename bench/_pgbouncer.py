@@ -109,7 +109,7 @@ class Bouncer:
                 names = [d[0] for d in cur.description]
                 for row in cur.fetchall():
                     if row[0] == database:
-                        return {k: int(v) for k, v in zip(names[1:], row[1:])}
+                        return {k: int(v) for k, v in zip(names[1:], row[1:], strict=True)}
         finally:
             conn.close()
         return {}

@@ -37,7 +37,7 @@ import threading
 import time
 from typing import Any
 
-from _pg import admin, create_database, drop_database, BenchError
+from _pg import BenchError, admin, create_database, drop_database
 from _pgbouncer import Bouncer, BouncerError
 from _report import write_result  # bench/ is on sys.path when a script runs
 
@@ -274,7 +274,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             per = [args.workers // args.processes + (i < args.workers % args.processes) for i in range(args.processes)]
             firsts = [sum(per[:i]) for i in range(args.processes)]
             procs = [ctx.Process(target=_process, args=(url, n, f, vars(args), start_at, queue))
-                     for n, f in zip(per, firsts)]
+                     for n, f in zip(per, firsts, strict=True)]
             began = time.monotonic()
             for proc in procs:
                 proc.start()
@@ -358,7 +358,7 @@ def _pools(bouncer: Bouncer, database: str) -> dict[str, int]:
             cur.execute("SHOW POOLS")
             names = [d[0] for d in cur.description]
             for row in cur.fetchall():
-                r = dict(zip(names, row))
+                r = dict(zip(names, row, strict=True))
                 if r["database"] == database:
                     clients = int(r["cl_active"]) + int(r["cl_waiting"])
                     servers = sum(int(r[k]) for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login"))
@@ -399,7 +399,8 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--stagger-s", type=float, default=None, help="workers join over this long (default: trial-s)")
     parser.add_argument("--pool-size", type=int, default=20, help="PgBouncer's server connections")
-    parser.add_argument("--sampler", default="random", help="the study's sampler (TPE's own cost: bench/coordination.py)")
+    parser.add_argument("--sampler", default="random",
+                        help="the study's sampler (TPE's own cost: bench/coordination.py)")
     parser.add_argument("--heartbeat-interval", type=int, default=None, help="default: the study default")
     parser.add_argument("--grace-period", type=int, default=None)
     parser.add_argument("--timeout-s", type=float, default=3600.0)
@@ -410,7 +411,8 @@ def main() -> int:
 
     if args.smoke:
         args.workers, args.trials, args.trial_s, args.epochs, args.processes = 8, 16, 0.5, 2, 2
-        args.heartbeat_interval, args.grace_period, args.timeout_s = args.heartbeat_interval or 1, args.grace_period or 10, 300
+        args.heartbeat_interval = args.heartbeat_interval or 1
+        args.grace_period, args.timeout_s = args.grace_period or 10, 300
     args.stagger_s = args.trial_s if args.stagger_s is None else args.stagger_s
     args.heartbeat_interval = args.heartbeat_interval or StudySpec.heartbeat_interval
     args.grace_period = args.grace_period or StudySpec.grace_period

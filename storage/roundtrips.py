@@ -60,7 +60,7 @@ class LeanRDBStorage(RDBStorage):
         with self.engine.connect() as conn:
             # The driver's own autocommit, not SQLAlchemy's isolation level: resetting that on
             # return to the pool is one more statement (SET default_transaction_isolation).
-            raw = conn.connection.dbapi_connection
+            raw: Any = conn.connection.dbapi_connection
             raw.autocommit = True
             try:
                 return conn.execute(statement, params).rowcount == 1
