@@ -93,13 +93,13 @@ def _session_class() -> type:
 
 def _join(url: str, spec: Any, say: Any) -> Any:
     """What ``worker.joining.join`` does, minus the data file and the device: a ``Joined``."""
-    from contract import report
+    from contract import trial_attrs
     from worker.joining import Joined, WorkerOptions, _SayHandler, open_study
     from worker.study_link import StudyLink
     from worker.training.device import DeviceInfo
 
     options = WorkerOptions("s", Path("-"), url, verbose=False)
-    identity = report.worker_identity(None)
+    identity = trial_attrs.worker_identity(None)
     rdb, study = open_study(url, options, spec, f"{identity['pid']}:{threading.get_ident()}", say)
     link = StudyLink(study, rdb, url, spec.grace_period, say)
     return Joined(options, say, spec, identity, None, DeviceInfo("CPU", "paced", None, False), {}, link, None,
