@@ -117,7 +117,7 @@ def test_host_cut_off_past_the_grace_period_loses_its_trial_to_another_and_carri
     # The other host fails the silent trial as stale and runs its retry while the link is down.
     _wait_for(lambda: any(t.system_attrs.get("failed_trial") == lost and t.state != TrialState.WAITING
                           for t in _trials(local)), 300, "the cut-off host's trial to be retried elsewhere")
-    assert time.monotonic() - cut_at >= grace
+    assert time.monotonic() - cut_at >= grace - 1  # stale since its last beat, up to 1 s before the cut
     net.heal()
     healed_at = time.monotonic()
     codes = [w.finish(timeout=600) for w in workers]
