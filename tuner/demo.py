@@ -44,7 +44,8 @@ def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url:
     from contract.study_spec import SpecError
     from contract.synth import write_npz
     from tuner.export import export_best
-    from tuner.status import check_pick, print_status
+    from tuner.readers import check_pick
+    from tuner.status import print_status
 
     check_file_safe_name(study)  # before anything is written: the files are named after it
     try:

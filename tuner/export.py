@@ -76,7 +76,7 @@ def export_best(
             raise StudyError(f"{model} already exists; choose another --model path or remove it")
 
     study, spec, url = load(name, storage)
-    from tuner.status import check_pick
+    from tuner.readers import check_pick
 
     check_pick(pick, len(study.directions), name)
     confirmations, chosen = _confirmed(url, name, pick)
@@ -114,7 +114,7 @@ def best_trial(study: optuna.Study, pick: Pick = Pick()) -> FrozenTrial:
     Raises:
         StudyError: no completed trial, or a non-default ``pick`` for one objective.
     """
-    from tuner.status import check_pick
+    from tuner.readers import check_pick
 
     check_pick(pick, len(study.directions), study.study_name)
     assert not pick.confirmed, "resolved by _confirmed"

@@ -87,7 +87,7 @@ class ReportData:
 
     @property
     def objectives(self) -> tuple[str, ...]:
-        from tuner.status import objective_names
+        from tuner.readers import objective_names
 
         return objective_names(self.spec, self.head.directions)
 
@@ -132,7 +132,7 @@ def _no_cyclic_gc() -> Iterator[None]:
 
 def read_report(name: str, storage_url: str | None, artifact_dir: Path | None, pick: Pick = Pick()) -> ReportData:
     from tuner.confirm import read_confirmations
-    from tuner.status import check_pick, find_or_fail, spec_or_none, utc_now
+    from tuner.readers import check_pick, find_or_fail, spec_or_none, utc_now
 
     url = storage.resolve_url(storage_url)
     engine = open_reader(url)
@@ -291,7 +291,7 @@ def _confirmed_table(confirmed: list[Confirmed]) -> str:
 
 def _best_values(data: ReportData) -> str:
     """``validation mIoU 0.6123`` and, with two objectives, ``, params 12,345 (pick best-miou)``."""
-    from tuner.status import format_cost
+    from tuner.readers import format_cost
 
     assert data.best is not None
     text = f"{METRIC_NAME} {data.best.values[0]:.4f}"

@@ -29,20 +29,18 @@ from contract import trial_attrs
 from contract.confirm import Confirmed, pick_confirmed
 from contract.confirm import summarize as summarize_confirmed
 from contract.pareto import Pick, front_trials, pick_trial
-from contract.study_spec import SPEC_ATTR, SpecError, StudySpec
+from contract.study_spec import SPEC_ATTR, StudySpec
 import storage
 from storage.optuna_internals import trial_id
 from storage.summaries import (
     StudyHead,
     best_trial_id,
     count_states,
-    find_study,
     load_trials,
     open_reader,
-    study_names,
     study_overviews,
 )
-from tuner.study import StudyError
+from tuner.readers import check_pick, find_or_fail, format_cost, objective_names, spec_or_none, utc_now
 
 #: The states shown by ``tuner status``, in display order.
 STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL)
@@ -140,38 +138,6 @@ class StatusSummary:
 # -- data -------------------------------------------------------------------------------------
 
 
-def utc_now() -> datetime.datetime:
-    """Now as naive UTC, the convention of Optuna 5's trial timestamps."""
-    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
-
-
-def spec_or_none(head: StudyHead) -> StudySpec | None:
-    """The study's spec, or ``None`` for a study created outside ``tuner`` (still listable).
-
-    Raises:
-        StudyError: a corrupt spec (worth reporting).
-    """
-    if SPEC_ATTR not in head.user_attrs:
-        return None
-    try:
-        return StudySpec.of(head)  # type: ignore[arg-type]  # reads study_name and user_attrs only
-    except SpecError as exc:
-        raise StudyError(str(exc)) from None
-
-
-def find_or_fail(engine: sqlalchemy.Engine, name: str, url: str) -> StudyHead:
-    """The study called ``name``.
-
-    Raises:
-        StudyError: no such study; the message lists the studies that exist.
-    """
-    head = find_study(engine, name)
-    if head is None:
-        known = ", ".join(study_names(engine)) or "none"
-        raise StudyError(f"no study {name!r} in {storage.mask_url(url)} (studies: {known})")
-    return head
-
-
 def list_studies(url: str) -> list[StudyRow]:
     """One row per study in the database at the resolved ``url``; ``[]`` if it has no schema."""
     if storage.current_revision(url) is None:
@@ -240,28 +206,6 @@ def read_status(engine: sqlalchemy.Engine, head: StudyHead, pick: Pick = Pick())
                       counts=count_states(engine, head.study_id), best=best, running=running,
                       front=front, n_complete=n_complete, pick=pick, directions=head.directions,
                       confirmations=confirmations)
-
-
-def check_pick(pick: Pick, n_objectives: int, study_name: str) -> None:
-    """``--pick`` chooses from a Pareto front: with one objective only the default and
-    ``confirmed`` (which ranks confirmation runs, not a front) make sense.
-
-    Raises:
-        StudyError: a Pareto pick for a study without two objectives.
-    """
-    if n_objectives != 2 and not pick.is_default and not pick.confirmed:
-        raise StudyError(
-            f"--pick {pick} needs a study with two objectives (miou and a cost); study "
-            f"{study_name!r} has {n_objectives}: create one with --objectives miou,params"
-        )
-
-
-def objective_names(spec: StudySpec | None, directions: tuple[Any, ...]) -> tuple[str, ...]:
-    """The objectives by name (``miou``, ``params``), or by direction (``maximize``) for a study
-    not created by ``tuner create``."""
-    if spec is not None and len(spec.objectives) == len(directions):
-        return spec.objectives
-    return tuple(d.name.lower() for d in directions)
 
 
 def summarize(data: StatusData, spec: StudySpec | None, *, now: datetime.datetime | None = None) -> StatusSummary:
@@ -526,15 +470,6 @@ def _wrap(text: str, width: int, indent: int, hang: int = 0) -> str:
     pad = " " * indent
     return textwrap.fill(text, width=max(40, width), initial_indent=pad, subsequent_indent=pad + " " * hang,
                          break_long_words=False, break_on_hyphens=False)
-
-
-def format_cost(value: float | None) -> str:
-    """A parameter count as an integer with separators, milliseconds with 3 significant digits."""
-    if value is None:
-        return "-"
-    if float(value).is_integer() and abs(value) >= 1000:
-        return f"{int(value):,}"
-    return f"{value:.3g}"
 
 
 def _value(value: float | None) -> str:
