@@ -100,7 +100,7 @@ def load_npz(
     path = Path(path)
     if max_images is not None and (isinstance(max_images, bool) or max_images < 1):
         raise DataError(f"max_images must be >= 1 or None, got {max_images!r}")
-    with _open_npz(path) as npz:
+    with open_npz(path) as npz:
         if "training_set" not in npz.files:
             found = ", ".join(sorted(npz.files)) or "none"
             raise DataError(f"{path}: missing key 'training_set' (keys found: {found})")
@@ -283,7 +283,8 @@ def class_pixel_shares(masks: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- internals
 
 
-def _open_npz(path: Path):
+def open_npz(path: Path):
+    """``np.load`` of a challenge file, its failures as one-line ``DataError``s (no pickles)."""
     if not path.exists():
         raise DataError(f"data file not found: {path}")
     if not path.is_file():
@@ -293,7 +294,7 @@ def _open_npz(path: Path):
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot open {path} as .npz: {first_line(exc)}") from None
+        raise DataError(f"cannot open {path} as .npz: {first_line(exc, limit=200)}") from None
     return npz
 
 

@@ -22,7 +22,7 @@ import zlib
 
 import numpy as np
 
-from contract.data import MAX_ARRAY_BYTES, DataError
+from contract.data import MAX_ARRAY_BYTES, DataError, open_npz
 from contract.errors import first_line
 
 
@@ -72,17 +72,7 @@ def open_array(path: str | Path, key: str) -> Iterator[ArrayReader]:
             than the file holds.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"data file not found: {path}")
-    if not path.is_file():
-        raise DataError(f"data path is not a file: {path}")
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"{path} is not an .npz (zip) file")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot open {path} as .npz: {first_line(exc, limit=200)}") from None
-    with npz:
+    with open_npz(path) as npz:
         if key not in npz.files:
             found = ", ".join(sorted(npz.files)) or "none"
             raise DataError(f"{path}: no '{key}' in the file (keys found: {found})")
