@@ -7,6 +7,7 @@ every connection of these tests is ``sslmode=verify-full``, as docs/roles.md tel
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterator
 import dataclasses
 import os
@@ -15,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import uuid
-from wsgiref.util import setup_testing_defaults
 
 from helpers import one_error_line, run_cli
 from pgcluster import PORT, VERSION, _ctl, _drop
@@ -127,6 +127,20 @@ def study_db(tls_cluster, npz, tmp_path_factory) -> str:
     return database
 
 
+def _in_child(code: str, url: str, **env: str) -> str:
+    """Run ``code`` with ``url`` as argv[1] in a fresh interpreter; its stdout.
+
+    A psycopg 3 TLS connection from the suite's own process, after other tests loaded
+    TensorFlow's and psycopg2's OpenSSL builds, aborts the interpreter; a worker or a
+    dashboard process never holds both, so the child is what users run.
+    """
+    child_env = {k: v for k, v in os.environ.items() if k not in ("TUNER_STORAGE", "TUNER_DB_PASSWORD_FILE")}
+    done = subprocess.run([sys.executable, "-c", code, url], env={**child_env, **env}, capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout
+
+
 def _refused(conn, statement: str) -> str:
     with pytest.raises(psycopg2.Error) as info:
         conn.cursor().execute(statement)
@@ -193,15 +207,11 @@ def test_a_whole_search_runs_under_the_worker_role_with_verify_full_tls(tls_clus
                      env=tls_cluster.env(WORKER), timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Traceback" not in result.stdout + result.stderr
-    # Read in a child process: a TLS connection from this process, after other tests loaded
-    # TensorFlow's own OpenSSL, aborts the interpreter (two OpenSSL builds in one process).
     read = ("import optuna,sys; s=optuna.storages.RDBStorage(sys.argv[1], skip_compatibility_check=True, "
             "skip_table_creation=True); print(','.join(t.state.name for t in "
             "optuna.load_study(study_name='s', storage=s).get_trials(deepcopy=False)))")
-    states = subprocess.run([sys.executable, "-c", read, tls_cluster.url("postgres", study_db)],
-                            env={k: v for k, v in os.environ.items() if k != "TUNER_STORAGE"}, capture_output=True,
-                            text=True, timeout=120)
-    assert states.stdout.strip() == "COMPLETE,COMPLETE", states.stdout + states.stderr[-2000:]
+    states = _in_child(read, tls_cluster.url("postgres", study_db))
+    assert states.strip() == "COMPLETE,COMPLETE", states
     # Viewers read it; the same worker with a CA that did not sign the server's certificate is refused.
     status = run_cli("tuner", "status", "s", "--storage", tls_cluster.url(VIEWER, study_db),
                      env=tls_cluster.env(VIEWER))
@@ -213,27 +223,28 @@ def test_a_whole_search_runs_under_the_worker_role_with_verify_full_tls(tls_clus
     assert "certificate verify failed" in one_error_line(refused.stdout + refused.stderr, refused.returncode)
 
 
+_DASHBOARD_CALLS = """
+import sys
+from wsgiref.util import setup_testing_defaults
+from tuner.dashboard import make_app
+app = make_app(sys.argv[1])
+for method, path in (("GET", "/api/studies"), ("DELETE", "/api/studies/1")):
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path}
+    setup_testing_defaults(environ)
+    got = []
+    body = b"".join(app(environ, lambda status, headers, exc_info=None: got.append(status)))
+    print(repr((got[0], body)))
+"""
+
+
 @pytest.mark.slow
 def test_dashboard_as_viewer_refuses_writes_with_a_reason(tls_cluster, study_db):
-    from tuner.dashboard import make_app
-
-    os.environ["TUNER_DB_PASSWORD_FILE"] = str(tls_cluster.secrets / VIEWER)
-    try:
-        app = make_app(tls_cluster.url(VIEWER, study_db))
-    finally:
-        del os.environ["TUNER_DB_PASSWORD_FILE"]
-
-    def call(method: str, path: str) -> tuple[str, bytes]:
-        environ: dict[str, object] = {"REQUEST_METHOD": method, "PATH_INFO": path}
-        setup_testing_defaults(environ)
-        got: list[str] = []
-        body = b"".join(app(environ, lambda status, headers, exc_info=None: got.append(status)))
-        return got[0], body
-
-    status, body = call("GET", "/api/studies")
-    assert status.startswith("200") and b'"s"' in body
-    status, body = call("DELETE", "/api/studies/1")
-    assert status.startswith("403") and b"read-only" in body and b"DASHBOARD_ROLE" in body
+    # In a child process, for the reason in _in_child.
+    out = _in_child(_DASHBOARD_CALLS, tls_cluster.url(VIEWER, study_db),
+                    TUNER_DB_PASSWORD_FILE=str(tls_cluster.secrets / VIEWER))
+    (get_status, get_body), (delete_status, delete_body) = (ast.literal_eval(line) for line in out.splitlines())
+    assert get_status.startswith("200") and b'"s"' in get_body
+    assert delete_status.startswith("403") and b"read-only" in delete_body and b"DASHBOARD_ROLE" in delete_body
 
 
 def test_documented_role_sql_is_what_db_init_runs():
