@@ -418,12 +418,13 @@ def _grpc_proxy(url: str) -> tuple[Any, int]:
     import socket
 
     from optuna.storages import get_storage
-    from optuna.storages._grpc.server import make_server
+
+    from storage.optuna_internals import grpc_proxy_server
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = make_server(get_storage(url), "127.0.0.1", port)
+    server = grpc_proxy_server(get_storage(url), "127.0.0.1", port)
     server.start()
     return server, port
 

@@ -15,7 +15,6 @@ import shutil
 import stat
 from typing import BinaryIO
 
-from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from contract.errors import TunerError
@@ -61,42 +60,55 @@ def is_artifact_id(value: object) -> bool:
     return isinstance(value, str) and _ARTIFACT_ID.fullmatch(value) is not None
 
 
-class RegularFileArtifactStore(FileSystemArtifactStore):
-    """Optuna's file-system store, reading and writing only regular files named by an artifact id.
+class RegularFileArtifactStore:
+    """A file-system artifact store (Optuna's ``ArtifactStore`` protocol) of regular files only.
 
     The ids come from the database and the directory is often shared (a volume, an NFS mount):
     whoever can write either could name ``../x`` or plant a symlink (``<id> -> ~/.ssh/id_rsa``)
     that the report would embed and ``tuner export --model`` copy out, or a FIFO that hangs the
-    reader. Each is an :class:`ArtifactDirError` line instead.
+    reader. Each is an :class:`ArtifactDirError` line instead. It lays files out as Optuna's
+    ``FileSystemArtifactStore`` does (one file per id in one directory), so either opens the
+    other's directory, but implements the protocol itself rather than overriding that class's
+    private methods.
     """
 
-    def _get_filepath(self, artifact_id: str) -> Path:
+    def __init__(self, base_path: str | Path) -> None:
+        self.base_path = Path(base_path)
+
+    def path_of(self, artifact_id: str) -> Path:
+        """The file for ``artifact_id``; refuses anything that is not a plain id."""
         if not is_artifact_id(artifact_id):
             raise ArtifactDirError(f"{short_repr(artifact_id)} is not an artifact id (expected a UUID)")
-        return super()._get_filepath(artifact_id)
+        return self.base_path / artifact_id
 
     def open_reader(self, artifact_id: str) -> BinaryIO:
-        path = self._get_filepath(artifact_id)
+        path = self.path_of(artifact_id)
         try:  # O_NONBLOCK: a FIFO must not wait for a writer before it is refused
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise ArtifactNotFound("not found") from None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise ArtifactDirError(f"artifact {artifact_id} in {self._base_path} is a symbolic link; "
+                raise ArtifactDirError(f"artifact {artifact_id} in {self.base_path} is a symbolic link; "
                                        "refusing to follow it") from None
             raise
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise ArtifactDirError(f"artifact {artifact_id} in {self._base_path} is not a regular file")
+            raise ArtifactDirError(f"artifact {artifact_id} in {self.base_path} is not a regular file")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         # A new id each upload: O_EXCL refuses whatever was planted under it, O_NOFOLLOW a link.
-        fd = os.open(self._get_filepath(artifact_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        fd = os.open(self.path_of(artifact_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "wb") as handle:
             shutil.copyfileobj(content_body, handle)
+
+    def remove(self, artifact_id: str) -> None:
+        try:  # removes a planted link itself, never what it points at
+            os.remove(self.path_of(artifact_id))
+        except FileNotFoundError:
+            raise ArtifactNotFound("not found") from None
 
 
 __all__ = ["ArtifactDirError", "RegularFileArtifactStore", "is_artifact_id", "open_artifact_store"]

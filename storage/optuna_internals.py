@@ -5,13 +5,15 @@ Optuna has no public way to get a study's row id, a trial's id, the storage a ``
 to drop a ``Study``'s per-thread trial cache the way ``Study.ask`` does, to list stale trials,
 or to rename a study. The project needs each of them (the shared budget, heartbeats, atomic
 study creation, bulk readers keyed by id), so they live here, named and typed, and nowhere else:
-``tests/test_layers.py`` fails when ``_storage``, ``_study_id``, ``_thread_local`` or
-``_trial_id`` appears outside ``storage/``. An Optuna upgrade re-checks this module (and the
-plain-SQL readers beside it: ``counts``, ``summaries``, ``heartbeat``, ``session``), not three
-packages. Tested with the Optuna version DEVELOPERS.md names.
+``tests/test_layers.py`` fails when ``_storage``, ``_study_id``, ``_thread_local``,
+``_trial_id``, or an import from a private Optuna module appears outside ``storage/``. An
+Optuna upgrade re-checks this module (and the plain-SQL readers beside it: ``counts``,
+``summaries``, ``heartbeat``, ``session``), not three packages. Tested with the Optuna version DEVELOPERS.md names.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
@@ -70,6 +72,14 @@ def forget_cached_trials(study: optuna.Study, *, reload: bool = False) -> None:
         study._storage.get_all_trials(study._study_id, deepcopy=False, states=())
 
 
+def grpc_proxy_server(storage: BaseStorage, host: str, port: int) -> Any:
+    """Optuna's gRPC storage proxy as a server object to start and stop (``run_grpc_proxy_server``
+    only blocks); from the private module ``optuna.storages._grpc.server``, for bench/."""
+    from optuna.storages._grpc.server import make_server
+
+    return make_server(storage, host, port)
+
+
 def rename_study(rdb: RDBStorage, study_row_id: int, name: str) -> None:
     """Give a study another name in one statement (Optuna has no rename)."""
     with rdb.engine.begin() as conn:
@@ -80,6 +90,7 @@ def rename_study(rdb: RDBStorage, study_row_id: int, name: str) -> None:
 
 
 __all__ = [
+    "grpc_proxy_server",
     "backend_of", "claim_waiting", "forget_cached_trials", "new_trial", "rename_study", "stale_trial_ids",
     "study_id", "study_storage", "trial_id",
 ]

@@ -60,12 +60,18 @@ def test_package_imports_only_downwards(package, forbidden):
 
 
 #: Optuna's private attributes this project uses; only storage/ may name them.
-OPTUNA_PRIVATE = frozenset({"_storage", "_study_id", "_thread_local", "_trial_id"})
+OPTUNA_PRIVATE = frozenset({"_storage", "_study_id", "_thread_local", "_trial_id", "_get_filepath", "_base_path"})
 #: A statement that changes one of Optuna's tables (its schema: studies, trials, trial_*, study_*, ...).
 OPTUNA_WRITE = re.compile(
     r"\b(UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+(studies|trials|trial_\w+|study_\w+|version_info|alembic_version)\b",
     flags=re.IGNORECASE,
 )
+
+
+def _private_optuna_module(module: str) -> bool:
+    """``optuna.storages._grpc.server`` yes, ``optuna.artifacts`` or ``optuna_dashboard`` no."""
+    parts = module.split(".")
+    return parts[0] == "optuna" and any(part.startswith("_") for part in parts[1:])
 
 
 def _internals_used(source: str, *, sql: bool) -> list[str]:
@@ -74,6 +80,10 @@ def _internals_used(source: str, *, sql: bool) -> list[str]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Attribute) and node.attr in OPTUNA_PRIVATE:
             found.append(f"line {node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.ImportFrom) and _private_optuna_module(node.module or ""):
+            found.append(f"line {node.lineno}: from {node.module}")
+        elif isinstance(node, ast.Import) and any(_private_optuna_module(a.name) for a in node.names):
+            found.append(f"line {node.lineno}: import {', '.join(a.name for a in node.names)}")
         elif sql and isinstance(node, ast.Constant) and isinstance(node.value, str) and OPTUNA_WRITE.search(node.value):
             found.append(f"line {node.lineno}: {OPTUNA_WRITE.search(node.value).group(0)}")
     return found
@@ -85,10 +95,13 @@ def test_the_internals_check_sees_what_it_looks_for():
         "study._thread_local.cached_all_trials = None\n"
         "ids = {t._trial_id for t in trials}\n"
         "conn.execute(text('UPDATE studies SET study_name = :n'))\n"
+        "from optuna.storages._grpc.server import make_server\n"
+        "import optuna.study._frozen\n"
     )
-    assert len(_internals_used(planted, sql=True)) == 5
-    assert len(_internals_used(planted, sql=False)) == 4
-    assert _internals_used("study.study_name; storage.open_storage(url); 'SELECT 1 FROM trials'", sql=True) == []
+    assert len(_internals_used(planted, sql=True)) == 7
+    assert len(_internals_used(planted, sql=False)) == 6
+    assert _internals_used("study.study_name; storage.open_storage(url); 'SELECT 1 FROM trials'\n"
+                           "from optuna.artifacts import upload_artifact\nimport optuna_dashboard", sql=True) == []
 
 
 # bench/ may write Optuna's tables (bench/status_speed.py bulk-builds a 5,000-trial study), but
