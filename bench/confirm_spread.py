@@ -60,7 +60,7 @@ def subsample(source: Path, images: int, out: Path) -> int:
     """Write ``images`` tiles of ``source`` (seed 0, stratified on big rock, groups kept) to ``out``."""
     import numpy as np
 
-    from contract.data import subset_indices
+    from contract.splitting import subset_indices
 
     with np.load(source) as npz:
         train = npz["training_set"]

@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import optuna
 
-    from contract.data import load_npz, split
+    from contract.data import load_npz
+    from contract.splitting import split
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

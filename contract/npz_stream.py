@@ -22,8 +22,9 @@ import zlib
 
 import numpy as np
 
-from contract.data import MAX_ARRAY_BYTES, DataError, open_npz
+from contract.data_format import DataError
 from contract.errors import first_line
+from contract.npz_file import MAX_ARRAY_BYTES, open_npz
 
 
 @dataclasses.dataclass

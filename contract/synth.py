@@ -35,22 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.aliens import ALIEN_MIN_REPEATS, alien_mask_flags, is_structured_mask
 from contract.atomic import replacing
-from contract.data import (
-    ALIEN_MIN_REPEATS,
-    CLASS_NAMES,
-    DataError,
-    alien_mask_flags,
-    class_pixel_shares,
-    has_big_rock,
-    is_structured_mask,
-)
-from contract.data import (
-    IMAGE_HEIGHT as H,
-)
-from contract.data import (
-    IMAGE_WIDTH as W,
-)
+from contract.data import class_pixel_shares
+from contract.data_format import CLASS_NAMES, DataError
+from contract.data_format import IMAGE_HEIGHT as H
+from contract.data_format import IMAGE_WIDTH as W
+from contract.splitting import has_big_rock
 
 ALIEN_FRACTION = 0.042  # 110 / 2615 in the real file
 ALIEN_MIN_N = 50  # files smaller than this get no aliens by default

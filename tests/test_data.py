@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from contract import data, synth
-from contract.data import DataError
+from contract import aliens, data, data_format, splitting, synth
+from contract.data_format import DataError
 
 
 def _write(path, **arrays):
@@ -219,7 +219,7 @@ def test_max_images_subset_is_seeded_and_from_the_data(valid_file):
         assert (flat_full == mask).all(axis=1).any()
     assert len(data.load_npz(valid_file, max_images=100)) == 12
     # The same subset is available for data loaded in full.
-    keep = data.subset_indices(full.masks, 5, seed=3)
+    keep = splitting.subset_indices(full.masks, 5, seed=3)
     np.testing.assert_array_equal(full.images[keep], a.images)
     with pytest.raises(DataError, match="max_images"):
         data.load_npz(valid_file, max_images=0)
@@ -230,7 +230,7 @@ def test_max_images_keeps_a_big_rock_image(tmp_path):
     path = _write(tmp_path / "r.npz", training_set=ts)
     for seed in range(5):
         d = data.load_npz(path, max_images=4, seed=seed)
-        assert data.has_big_rock(d.masks).any()
+        assert splitting.has_big_rock(d.masks).any()
 
 
 def _masks_with_rocks(n=40, n_rock=5):
@@ -241,15 +241,15 @@ def _masks_with_rocks(n=40, n_rock=5):
 
 def test_split_disjoint_complete_seeded():
     masks = _masks_with_rocks()
-    train, val = data.split(masks, 0.2, seed=0)
+    train, val = splitting.split(masks, 0.2, seed=0)
     assert train.dtype == np.int64 and val.dtype == np.int64
     assert len(val) == 8 and len(train) == 32
     assert not set(train) & set(val)
     np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(40))
-    again = data.split(masks, 0.2, seed=0)
+    again = splitting.split(masks, 0.2, seed=0)
     np.testing.assert_array_equal(again[0], train)
     np.testing.assert_array_equal(again[1], val)
-    others = [data.split(masks, 0.2, seed=s)[1] for s in range(1, 4)]
+    others = [splitting.split(masks, 0.2, seed=s)[1] for s in range(1, 4)]
     assert any(not np.array_equal(o, val) for o in others)
 
 
@@ -257,20 +257,20 @@ def test_split_disjoint_complete_seeded():
 @pytest.mark.parametrize("fraction", [0.05, 0.2, 0.5, 0.95])
 def test_split_puts_big_rock_on_both_sides(n_rock, fraction):
     masks = _masks_with_rocks(n=40, n_rock=n_rock)
-    rocks = data.has_big_rock(masks)
+    rocks = splitting.has_big_rock(masks)
     for seed in range(5):
-        train, val = data.split(masks, fraction, seed)
+        train, val = splitting.split(masks, fraction, seed)
         assert rocks[train].any() and rocks[val].any()
         assert len(train) + len(val) == 40 and len(val) == max(1, round(fraction * 40))
 
 
 def test_split_edge_cases():
-    train, val = data.split(_masks_with_rocks(n=2, n_rock=1), 0.2, 0)
+    train, val = splitting.split(_masks_with_rocks(n=2, n_rock=1), 0.2, 0)
     assert len(train) == 1 and len(val) == 1
     with pytest.raises(DataError, match="at least 2"):
-        data.split(np.zeros((1, 64, 128), np.uint8), 0.2, 0)
+        splitting.split(np.zeros((1, 64, 128), np.uint8), 0.2, 0)
     with pytest.raises(DataError, match="validation_fraction"):
-        data.split(_masks_with_rocks(), 1.0, 0)
+        splitting.split(_masks_with_rocks(), 1.0, 0)
 
 
 def test_class_pixel_shares():
@@ -310,14 +310,14 @@ def test_uniform_repeated_masks_are_kept_structured_ones_removed(tmp_path):
     ts[0:12, 1] = _uniform_mask(1)
     ts[12:20, 1] = _uniform_mask(2, border=3)
     ts[20:27, 1] = 3.0  # one class, no border at all
-    assert not data.is_structured_mask(ts[0, 1].astype(np.uint8))
+    assert not aliens.is_structured_mask(ts[0, 1].astype(np.uint8))
     path = _write(tmp_path / "uniform.npz", training_set=ts)
     assert data.load_npz(path).aliens_removed == 0
     # The same repetition with a structured mask (two terrain classes) is the artefact.
     structured = _uniform_mask(1)
     structured[40:, 60:] = 2
     ts[0:12, 1] = structured
-    assert data.is_structured_mask(structured.astype(np.uint8))
+    assert aliens.is_structured_mask(structured.astype(np.uint8))
     assert data.load_npz(_write(tmp_path / "alien.npz", training_set=ts)).aliens_removed == 12
 
 
@@ -326,10 +326,10 @@ def test_groups_loaded_and_follow_alien_removal_and_subset(tmp_path):
     groups = np.arange(30, dtype=np.int64) // 2
     path = _write(tmp_path / "g.npz", training_set=ts, groups=groups)
     d = data.load_npz(path)
-    keep = ~data.alien_mask_flags(ts[:, 1].astype(np.uint8))
+    keep = ~aliens.alien_mask_flags(ts[:, 1].astype(np.uint8))
     np.testing.assert_array_equal(d.groups, groups[keep])
     sub = data.load_npz(path, max_images=10, seed=3)
-    chosen = data.subset_indices(ts[keep, 1].astype(np.uint8), 10, 3)
+    chosen = splitting.subset_indices(ts[keep, 1].astype(np.uint8), 10, 3)
     np.testing.assert_array_equal(sub.groups, groups[keep][chosen])
     np.testing.assert_array_equal(sub.masks, ts[keep, 1][chosen])
     # Groups steer the split, so they are part of the fingerprint; a file without them is not.
@@ -358,26 +358,26 @@ def test_grouped_split_keeps_groups_whole_and_stratified(seed):
     groups = np.repeat(np.arange(120), 2)[:n]  # pairs of tiles, like two tiles of one photo
     masks = np.ones((n, 64, 128), dtype=np.uint8)
     rock = rng.choice(n, size=20, replace=False)
-    masks[rock, 30, 30] = data.BIG_ROCK
-    train, val = data.split(masks, 0.25, seed, groups)
+    masks[rock, 30, 30] = data_format.BIG_ROCK
+    train, val = splitting.split(masks, 0.25, seed, groups)
     assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == n
     assert not set(groups[train]) & set(groups[val])
     assert abs(len(val) - 50) <= 2
     rock_val = np.isin(val, rock).sum()
     assert 1 <= rock_val <= 19 and abs(rock_val - 5) <= 3
-    again = data.split(masks, 0.25, seed, groups)
+    again = splitting.split(masks, 0.25, seed, groups)
     np.testing.assert_array_equal(again[1], val)
     # A row split of the same masks would cut pairs apart; the grouped one never does.
-    row_train, row_val = data.split(masks, 0.25, seed)
+    row_train, row_val = splitting.split(masks, 0.25, seed)
     assert set(groups[row_train]) & set(groups[row_val])
 
 
 def test_grouped_split_edge_cases():
     masks = np.ones((4, 64, 128), dtype=np.uint8)
-    train, val = data.split(masks, 0.5, 0, np.array([7, 7, 7, 9]))
+    train, val = splitting.split(masks, 0.5, 0, np.array([7, 7, 7, 9]))
     assert len(train) and len(val)
     assert {tuple(train), tuple(val)} == {(0, 1, 2), (3,)}
     with pytest.raises(DataError, match="at least 2 groups"):
-        data.split(masks, 0.5, 0, np.zeros(4, dtype=np.int64))
+        splitting.split(masks, 0.5, 0, np.zeros(4, dtype=np.int64))
     with pytest.raises(DataError, match="groups must have shape"):
-        data.split(masks, 0.5, 0, np.zeros(3, dtype=np.int64))
+        splitting.split(masks, 0.5, 0, np.zeros(3, dtype=np.int64))

@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 from contract import trial_attrs
 from contract.atomic import replacing, writable_problem
 from contract.config import ConfigError, TrainConfig
-from contract.data import DataError, check_trainable, load_npz
+from contract.data import check_trainable, load_npz
+from contract.data_format import DataError
 from contract.space import SearchSpace, SpaceError
 from contract.synth import write_npz
 import storage

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from contract.config import TrainConfig
-from contract.data import DataError
+from contract.data_format import DataError
 from contract.npz_stream import NpzWriter, open_array
 
 TINY = TrainConfig(
@@ -152,7 +152,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, keras_file, test_npz
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model trained with TTA scoring, its result, and its validation split as an .npz."""
-    from contract.data import load_npz, split
+    from contract.data import load_npz
+    from contract.splitting import split
     from contract.synth import write_npz
     from worker.training.train import train
 

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from contract import data
+from contract import aliens, data, data_format, splitting
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = Path(os.environ.get("MARS_REAL_DATA") or ROOT.parent / "shared" / "data" / "real_mars.npz")
@@ -53,16 +53,16 @@ def test_genuine_repeated_masks_are_not_taken_for_aliens(raw):
     flat = masks.reshape(len(masks), -1)
     _, first, inverse, counts = np.unique(flat, axis=0, return_index=True, return_inverse=True,
                                           return_counts=True)
-    repeated = counts[inverse.ravel()] > data.ALIEN_MIN_REPEATS
+    repeated = counts[inverse.ravel()] > aliens.ALIEN_MIN_REPEATS
     assert repeated.sum() == 133
-    assert not any(data.is_structured_mask(masks[i]) for i in first[counts > data.ALIEN_MIN_REPEATS])
-    assert data.alien_mask_flags(masks).sum() == 0
+    assert not any(aliens.is_structured_mask(masks[i]) for i in first[counts > aliens.ALIEN_MIN_REPEATS])
+    assert aliens.alien_mask_flags(masks).sum() == 0
     # The challenge's artefact (one structured mask over ~110 unrelated images) is still caught.
     planted = masks.copy()
-    scene = next(i for i in range(len(masks)) if data.is_structured_mask(masks[i]))
+    scene = next(i for i in range(len(masks)) if aliens.is_structured_mask(masks[i]))
     victims = np.random.default_rng(0).choice(len(masks), size=110, replace=False)
     planted[victims] = masks[scene]
-    flags = data.alien_mask_flags(planted)
+    flags = aliens.alien_mask_flags(planted)
     assert flags.sum() == 110 + (scene not in victims) and flags[victims].all()
 
 
@@ -77,14 +77,14 @@ def test_inspect_data_cli(real):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_grouped_split_no_photo_on_both_sides(real, seed):
-    train, val = data.split(real.masks, 0.2, seed, real.groups)
+    train, val = splitting.split(real.masks, 0.2, seed, real.groups)
     assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == N_ROWS
     assert not set(real.groups[train]) & set(real.groups[val])
     assert abs(len(val) - 0.2 * N_ROWS) <= 2
-    rock = data.has_big_rock(real.masks)
+    rock = splitting.has_big_rock(real.masks)
     assert abs(rock[val].sum() / rock.sum() - 0.2) < 0.03  # stratified on big rock
     # Without groups the same split cuts photos in two: the reason groups exist.
-    row_train, row_val = data.split(real.masks, 0.2, seed)
+    row_train, row_val = splitting.split(real.masks, 0.2, seed)
     assert set(real.groups[row_train]) & set(real.groups[row_val])
 
 
@@ -92,7 +92,7 @@ def _best_constant_miou(masks: np.ndarray) -> float:
     """The best constant predictor's mIoU (classes 1-4), trying every label with our metric."""
     from worker.training.metrics import mean_iou
 
-    return max(mean_iou(masks, np.full_like(masks, label)) for label in range(data.NUM_CLASSES))
+    return max(mean_iou(masks, np.full_like(masks, label)) for label in range(data_format.NUM_CLASSES))
 
 
 @pytest.mark.slow
@@ -107,7 +107,7 @@ def test_short_training_beats_the_best_constant_predictor():
         augment_flips=False, validation_fraction=0.25, max_images=320, seed=0,
     )
     loaded = data.load_npz(REAL, load_test=False, max_images=config.max_images, seed=config.seed)
-    _, val = data.split(loaded.masks, config.validation_fraction, config.seed, loaded.groups)
+    _, val = splitting.split(loaded.masks, config.validation_fraction, config.seed, loaded.groups)
     baseline = _best_constant_miou(loaded.masks[val])
     assert 0.05 < baseline < 0.15  # bedrock everywhere: ~0.37 IoU on one of four classes
     result = train(config, loaded, verbose=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contract import data, synth
+from contract import aliens, data, data_format, splitting, synth
 
 
 def test_challenge_format_exactly():
@@ -40,7 +40,7 @@ def test_class_shares_near_the_real_ones():
         assert 0.10 < shares[c] < 0.45, (c, shares)
     assert 0.0 < shares[4] < 0.03, shares
     # Big rock in a minority of images only.
-    rock_images = data.has_big_rock(masks).mean()
+    rock_images = splitting.has_big_rock(masks).mean()
     assert 0.0 < rock_images < 0.2
 
 
@@ -56,9 +56,9 @@ def test_images_correlate_with_labels():
 def test_aliens_present_and_detected_by_load(tmp_path):
     out = synth.generate(120, seed=2)
     n_aliens = synth.default_n_aliens(120)
-    assert n_aliens > data.ALIEN_MIN_REPEATS
+    assert n_aliens > aliens.ALIEN_MIN_REPEATS
     ts = out["training_set"]
-    flags = data.alien_mask_flags(ts[:, 1].astype(np.uint8))
+    flags = aliens.alien_mask_flags(ts[:, 1].astype(np.uint8))
     assert flags.sum() == n_aliens
     alien_images = ts[flags, 0].reshape(n_aliens, -1)
     assert len(np.unique(alien_images, axis=0)) == n_aliens  # the images all differ
@@ -72,10 +72,10 @@ def test_aliens_present_and_detected_by_load(tmp_path):
 
 def test_alien_counts():
     assert synth.default_n_aliens(10) == 0
-    assert synth.default_n_aliens(50) == data.ALIEN_MIN_REPEATS + 1
+    assert synth.default_n_aliens(50) == aliens.ALIEN_MIN_REPEATS + 1
     assert synth.default_n_aliens(2615) == 110
     ts = synth.generate(20, seed=0, n_aliens=8)["training_set"]
-    assert data.alien_mask_flags(ts[:, 1].astype(np.uint8)).sum() == 8
+    assert aliens.alien_mask_flags(ts[:, 1].astype(np.uint8)).sum() == 8
     with pytest.raises(ValueError, match="n_aliens"):
         synth.generate(5, n_aliens=5)
     with pytest.raises(ValueError, match="n must be >= 1"):
@@ -89,7 +89,7 @@ def test_write_npz_atomic_and_summary(tmp_path):
     assert summary["n"] == 60 and summary["n_aliens"] == synth.default_n_aliens(60)
     assert summary["n_test"] == 2 and summary["path"] == str(path)
     assert sum(summary["class_shares"].values()) == pytest.approx(1.0, abs=1e-4)
-    assert set(summary["class_shares"]) == set(data.CLASS_NAMES)
+    assert set(summary["class_shares"]) == set(data_format.CLASS_NAMES)
     with np.load(path) as npz:
         np.testing.assert_array_equal(npz["training_set"], synth.generate(60, 3)["training_set"])
         assert npz["test_set"].shape == (2, 64, 128)
@@ -113,6 +113,6 @@ def test_alien_mask_is_structured_like_the_artefact(seed):
     # a uniform repeated mask would be genuine data and is kept by load_npz.
     ts = synth.generate(60, seed=seed)["training_set"]
     masks = ts[:, 1].astype(np.uint8)
-    flags = data.alien_mask_flags(masks)
+    flags = aliens.alien_mask_flags(masks)
     assert flags.sum() == synth.default_n_aliens(60)
-    assert data.is_structured_mask(masks[flags][0])
+    assert aliens.is_structured_mask(masks[flags][0])

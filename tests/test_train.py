@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from contract.config import TrainConfig
-from contract.data import load_npz, split
+from contract.data import load_npz
+from contract.splitting import split
 from worker.training.train import TrainResult, train
 
 pytestmark = pytest.mark.slow

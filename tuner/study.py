@@ -156,7 +156,8 @@ def _check_data_options(options: CreateOptions) -> None:
 
 def _data_fingerprint(data: Path, remove_aliens: bool) -> str:
     """The fingerprint of ``--data``, which must hold something to train on."""
-    from contract.data import DataError, check_trainable, load_npz
+    from contract.data import check_trainable, load_npz
+    from contract.data_format import DataError
 
     try:
         loaded = load_npz(data, load_test=False, remove_aliens=remove_aliens)

@@ -119,7 +119,8 @@ def train(
 
     from contract.atomic import replacing, writable_problem
     from contract.config import TrainConfig
-    from contract.data import DataError, check_trainable, load_npz
+    from contract.data import check_trainable, load_npz
+    from contract.data_format import DataError
 
     if save is not None and save.suffix != ".keras":
         raise _fail(f"{save}: --save must end in .keras")

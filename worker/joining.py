@@ -74,7 +74,7 @@ def join(options: WorkerOptions) -> Joined:
     Raises:
         RunnerError: no such study, other data than the study's, a bad artifact directory or device.
         storage.StorageError: database unreachable (after ``wait_for_db_s``) or without schema.
-        contract.data.DataError: the local data file is invalid.
+        contract.data_format.DataError: the local data file is invalid.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from contract.aliens import alien_mask_flags
 from contract.atomic import replacing, writable_problem
-from contract.data import IMAGE_SHAPE, NUM_CLASSES, DataError, alien_mask_flags, normalise
+from contract.data_format import IMAGE_SHAPE, NUM_CLASSES, DataError, normalise
 from contract.errors import TunerError
 from contract.npz_stream import ArrayReader, NpzWriter, open_array
 
@@ -318,7 +319,7 @@ class _ProgressBar:
 
 def render_score(score: Score, scored: int, n: int) -> list[str]:
     """The lines ``worker predict`` prints for a labelled set."""
-    from contract.data import CLASS_NAMES
+    from contract.data_format import CLASS_NAMES
 
     per_class = ", ".join(f"{c}:{v:.4f}" if v == v else f"{c}:n/a" for c, v in score.per_class.items())
     left_out = f" ({n - scored} repeated-mask aliens left out, as in training)" if scored < n else ""

@@ -65,7 +65,7 @@ def run_worker(**options: Any) -> int:
         RunnerError: no such study, the local data differ from the study's, the study was
             replaced meanwhile, or the database stayed away longer than the grace period.
         storage.StorageError: database unreachable (after ``wait_for_db_s``) or without schema.
-        contract.data.DataError: the local data file is invalid.
+        contract.data_format.DataError: the local data file is invalid.
     """
     session = WorkerSession(join(WorkerOptions(**options)))
     try:
