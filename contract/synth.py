@@ -196,27 +196,49 @@ def _smooth_fields(rng: np.random.Generator, shape: tuple[int, ...], grid: tuple
 
 
 def _scenes(rng: np.random.Generator, n: int, n_rock: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` scenes -> (labels uint8 (n, H, W), images float64 (n, H, W) whole numbers 0..255)."""
+    """``n`` scenes -> (labels uint8 (n, H, W), images float64 (n, H, W) whole numbers 0..255).
+
+    Each step draws from ``rng`` in turn (terrain, horizon, rocks, rover, image), so the order of
+    the calls below is part of what a seed means.
+    """
     if n == 0:
         return np.zeros((0, H, W), np.uint8), np.zeros((0, H, W), np.float64)
     yy = np.arange(H, dtype=np.float32)[None, :, None]
     xx = np.arange(W, dtype=np.float32)[None, None, :]
+    kind = _terrain(rng, n)
+    h0, horizon = _horizon(rng, n, xx)
+    sky = yy < horizon
+    rock, shade = _big_rocks(rng, n, n_rock, h0, yy[0], xx[0])
+    kind[rock & ~sky] = 4
+    kind[sky] = 0
+    kind[_rover(rng, n, horizon, yy, xx)] = _ROVER
+    return _KIND_TO_LABEL[kind], _image(rng, kind, shade, yy, xx)
 
-    # Terrain: arg-max of three smooth fields (two octaves) plus global and per-image biases.
+
+def _terrain(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Kinds 1-3 per pixel: arg-max of three smooth fields (two octaves) plus global and
+    per-image biases."""
     fields = _smooth_fields(rng, (n, 3), (5, 9), True)
     fields += 0.5 * _smooth_fields(rng, (n, 3), (9, 17), True)
     bias = _TERRAIN_BIAS[None, :] + rng.normal(0.0, 0.45, (n, 3)).astype(np.float32)
-    kind = (np.argmax(fields + bias[:, :, None, None], axis=1) + 1).astype(np.uint8)
+    return (np.argmax(fields + bias[:, :, None, None], axis=1) + 1).astype(np.uint8)
 
-    # Sky / far range: a wavy horizon; h0 <= 0 means no sky in that image.
+
+def _horizon(rng: np.random.Generator, n: int, xx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sky / far range: a wavy horizon -> (its mean height (n, 1, 1), its height per column);
+    a mean height <= 0 means no sky in that image."""
     h0 = rng.uniform(-10.0, 36.0, (n, 1, 1)).astype(np.float32)
     amp = rng.uniform(0.0, 4.0, (n, 1, 1)).astype(np.float32)
     period = rng.uniform(40.0, 160.0, (n, 1, 1)).astype(np.float32)
     phase = rng.uniform(0.0, 2 * np.pi, (n, 1, 1)).astype(np.float32)
-    horizon = h0 + amp * np.sin(2 * np.pi * xx / period + phase)
-    sky = yy < horizon
+    return h0, h0 + amp * np.sin(2 * np.pi * xx / period + phase)
 
-    # Big rocks: one or two shaded ellipses below the horizon in ``n_rock`` images.
+
+def _big_rocks(
+    rng: np.random.Generator, n: int, n_rock: int, h0: np.ndarray, yy: np.ndarray, xx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One or two shaded ellipses below the horizon in ``n_rock`` images -> (rock pixels,
+    their shading), lit from the upper left: brighter towards that side."""
     rock = np.zeros((n, H, W), dtype=bool)
     shade = np.zeros((n, H, W), dtype=np.float32)
     for i in rng.choice(n, size=n_rock, replace=False):
@@ -224,16 +246,16 @@ def _scenes(rng: np.random.Generator, n: int, n_rock: int) -> tuple[np.ndarray, 
             ry, rx = rng.uniform(4.0, 10.0), rng.uniform(6.0, 16.0)
             cy = rng.uniform(max(float(h0[i, 0, 0]) + ry, 18.0), H - 3.0)
             cx = rng.uniform(8.0, W - 8.0)
-            d = ((yy[0] - cy) / ry) ** 2 + ((xx[0] - cx) / rx) ** 2
+            d = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
             inside = d <= 1.0
             rock[i] |= inside
-            # Lit from the upper left: brighter towards that side.
-            light = -(yy[0] - cy) / ry - (xx[0] - cx) / rx
+            light = -(yy - cy) / ry - (xx - cx) / rx
             shade[i] = np.where(inside, 14.0 * light, shade[i])
-    kind[rock & ~sky] = 4
-    kind[sky] = 0
+    return rock, shade
 
-    # Rover hardware: a vertical strip (20% of images) or a bottom-corner blob (20%).
+
+def _rover(rng: np.random.Generator, n: int, horizon: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Rover hardware pixels: a vertical strip (20% of images) or a bottom-corner blob (20%)."""
     strip = rng.random(n) < 0.2
     sx = rng.uniform(0.0, W, (n, 1, 1)).astype(np.float32)
     sw = rng.uniform(3.0, 12.0, (n, 1, 1)).astype(np.float32)
@@ -242,10 +264,14 @@ def _scenes(rng: np.random.Generator, n: int, n_rock: int) -> tuple[np.ndarray, 
     bx = np.where(rng.random((n, 1, 1)) < 0.5, 0.0, W - 1.0).astype(np.float32)
     br = rng.uniform(12.0, 28.0, (n, 1, 1)).astype(np.float32)
     in_blob = ((yy - (H - 1)) / (0.8 * br)) ** 2 + ((xx - bx) / br) ** 2 <= 1.0
-    rover |= blob[:, None, None] & in_blob
-    kind[rover] = _ROVER
+    return rover | (blob[:, None, None] & in_blob)
 
-    # Image: per-kind brightness and texture, haze towards the top, per-image exposure, noise.
+
+def _image(
+    rng: np.random.Generator, kind: np.ndarray, shade: np.ndarray, yy: np.ndarray, xx: np.ndarray
+) -> np.ndarray:
+    """Per-kind brightness and texture, haze towards the top, per-image exposure, noise."""
+    n = len(kind)
     grain = rng.standard_normal((n, H, W), dtype=np.float32)
     blotch = _smooth_fields(rng, (n,), (17, 33), False)
     theta = rng.uniform(0.0, np.pi, (n, 1, 1)).astype(np.float32)
@@ -263,5 +289,4 @@ def _scenes(rng: np.random.Generator, n: int, n_rock: int) -> tuple[np.ndarray, 
     offset = rng.normal(0.0, 12.0, (n, 1, 1)).astype(np.float32)
     image = (image - 128.0) * gain + 128.0 + offset
     image += rng.normal(0.0, 4.0, (n, H, W)).astype(np.float32)
-    image = np.clip(np.rint(image), 0.0, 255.0).astype(np.float64)
-    return _KIND_TO_LABEL[kind], image
+    return np.clip(np.rint(image), 0.0, 255.0).astype(np.float64)
