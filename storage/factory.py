@@ -44,46 +44,60 @@ def open_storage(
     Raises:
         StorageError: unreachable database, missing schema, incompatible schema.
     """
+    _check_schema(url)
+    try:
+        with warnings.catch_warnings():
+            # Heartbeats are "experimental" in Optuna; we depend on them knowingly.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _lean_storage(url, heartbeat_interval, grace_period, max_retry, role)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise connection_error(exc, url) from None
+    except RuntimeError as exc:  # Optuna's schema-compatibility error
+        raise StorageError(f"{mask_url(url)}: {str(exc).splitlines()[0]}") from None
+
+
+def _check_schema(url: str) -> None:
+    """Refuse a database without Optuna's tables, or with another Optuna's schema revision.
+
+    Optuna's own check keeps a transaction open while it opens a second connection: behind a
+    pooler in transaction mode, as many workers starting at once as the pool has server
+    connections then wait for each other until the pooler gives up (query_wait_timeout).
+    The revision read here is compared with Optuna's head instead, on no connection at all.
+    """
     revision = current_revision(url)
     if revision is None:
         raise StorageError(
             f"no Optuna schema in {mask_url(url)}: create it first with "
             "`tuner db init` or `tuner create` (workers never create tables)"
         )
-    # Optuna's own check keeps a transaction open while it opens a second connection: behind a
-    # pooler in transaction mode, as many workers starting at once as the pool has server
-    # connections then wait for each other until the pooler gives up (query_wait_timeout).
-    # The revision just read is compared with Optuna's head instead, on no connection at all.
     head = head_revision()
     if revision != head:
         raise StorageError(
             f"{mask_url(url)}: schema revision {revision} is not this Optuna's {head}: "
             "run `optuna storage upgrade --storage URL` (do not mix Optuna 4 and 5 workers)"
         )
-    try:
-        with warnings.catch_warnings():
-            # Heartbeats are "experimental" in Optuna; we depend on them knowingly.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            callback = None
-            if heartbeat_interval is not None and max_retry is not None:
-                callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-            kwargs = engine_kwargs(url, role=role)
-            postgres = sqlalchemy.engine.make_url(url).get_backend_name() == "postgresql"
-            if postgres:  # pinged only after idling, not at every checkout (storage.roundtrips)
-                kwargs["pool_pre_ping"] = False
-            rdb = LeanRDBStorage(
-                url,
-                engine_kwargs=kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period if heartbeat_interval is not None else None,
-                heartbeat_stale_trial_callback=callback,
-                skip_table_creation=True,
-                skip_compatibility_check=True,
-            )
-            if postgres:
-                ping_when_idle(rdb.engine)
-            return rdb
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise connection_error(exc, url) from None
-    except RuntimeError as exc:  # Optuna's schema-compatibility error
-        raise StorageError(f"{mask_url(url)}: {str(exc).splitlines()[0]}") from None
+
+
+def _lean_storage(
+    url: str, heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None, role: str
+) -> RDBStorage:
+    """The storage itself: our engine settings, heartbeats and the stale-trial retry callback."""
+    callback = None
+    if heartbeat_interval is not None and max_retry is not None:
+        callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    kwargs = engine_kwargs(url, role=role)
+    postgres = sqlalchemy.engine.make_url(url).get_backend_name() == "postgresql"
+    if postgres:  # pinged only after idling, not at every checkout (storage.roundtrips)
+        kwargs["pool_pre_ping"] = False
+    rdb = LeanRDBStorage(
+        url,
+        engine_kwargs=kwargs,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period if heartbeat_interval is not None else None,
+        heartbeat_stale_trial_callback=callback,
+        skip_table_creation=True,
+        skip_compatibility_check=True,
+    )
+    if postgres:
+        ping_when_idle(rdb.engine)
+    return rdb

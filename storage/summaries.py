@@ -215,27 +215,79 @@ def load_trials(
 
     System attributes are not read (no reader here shows them): they come back empty.
     """
-    where = ["study_id = :sid"]
-    binds: list[sqlalchemy.BindParameter[Any]] = []
-    params: dict[str, Any] = {"sid": study_id}
-    if states is not None:
-        where.append("state IN :states")
-        binds.append(sqlalchemy.bindparam("states", expanding=True))
-        params["states"] = [s.name for s in states]
-    if trial_ids is not None:
-        where.append("trial_id IN :ids")
-        binds.append(sqlalchemy.bindparam("ids", expanding=True))
-        params["ids"] = list(trial_ids)
-    if (states is not None and not params["states"]) or (trial_ids is not None and not params["ids"]):
+    chosen = _Chosen.of(study_id, states, trial_ids)
+    if chosen is None:
         return []
-    chosen = "SELECT trial_id FROM trials WHERE " + " AND ".join(where)
+    tables = _read_tables(engine, chosen, user_attr_keys, intermediate)
+    if tables is None:
+        return []
+    params_of, dists_of = _params(tables.param_rows)
+    trials = []
+    for tid, number, state, start, complete in tables.heads:
+        objective_values = tables.values.get(tid)
+        trials.append(FrozenTrial(
+            number=number, state=_state(state), value=None,
+            values=[objective_values[k] for k in sorted(objective_values)] if objective_values else None,
+            datetime_start=_when(start), datetime_complete=_when(complete),
+            params=params_of[tid], distributions=dists_of[tid], user_attrs=tables.attrs[tid], system_attrs={},
+            intermediate_values=tables.steps[tid], trial_id=tid,
+        ))
+    return sorted(trials, key=lambda t: t.number)
 
-    def rows(conn: sqlalchemy.Connection, sql: str, extra: dict[str, list[Any]] | None = None) -> Sequence[Any]:
+
+@dataclasses.dataclass
+class _Chosen:
+    """The trials one :func:`load_trials` call reads, as SQL: ``{chosen}`` in a query is replaced
+    by the sub-select of their ids."""
+
+    sql: str
+    binds: list[sqlalchemy.BindParameter[Any]]
+    params: dict[str, Any]
+
+    @classmethod
+    def of(
+        cls, study_id: int, states: Collection[TrialState] | None, trial_ids: Collection[int] | None
+    ) -> _Chosen | None:
+        """The study's trials in ``states`` with ``trial_ids`` (each ``None``: any); ``None``
+        when an empty collection leaves no trial to read."""
+        where = ["study_id = :sid"]
+        binds: list[sqlalchemy.BindParameter[Any]] = []
+        params: dict[str, Any] = {"sid": study_id}
+        if states is not None:
+            where.append("state IN :states")
+            binds.append(sqlalchemy.bindparam("states", expanding=True))
+            params["states"] = [s.name for s in states]
+        if trial_ids is not None:
+            where.append("trial_id IN :ids")
+            binds.append(sqlalchemy.bindparam("ids", expanding=True))
+            params["ids"] = list(trial_ids)
+        if (states is not None and not params["states"]) or (trial_ids is not None and not params["ids"]):
+            return None
+        return cls("SELECT trial_id FROM trials WHERE " + " AND ".join(where), binds, params)
+
+    def rows(self, conn: sqlalchemy.Connection, sql: str, extra: dict[str, list[Any]] | None = None) -> Sequence[Any]:
         """``sql`` with ``{chosen}`` replaced; ``extra`` binds more lists (``IN :name``)."""
         more: list[Any] = [sqlalchemy.bindparam(name, expanding=True) for name in extra or {}]
-        query = sqlalchemy.text(sql.replace("{chosen}", chosen)).bindparams(*binds, *more)
-        return conn.execute(query, {**params, **(extra or {})}).all()
+        query = sqlalchemy.text(sql.replace("{chosen}", self.sql)).bindparams(*self.binds, *more)
+        return conn.execute(query, {**self.params, **(extra or {})}).all()
 
+
+@dataclasses.dataclass
+class _Tables:
+    """The chosen trials' rows of each of Optuna's trial tables, by trial id."""
+
+    heads: Sequence[Any]  # (trial_id, number, state, datetime_start, datetime_complete)
+    values: dict[int, dict[int, float]]  # objective -> value
+    param_rows: Sequence[Any]  # (trial_id, param_name, param_value, distribution_json)
+    attrs: dict[int, dict[str, Any]]
+    steps: dict[int, dict[int, float]]
+
+
+def _read_tables(
+    engine: sqlalchemy.Engine, chosen: _Chosen, user_attr_keys: Collection[str] | None, intermediate: bool
+) -> _Tables | None:
+    """One query per table; ``None`` when no trial is chosen."""
+    rows = chosen.rows
     attrs: dict[int, dict[str, Any]] = defaultdict(dict)
     steps: dict[int, dict[int, float]] = defaultdict(dict)
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -247,7 +299,7 @@ def load_trials(
             heads = rows(conn, "SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials "
                                "WHERE trial_id IN ({chosen})")
             if not heads:
-                return []
+                return None
             values: dict[int, dict[int, float]] = defaultdict(dict)
             for tid, objective, value, kind in rows(
                     conn, "SELECT trial_id, objective, value, value_type FROM trial_values "
@@ -255,19 +307,33 @@ def load_trials(
                 values[tid][objective] = value if kind == "FINITE" else _float(value, kind)
             param_rows = rows(conn, "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
                                     "WHERE trial_id IN ({chosen}) ORDER BY param_id")
-            if user_attr_keys is None or user_attr_keys:
-                sql = "SELECT trial_id, key, value_json FROM trial_user_attributes WHERE trial_id IN ({chosen})"
-                keys = None
-                if user_attr_keys is not None:
-                    sql += " AND key IN :keys"
-                    keys = {"keys": list(user_attr_keys)}
-                for tid, key, value in rows(conn, sql, keys):
-                    attrs[tid][key] = json.loads(value)
+            _read_user_attrs(conn, rows, user_attr_keys, attrs)
             if intermediate and not apart:
                 _read_steps(conn, rows, steps)
         if read_apart is not None:
             steps.update(read_apart.result())
+    return _Tables(heads, values, param_rows, attrs, steps)
 
+
+def _read_user_attrs(
+    conn: sqlalchemy.Connection, rows: Any, keys: Collection[str] | None, attrs: dict[int, dict[str, Any]]
+) -> None:
+    """Fill ``attrs[trial_id][key] = value``: every key, only ``keys``, or none (``keys`` empty)."""
+    if keys is not None and not keys:
+        return
+    sql = "SELECT trial_id, key, value_json FROM trial_user_attributes WHERE trial_id IN ({chosen})"
+    extra = None
+    if keys is not None:
+        sql += " AND key IN :keys"
+        extra = {"keys": list(keys)}
+    for tid, key, value in rows(conn, sql, extra):
+        attrs[tid][key] = json.loads(value)
+
+
+def _params(
+    param_rows: Sequence[Any],
+) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, BaseDistribution]]]:
+    """Each trial's parameters (external values) and distributions, from its ``trial_params`` rows."""
     dists: dict[str, BaseDistribution] = {}  # the same few JSON texts repeat on every trial
     params_of: dict[int, dict[str, Any]] = defaultdict(dict)
     dists_of: dict[int, dict[str, BaseDistribution]] = defaultdict(dict)
@@ -277,18 +343,7 @@ def load_trials(
             dist = dists[dist_json] = json_to_distribution(dist_json)
         params_of[tid][name] = dist.to_external_repr(internal)
         dists_of[tid][name] = dist
-
-    trials = []
-    for tid, number, state, start, complete in heads:
-        objective_values = values.get(tid)
-        trials.append(FrozenTrial(
-            number=number, state=_state(state), value=None,
-            values=[objective_values[k] for k in sorted(objective_values)] if objective_values else None,
-            datetime_start=_when(start), datetime_complete=_when(complete),
-            params=params_of[tid], distributions=dists_of[tid], user_attrs=attrs[tid], system_attrs={},
-            intermediate_values=steps[tid], trial_id=tid,
-        ))
-    return sorted(trials, key=lambda t: t.number)
+    return params_of, dists_of
 
 
 def _read_steps_apart(engine: sqlalchemy.Engine, rows: Any) -> dict[int, dict[int, float]]:
