@@ -153,19 +153,7 @@ def class_weights_from_masks(
     """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
-    masks = np.asarray(masks)
-    if masks.size == 0:
-        raise ValueError("cannot compute class weights from an empty set of masks")
-    flat = masks.reshape(-1)
-    if not np.issubdtype(flat.dtype, np.integer):
-        if not np.all(flat == np.round(flat)):
-            raise ValueError("masks must hold integer class labels")
-    labels = flat.astype(np.int64)
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(
-            f"mask labels must be in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}"
-        )
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    counts = _class_counts(masks, num_classes)
     present = counts > 0
 
     weights = np.zeros(num_classes, dtype=np.float64)
@@ -185,3 +173,21 @@ def class_weights_from_masks(
             "cannot train with all-zero loss weights"
         )
     return weights / mean_per_pixel
+
+
+def _class_counts(masks: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixels per class, float64 (``num_classes``,); ``ValueError`` for no masks, labels that are
+    not whole numbers or lie outside ``0..num_classes-1``."""
+    masks = np.asarray(masks)
+    if masks.size == 0:
+        raise ValueError("cannot compute class weights from an empty set of masks")
+    flat = masks.reshape(-1)
+    if not np.issubdtype(flat.dtype, np.integer):
+        if not np.all(flat == np.round(flat)):
+            raise ValueError("masks must hold integer class labels")
+    labels = flat.astype(np.int64)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(
+            f"mask labels must be in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}"
+        )
+    return np.bincount(labels, minlength=num_classes).astype(np.float64)
