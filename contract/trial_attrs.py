@@ -13,6 +13,7 @@ import os
 import socket
 from typing import Any
 
+import numpy as np
 import optuna
 
 from contract.config import TrainConfig
@@ -75,7 +76,7 @@ def record_start(
 
 
 def record_result(trial: optuna.Trial, result: Any) -> None:
-    """Write a :class:`worker.training.train.TrainResult` (duck-typed to keep TensorFlow out)."""
+    """Write a :class:`worker.training.result.TrainResult` (duck-typed to keep TensorFlow out)."""
     trial.set_user_attr(MIOU, json_safe(result.best_miou))
     trial.set_user_attr(PER_CLASS_IOU, {str(c): json_safe(v) for c, v in result.per_class_iou.items()})
     trial.set_user_attr(EPOCHS_RUN, int(result.epochs_run))
@@ -182,6 +183,19 @@ def _integer(value: Any) -> int | None:
 
 
 def json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    """``value`` as JSON holds it: NaN/inf become ``None``, numpy scalars Python numbers, tuples
+    lists, through nested dicts and lists.
+
+    One function for both writers of results: :func:`record_result` passes plain Python floats
+    (only NaN/inf -> ``None`` changes them), ``worker.training.result.TrainResult.to_dict`` a
+    whole result (nested dicts and lists that may hold numpy scalars).
+    """
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
     return value

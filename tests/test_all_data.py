@@ -74,8 +74,8 @@ def test_all_data_replays_the_schedule_on_every_image(tmp_path):
     from contract.data import load_npz
     from contract.synth import write_npz
     from worker.predict import predict_file
+    from worker.training.all_data import train_all_data
     from worker.training.saved import read_info
-    from worker.training.train import train_all_data
 
     write_npz(tmp_path / "mars.npz", 40, seed=1, n_aliens=0, n_test=5)
     config = TrainConfig(model="unet", base_filters=4, depth=2, batch_size=8, augment_flips=False,

@@ -31,7 +31,7 @@ FINGERPRINT = "cd" * 32
 
 
 class FakeResult:
-    """The fields of worker.training.train.TrainResult that trial_attrs.record_result reads."""
+    """The fields of worker.training.result.TrainResult that trial_attrs.record_result reads."""
 
     def __init__(self, miou: float) -> None:
         self.best_miou = miou

@@ -18,7 +18,8 @@ import pytest
 from contract.config import TrainConfig
 from contract.data import load_npz
 from contract.splitting import split
-from worker.training.train import TrainResult, train
+from worker.training.result import TrainResult
+from worker.training.train import train
 
 pytestmark = pytest.mark.slow
 

@@ -40,7 +40,7 @@ FINGERPRINT = "ab" * 32
 
 @dataclasses.dataclass
 class FakeResult:
-    """The fields of worker.training.train.TrainResult that trial_attrs.record_result reads."""
+    """The fields of worker.training.result.TrainResult that trial_attrs.record_result reads."""
 
     best_miou: float
     per_class_iou: dict[int, float | None]

@@ -529,10 +529,10 @@ def test_phase_lines_say_when_a_phase_started_and_why_compiling_is_quiet():
     import io
     import time
 
-    from worker.training.train import _Clock
+    from worker.training.progress import Clock
 
     out, seen = io.StringIO(), []
-    clock = _Clock(time.perf_counter() - 40.0, out, seen.append)
+    clock = Clock(time.perf_counter() - 40.0, out, seen.append)
     clock.phase("training")
     clock.phase("compiling")
     training, compiling = out.getvalue().splitlines()

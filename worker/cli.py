@@ -223,7 +223,7 @@ def _train_all_data(cfg, loaded, save, result_json, device, quiet) -> None:  # t
     import json
 
     from contract.atomic import replacing
-    from worker.training.train import train_all_data
+    from worker.training.all_data import train_all_data
 
     try:
         result = train_all_data(cfg, loaded, save_path=save, verbose=not quiet, device=device)

@@ -175,6 +175,14 @@ def _configure_jax(gpu: int | None, mixed_precision: str) -> DeviceInfo:
     return decided.device
 
 
+def detect(mixed_precision: str) -> DeviceInfo:
+    """The device the backend will use as configured now, without changing any setting: a run
+    given no device trains on this one."""
+    from worker.training.backend import gpu_names
+
+    return plan(gpu_names(), None, mixed_precision).device
+
+
 def describe(device: DeviceInfo | None = None) -> dict[str, Any]:
     """Provenance for a trial: device, library versions, host and Python.
 

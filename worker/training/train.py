@@ -21,6 +21,12 @@ A worker trains many trials in one process, so the steps are separate (data, com
 evaluate) and a :class:`Trainer` keeps what does not change between trials: the split data and
 the compiled models with their traced train/evaluate/predict functions. That cut is the point of
 issue 14: tracing and compiling cost a first epoch 10-20x a later one.
+
+This module runs the steps in that order; each step's parts live in a module of its own:
+:mod:`~worker.training.prepared` (1, 2), :mod:`~worker.training.compiled` (the reused model),
+:mod:`~worker.training.callbacks` (4), :mod:`~worker.training.evaluation` (5),
+:mod:`~worker.training.progress` (phases and printed lines), :mod:`~worker.training.result`
+(what a run returns). The final model on all images is :mod:`worker.training.all_data`.
 """
 
 from __future__ import annotations
@@ -28,73 +34,29 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable
 import dataclasses
-import functools
 import gc
-import math
 from pathlib import Path
 import sys
 import time
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from contract.config import TrainConfig
-from worker.training.device import DeviceInfo, describe, plan
+from contract.trial_attrs import json_safe
+from worker.training.compiled import CompiledModel, model_key
+from worker.training.device import DeviceInfo, describe, detect
+from worker.training.evaluation import evaluate, inference_ms_per_image
+from worker.training.prepared import PreparedData
+from worker.training.progress import Clock, PhaseCallback, say
+from worker.training.result import TrainResult
 from worker.training.saved import ModelInfo, save_model
 
 if TYPE_CHECKING:
     import keras
 
     from contract.data import MarsData
-
-EpochCallback = Callable[[int, float], None]
-MONITOR = "val_miou"
-#: Latency: validation images per timed forward pass, and timed passes after one warm-up.
-LATENCY_IMAGES = 8
-LATENCY_RUNS = 5
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """What one run produced; :meth:`to_dict` is what the trial loop stores.
-
-    ``best_miou`` and ``per_class_iou`` come from re-evaluating the restored best model on the
-    validation split (with flip TTA if the config asked for it). ``best_epoch`` is 0-based and
-    is the epoch whose weights were restored. Each ``history`` row holds ``loss``, ``val_loss``,
-    ``val_miou`` and ``lr``, the learning rate used *during* that epoch.
-    """
-
-    best_miou: float
-    per_class_iou: dict[int, float]
-    epochs_run: int
-    best_epoch: int
-    wall_time_s: float
-    history: list[dict[str, float]]
-    n_train: int
-    n_val: int
-    class_weights: list[float]
-    device: dict[str, Any]
-    # seconds per step (prepare_s, build_s, first_batch_s, fit_s, epoch_s, evaluate_s, save_s)
-    # and whether the data split and the compiled model were reused from an earlier trial
-    timings: dict[str, Any] = dataclasses.field(default_factory=dict)
-    confusion_matrix: list[list[int]] | None = None  # [true][predicted] pixels, best model, validation
-    n_params: int | None = None  # the model's parameter count, as keras count_params
-    inference_ms_per_image: float | None = None  # measured only when asked (see Trainer.train)
-    preview: Any = dataclasses.field(default=None, repr=False)  # worker.training.preview.PreviewSample
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict: NaN/inf become ``None`` and the per-class keys become strings.
-
-        String keys make a JSON round trip the identity (JSON would turn int keys into strings
-        anyway), so a stored result compares equal to a freshly computed one.
-        """
-        values = dataclasses.asdict(self)
-        values.pop("preview")  # arrays, uploaded as a PNG by the worker, not stored as JSON
-        values["per_class_iou"] = {str(k): v for k, v in self.per_class_iou.items()}
-        return _json_safe(values)
-
-
-PhaseCallback = Callable[[str], None]
+    from worker.training.callbacks import EpochCallback, History
 
 
 def train(
@@ -112,7 +74,8 @@ def train(
 ) -> TrainResult:
     """Train ``config`` on ``data`` and evaluate the best epoch on the validation split.
 
-    ``measure_latency`` times inference after evaluation (:func:`inference_ms_per_image`); only
+    ``measure_latency`` times inference after evaluation
+    (:func:`worker.training.evaluation.inference_ms_per_image`); only
     a study whose cost is latency pays for it.
 
     ``on_result(result)`` runs before the model is saved, so the score is out (printed, written)
@@ -135,105 +98,6 @@ def train(
     )
 
 
-@dataclasses.dataclass
-class AllDataResult:
-    """What :func:`train_all_data` did. There is no validation score: every image trained."""
-
-    n_images: int
-    epochs: int
-    learning_rates: list[float]  # per epoch, as replayed
-    losses: list[float]  # training loss per epoch
-    wall_time_s: float
-    replayed: bool  # True: the trial's recorded schedule; False: ``epochs`` at ``learning_rate``
-
-
-def train_all_data(
-    config: TrainConfig,
-    data: MarsData,
-    *,
-    save_path: str | Path,
-    verbose: bool = True,
-    device: DeviceInfo | None = None,
-) -> AllDataResult:
-    """Train on training and validation images together, then save the model.
-
-    Without a validation split nothing can stop early or lower the learning rate on a plateau,
-    so the run replays the trial: ``config.lr_schedule`` (from ``tuner export``) holds the
-    learning rate each epoch of the trial had, up to its best epoch, and its length is the
-    number of epochs. A config without one trains ``config.epochs`` epochs at
-    ``config.learning_rate``. Class weights come from all the images' masks (they are all
-    training data now); flips augment them all as in the trial. The saved model records
-    ``all_data`` and no validation score (:class:`worker.training.saved.ModelInfo`).
-    """
-    import keras
-
-    from worker.training.backend import is_tensorflow, reseed, set_determinism
-    from worker.training.losses import class_weights_from_masks
-
-    started = time.perf_counter()
-    out = sys.stdout if verbose else None
-    device = device or _detect_device(config.mixed_precision)
-    replayed = config.lr_schedule is not None
-    schedule = list(config.lr_schedule or [config.learning_rate] * config.epochs)
-    images, masks, _ = _subsample(np.asarray(data.images), np.asarray(data.masks), data.groups,
-                                  config.max_images, config.seed)
-    weights = np.asarray(class_weights_from_masks(masks, scheme=config.class_weights,
-                                                  background_weight=config.background_weight))
-    batch_size = min(config.batch_size, len(images))
-    _say(out, f"data: all {len(images)} images train (no validation split); {len(schedule)} epochs, "
-              + ("the trial's learning rate per epoch" if replayed else
-                 f"learning rate {config.learning_rate:g} throughout (the config has no lr_schedule)"))
-    keras.utils.clear_session()
-    previous_policy = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(device.policy)
-    try:
-        set_determinism(not config.jit_compile)
-        keras.utils.set_random_seed(config.seed)
-        compiled = _Compiled.build(config)
-        compiled.reset(config, weights)
-        log = _epoch_log(len(schedule), out)
-        callbacks = [keras.callbacks.LearningRateScheduler(lambda epoch, _lr: schedule[epoch]), log]
-        reseed(config.seed)
-        if is_tensorflow():
-            from worker.training.pipeline import make_train_dataset
-
-            dataset = make_train_dataset(images, masks, batch_size, seed=config.seed,
-                                         augment_flips=config.augment_flips, shuffle=True)
-            compiled.model.fit(dataset, epochs=len(schedule), callbacks=callbacks, verbose=0, shuffle=False)
-        else:
-            from worker.training.batches import flipped
-
-            x, y = flipped(images, masks, config.augment_flips)
-            compiled.model.fit(x, y, batch_size=batch_size, epochs=len(schedule), shuffle=True,
-                               callbacks=callbacks, verbose=0)
-        save_model(compiled.portable(config, weights), save_path,
-                   ModelInfo(config=config.to_dict(), all_data=True, validation_miou=None))
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
-    return AllDataResult(n_images=len(images), epochs=len(schedule), learning_rates=log.rates,
-                         losses=log.losses, wall_time_s=time.perf_counter() - started, replayed=replayed)
-
-
-def _epoch_log(epochs: int, out: IO[str] | None) -> Any:
-    """A callback that keeps (and prints) each epoch's learning rate and training loss."""
-    import keras
-
-    class EpochLog(keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rates: list[float] = []
-            self.losses: list[float] = []
-
-        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            self.losses.append(float((logs or {}).get("loss", math.nan)))
-            _say(out, f"epoch {epoch + 1}/{epochs}  loss {self.losses[-1]:.4f}  lr {self.rates[-1]:.2e}")
-
-    return EpochLog()
-
-
 class Trainer:
     """Trains trial after trial in one worker process, paying the fixed costs once.
 
@@ -250,8 +114,8 @@ class Trainer:
     def __init__(self, *, reuse: bool = True, max_models: int = 4) -> None:
         self.reuse = reuse
         self.max_models = max_models
-        self._splits: dict[tuple, _Prepared] = {}
-        self._models: collections.OrderedDict[tuple, _Compiled] = collections.OrderedDict()
+        self._splits: dict[tuple, PreparedData] = {}
+        self._models: collections.OrderedDict[tuple, CompiledModel] = collections.OrderedDict()
         self._data_id: int | None = None
 
     def train(
@@ -271,87 +135,60 @@ class Trainer:
         import keras
 
         from worker.training.backend import enable_compile_cache
-        from worker.training.metrics import confusion_counts
-        from worker.training.preview import sample as preview_sample
 
-        started = time.perf_counter()
         out = sys.stdout if verbose else None
-        clock = _Clock(started, out, phase_callback)
+        clock = Clock(time.perf_counter(), out, phase_callback)
         if device is None:
-            device = _detect_device(config.mixed_precision)
+            device = detect(config.mixed_precision)
         enable_compile_cache()
         if not self.reuse:  # before the policy is set: clearing the session resets it
             keras.utils.clear_session()
-
-        clock.phase("loading data")
-        prepared, reused_data = self.prepare(config, data)
-        weights = prepared.class_weights(config)
-        batch_size = min(config.batch_size, prepared.n_train)
-        _say(out, f"data: {prepared.n_images} images -> {prepared.n_train} train / "
-                  f"{prepared.n_val} val (split before augmentation); device {device.kind} "
-                  f"{device.name}, policy {device.policy}")
-        if batch_size < config.batch_size:
-            _say(out, f"batch size {config.batch_size} > {prepared.n_train} training images: "
-                      f"using {batch_size}")
-        clock.mark("prepare_s")
-
+        run = self._data_step(config, data, device, clock, out)
         previous_policy = keras.mixed_precision.global_policy().name
         keras.mixed_precision.set_global_policy(device.policy)
         try:
-            clock.phase("building")
-            compiled, reused_model = self.compiled(config, device, batch_size, out)
-            compiled.reset(config, weights)
-            clock.mark("build_s")
-            clock.phase("training" if compiled.traced else "compiling")
-            recorder, stopper = _fit(compiled, config, prepared, batch_size, clock, epoch_callback, out)
-            compiled.traced = True
-            clock.phase("evaluating")
-            # EarlyStopping has restored the best epoch's weights by now.
-            best_miou, per_class, labels = _evaluate(compiled.model, prepared.x_val, prepared.y_val,
-                                                     batch_size, tta=config.tta)
-            clock.mark("evaluate_s")
-            latency = None
-            if measure_latency:
-                latency = inference_ms_per_image(compiled.model, prepared.x_val, tta=config.tta)
-                clock.mark("latency_s")
-            timings = dict(clock.timings, epoch_s=recorder.seconds, reused_model=reused_model,
-                           reused_data=reused_data)
-            result = TrainResult(
-                best_miou=best_miou,
-                per_class_iou=per_class,
-                epochs_run=len(recorder.rows),
-                best_epoch=int(stopper.best_epoch),
-                wall_time_s=time.perf_counter() - started,
-                history=recorder.rows,
-                n_train=prepared.n_train,
-                n_val=prepared.n_val,
-                class_weights=[float(w) for w in weights],
-                device=describe(device),
-                timings=timings,
-                confusion_matrix=confusion_counts(prepared.y_val, labels).tolist(),
-                preview=preview_sample(prepared.x_val, prepared.y_val, labels),
-                n_params=compiled.n_params(),
-                inference_ms_per_image=latency,
-            )
-            _say(out, f"best epoch {result.best_epoch + 1}: validation mIoU {_fmt(best_miou)}"
-                      f"{' (flip TTA)' if config.tta else ''}; "
-                      + " ".join(f"c{c}={_fmt(v)}" for c, v in per_class.items())
-                      + f"; {result.n_params:,} params"
-                      + (f", {latency:.3g} ms/image" if latency is not None else "")
-                      + f"; {result.wall_time_s:.1f}s")
+            compiled, reused_model, recorder, stopper = self._fit_step(run, epoch_callback)
+            result = _evaluate_step(run, compiled, recorder, stopper, reused_model, measure_latency)
+            say(out, result.summary(tta=config.tta))
             if on_result is not None:
                 on_result(result)  # out before saving, which can fail (full disk) after all the work
             if save_path is not None:
-                clock.phase("saving")
-                save_model(compiled.portable(config, weights), save_path,
-                           ModelInfo(config=config.to_dict(), all_data=False,
-                                     validation_miou=_json_safe(best_miou)))
-                clock.mark("save_s")
+                _save_step(run, compiled, result.best_miou, save_path)
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
         return result
 
-    def prepare(self, config: TrainConfig, data: MarsData) -> tuple[_Prepared, bool]:
+    def _data_step(self, config: TrainConfig, data: MarsData, device: DeviceInfo, clock: Clock,
+                   out: IO[str] | None) -> _Run:
+        """Phase "loading data": the split (kept or made), class weights and the batch size."""
+        clock.phase("loading data")
+        prepared, reused_data = self.prepare(config, data)
+        weights = prepared.class_weights(config)
+        batch_size = min(config.batch_size, prepared.n_train)
+        say(out, f"data: {prepared.n_images} images -> {prepared.n_train} train / "
+                 f"{prepared.n_val} val (split before augmentation); device {device.kind} "
+                 f"{device.name}, policy {device.policy}")
+        if batch_size < config.batch_size:
+            say(out, f"batch size {config.batch_size} > {prepared.n_train} training images: "
+                     f"using {batch_size}")
+        clock.mark("prepare_s")
+        return _Run(config, device, clock, out, prepared, weights, batch_size, reused_data)
+
+    def _fit_step(
+        self, run: _Run, epoch_callback: EpochCallback | None
+    ) -> tuple[CompiledModel, bool, History, keras.callbacks.EarlyStopping]:
+        """Phases "building" and "compiling"/"training": a compiled model (kept or built), reset
+        to this trial, fitted; EarlyStopping restores the best epoch's weights."""
+        run.clock.phase("building")
+        compiled, reused_model = self.compiled(run.config, run.device, run.batch_size, run.out)
+        compiled.reset(run.config, run.weights)
+        run.clock.mark("build_s")
+        run.clock.phase("training" if compiled.traced else "compiling")
+        recorder, stopper = _fit(compiled, run, epoch_callback)
+        compiled.traced = True
+        return compiled, reused_model, recorder, stopper
+
+    def prepare(self, config: TrainConfig, data: MarsData) -> tuple[PreparedData, bool]:
         """The data step: subsample and split once per (data, max_images, fraction, seed)."""
         if not self.reuse or self._data_id != id(data):
             self._splits.clear()
@@ -359,27 +196,27 @@ class Trainer:
         key = (config.max_images, config.validation_fraction, config.seed)
         if key in self._splits:
             return self._splits[key], True
-        prepared = _Prepared.make(data, config)
+        prepared = PreparedData.make(data, config)
         if self.reuse:
             self._splits[key] = prepared
         return prepared, False
 
     def compiled(self, config: TrainConfig, device: DeviceInfo, batch_size: int,
-                 out: IO[str] | None) -> tuple[_Compiled, bool]:
+                 out: IO[str] | None) -> tuple[CompiledModel, bool]:
         """The compile step: a compiled model for this architecture and batch, new or reused."""
         import keras
 
         from worker.training.backend import set_determinism
 
-        key = _model_key(config, device, batch_size)
+        key = model_key(config, device, batch_size)
         if self.reuse and key in self._models:
             self._models.move_to_end(key)
             return self._models[key], True
         set_determinism(not config.jit_compile)
         if config.jit_compile:
-            _say(out, "jit_compile: XLA on, op determinism off (runs are seeded but not bit-exact)")
+            say(out, "jit_compile: XLA on, op determinism off (runs are seeded but not bit-exact)")
         keras.utils.set_random_seed(config.seed)
-        compiled = _Compiled.build(config)
+        compiled = CompiledModel.build(config)
         if self.reuse:
             self._models[key] = compiled
             while len(self._models) > self.max_models:
@@ -388,152 +225,38 @@ class Trainer:
         return compiled, False
 
 
-def _jit(config: TrainConfig) -> bool:
-    """XLA as the config asks on TensorFlow; always on JAX, whose steps without ``jax.jit`` run
-    op by op (about 100x slower on a GPU) and which is deterministic on CPU with it anyway."""
-    from worker.training.backend import is_tensorflow
-
-    return config.jit_compile or not is_tensorflow()
-
-
-def _model_key(config: TrainConfig, device: DeviceInfo, batch_size: int) -> tuple:
-    """What a traced train step depends on: everything that is not a variable."""
-    return (config.model, config.base_filters, config.depth, config.conventional_filters,
-            config.residual_filters, config.multiscale_filters, config.context_filters,
-            config.batchnorm_momentum, config.seed, config.jit_compile, device.policy,
-            batch_size)
-
-
 @dataclasses.dataclass
-class _Prepared:
-    """The split arrays of one (data, max_images, validation fraction, seed)."""
+class _Run:
+    """One run's settings and its data step's output, handed from step to step."""
 
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    n_images: int
-    _weights: dict[tuple, np.ndarray] = dataclasses.field(default_factory=dict)
-    _flipped: dict[bool, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def make(cls, data: MarsData, config: TrainConfig) -> _Prepared:
-        from contract.data import split
-
-        images, masks, groups = _subsample(np.asarray(data.images), np.asarray(data.masks),
-                                           data.groups, config.max_images, config.seed)
-        train_idx, val_idx = split(masks, config.validation_fraction, config.seed, groups)
-        return cls(images[train_idx], masks[train_idx], images[val_idx], masks[val_idx],
-                   len(images))
-
-    @property
-    def n_train(self) -> int:
-        return len(self.x_train)
-
-    @property
-    def n_val(self) -> int:
-        return len(self.x_val)
-
-    def class_weights(self, config: TrainConfig) -> np.ndarray:
-        """From the training split's masks only (never validation)."""
-        from worker.training.losses import class_weights_from_masks
-
-        key = (config.class_weights, config.background_weight)
-        if key not in self._weights:
-            self._weights[key] = np.asarray(
-                class_weights_from_masks(self.y_train, scheme=config.class_weights,
-                                         background_weight=config.background_weight),
-                dtype=np.float64)
-        return self._weights[key]
-
-    def flipped(self, augment_flips: bool) -> tuple[np.ndarray, np.ndarray]:
-        """The numpy training set (x4 with flips), made once: the JAX backend's data path."""
-        from worker.training.batches import flipped
-
-        if augment_flips not in self._flipped:
-            self._flipped[augment_flips] = flipped(self.x_train, self.y_train, augment_flips)
-        return self._flipped[augment_flips]
+    config: TrainConfig
+    device: DeviceInfo
+    clock: Clock
+    out: IO[str] | None
+    prepared: PreparedData
+    weights: np.ndarray  # class weights, from the training split
+    batch_size: int
+    reused_data: bool
 
 
-@dataclasses.dataclass
-class _Compiled:
-    """A compiled model with its initial state; :meth:`reset` starts a trial from it."""
-
-    model: keras.Model
-    optimizer: Any  # worker.training.tunable.TunableAdamW
-    params: Any  # worker.training.tunable.LossParams
-    initial_weights: list[np.ndarray]
-    initial_optimizer: list[np.ndarray]
-    traced: bool = False  # train/evaluate functions traced by an earlier fit
-
-    @classmethod
-    def build(cls, config: TrainConfig) -> _Compiled:
-        import keras
-
-        from worker.training.losses import FocalLoss
-        from worker.training.metrics import MeanIoUForeground
-        from worker.training.model import build_model
-        from worker.training.tunable import TunableAdamW, attach
-
-        model = build_model(config)
-        params = attach(model)
-        optimizer = TunableAdamW(learning_rate=config.learning_rate,
-                                 weight_decay=config.weight_decay)
-        model.compile(optimizer=optimizer, loss=FocalLoss(params=params),
-                      metrics=[MeanIoUForeground()], jit_compile=_jit(config))
-        model.optimizer.build(model.trainable_variables)
-        return cls(model, optimizer, params, model.get_weights(),
-                   [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
-
-    def reset(self, config: TrainConfig, class_weights: np.ndarray) -> None:
-        """Initial weights, a fresh optimizer state, and this trial's hyperparameters."""
-        self.model.set_weights(self.initial_weights)
-        for variable, value in zip(self.model.optimizer.variables, self.initial_optimizer, strict=False):
-            variable.assign(value)
-        self.optimizer.set(config.learning_rate, config.weight_decay)
-        self.params.set(config.focal_gamma, class_weights)
-
-    def n_params(self) -> int:
-        """The model's parameter count as ``count_params`` of a plain built model gives it: the
-        tunable loss values attached to this one (focal gamma, class weights) are not the model's."""
-        own = {id(v) for v in self.params.weights}
-        return int(sum(math.prod(v.shape) for v in self.model.weights if id(v) not in own))
-
-    def portable(self, config: TrainConfig, class_weights: np.ndarray) -> keras.Model:
-        """A copy without the variable holders, compiled with plain values: what a ``.keras``
-        file should hold (it loads anywhere this package's losses are importable)."""
-        import keras
-
-        from worker.training.losses import focal_loss
-        from worker.training.metrics import MeanIoUForeground
-
-        copy = keras.models.clone_model(self.model)
-        own = {id(v) for v in self.params.weights}
-        copy.set_weights([keras.ops.convert_to_numpy(v) for v in self.model.weights
-                          if id(v) not in own])
-        copy.compile(optimizer=keras.optimizers.AdamW(learning_rate=config.learning_rate,
-                                                      weight_decay=config.weight_decay),
-                     loss=focal_loss(config.focal_gamma, class_weights),
-                     metrics=[MeanIoUForeground()])
-        return copy
-
-
-def _fit(compiled: _Compiled, config: TrainConfig, prepared: _Prepared, batch_size: int,
-         clock: _Clock, epoch_callback: EpochCallback | None, out: IO[str] | None):
+def _fit(
+    compiled: CompiledModel, run: _Run, epoch_callback: EpochCallback | None
+) -> tuple[History, keras.callbacks.EarlyStopping]:
     """The fit step: seeded, with early stopping on validation mIoU; returns the callbacks
     that hold the history and the best epoch."""
     import keras
 
     from worker.training.backend import is_tensorflow, reseed
+    from worker.training.callbacks import MONITOR, FirstBatch, History, Report
 
-    history_class, report_class, first_batch_class = _callbacks()
-    recorder = history_class(config.epochs, out)
+    config, prepared, batch_size = run.config, run.prepared, run.batch_size
+    recorder = History(config.epochs, run.out)
     stopper = keras.callbacks.EarlyStopping(
         monitor=MONITOR, mode="max", patience=config.early_stopping_patience,
         restore_best_weights=True,
     )
     callbacks: list[keras.callbacks.Callback] = [
-        first_batch_class(clock),
+        FirstBatch(run.clock),
         recorder,
         keras.callbacks.ReduceLROnPlateau(
             monitor=MONITOR, mode="max", factor=config.reduce_lr_factor,
@@ -542,7 +265,7 @@ def _fit(compiled: _Compiled, config: TrainConfig, prepared: _Prepared, batch_si
         stopper,
     ]
     if epoch_callback is not None:
-        callbacks.append(report_class(epoch_callback))
+        callbacks.append(Report(epoch_callback))
     reseed(config.seed)
     if is_tensorflow():
         from worker.training.pipeline import make_eval_dataset, make_train_dataset
@@ -558,42 +281,54 @@ def _fit(compiled: _Compiled, config: TrainConfig, prepared: _Prepared, batch_si
         compiled.model.fit(x, y, batch_size=batch_size, epochs=config.epochs, shuffle=True,
                            validation_data=(prepared.x_val[..., None], prepared.y_val),
                            validation_batch_size=batch_size, callbacks=callbacks, verbose=0)
-    clock.mark("fit_s")
+    run.clock.mark("fit_s")
     return recorder, stopper
 
 
-#: What a phase line adds where a new user would otherwise wonder why nothing happens.
-_PHASE_HINTS = {
-    "compiling": ": the first epoch of each new model shape is traced and compiled first, "
-                 "tens of seconds without output on a CPU",
-}
+def _evaluate_step(run: _Run, compiled: CompiledModel, recorder: History, stopper: keras.callbacks.EarlyStopping,
+                   reused_model: bool, measure_latency: bool) -> TrainResult:
+    """Phase "evaluating": the restored best model scored on the validation split (and timed
+    when asked), and the run's result."""
+    from worker.training.metrics import confusion_counts
+    from worker.training.preview import sample as preview_sample
+
+    config, prepared, clock = run.config, run.prepared, run.clock
+    clock.phase("evaluating")
+    best_miou, per_class, labels = evaluate(compiled.model, prepared.x_val, prepared.y_val,
+                                            run.batch_size, tta=config.tta)
+    clock.mark("evaluate_s")
+    latency = None
+    if measure_latency:
+        latency = inference_ms_per_image(compiled.model, prepared.x_val, tta=config.tta)
+        clock.mark("latency_s")
+    timings = dict(clock.timings, epoch_s=recorder.seconds, reused_model=reused_model,
+                   reused_data=run.reused_data)
+    return TrainResult(
+        best_miou=best_miou,
+        per_class_iou=per_class,
+        epochs_run=len(recorder.rows),
+        best_epoch=int(stopper.best_epoch),
+        wall_time_s=time.perf_counter() - clock.started,
+        history=recorder.rows,
+        n_train=prepared.n_train,
+        n_val=prepared.n_val,
+        class_weights=[float(w) for w in run.weights],
+        device=describe(run.device),
+        timings=timings,
+        confusion_matrix=confusion_counts(prepared.y_val, labels).tolist(),
+        preview=preview_sample(prepared.x_val, prepared.y_val, labels),
+        n_params=compiled.n_params(),
+        inference_ms_per_image=latency,
+    )
 
 
-class _Clock:
-    """Phase changes (told to the caller and printed) and the seconds since the run started."""
-
-    def __init__(self, started: float, out: IO[str] | None, callback: PhaseCallback | None):
-        self.started, self.out, self.callback = started, out, callback
-        self.timings: dict[str, float] = {}
-        self._last = started
-        self.current = ""
-
-    def phase(self, name: str) -> None:
-        """Announce phase ``name``; the time is when it starts (seconds into the run), not its length."""
-        self.current = name
-        hint = _PHASE_HINTS.get(name, "")
-        _say(self.out, f"phase: {name} (from {time.perf_counter() - self.started:.1f}s into the trial){hint}")
-        if self.callback is not None:
-            self.callback(name)
-
-    def mark(self, key: str) -> None:
-        """Record the seconds spent since the previous mark under ``key``."""
-        now = time.perf_counter()
-        self.timings[key] = now - self._last
-        self._last = now
-
-    def first_batch(self) -> None:
-        self.timings["first_batch_s"] = time.perf_counter() - self.started
+def _save_step(run: _Run, compiled: CompiledModel, best_miou: float, save_path: str | Path) -> None:
+    """Phase "saving": the best model as a ``.keras`` file with its training record."""
+    run.clock.phase("saving")
+    save_model(compiled.portable(run.config, run.weights), save_path,
+               ModelInfo(config=run.config.to_dict(), all_data=False,
+                         validation_miou=json_safe(best_miou)))
+    run.clock.mark("save_s")
 
 
 def set_op_determinism(enabled: bool) -> None:
@@ -601,175 +336,3 @@ def set_op_determinism(enabled: bool) -> None:
     from worker.training.backend import set_determinism
 
     set_determinism(enabled)
-
-
-def _subsample(
-    images: np.ndarray, masks: np.ndarray, groups: np.ndarray | None,
-    max_images: int | None, seed: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """A seeded subset of ``max_images`` images (kept in file order), or everything.
-
-    ``load_npz(max_images=..., seed=...)`` subsamples at load time; this covers data loaded in
-    full and picks the same subset (stratified on big rock, same generator), so both routes
-    train on the same images. The group ids (if any) follow their images.
-    """
-    from contract.data import subset_indices
-
-    if max_images is None or len(images) <= max_images:
-        return images, masks, groups
-    keep = subset_indices(masks, max_images, seed)
-    return images[keep], masks[keep], None if groups is None else groups[keep]
-
-
-def _evaluate(
-    model: keras.Model, images: np.ndarray, masks: np.ndarray, batch_size: int, *, tta: bool
-) -> tuple[float, dict[int, float], np.ndarray]:
-    """Numpy mean IoU over classes 1-4 of the model's predictions on the whole split, per-class
-    IoU, and the predicted labels."""
-    from worker.training.batches import flip_tta_predict
-    from worker.training.metrics import score
-
-    if tta:
-        probs = flip_tta_predict(model, images, batch_size)
-    else:
-        probs = model.predict(images[..., None], batch_size=batch_size, verbose=0)
-    labels = np.argmax(np.asarray(probs), axis=-1).astype(masks.dtype)
-    scored = score(masks, labels)
-    per_class = {int(c): float(v) for c, v in scored.per_class.items()}
-    return scored.miou, per_class, labels
-
-
-def inference_ms_per_image(model: keras.Model, images: np.ndarray, *, tta: bool) -> float:
-    """Milliseconds per image of inference on this process's device: the median of
-    :data:`LATENCY_RUNS` timed passes over the first :data:`LATENCY_IMAGES` validation images,
-    after one untimed warm-up pass (tracing, allocation).
-
-    One pass is one forward call on the batch, or four (the flips) with flip TTA, as the
-    prediction that scored the trial. ``predict_on_batch`` returns numpy, so asynchronous
-    backends (JAX, GPUs) have finished when the clock stops.
-    """
-    from worker.training.batches import FLIP_AXES
-
-    x = np.asarray(images[:LATENCY_IMAGES], dtype=np.float32)[..., None]
-    inputs = [np.ascontiguousarray(np.flip(x, axis=a)) if a else x for a in FLIP_AXES] if tta else [x]
-
-    def one_pass() -> None:
-        for batch in inputs:
-            np.asarray(model.predict_on_batch(batch))
-
-    one_pass()  # warm-up: not timed
-    seconds = []
-    for _ in range(LATENCY_RUNS):
-        start = time.perf_counter()
-        one_pass()
-        seconds.append(time.perf_counter() - start)
-    return float(np.median(seconds)) * 1000.0 / len(x)
-
-
-def _detect_device(mixed_precision: str) -> DeviceInfo:
-    """The device the backend will use as configured now, without changing any setting."""
-    from worker.training.backend import gpu_names
-
-    return plan(gpu_names(), None, mixed_precision).device
-
-
-@functools.cache
-def _callbacks() -> tuple[type, type, type]:
-    """The two Keras callback classes, defined on first use so importing this module stays
-    free of TensorFlow."""
-    import keras
-
-    class History(keras.callbacks.Callback):
-        """Collects one row per epoch and prints it when verbose.
-
-        The learning rate is read at the start of the epoch, i.e. the rate the epoch trained
-        with, before ReduceLROnPlateau possibly lowers it for the next one.
-        """
-
-        def __init__(self, epochs: int, out: IO[str] | None) -> None:
-            super().__init__()
-            self.epochs = epochs
-            self.out = out
-            self.rows: list[dict[str, float]] = []
-            self.seconds: list[float] = []  # wall time per epoch, validation included
-            self._lr = math.nan
-            self._t0 = 0.0
-
-        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            self._t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            logs = logs or {}
-            row = {key: float(logs.get(key, math.nan)) for key in ("loss", "val_loss", MONITOR)}
-            row["lr"] = self._lr
-            self.rows.append(row)
-            self.seconds.append(time.perf_counter() - self._t0)
-            _say(self.out, f"epoch {epoch + 1}/{self.epochs}  loss {row['loss']:.4f}  "
-                           f"val_loss {row['val_loss']:.4f}  val_miou {_fmt(row[MONITOR])}  "
-                           f"lr {row['lr']:.2e}  {self.seconds[-1]:.1f}s")
-
-    class Report(keras.callbacks.Callback):
-        """Hands ``(epoch_index, val_miou)`` to the caller; its exceptions end ``fit``."""
-
-        def __init__(self, callback: EpochCallback) -> None:
-            super().__init__()
-            self.callback = callback
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            self.callback(int(epoch), float((logs or {}).get(MONITOR, math.nan)))
-
-    class FirstBatch(keras.callbacks.Callback):
-        """Marks the end of compiling (the first batch dispatched) and moves the phase from
-        "compiling" to "training".
-
-        It listens at the *start* of the second batch, not at the end of the first: a
-        ``on_train_batch_end`` hook makes Keras turn every step's logs into Python floats,
-        which on JAX waits for the device after each batch (measured on an H100: the worker
-        trained 24% slower than a plain ``fit``). A jitted step is compiled when it is first
-        called, so by the second batch's start the compile is done. Epochs of one batch
-        fall back to the end of the epoch.
-        """
-
-        def __init__(self, clock: _Clock) -> None:
-            super().__init__()
-            self.clock = clock
-            self.done = False
-
-        def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-            if batch >= 1:
-                self._mark()
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            self._mark()
-
-        def _mark(self) -> None:
-            if self.done:
-                return
-            self.done = True
-            self.clock.first_batch()
-            if self.clock.current != "training":
-                self.clock.phase("training")
-
-    return History, Report, FirstBatch
-
-
-def _say(out: IO[str] | None, line: str) -> None:
-    if out is not None:
-        print(line, file=out, flush=True)
-
-
-def _fmt(value: float) -> str:
-    return "nan" if math.isnan(value) else f"{value:.4f}"
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
