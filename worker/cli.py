@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 import signal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,6 +24,11 @@ from worker.predict import PNG_EACH_MAX
 from worker.predict import SETS as PREDICT_SETS
 from worker.training.backend import DEFAULT_COMPILE_CACHE, ENV_COMPILE_CACHE
 from worker.training.quiet import silence_native_logs
+
+if TYPE_CHECKING:
+    from contract.config import TrainConfig
+    from contract.data import MarsData
+    from worker.training.result import TrainResult
 
 # TensorFlow's C++ log lines (no CUDA device, oneDNN notes, E0000 tf.data NodeDef mismatches)
 # bury the progress lines; before any TensorFlow import.
@@ -115,12 +120,30 @@ def train(
                            "written by tuner export). Such a model has no validation score.")] = False,
 ) -> None:
     """Train one configuration and print its validation mean IoU (classes 1-4)."""
-    import json
+    _check_train_outputs(save, result_json, all_data)
+    cfg, loaded = _trainable(config, data)
 
-    from contract.atomic import replacing, writable_problem
-    from contract.config import TrainConfig
-    from contract.data import check_trainable, load_npz
-    from contract.data_format import DataError
+    from worker.training.device import configure
+    from worker.training.train import train as run_training
+
+    device = configure(gpu, mixed_precision=cfg.mixed_precision)
+    if all_data:
+        _train_all_data(cfg, loaded, save, result_json, device, quiet)
+        return
+    try:
+        run_training(cfg, loaded, verbose=not quiet, save_path=save, device=device,
+                     on_result=lambda result: _report_result(result, result_json))
+    except OSError as exc:
+        if save is None:
+            raise
+        raise _fail(f"--save {save}: cannot save the model: {exc.strerror or first_line(exc, limit=200)}") from None
+    if save is not None:
+        typer.echo(f"model saved to {save}")
+
+
+def _check_train_outputs(save: Path | None, result_json: Path | None, all_data: bool) -> None:
+    """``worker train``'s output options, checked before the data is read and anything trains."""
+    from contract.atomic import writable_problem
 
     if save is not None and save.suffix != ".keras":
         raise _fail(f"{save}: --save must end in .keras")
@@ -130,43 +153,42 @@ def train(
         problem = writable_problem(path) if path is not None else None
         if problem:
             raise _fail(f"{option} {path}: {problem}")
+
+
+def _trainable(config: Path, data: Path) -> tuple[TrainConfig, MarsData]:
+    """The config and the data it trains on (its ``max_images`` subset), refused when nothing
+    in it can be learnt."""
+    from contract.config import TrainConfig
+    from contract.data import check_trainable, load_npz
+    from contract.data_format import DataError
+
     cfg = TrainConfig.load(config)
     loaded = load_npz(data, max_images=cfg.max_images, seed=cfg.seed, load_test=False)
     try:
         check_trainable(loaded.masks, validation_fraction=cfg.validation_fraction)
     except DataError as exc:
         raise _fail(f"--data {data}: {exc}") from None
+    return cfg, loaded
 
-    from worker.training.device import configure
-    from worker.training.train import train as run_training
 
-    def report(result) -> None:  # type: ignore[no-untyped-def]
-        """The outcome is out (terminal, --result) before saving the model can fail."""
-        per_class = ", ".join(
-            f"{c}:{v:.4f}" if v == v else f"{c}:n/a" for c, v in result.per_class_iou.items()
-        )
-        typer.echo(f"mean IoU (classes 1-4): {result.best_miou:.4f}  per class: {per_class}")
-        typer.echo(f"epochs: {result.epochs_run} (best {result.best_epoch + 1})  wall time: {result.wall_time_s:.1f}s")
-        if result_json is not None:
-            try:
-                with replacing(result_json) as tmp:
-                    tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-            except OSError as exc:
-                raise _fail(f"--result {result_json}: cannot write: {exc.strerror}") from None
-            typer.echo(f"result written to {result_json}")
+def _report_result(result: TrainResult, result_json: Path | None) -> None:
+    """The outcome is out (terminal, --result) before saving the model can fail."""
+    import json
 
-    device = configure(gpu, mixed_precision=cfg.mixed_precision)
-    if all_data:
-        _train_all_data(cfg, loaded, save, result_json, device, quiet)
-        return
-    try:
-        run_training(cfg, loaded, verbose=not quiet, save_path=save, device=device, on_result=report)
-    except OSError as exc:
-        if save is None:
-            raise
-        raise _fail(f"--save {save}: cannot save the model: {exc.strerror or first_line(exc, limit=200)}") from None
-    if save is not None:
-        typer.echo(f"model saved to {save}")
+    from contract.atomic import replacing
+
+    per_class = ", ".join(
+        f"{c}:{v:.4f}" if v == v else f"{c}:n/a" for c, v in result.per_class_iou.items()
+    )
+    typer.echo(f"mean IoU (classes 1-4): {result.best_miou:.4f}  per class: {per_class}")
+    typer.echo(f"epochs: {result.epochs_run} (best {result.best_epoch + 1})  wall time: {result.wall_time_s:.1f}s")
+    if result_json is not None:
+        try:
+            with replacing(result_json) as tmp:
+                tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        except OSError as exc:
+            raise _fail(f"--result {result_json}: cannot write: {exc.strerror}") from None
+        typer.echo(f"result written to {result_json}")
 
 
 def _finite_seconds(value: float) -> float:
