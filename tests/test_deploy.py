@@ -1,7 +1,7 @@
 """The Docker deployment files are wired the way docs/deployment.md says, and they work.
 
-Most tests need no Docker: the compose files are parsed with PyYAML and interpolated here the
-way Compose does (``${VAR:-default}``, ``${VAR:?error}``, ``$$``), the Dockerfile is read
+Most tests need no Docker: the compose files are parsed with PyYAML and interpolated the way
+Compose does (``${VAR:-default}``, ``${VAR:?error}``, ``$$``; tests/deployment.py), the Dockerfile is read
 instruction by instruction, and every ``tuner``/``worker`` command in the compose files and the
 deployment docs is checked against the real CLIs' ``--help`` output. The last test runs the
 whole deployment for real with Docker (set up by deploy/ci-images.sh, which .ci/run calls); it
@@ -18,10 +18,45 @@ from pathlib import Path
 import re
 import shlex
 import subprocess
-import sys
 import time
 from typing import Any
 
+from deployment import (
+    CI_BASE_IMAGE,
+    CI_POSTGRES_IMAGE,
+    CI_TUNER_IMAGE,
+    E2E_SETUP,
+    E2E_SPACE,
+    E2E_TEARDOWN,
+    ENV_EXAMPLE,
+    MAIN,
+    ROOT,
+    SECRET_DIR,
+    TEAM_URL,
+    WORKERS,
+    MissingVariable,
+    Project,
+    active,
+    builders,
+    checkout,
+    compose_available,
+    coordinator,
+    devices,
+    env_example,
+    free_port,
+    gpu_ids,
+    interpolate,
+    leftovers,
+    load,
+    pip_build_secrets,
+    require_docker,
+    service_env,
+    team,
+    tuner_services,
+    variables,
+    wait_for,
+    workers,
+)
 from helpers import BIN
 import pytest
 from sqlalchemy.engine import make_url
@@ -30,139 +65,10 @@ import yaml
 
 from storage.url import ENV_PASSWORD_FILE
 
-ROOT = Path(__file__).resolve().parent.parent
-MAIN = ROOT / "docker-compose.yml"
-WORKERS = ROOT / "docker-compose.workers.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-ENV_EXAMPLE = ROOT / ".env.example"
 DOCS = ROOT / "docs" / "deployment.md"
 DOC_FILES = (*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md")  # every document whose commands users copy
-SECRET_DIR = "/run/secrets/"
-TEAM_URL = "postgresql://tuner@coordinator.example.org:5432/optuna"
-
-
-# --- Compose interpolation -------------------------------------------------------------------
-
-
-class MissingVariable(Exception):
-    """A ``${VAR:?message}`` whose variable is unset, as Compose would refuse to start."""
-
-
-_VAR = re.compile(
-    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_]\w*)"
-)
-
-
-def interpolate(text: str, env: Mapping[str, str]) -> str:
-    """Compose's substitution rules for the forms these files use."""
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        if m["bare"]:
-            return env.get(m["bare"], "")
-        name, op, arg = m["name"], m["op"], m["arg"]
-        value = env.get(name)
-        unset_or_empty = not value if op and op.startswith(":") else value is None
-        if op in (":-", "-"):
-            return arg if unset_or_empty else value
-        if op in (":?", "?"):
-            if unset_or_empty:
-                raise MissingVariable(f"{name}: {arg}")
-            return value
-        if op in (":+", "+"):
-            return "" if unset_or_empty else arg
-        return value or ""
-
-    return _VAR.sub(sub, text)
-
-
-def resolve(node: Any, env: Mapping[str, str]) -> Any:
-    if isinstance(node, str):
-        return interpolate(node, env)
-    if isinstance(node, list):
-        return [resolve(item, env) for item in node]
-    if isinstance(node, dict):
-        return {key: resolve(value, env) for key, value in node.items()}
-    return node
-
-
-def load(path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The compose file as Compose sees it after YAML anchors/merges and interpolation."""
-    return resolve(yaml.safe_load(path.read_text()), env or {})
-
-
-def coordinator(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    return load(MAIN, env)
-
-
-def team(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    return load(WORKERS, {"TUNER_STORAGE": TEAM_URL, **(env or {})})
-
-
-def env_example(commented: bool = True) -> dict[str, str]:
-    """Assignments in .env.example; commented-out ones (documented, not set) unless told not to."""
-    values = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        m = re.match(r"^(#?)\s*([A-Z][A-Z0-9_]*)=(.*)$", line.strip())
-        if m and (commented or not m[1]):
-            values[m[2]] = m[3].strip()
-    return values
-
-
-def variables(path: Path) -> dict[str, str | None]:
-    """Every ``${VAR...}`` a file references, with its ``:-`` default if it has one."""
-    found: dict[str, str | None] = {}
-    text = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
-    for m in _VAR.finditer(text):  # Compose does not interpolate comments (the secret recipe's $f)
-        if m["name"]:
-            default = m["arg"] if m["op"] in (":-", "-") else None
-            found.setdefault(m["name"], default)
-    return found
-
-
-def workers(compose: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: svc for name, svc in compose["services"].items() if name.startswith("worker")}
-
-
-def builders(compose: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """name -> ``build`` of the services that build the image."""
-    return {name: svc["build"] for name, svc in compose["services"].items() if "build" in svc}
-
-
-def active(compose: Mapping[str, Any], profiles: set[str], named: set[str] = frozenset()) -> set[str]:
-    """Services `up` starts with these profiles (and these services named), with dependencies."""
-    services = compose["services"]
-    chosen = {n for n, s in services.items() if (not s.get("profiles") or set(s["profiles"]) & profiles)}
-    if named:
-        chosen = set(named)
-    todo = list(chosen)
-    while todo:
-        for dep in services[todo.pop()].get("depends_on", {}):
-            if dep not in chosen:
-                chosen.add(dep)
-                todo.append(dep)
-    return chosen
-
-
-def devices(service: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
-
-
-def service_env(service: Mapping[str, Any]) -> dict[str, str]:
-    env = service.get("environment", {})
-    if isinstance(env, list):  # the KEY=VALUE list form
-        env = dict(item.split("=", 1) for item in env)
-    return {key: str(value) for key, value in env.items()}
-
-
-def gpu_ids(service: Mapping[str, Any]) -> list[str]:
-    """GPUs a service gets: Docker maps ``count: n`` to the first n GPUs (0..n-1)."""
-    (device,) = devices(service)
-    if "device_ids" in device:
-        return [str(d) for d in device["device_ids"]]
-    return [str(i) for i in range(int(device["count"]))]
 
 
 # --- The real CLIs ---------------------------------------------------------------------------
@@ -339,8 +245,7 @@ SECRET_OF = {"roles": "postgres_password", "init": "owner_password", "dashboard"
 def test_each_tuner_service_reaches_postgres_as_its_own_role_with_its_own_secret(env):
     main = coordinator(env)
     pg_env = service_env(main["services"]["postgres"])
-    tuner_services = {n: s for n, s in main["services"].items() if n != "postgres"}
-    for name, svc in tuner_services.items():
+    for name, svc in tuner_services(main).items():
         url = make_url(service_env(svc)["TUNER_STORAGE"])
         assert url.get_backend_name() == "postgresql", name
         assert url.host == "postgres" and url.host in main["services"], name
@@ -378,7 +283,8 @@ def test_password_only_travels_as_a_secret_file(load_file):
         for key, value in env.items():
             if re.search(r"PASSWORD|SECRET|TOKEN", key):
                 assert key.endswith("_FILE") and value.startswith(SECRET_DIR), f"{name}: {key}={value}"
-        password_files = [v for k, v in env.items() if k in (ENV_PASSWORD_FILE, "POSTGRES_PASSWORD_FILE")]
+        password_files = [v for k, v in env.items()
+                          if k in (ENV_PASSWORD_FILE, "POSTGRES_PASSWORD_FILE", "PGBOUNCER_PASSWORD_FILE")]
         assert password_files, f"{name} has no way to get the password"
         for path in password_files:
             assert path[len(SECRET_DIR):] in svc["secrets"], f"{name}: {path} is not a mounted secret"
@@ -705,21 +611,15 @@ def test_dockerignore_keeps_private_files_out_but_not_the_sources():
 # --- Optional: Compose itself ----------------------------------------------------------------
 
 
-def _compose_available() -> bool:
-    try:
-        return subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-@pytest.mark.skipif(not _compose_available(), reason="docker compose plugin not installed")
+@pytest.mark.skipif(not compose_available(), reason="docker compose plugin not installed")
 @pytest.mark.parametrize("path", [MAIN, WORKERS], ids=lambda p: p.name)
 def test_docker_compose_config_accepts_the_files(path, tmp_path):
     secret = tmp_path / "pw"
     secret.write_text("x")
     env = {**os.environ, "TUNER_STORAGE": TEAM_URL, "POSTGRES_PASSWORD_FILE_HOST": str(secret)}
     result = subprocess.run(
-        ["docker", "compose", "-f", str(path), "--profile", "gpus8", "--profile", "cpu", "config", "-q"],
+        ["docker", "compose", "-f", str(path), "--profile", "gpus8", "--profile", "cpu", "--profile", "pgbouncer",
+         "config", "-q"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
     )
     assert result.returncode == 0, result.stderr
@@ -737,9 +637,8 @@ def test_the_image_is_built_once_and_every_other_service_reuses_its_tag():
     main = coordinator()
     assert set(builders(main)) == {"roles"}, "one builder: the service every other tuner service waits for"
     image = main["services"]["roles"]["image"]
-    for name, svc in main["services"].items():
-        if name != "postgres":
-            assert svc["image"] == image, name
+    for name, svc in tuner_services(main).items():
+        assert svc["image"] == image, name
     for profiles, named in (({"gpus4"}, set()), ({"cpu"}, set()), (set(), {"postgres", "dashboard", "worker-cpu"})):
         assert "roles" in active(main, profiles, named), (profiles, named)
     other = team()
@@ -807,24 +706,10 @@ def test_e2e_commands_are_the_documented_ones():
 
 # --- For real: the whole deployment with Docker ----------------------------------------------
 #
-# deploy/ci-images.sh prepares the machine (Docker, the Compose plugin, stand-in base images);
-# .ci/run calls it. The test copies the repository like a user's checkout, writes `.env` and the
-# secret file, and runs the documented commands. deploy/compose.ci.yml and
-# deploy/compose.ci-workers.yml are added with -f: builds on the host network, and the "team
-# machine" (this same host) reaching the coordinator's published PostgreSQL port.
+# How these tests run the deployment: tests/deployment.py.
 
-CI_BASE_IMAGE = os.environ.get("CI_BASE_IMAGE", "mars-tuner-ci/python:3.11-bookworm")
-CI_POSTGRES_IMAGE = os.environ.get("CI_POSTGRES_IMAGE", "mars-tuner-ci/postgres:15-bookworm")
-CI_TUNER_IMAGE = "mars-tuner-ci/tuner:e2e"
 E2E_STUDY = "e2e"
 E2E_TRIALS = 4
-E2E_SETUP = (
-    "cp .env.example .env",
-    "mkdir -p secrets && chmod 700 secrets",
-    "for f in postgres owner worker viewer; do [ -s secrets/${f}_password ] "
-    "|| openssl rand -hex 24 > secrets/${f}_password; done",
-    'chmod 640 secrets/*_password && echo "SECRETS_GID=$(id -g)" >> .env',
-)
 E2E_COORDINATOR = (
     "docker compose build",
     "docker compose up -d --scale worker-cpu=2 postgres dashboard worker-cpu",
@@ -834,127 +719,12 @@ E2E_TEAM = (
     "docker compose -f docker-compose.workers.yml run --rm worker-cpu tuner db check",
     "docker compose -f docker-compose.workers.yml up -d worker-cpu",
 )
-E2E_TEARDOWN = (
-    "docker compose --profile '*' down --volumes",
-    "docker compose -f docker-compose.workers.yml --profile '*' down --volumes",
-)
 E2E_README = (*E2E_SETUP, "docker compose up -d postgres dashboard worker-cpu", "docker compose ps -a")
-E2E_SPACE = {
-    "fixed": {
-        "model": "multipath", "depth": 2, "base_filters": 4, "conventional_filters": 8,
-        "residual_filters": 4, "multiscale_filters": 8, "context_filters": 4, "batch_size": 16,
-        "augment_flips": False, "validation_fraction": 0.25, "early_stopping_patience": 50,
-        "reduce_lr_patience": 50, "batchnorm_momentum": 0.9, "epochs": 3,
-    },
-    "params": {
-        "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-        "focal_gamma": {"type": "float", "low": 0.0, "high": 2.0},
-    },
-}
-
-
-def _docker_ready() -> str | None:
-    """None when the Docker engine, Compose and the stand-in base images are there, else why not."""
-    try:
-        info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"docker: {exc}"
-    if info.returncode != 0:
-        return f"no Docker engine: {info.stderr.strip()[-200:]}"
-    if not _compose_available():
-        return "the docker compose plugin is not installed"
-    for image in (CI_BASE_IMAGE, CI_POSTGRES_IMAGE):
-        if subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=30).returncode:
-            return f"base image {image} missing"
-    return None
 
 
 @pytest.fixture(scope="module")
 def docker_ready():
-    why = _docker_ready()
-    if why:
-        message = f"{why}; run deploy/ci-images.sh (as root) to set up Docker and the base images"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI must run the Docker deployment test: {message}")
-        pytest.skip(message)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _checkout(dest: Path) -> Path:
-    """A copy of the repository as a user's checkout would have it (no venv, data or secrets)."""
-    import shutil
-
-    skip = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", ".tuner", "*.egg-info",
-                                  "build", "data", "secrets", ".env", "artifacts", "bench")
-    shutil.copytree(ROOT, dest, ignore=skip)
-    return dest
-
-
-def _pip_build_secrets(where: Path) -> dict[str, str]:
-    """This host's pip index settings and CA bundle, as the build-secret files .env names."""
-    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
-    settings: dict[str, list[str]] = {}
-    for line in out.splitlines():
-        m = re.match(r"^[\w:.-]*?\.?(index-url|extra-index-url|trusted-host)='(.*)'$", line.strip())
-        if m:
-            settings.setdefault(m[1], []).extend(m[2].split())
-    pip_settings = (("index-url", "PIP_INDEX_URL"), ("extra-index-url", "PIP_EXTRA_INDEX_URL"),
-                    ("trusted-host", "PIP_TRUSTED_HOST"))
-    for key, var in pip_settings:
-        if os.environ.get(var):
-            settings[key] = os.environ[var].split()
-    # Local file:// indexes of this host cannot be seen from inside a build.
-    reachable = {k: [v for v in vs if not v.startswith("file:")] for k, vs in settings.items()}
-    conf = where / "pip.conf"
-    conf.write_text("[global]\n" + "".join(f"{k} = {' '.join(vs)}\n" for k, vs in reachable.items() if vs))
-    env = {"PIP_CONF_FILE_HOST": str(conf)}
-    for ca in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"), "/etc/ssl/certs/ca-certificates.crt"):
-        if ca and Path(ca).is_file():
-            env["PIP_CA_FILE_HOST"] = ca
-            break
-    return env
-
-
-class _Project:
-    """One compose project in its own checkout; runs documented command lines there."""
-
-    def __init__(self, root: Path, override: str, log: list[str]):
-        self.root, self.override, self.log = root, override, log
-
-    def sh(self, line: str, *, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
-        team_file = "docker compose -f docker-compose.workers.yml "
-        if line.startswith(team_file):  # the CI override right after the documented file
-            line = f"{team_file}-f {self.override} {line[len(team_file):]}"
-        elif line.startswith("docker compose "):
-            line = f"docker compose -f docker-compose.yml -f {self.override} {line[len('docker compose '):]}"
-        start = time.monotonic()
-        result = subprocess.run(["bash", "-c", line], cwd=self.root, capture_output=True, text=True, timeout=timeout)
-        self.log.append(f"$ {line}  # {time.monotonic() - start:.0f}s rc={result.returncode}\n"
-                        f"{result.stdout[-3000:]}{result.stderr[-3000:]}")
-        if check:
-            assert result.returncode == 0, self.log[-1]
-        return result
-
-    def env(self, **values: object) -> None:
-        with (self.root / ".env").open("a") as env:
-            env.write("\n# tests/test_deploy.py\n" + "".join(f"{k}={v}\n" for k, v in values.items()))
-
-
-def _wait(predicate, timeout: float, what: str, log: list[str]):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(3)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n" + "\n".join(log[-8:]))
+    require_docker()
 
 
 @pytest.mark.slow
@@ -972,9 +742,9 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
 
     tag = f"mt-e2e-{os.getpid()}-{secrets_module.token_hex(3)}"
     log: list[str] = []
-    pg_port, dash_port = _free_port(), _free_port()
-    coord = _Project(_checkout(tmp_path / "coordinator"), "deploy/compose.ci.yml", log)
-    team_ = _Project(_checkout(tmp_path / "team"), "deploy/compose.ci-workers.yml", log)
+    pg_port, dash_port = free_port(), free_port()
+    coord = Project(checkout(tmp_path / "coordinator"), "deploy/compose.ci.yml", log)
+    team_ = Project(checkout(tmp_path / "team"), "deploy/compose.ci-workers.yml", log)
     timings: dict[str, float] = {}
     started = time.monotonic()
 
@@ -991,7 +761,7 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
             TUNER_IMAGE=CI_TUNER_IMAGE, POSTGRES_PORT=pg_port, DASHBOARD_PORT=dash_port,
             TUNER_STUDY=E2E_STUDY, TUNER_TRIALS=E2E_TRIALS, TUNER_PRUNER="none", SEARCH_SPACE="/data/space.yaml",
             DATA_FILE="synthetic.npz", TUNER_HEARTBEAT_INTERVAL=2, TUNER_GRACE_PERIOD=10,
-            **_pip_build_secrets(tmp_path),
+            **pip_build_secrets(tmp_path),
         )
         start = time.monotonic()
         coord.sh(E2E_COORDINATOR[0], timeout=1200)  # build
@@ -1022,7 +792,7 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
         def running_with_an_epoch():
             return next((t for t in trials() if t.state == TrialState.RUNNING and t.intermediate_values), None)
 
-        victim = _wait(running_with_an_epoch, 600, "a trial in its first epochs", log)
+        victim = wait_for(running_with_an_epoch, 600, "a trial in its first epochs", log)
         import sqlalchemy
 
         with rdb.engine.connect() as conn:  # workers run as the worker role, nothing as a superuser
@@ -1046,7 +816,7 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
         team_.env(
             COMPOSE_PROJECT_NAME=f"{tag}-team", BASE_IMAGE=CI_BASE_IMAGE, TUNER_IMAGE=CI_TUNER_IMAGE,
             TUNER_STORAGE=f"postgresql://tuner_worker@127.0.0.1:{pg_port}/optuna", TUNER_STUDY=E2E_STUDY,
-            DATA_FILE="synthetic.npz", **_pip_build_secrets(tmp_path),
+            DATA_FILE="synthetic.npz", **pip_build_secrets(tmp_path),
         )
         check = team_.sh(E2E_TEAM[0], timeout=300)  # tuner db check through the published port
         assert "password" not in check.stdout.lower() or "***" in check.stdout
@@ -1058,7 +828,7 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
             return ts if len(done) >= E2E_TRIALS and not any(t.state == TrialState.RUNNING for t in ts) else None
 
         start = time.monotonic()
-        final = _wait(finished, 900, "the study to finish", log)
+        final = wait_for(finished, 900, "the study to finish", log)
         timings["study after kill"] = time.monotonic() - start
         failed = [t for t in final if t.state == TrialState.FAIL]
         assert [t.number for t in failed] == [victim.number], [(t.number, t.state) for t in final]
@@ -1106,8 +876,5 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
         print(f"\ntimings (s): {json.dumps({k: round(v) for k, v in timings.items()})}")
         print("\n".join(log[-30:]))
     for name in (tag, f"{tag}-team"):
-        label = f"label=com.docker.compose.project={name}"
-        left = [subprocess.run(["docker", kind, "ls", "-q", *(["-a"] if kind == "container" else []),
-                                "--filter", label], capture_output=True, text=True, timeout=60).stdout.split()
-                for kind in ("container", "volume", "network")]
+        left = leftovers(name)
         assert left == [[], [], []], f"{name} left containers/volumes/networks behind: {left}"
