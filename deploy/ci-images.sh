@@ -8,7 +8,8 @@
 #      unpacked into /usr/local/lib/docker/cli-plugins; the system's apt sources are untouched;
 #   3. dockerd (without iptables and the default bridge) if no daemon answers;
 #   4. local stand-ins for the base images, because no image registry is reachable here:
-#      $CI_DEBIAN_IMAGE (debootstrap minbase), $CI_BASE_IMAGE (Python 3.11, for BASE_IMAGE) and
+#      $CI_DEBIAN_IMAGE (debootstrap minbase; also PGBOUNCER_BASE_IMAGE, the base of the PgBouncer
+#      image, tests/test_deploy_pgbouncer.py), $CI_BASE_IMAGE (Python 3.11, for BASE_IMAGE) and
 #      $CI_POSTGRES_IMAGE (PostgreSQL 15 with deploy/standins/postgres-entrypoint.sh, for
 #      POSTGRES_IMAGE). Builds use the host network.
 #
@@ -71,7 +72,7 @@ say "docker engine $(docker version --format '{{.Server.Version}}')"
 # --- 4. stand-in base images ---------------------------------------------------------------
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 
-if ! have "$DEBIAN_IMAGE" && ! { have "$BASE_IMAGE" && have "$POSTGRES_IMAGE"; }; then
+if ! have "$DEBIAN_IMAGE"; then
     say "debootstrap bookworm (minbase) -> $DEBIAN_IMAGE"
     root="$(mktemp -d /var/tmp/mars-tuner-rootfs.XXXXXX)"
     debootstrap --variant=minbase bookworm "$root" "$MIRROR" >/dev/null
