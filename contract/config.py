@@ -12,12 +12,13 @@ import enum
 import json
 import math
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
 import yaml
 
 from contract import textfile
 from contract.errors import TunerError
+from contract.field_types import check_field_types
 from contract.textfile import short_repr, yaml_error_line  # noqa: F401 - re-exported
 
 MODEL_NAMES = ("multipath", "unet")
@@ -83,7 +84,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_schedule(self)
-        _check_types(self)
+        check_field_types(self, ConfigError, skip=("lr_schedule",))  # lr_schedule: _check_schedule
         if self.model not in MODEL_NAMES:
             raise ConfigError(f"model must be one of {', '.join(MODEL_NAMES)}, got {short_repr(self.model)}")
         if self.class_weights not in CLASS_WEIGHT_SCHEMES:
@@ -179,45 +180,3 @@ def _check_schedule(config: TrainConfig) -> None:
             raise ConfigError(f"lr_schedule epoch {epoch}: a learning rate must be a positive number, "
                               f"got {short_repr(rate)}")
     object.__setattr__(config, "lr_schedule", tuple(float(rate) for rate in value))
-
-
-def _check_types(config: TrainConfig) -> None:
-    """Reject values of the wrong type with the field's name (YAML makes ``1e-3`` a string)."""
-    for field in dataclasses.fields(config):
-        if field.name == "lr_schedule":  # a sequence: _check_schedule
-            continue
-        value = getattr(config, field.name)
-        expected = field.type if isinstance(field.type, type) else _resolve(field.type)
-        allowed = get_args(expected) if get_origin(expected) is not None else (expected,)
-        if value is None and type(None) in allowed:
-            continue
-        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-            try:
-                value = float(value)
-            except OverflowError:  # an int literal beyond float range
-                raise ConfigError(f"{field.name} must be finite, got {short_repr(value)}") from None
-            object.__setattr__(config, field.name, value)
-        if isinstance(value, bool) and bool not in allowed:
-            raise ConfigError(f"{field.name} must be {_name(allowed)}, got {short_repr(value)}")
-        if not isinstance(value, allowed):
-            raise ConfigError(f"{field.name} must be {_name(allowed)}, got {short_repr(value)}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{field.name} must be finite, got {short_repr(value)}")
-
-
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
-
-
-def _resolve(annotation: Any) -> Any:
-    """Turn the string annotations of ``from __future__ import annotations`` into types."""
-    if isinstance(annotation, str):
-        parts = [p.strip() for p in annotation.split("|")]
-        types = tuple(_TYPES[p] for p in parts)
-        if len(types) == 1:
-            return types[0]
-        return types[0] | types[1] if len(types) == 2 else annotation
-    return annotation
-
-
-def _name(allowed: tuple[type, ...]) -> str:
-    return " or ".join("null" if t is type(None) else t.__name__ for t in allowed)

@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 
 from contract.errors import TunerError
+from contract.field_types import check_field_types
 from contract.space import SearchSpace, SpaceError
 
 SPEC_ATTR = "tuner_spec"
@@ -93,7 +94,7 @@ class StudySpec:
     def __post_init__(self) -> None:
         if isinstance(self.objectives, list):  # the JSON round trip of to_attr
             object.__setattr__(self, "objectives", tuple(self.objectives))
-        _check_types(self)
+        check_field_types(self, SpecError, names=_FIELD_TYPES)  # a stored spec: JSON anyone could write
         check_objectives(self.objectives)
         if self.multi_objective:
             if self.pruner != Pruner.NONE:
@@ -261,9 +262,8 @@ def tpe_options(workers_hint: int) -> dict[str, Any]:
     return {"constant_liar": True, "n_startup_trials": STARTUP_TRIALS}
 
 
-_FIELD_TYPES: dict[str, type] = {
-    "int": int, "str": str, "bool": bool, "SearchSpace": SearchSpace, "tuple[str, ...]": tuple,
-}
+#: The spec's annotations beyond the builtins, for :func:`contract.field_types.check_field_types`.
+_FIELD_TYPES: dict[str, type] = {"SearchSpace": SearchSpace, "tuple[str, ...]": tuple}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -329,12 +329,3 @@ def check_objectives(objectives: tuple[str, ...]) -> None:
         raise SpecError(
             f"--objectives {','.join(objectives)}: at most one cost (params or latency) next to miou"
         )
-
-
-def _check_types(spec: StudySpec) -> None:
-    """Reject wrong types by field name; a stored spec is JSON that anyone could have written."""
-    for field in dataclasses.fields(spec):
-        expected = _FIELD_TYPES[field.type] if isinstance(field.type, str) else field.type
-        value = getattr(spec, field.name)
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise SpecError(f"{field.name} must be {expected.__name__}, got {value!r}")
