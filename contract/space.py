@@ -151,11 +151,12 @@ class SearchSpace:
         return self.config(values)
 
     def config(self, params: dict[str, Any]) -> TrainConfig:
-        """The full training config for sampled ``params`` (e.g. a finished trial's)."""
-        try:
-            return TrainConfig.from_dict({**self.fixed, **params})
-        except ConfigError as exc:
-            raise SpaceError(str(exc)) from None
+        """The full training config for sampled ``params`` (e.g. a finished trial's).
+
+        Raises:
+            ConfigError: the values make no valid training config.
+        """
+        return TrainConfig.from_dict({**self.fixed, **params})
 
     @property
     def max_epochs(self) -> int:

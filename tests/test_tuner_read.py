@@ -28,6 +28,7 @@ from rich.console import Console
 import yaml
 
 from contract import trial_attrs
+from contract.artifacts import ArtifactDirError
 from contract.config import ConfigError, TrainConfig
 from contract.study_spec import StudySpec
 import storage
@@ -360,7 +361,7 @@ def test_export_model_downloads_the_uploaded_artifact(pg_url, tmp_path):
         export.export_best("withmodel", storage=pg_url, model=tmp_path / "m2.keras")
     with pytest.raises(StudyError, match=r"name it \*\.keras"):
         export.export_best("withmodel", storage=pg_url, model=tmp_path / "m2.h5", artifact_dir=artifacts)
-    with pytest.raises(StudyError, match="is a file, not a directory"):
+    with pytest.raises(ArtifactDirError, match="is a file, not a directory"):
         export.export_best("withmodel", storage=pg_url, model=tmp_path / "m2.keras",
                            artifact_dir=tmp_path / "trial.keras")
 
@@ -453,7 +454,7 @@ def test_dashboard_on_a_busy_port_is_one_clear_error(pg_url, capsys):
 def test_dashboard_bad_inputs_fail_before_serving_and_write_nothing(pg_url, tmp_path):
     a_file = tmp_path / "a-file"
     a_file.write_text("")
-    with pytest.raises(dashboard.DashboardError, match="artifact directory .* is a file"):
+    with pytest.raises(ArtifactDirError, match="artifact directory .* is a file"):
         dashboard.serve(pg_url, storage=None, artifact_dir=a_file)
     fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
     with pytest.raises(StudyError, match=r"no study 'typo'.*\(studies: none\)"):

@@ -30,7 +30,7 @@ from storage.budget_lock import budget_lock
 from storage.counts import user_attr_pairs
 from storage.optuna_internals import trial_id
 from storage.summaries import load_trials, marked_trial_ids
-from tuner.study import load_spec, open_study
+from tuner.study import open_study
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ def confirm(name: str, *, storage_url: str | None, top: int, seeds: int) -> list
         raise ConfirmError(f"--top and --seeds must be >= 1, got --top {top} --seeds {seeds}")
     study, url, rdb = open_study(name, storage_url)
     try:
-        spec = load_spec(study)
+        spec = StudySpec.of(study)
         if "seed" in spec.space.params:
             raise ConfirmError(f"study {name!r} searches the training seed itself; confirmation runs vary the "
                                "seed, so its space must leave seed fixed")

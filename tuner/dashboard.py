@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from sqlalchemy.engine import make_url
 
-from contract.artifacts import ArtifactDirError, open_artifact_store
+from contract.artifacts import open_artifact_store
 import storage as storage_lib  # `serve` has a keyword argument named storage
 from storage.roles import can_write
 from tuner.study import StudyError, unknown_study
@@ -43,7 +43,8 @@ def serve(
 
     Raises:
         StudyError: unknown study name.
-        DashboardError: the port cannot be bound; the artifact directory is unusable.
+        DashboardError: the port cannot be bound.
+        ArtifactDirError: the artifact directory is unusable.
         StorageError: unreachable database.
     """
     url_given, study_name = _split_target(target, storage)
@@ -142,12 +143,7 @@ def _split_target(target: str | None, storage_url: str | None) -> tuple[str | No
 
 
 def _artifact_store(artifact_dir: Path | None) -> Any:
-    if artifact_dir is None:
-        return None
-    try:
-        return open_artifact_store(artifact_dir, create=True)
-    except ArtifactDirError as exc:
-        raise DashboardError(str(exc)) from None
+    return None if artifact_dir is None else open_artifact_store(artifact_dir, create=True)
 
 
 def _url_host(host: str) -> str:

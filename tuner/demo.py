@@ -41,17 +41,13 @@ def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url:
     With two ``objectives`` the study has no pruner and the exported configuration is the
     trial ``pick`` chooses from the Pareto front.
     """
-    from contract.study_spec import SpecError
     from contract.synth import write_npz
     from tuner.export import export_best
     from tuner.readers import check_pick
     from tuner.status import print_status
 
     check_file_safe_name(study)  # before anything is written: the files are named after it
-    try:
-        goal = parse_objectives(objectives)
-    except SpecError as exc:
-        raise StudyError(str(exc)) from None
+    goal = parse_objectives(objectives)
     check_pick(pick, len(goal), study)
     if pick.confirmed:  # it would fail at the end, after the whole search
         raise StudyError("--pick confirmed needs `tuner confirm` runs, which the demo does not make; run the demo, "

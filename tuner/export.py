@@ -22,12 +22,11 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from contract import trial_attrs
-from contract.artifacts import ArtifactDirError, is_artifact_id, open_artifact_store
+from contract.artifacts import is_artifact_id, open_artifact_store
 from contract.atomic import replacing
 from contract.config import ConfigError, ConfigFormat, TrainConfig
 from contract.confirm import Confirmed, summarize
 from contract.pareto import Pick, pick_trial
-from contract.space import SpaceError
 from contract.study_spec import StudySpec
 from contract.textfile import short_repr
 from tuner.study import StudyError, load
@@ -64,6 +63,7 @@ def export_best(
         StudyError: unknown study, no completed trial, no saved model, unwritable output, a
             ``pick`` for a study with one objective.
         PickError: ``pick`` is not a pick rule.
+        ArtifactDirError: ``--model`` with an unusable ``artifact_dir``.
     """
     fmt = _check_format(fmt, output)
     pick = Pick.parse(pick)
@@ -163,7 +163,7 @@ def config_of(trial: FrozenTrial, spec: StudySpec) -> TrainConfig:
     recorded = trial_attrs.config_of(trial)
     try:
         config = TrainConfig.from_dict(recorded) if recorded is not None else spec.space.config(trial.params)
-    except (ConfigError, SpaceError) as exc:
+    except ConfigError as exc:
         raise ConfigError(f"trial {trial.number}'s config is not usable: {exc}") from None
     schedule = trial_attrs.lr_schedule_of(trial)
     return config if schedule is None else config.replace(lr_schedule=schedule)
@@ -232,10 +232,7 @@ def downloaded_model(trial: FrozenTrial, path: Path, artifact_dir: Path) -> Iter
             f"--model: trial {trial.number}'s model artifact id {short_repr(artifact_id)} is not "
             "an artifact id (expected a UUID); refusing to read outside --artifact-dir"
         )
-    try:
-        store = open_artifact_store(artifact_dir, create=False)
-    except ArtifactDirError as exc:
-        raise StudyError(str(exc)) from None
+    store = open_artifact_store(artifact_dir, create=False)
     try:
         with replacing(path, suffix=path.suffix) as tmp:
             download_artifact(artifact_store=store, file_path=str(tmp), artifact_id=str(artifact_id))

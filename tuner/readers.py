@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy
 
 from contract.pareto import Pick
-from contract.study_spec import SPEC_ATTR, SpecError, StudySpec
+from contract.study_spec import SPEC_ATTR, StudySpec
 import storage
 from storage.summaries import StudyHead, find_study, study_names
 from tuner.study import StudyError
@@ -29,14 +29,11 @@ def spec_or_none(head: StudyHead) -> StudySpec | None:
     """The study's spec, or ``None`` for a study created outside ``tuner`` (still listable).
 
     Raises:
-        StudyError: a corrupt spec (worth reporting).
+        SpecError: a corrupt spec (worth reporting).
     """
     if SPEC_ATTR not in head.user_attrs:
         return None
-    try:
-        return StudySpec.of(head)  # type: ignore[arg-type]  # reads study_name and user_attrs only
-    except SpecError as exc:
-        raise StudyError(str(exc)) from None
+    return StudySpec.of(head)  # type: ignore[arg-type]  # reads study_name and user_attrs only
 
 
 def find_or_fail(engine: sqlalchemy.Engine, name: str, url: str) -> StudyHead:

@@ -17,11 +17,10 @@ import optuna
 from optuna.storages import RDBStorage
 
 from contract.errors import TunerError
-from contract.space import SearchSpace, SpaceError
+from contract.space import SearchSpace
 from contract.study_spec import (
     SPEC_ATTR,
     CreateOptions,
-    SpecError,
     StudySpec,
     default_pruner,
     parse_objectives,
@@ -56,8 +55,9 @@ def create_study(name: str, options: CreateOptions) -> str:
     Everything is checked before the database is touched (:func:`_plan`).
 
     Raises:
-        StudyError: bad options or inputs, or the study exists (and neither ``overwrite`` nor
+        StudyError: bad options, or the study exists (and neither ``overwrite`` nor
             ``exist_ok`` says what to do).
+        SpecError, SpaceError, DataError, WarmStartError: a bad input, in its own words.
     """
     spec, queued, queue_note = _plan(name, options)
     url = storage.resolve_url(options.storage_url)
@@ -70,7 +70,7 @@ def create_study(name: str, options: CreateOptions) -> str:
             existing = {s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)}
             if name in existing:
                 if options.exist_ok:
-                    _check_same(name, spec, load_spec(optuna.load_study(study_name=name, storage=rdb)))
+                    _check_same(name, spec, StudySpec.of(optuna.load_study(study_name=name, storage=rdb)))
                     return f"study {name!r} already exists in {storage.mask_url(url)}; kept as is"
                 if not options.overwrite:
                     raise StudyError(
@@ -112,31 +112,22 @@ def _plan(name: str, options: CreateOptions) -> tuple[StudySpec, list[dict], str
         raise StudyError("--overwrite and --exist-ok contradict each other; pick one")
     check_study_name(name)
     objectives = options.objectives
-    try:
-        objectives = parse_objectives(objectives) if isinstance(objectives, str) else tuple(objectives)
-    except SpecError as exc:
-        raise StudyError(str(exc)) from None
+    objectives = parse_objectives(objectives) if isinstance(objectives, str) else tuple(objectives)
     pruner = default_pruner(objectives) if options.pruner is None else options.pruner
     _check_data_options(options)
-    try:
-        space = SearchSpace.load(options.space_path or default_space_path())
-    except SpaceError as exc:
-        raise StudyError(str(exc)) from None
+    space = SearchSpace.load(options.space_path or default_space_path())
     if options.fingerprint is not None:
         fingerprint = options.fingerprint
     else:
         assert options.data is not None
         fingerprint = _data_fingerprint(options.data, options.remove_aliens)
-    try:
-        spec = StudySpec(
-            space=space, data_fingerprint=fingerprint, n_trials=options.trials, sampler=options.sampler,
-            seed=options.seed, pruner=pruner, min_epochs=options.min_epochs,
-            heartbeat_interval=options.heartbeat_interval, grace_period=options.grace_period,
-            max_retry=options.max_retry, remove_aliens=options.remove_aliens, objectives=objectives,
-            workers_hint=options.workers_hint,
-        )
-    except SpecError as exc:
-        raise StudyError(str(exc)) from None
+    spec = StudySpec(
+        space=space, data_fingerprint=fingerprint, n_trials=options.trials, sampler=options.sampler,
+        seed=options.seed, pruner=pruner, min_epochs=options.min_epochs,
+        heartbeat_interval=options.heartbeat_interval, grace_period=options.grace_period,
+        max_retry=options.max_retry, remove_aliens=options.remove_aliens, objectives=objectives,
+        workers_hint=options.workers_hint,
+    )
     queued, queue_note = warm_start.plan(space, list(options.enqueue), seed_config=options.seed_config)
     if len(queued) > options.trials:
         raise StudyError(f"{len(queued)} configurations to enqueue exceed the budget of {options.trials} trials")
@@ -159,13 +150,11 @@ def _data_fingerprint(data: Path, remove_aliens: bool) -> str:
     from contract.data import check_trainable, load_npz
     from contract.data_format import DataError
 
-    try:
-        loaded = load_npz(data, load_test=False, remove_aliens=remove_aliens)
-    except DataError as exc:
-        raise StudyError(str(exc)) from None
+    loaded = load_npz(data, load_test=False, remove_aliens=remove_aliens)
     try:
         check_trainable(loaded.masks)  # else every trial would fail
     except DataError as exc:
+        # Kept: the message of check_trainable does not say which file it is about.
         raise StudyError(f"--data {data}: {exc}") from None
     return loaded.fingerprint
 
@@ -252,13 +241,6 @@ def check_file_safe_name(name: str, option: str = "--study") -> None:
         )
 
 
-def load_spec(study: optuna.Study) -> StudySpec:
-    try:
-        return StudySpec.of(study)
-    except (SpecError, SpaceError) as exc:
-        raise StudyError(str(exc)) from None
-
-
 def open_study(name: str, storage_url: str | None) -> tuple[optuna.Study, str, RDBStorage]:
     """Open an existing study: (study, resolved url, its storage, for the caller to dispose of).
 
@@ -285,4 +267,4 @@ def unknown_study(name: str, rdb: RDBStorage, url: str) -> StudyError:
 def load(name: str, storage_url: str | None) -> tuple[optuna.Study, StudySpec, str]:
     """Open an existing study created by ``tuner create``: (study, spec, resolved url)."""
     study, url, _ = open_study(name, storage_url)
-    return study, load_spec(study), url
+    return study, StudySpec.of(study), url

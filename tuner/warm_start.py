@@ -84,6 +84,8 @@ def read_config(path: Path) -> dict[str, Any]:
     try:
         TrainConfig.from_dict(values)
     except ConfigError as exc:
+        # Kept: plan() catches WarmStartError to name the --enqueue file, or to turn the seed
+        # configuration's into a note instead of a failed `tuner create`.
         raise WarmStartError(str(exc)) from None
     return dict(values)
 

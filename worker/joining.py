@@ -20,9 +20,9 @@ import warnings
 import optuna
 
 from contract import trial_attrs
-from contract.artifacts import ArtifactDirError, open_artifact_store
+from contract.artifacts import open_artifact_store
 from contract.data import MarsData, load_npz
-from contract.study_spec import SpecError, StudySpec
+from contract.study_spec import StudySpec
 import storage
 from storage.errors import SettingError
 from storage.retry import DatabaseUnavailable, is_transient
@@ -72,7 +72,10 @@ def join(options: WorkerOptions) -> Joined:
     """Check everything that can be checked before the first trial, in order of cost.
 
     Raises:
-        RunnerError: no such study, other data than the study's, a bad artifact directory or device.
+        RunnerError: no such study, other data than the study's.
+        contract.study_spec.SpecError: the study's spec is unreadable.
+        contract.artifacts.ArtifactDirError: a bad artifact directory.
+        worker.training.device.DeviceError: a bad ``--gpu`` or device.
         storage.StorageError: database unreachable (after ``wait_for_db_s``) or without schema.
         contract.data_format.DataError: the local data file is invalid.
     """
@@ -98,12 +101,7 @@ def join(options: WorkerOptions) -> Joined:
 
 def _artifact_store(artifact_dir: Path | None) -> Any:
     """Before loading data or training: a bad path must not cost a trial."""
-    if artifact_dir is None:
-        return None
-    try:
-        return open_artifact_store(artifact_dir, create=True)
-    except ArtifactDirError as exc:
-        raise RunnerError(str(exc)) from None
+    return None if artifact_dir is None else open_artifact_store(artifact_dir, create=True)
 
 
 def _load_data(options: WorkerOptions, spec: StudySpec, say: Callable[[str], None]) -> MarsData:
@@ -122,12 +120,9 @@ def _load_data(options: WorkerOptions, spec: StudySpec, say: Callable[[str], Non
 def _device(options: WorkerOptions, url: str, say: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
     # Importing the backend is the first quiet stretch a new user sees (seconds; more on a busy machine).
     say(f"starting Keras on {os.environ.get('KERAS_BACKEND') or 'tensorflow'} (takes a few seconds)")
-    from worker.training.device import DeviceError, configure, describe
+    from worker.training.device import configure, describe
 
-    try:
-        device = configure(options.gpu)
-    except DeviceError as exc:
-        raise RunnerError(str(exc)) from None
+    device = configure(options.gpu)
     provenance = describe(device)
     from worker.training.backend import enable_compile_cache
 
@@ -213,10 +208,7 @@ def read_spec(url: str, study_name: str) -> StudySpec:
         ) from None
     finally:
         probe.engine.dispose()
-    try:
-        return StudySpec.of(study)
-    except (SpecError, ValueError) as exc:
-        raise RunnerError(str(exc)) from None
+    return StudySpec.of(study)  # SpecError for any unreadable spec
 
 
 class _SayHandler(logging.Handler):
