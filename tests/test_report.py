@@ -32,7 +32,7 @@ import yaml
 from contract import trial_attrs as attrs
 from contract.study_spec import StudySpec
 import storage
-from tuner import export
+from tuner import export, report_sections
 from tuner import report as tuner_report
 from tuner.study import CreateOptions, StudyError, create_study
 from worker.training import preview
@@ -369,7 +369,7 @@ def test_importance_of_two_objectives_explains_high_miou_not_low(pg_url):
         trial.number, trial._trial_id = number, number
     directions = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
     study = SnapshotStorage("mo", directions, trials).study()
-    importances, _ = tuner_report._importances(study, len(trials))
+    importances, _ = report_sections.importances(study, len(trials))
     assert list(importances)[0] == "lr", importances
 
 
