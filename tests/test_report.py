@@ -376,12 +376,13 @@ def test_importance_of_two_objectives_explains_high_miou_not_low(pg_url):
 def test_figures_reach_plotly_js_as_data_that_cannot_end_the_script():
     """Numbers travel as plotly.js typed arrays (gaps as NaN); no text can close the <script>."""
     from tuner import report_figures as figs
+    from tuner import report_plotly
 
-    packed = figs._numbers([0.5, None, 2.0])
+    packed = report_plotly.numbers([0.5, None, 2.0])
     raw = np.frombuffer(base64.b64decode(packed["bdata"]), dtype="<f8")
     assert packed["dtype"] == "f8" and raw[0] == 0.5 and math.isnan(raw[1]) and raw[2] == 2.0
     fig = figs.importance({"</script><script>alert(1)</script>": 0.9, "lr": 0.1}, "PED-ANOVA")
-    div = figs.to_div(fig, "figure-1")
+    div = report_plotly.to_div(fig, "figure-1")
     assert div.count("</script>") == 1 and div.endswith("</script>")
     assert '"\\u003c/script\\u003e' in div  # the name survives, escaped
 

@@ -1,15 +1,11 @@
 """The plots of ``tuner report``, as plotly figures given to plotly.js as plain data.
 
-A figure here is the dict plotly.js draws (``{"data": [traces], "layout": {...}}``), written into
-the page by :func:`to_div`. Building the same figures as plotly's Python graph objects validated
-every property of every trace: at 5,000 trials that was most of the report's time
-(docs/benchmarks.md), while the browser draws exactly the same. plotly.js (inlined once by the report)
-is still the plotting library; only the Python objects are skipped.
-
-Optuna's own plot is used for one rare case only, the Pareto front of more than two objectives.
-The others follow Optuna's plots where it has one (importance bars, slices, parallel coordinates)
-and add what it lacks (history over wall-clock time, learning curves as one trace per state,
-per-class IoU, confusion matrix, the mIoU-against-cost front with its pick).
+A figure here is the dict plotly.js draws (:mod:`tuner.report_plotly`: why plain data, the
+report's look, typed arrays). Optuna's own plot is used for one rare case only, the Pareto front
+of more than two objectives. The others follow Optuna's plots where it has one (importance bars,
+slices, parallel coordinates) and add what it lacks (history over wall-clock time, learning
+curves as one trace per state, per-class IoU, confusion matrix, the mIoU-against-cost front with
+its pick).
 
 Every builder takes trials already read (:func:`storage.summaries.load_trials`); none touches
 the database.
@@ -17,9 +13,7 @@ the database.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterable, Sequence
-import datetime
 import json
 import math
 from typing import TYPE_CHECKING, Any
@@ -31,103 +25,28 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.report_plotly import (
+    AXIS,
+    BLUE_SCALE,
+    COLORS,
+    TRIAL_BLUES,
+    TRIAL_SCALE,
+    Figure,
+    counting,
+    curve_opacity,
+    finite_or_none,
+    marker_size,
+    new_figure,
+    numbers,
+)
+
 if TYPE_CHECKING:
     import optuna
-
-#: What plotly.js draws: ``{"data": [...], "layout": {...}}``.
-Figure = dict[str, Any]
 
 CLASS_NAMES = {0: "background", 1: "soil", 2: "bedrock", 3: "sand", 4: "big rock"}
 METRIC = "validation mIoU"
 #: Parallel coordinates draw one line (trace) per trial, as Optuna's plot does: only the best ones.
 PARALLEL_BEST = 100
-HEIGHT = "440px"
-CONFIG = {"displaylogo": False, "responsive": True}
-_COLORS = {TrialState.COMPLETE: "#1f77b4", TrialState.PRUNED: "#d62728"}
-#: plotly's "Blues", light to dark.
-_BLUES = ["#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5", "#08519c", "#08306b"]
-#: The same as a colour scale (plotly.js' own "Blues" runs the other way, dark to light): for
-#: shares (the confusion matrix), where white is 0.
-_BLUE_SCALE = [[i / (len(_BLUES) - 1), c] for i, c in enumerate(_BLUES)]
-#: Trials as markers and lines on white: the lightest is still seen (else the worst trial vanishes).
-_TRIAL_BLUES = _BLUES[3:]
-_TRIAL_SCALE = [[i / (len(_TRIAL_BLUES) - 1), c] for i, c in enumerate(_TRIAL_BLUES)]
-_AXIS = {"gridcolor": "#e5e5e5", "zerolinecolor": "#cccccc", "linecolor": "#999999", "automargin": True}
-
-
-def to_div(fig: Figure, div_id: str) -> str:
-    """A ``<div>`` and the script that draws ``fig`` into it (plotly.js must be loaded before)."""
-    data = _json(fig["data"])
-    layout = _json(fig["layout"])
-    return (f'<div id="{div_id}" class="plotly-graph-div" style="height:{HEIGHT}; width:100%;"></div>'
-            f'<script type="text/javascript">Plotly.newPlot("{div_id}", {data}, {layout}, {_json(CONFIG)});'
-            "</script>")
-
-
-#: Characters that mean something to the HTML parser inside a ``<script>`` (``</script``, ``<!--``
-#: with ``<script`` "double-escapes" the rest of the page), written as JSON escapes instead.
-_SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
-
-
-def _json(value: Any) -> str:
-    # Outside strings JSON has none of "<>&"; inside them the escapes read back as the same text.
-    return json.dumps(value, separators=(",", ":"), default=_jsonable, allow_nan=False).translate(_SCRIPT_SAFE)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime.datetime):  # plotly.js reads local-time strings: write UTC
-        if value.tzinfo is not None:
-            value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
-        return value.isoformat(sep=" ")
-    raise TypeError(f"not JSON: {type(value).__name__}")
-
-
-def _numbers(values: Iterable[float | None], dtype: str = "f8") -> dict[str, str]:
-    """A numeric array as plotly.js' typed-array form (base64 of the raw bytes), as plotly writes
-    numpy arrays: thousands of numbers cost no decimal formatting. Missing values are gaps (NaN)."""
-    import numpy as np
-
-    array = np.array(values if isinstance(values, list) else list(values), dtype=float)  # None -> NaN
-    return {"dtype": dtype, "bdata": base64.b64encode(array.astype(_DTYPES[dtype]).tobytes()).decode("ascii")}
-
-
-_DTYPES = {"f8": "<f8", "f4": "<f4"}
-
-
-def _figure(data: list[dict[str, Any]], title: str, x_title: str = "", y_title: str = "",
-            **layout: Any) -> Figure:
-    """The report's look: white, light grid, the title on top; ``layout`` overrides."""
-    base: dict[str, Any] = {
-        "title": {"text": title}, "plot_bgcolor": "white", "paper_bgcolor": "white",
-        "margin": {"l": 60, "r": 20, "t": 50, "b": 50}, "font": {"family": "system-ui, sans-serif"},
-        "xaxis": {**_AXIS, "title": {"text": x_title}}, "yaxis": {**_AXIS, "title": {"text": y_title}},
-    }
-    for key, value in layout.items():
-        base[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return {"data": data, "layout": base}
-
-
-def _finite_or_none(value: float) -> float | None:
-    """A value plotly.js can place, or a gap."""
-    return value if math.isfinite(value) else None
-
-
-def _counting(values: Iterable[float]) -> dict[str, Any]:
-    """Axis (or colour bar) settings for counts (trial numbers, epochs): ticks on whole numbers
-    only; plotly's automatic step is fractional (0.5) for a span below about ten."""
-    values = list(values)
-    span = max(values) - min(values) if values else 0
-    return {"tickformat": "d", **({"tick0": 0, "dtick": 1} if span <= 10 else {})}
-
-
-def _curve_opacity(n: int) -> float:
-    """Learning curves: each one readable for a few trials, a density for thousands."""
-    return 0.9 if n <= 10 else 0.6 if n <= 100 else 0.35 if n <= 1000 else 0.2
-
-
-def _marker(n: int) -> int:
-    """Marker size: visible for a few trials, not a blot for thousands."""
-    return 8 if n < 200 else 5 if n < 1000 else 4
 
 
 def complete(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
@@ -143,8 +62,8 @@ def complete(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
 def history_by_number(trials: Sequence[FrozenTrial], maximize: bool) -> Figure:
     """Each COMPLETE trial's value by trial number, and the best so far."""
     done = sorted(complete(trials), key=lambda t: t.number)
-    fig = _history(done, _numbers(t.number for t in done), maximize, "trial", "best so far, by trial number")
-    fig["layout"]["xaxis"].update(_counting(t.number for t in done))
+    fig = _history(done, numbers(t.number for t in done), maximize, "trial", "best so far, by trial number")
+    fig["layout"]["xaxis"].update(counting(t.number for t in done))
     return fig
 
 
@@ -165,10 +84,10 @@ def _history(done: Sequence[FrozenTrial], x: Any, maximize: bool, x_title: str, 
     for v in values:
         so_far = max(so_far, v) if maximize else min(so_far, v)
         best.append(so_far)
-    return _figure([
-        {"type": "scatter", "x": x, "y": _numbers(values), "mode": "markers", "name": METRIC,
-         "marker": {"size": _marker(len(done)), "opacity": 0.6, "color": _COLORS[TrialState.COMPLETE]}},
-        {"type": "scatter", "x": x, "y": _numbers(best), "mode": "lines", "name": "best so far",
+    return new_figure([
+        {"type": "scatter", "x": x, "y": numbers(values), "mode": "markers", "name": METRIC,
+         "marker": {"size": marker_size(len(done)), "opacity": 0.6, "color": COLORS[TrialState.COMPLETE]}},
+        {"type": "scatter", "x": x, "y": numbers(best), "mode": "lines", "name": "best so far",
          "line": {"shape": "hv", "color": "#ff7f0e"}},
     ], title, x_title, METRIC)
 
@@ -181,7 +100,7 @@ def learning_curves(trials: Sequence[FrozenTrial]) -> Figure:
     """
     traces: list[dict[str, Any]] = []
     drawn = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.intermediate_values]
-    opacity = _curve_opacity(len(drawn))
+    opacity = curve_opacity(len(drawn))
     for state in (TrialState.COMPLETE, TrialState.PRUNED):
         xs: list[float | None] = []
         ys: list[float | None] = []
@@ -191,24 +110,24 @@ def learning_curves(trials: Sequence[FrozenTrial]) -> Figure:
                 continue
             steps = sorted(trial.intermediate_values)
             xs.extend(steps)
-            ys.extend(_finite_or_none(trial.intermediate_values[s]) for s in steps)
+            ys.extend(finite_or_none(trial.intermediate_values[s]) for s in steps)
             xs.append(None)
             ys.append(None)
-            ends.append((steps[-1], _finite_or_none(trial.intermediate_values[steps[-1]]), trial.number))
+            ends.append((steps[-1], finite_or_none(trial.intermediate_values[steps[-1]]), trial.number))
         if not ends:
             continue
         label = "complete" if state == TrialState.COMPLETE else "pruned"
-        traces.append({"type": "scatter", "x": _numbers(xs, "f4"), "y": _numbers(ys, "f4"), "mode": "lines",
-                       "name": label, "line": {"width": 1.5, "color": _COLORS[state]}, "opacity": opacity,
+        traces.append({"type": "scatter", "x": numbers(xs, "f4"), "y": numbers(ys, "f4"), "mode": "lines",
+                       "name": label, "line": {"width": 1.5, "color": COLORS[state]}, "opacity": opacity,
                        "hoverinfo": "skip", "connectgaps": False})
         if state == TrialState.PRUNED:
             traces.append({
-                "type": "scatter", "x": _numbers(e[0] for e in ends), "y": _numbers(e[1] for e in ends),
-                "mode": "markers", "name": "pruned here", "marker": {"symbol": "x", "size": 6, "color": _COLORS[state]},
+                "type": "scatter", "x": numbers(e[0] for e in ends), "y": numbers(e[1] for e in ends),
+                "mode": "markers", "name": "pruned here", "marker": {"symbol": "x", "size": 6, "color": COLORS[state]},
                 "text": [f"trial {e[2]} pruned after epoch {e[0]}" for e in ends], "hoverinfo": "text",
             })
     epochs = [s for t in drawn for s in (min(t.intermediate_values), max(t.intermediate_values))]
-    return _figure(traces, "learning curves", "epoch", METRIC, xaxis=_counting(epochs))
+    return new_figure(traces, "learning curves", "epoch", METRIC, xaxis=counting(epochs))
 
 
 # -- parameters ---------------------------------------------------------------------------------
@@ -218,10 +137,10 @@ def importance(importances: dict[str, float], evaluator_name: str) -> Figure:
     """Horizontal bars, most important on top, as Optuna's ``plot_param_importances`` draws them."""
     names = list(reversed(importances))
     values = [importances[n] for n in names]
-    return _figure(
-        [{"type": "bar", "orientation": "h", "x": _numbers(values), "y": names,
+    return new_figure(
+        [{"type": "bar", "orientation": "h", "x": numbers(values), "y": names,
           "text": [f"{v:.2f}" if v >= 0.01 else "<0.01" for v in values], "textposition": "outside",
-          "cliponaxis": False, "marker": {"color": _COLORS[TrialState.COMPLETE]},
+          "cliponaxis": False, "marker": {"color": COLORS[TrialState.COMPLETE]},
           "hovertemplate": "%{y}: %{x:.4f}<extra></extra>"}],
         f"parameter importance ({evaluator_name})", f"importance for {METRIC}", "parameter",
         yaxis={"type": "category"}, showlegend=False,
@@ -239,28 +158,28 @@ def slices(trials: Sequence[FrozenTrial], params: list[str]) -> Figure:
         having = [t for t in done if name in t.params]
         dist = having[0].distributions[name] if having else None
         axis = "xaxis" if i == 0 else f"xaxis{i + 1}"
-        x_axis: dict[str, Any] = {**_AXIS, "domain": [i * (width + gap), i * (width + gap) + width],
+        x_axis: dict[str, Any] = {**AXIS, "domain": [i * (width + gap), i * (width + gap) + width],
                                   "anchor": "y", "nticks": 5}
         if isinstance(dist, CategoricalDistribution):
             x: list[Any] = [str(t.params[name]) for t in having]
             x_axis.update(type="category", categoryorder="array", categoryarray=[str(c) for c in dist.choices])
         else:
-            x = _numbers(float(t.params[name]) for t in having)
+            x = numbers(float(t.params[name]) for t in having)
             if isinstance(dist, (FloatDistribution, IntDistribution)) and dist.log:
                 x_axis.update(type="log", dtick=1, exponentformat="e")  # a tick per decade: narrow panels
         layout[axis] = x_axis
         traces.append({
-            "type": "scatter", "x": x, "y": _numbers(t.values[0] for t in having), "mode": "markers",
+            "type": "scatter", "x": x, "y": numbers(t.values[0] for t in having), "mode": "markers",
             "name": name, "xaxis": "x" if i == 0 else f"x{i + 1}", "yaxis": "y",
             "text": [f"trial {t.number}" for t in having],
-            "marker": {"size": _marker(len(having)), "opacity": 0.6, "color": _numbers(t.number for t in having),
-                       "colorscale": _TRIAL_SCALE, "showscale": i == 0,
-                       "colorbar": {"title": {"text": "trial"}, **_counting(t.number for t in done)}},
+            "marker": {"size": marker_size(len(having)), "opacity": 0.6, "color": numbers(t.number for t in having),
+                       "colorscale": TRIAL_SCALE, "showscale": i == 0,
+                       "colorbar": {"title": {"text": "trial"}, **counting(t.number for t in done)}},
         })
         layout["annotations"].append({"text": name, "x": i * (width + gap) + width / 2, "y": 1.0, "xref": "paper",
                                       "yref": "paper", "xanchor": "center", "yanchor": "bottom",
                                       "showarrow": False, "font": {"size": 14}})
-    return _figure(traces, "slices of the most important parameters (complete trials)", "", METRIC, **layout)
+    return new_figure(traces, "slices of the most important parameters (complete trials)", "", METRIC, **layout)
 
 
 def parallel(trials: Sequence[FrozenTrial], params: list[str], maximize: bool, of: int) -> Figure:
@@ -286,7 +205,7 @@ def parallel(trials: Sequence[FrozenTrial], params: list[str], maximize: bool, o
         })
     traces.append({  # the colour bar
         "type": "scatter", "x": [None, None], "y": [None, None], "mode": "markers", "showlegend": False,
-        "hoverinfo": "skip", "marker": {"color": [low, high], "cmin": low, "cmax": high, "colorscale": _TRIAL_SCALE,
+        "hoverinfo": "skip", "marker": {"color": [low, high], "cmin": low, "cmax": high, "colorscale": TRIAL_SCALE,
                                         "reversescale": not maximize, "showscale": True,
                                         "colorbar": {"title": {"text": METRIC}}},
     })
@@ -295,7 +214,7 @@ def parallel(trials: Sequence[FrozenTrial], params: list[str], maximize: bool, o
         for y, text, anchor in ((1.0, a["top"], "bottom"), (0.0, a["bottom"], "top")):
             annotations.append({"x": i, "y": y, "text": text, "showarrow": False, "xref": "x", "yref": "y",
                                 "yanchor": anchor, "font": {"size": 10, "color": "#555"}})
-    return _figure(
+    return new_figure(
         traces, f"parallel coordinates of the {len(shown)} best of {of} complete trials",
         xaxis={"tickmode": "array", "tickvals": list(range(len(axes))), "ticktext": [a["label"] for a in axes],
                "range": [-0.3, len(axes) - 0.7], "showgrid": False, "zeroline": False},
@@ -335,8 +254,8 @@ def _numeric_axis(label: str, raw: list[float], position: list[float], fmt: Any)
 
 
 def _blue(share: float) -> str:
-    """A colour of :data:`_TRIAL_BLUES` for a share in 0-1 (0 light, 1 dark)."""
-    return _TRIAL_BLUES[min(int(share * (len(_TRIAL_BLUES) - 1) + 0.5), len(_TRIAL_BLUES) - 1)]
+    """A colour of :data:`TRIAL_BLUES` for a share in 0-1 (0 light, 1 dark)."""
+    return TRIAL_BLUES[min(int(share * (len(TRIAL_BLUES) - 1) + 0.5), len(TRIAL_BLUES) - 1)]
 
 
 # -- several objectives -------------------------------------------------------------------------
@@ -361,21 +280,21 @@ def pareto(trials: Sequence[FrozenTrial], cost: str, front: Sequence[FrozenTrial
     hover = _HOVER.format(title)
 
     def xy(group: Sequence[FrozenTrial]) -> dict[str, Any]:
-        return {"x": _numbers(t.values[1] for t in group), "y": _numbers(t.values[0] for t in group),
+        return {"x": numbers(t.values[1] for t in group), "y": numbers(t.values[0] for t in group),
                 "text": [f"trial {t.number}" for t in group], "hovertemplate": hover, "type": "scatter"}
 
     traces = [
         {**xy(rest), "mode": "markers", "name": "dominated",
-         "marker": {"size": _marker(len(done)), "opacity": 0.5, "color": "#9ecae1"}},
+         "marker": {"size": marker_size(len(done)), "opacity": 0.5, "color": "#9ecae1"}},
         {**xy(front), "mode": "lines+markers", "name": "Pareto front",
-         "line": {"shape": "hv", "color": _COLORS[TrialState.COMPLETE]},
-         "marker": {"size": _marker(len(done)) + 2, "color": _COLORS[TrialState.COMPLETE]}},
+         "line": {"shape": "hv", "color": COLORS[TrialState.COMPLETE]},
+         "marker": {"size": marker_size(len(done)) + 2, "color": COLORS[TrialState.COMPLETE]}},
     ]
     if picked is not None:
         traces.append({**xy([picked]), "mode": "markers", "name": f"picked ({pick})",
                        "marker": {"symbol": "star", "size": 16, "color": "#ff7f0e",
                                   "line": {"width": 1, "color": "#333"}}})
-    fig = _figure(traces, f"Pareto front: {METRIC} against {title} ({len(front)} of {len(done)} complete trials)",
+    fig = new_figure(traces, f"Pareto front: {METRIC} against {title} ({len(front)} of {len(done)} complete trials)",
                   title, METRIC)
     if cost == "params" and done and min(t.values[1] for t in done) > 0:
         fig["layout"]["xaxis"]["type"] = "log"  # parameter counts span orders of magnitude
@@ -384,7 +303,8 @@ def pareto(trials: Sequence[FrozenTrial], cost: str, front: Sequence[FrozenTrial
 
 def pareto_optuna(study: optuna.Study, names: list[str]) -> Figure:
     """More than two objectives (studies not made by ``tuner create``): Optuna's own plot, as
-    plotly serialises it (its numpy arrays become typed arrays, as in :func:`_numbers`)."""
+    plotly serialises it (its numpy arrays become typed arrays, as in
+    :func:`tuner.report_plotly.numbers`)."""
     from optuna.visualization import plot_pareto_front
 
     fig = json.loads(plot_pareto_front(study, target_names=names).to_json())
@@ -404,8 +324,8 @@ def per_class_iou(trials: Sequence[FrozenTrial]) -> Figure:
     bars = []
     for c in (1, 2, 3, 4):
         values = [p.get(str(c)) for p in per_class]
-        bars.append({"type": "bar", "x": labels, "y": _numbers(values), "name": CLASS_NAMES[c]})
-    return _figure(bars, f"IoU per class, {len(trials)} best trials", "trial (best first)", "IoU",
+        bars.append({"type": "bar", "x": labels, "y": numbers(values), "name": CLASS_NAMES[c]})
+    return new_figure(bars, f"IoU per class, {len(trials)} best trials", "trial (best first)", "IoU",
                    barmode="group", xaxis={"type": "category"}, yaxis={"range": [0, 1]})
 
 
@@ -417,8 +337,8 @@ def confusion(matrix: list[list[float]], trial_number: int) -> Figure:
         total = sum(row)
         shares.append([n / total if total else None for n in row])
     text = [[f"{s:.2f}" if s is not None else "" for s in row] for row in shares]
-    return _figure(
-        [{"type": "heatmap", "z": shares, "x": names, "y": names, "colorscale": _BLUE_SCALE, "zmin": 0, "zmax": 1,
+    return new_figure(
+        [{"type": "heatmap", "z": shares, "x": names, "y": names, "colorscale": BLUE_SCALE, "zmin": 0, "zmax": 1,
           "text": text, "texttemplate": "%{text}", "customdata": matrix,
           "hovertemplate": "true %{y}, predicted %{x}: %{customdata} pixels<extra></extra>"}],
         f"confusion matrix of trial {trial_number} (share of each true class)", "predicted", "true",

@@ -18,7 +18,7 @@ import numpy as np
 from optuna.trial import FrozenTrial
 
 from contract.parallelism import NEAR_FRACTION, Duplicates, Suggestion, in_flight, mean_in_flight, near_duplicates
-from tuner.report_figures import Figure, _figure, _marker, _numbers
+from tuner.report_plotly import Figure, marker_size, new_figure, numbers
 
 DEFINITION = (f"same categorical choices and every number within {NEAR_FRACTION:.0%} of its range "
               "(log scale for a log parameter) of an earlier trial's")
@@ -95,19 +95,19 @@ def figure(view: Parallelism) -> Figure:
         return [view.origin + datetime.timedelta(seconds=float(s)) for s in seconds]
 
     dup = view.duplicates
-    traces = [{"type": "scatter", "x": when(view.times), "y": _numbers(view.counts), "mode": "lines",
+    traces = [{"type": "scatter", "x": when(view.times), "y": numbers(view.counts), "mode": "lines",
                "name": "trials in flight", "line": {"shape": "hv", "color": "#1f77b4"}}]
     for mask, name, colour in ((dup.near & ~dup.concurrent, "near-duplicate", "#ff7f0e"),
                                (dup.concurrent, "near-duplicate while its twin ran", "#d62728")):
         if mask.any():
             starts = view.starts[mask]
             traces.append({
-                "type": "scatter", "x": when(starts), "y": _numbers(view.at(starts)), "mode": "markers",
+                "type": "scatter", "x": when(starts), "y": numbers(view.at(starts)), "mode": "markers",
                 "name": name, "text": [f"trial {view.numbers[i]}" for i in np.nonzero(mask)[0]],
                 "hovertemplate": "%{text}<extra></extra>",
-                "marker": {"size": _marker(int(mask.sum())), "color": colour, "symbol": "x"},
+                "marker": {"size": marker_size(int(mask.sum())), "color": colour, "symbol": "x"},
             })
-    fig = _figure(traces, "trials in flight over wall-clock time", "UTC", "trials running")
+    fig = new_figure(traces, "trials in flight over wall-clock time", "UTC", "trials running")
     fig["layout"]["xaxis"]["type"] = "date"
     fig["layout"]["yaxis"]["rangemode"] = "tozero"
     if view.peak <= 12:

@@ -24,6 +24,7 @@ from tuner.report_data import ReportData
 from tuner.report_figures import CLASS_NAMES
 from tuner.report_figures import complete as complete_trials
 from tuner.report_header import METRIC_NAME, best_values, header_rows
+from tuner.report_plotly import Figure, to_div
 
 TOP_SLICES = 4  # parameters in the slice plot
 TOP_PARALLEL = 6  # parameters in the parallel-coordinates plot
@@ -36,9 +37,9 @@ class Figures:
     def __init__(self) -> None:
         self.count = 0
 
-    def __call__(self, fig: figs.Figure) -> str:
+    def __call__(self, fig: Figure) -> str:
         self.count += 1
-        return figs.to_div(fig, f"figure-{self.count}")
+        return to_div(fig, f"figure-{self.count}")
 
 
 def bodies(data: ReportData, figure: Figures) -> dict[str, str]:
