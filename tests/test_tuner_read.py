@@ -32,7 +32,7 @@ from contract.artifacts import ArtifactDirError
 from contract.config import ConfigError, TrainConfig
 from contract.study_spec import StudySpec
 import storage
-from tuner import dashboard, export, status
+from tuner import dashboard, export, readers, status
 from tuner.study import CreateOptions, StudyError, create_study
 
 TUNER = BIN / "tuner"
@@ -129,10 +129,10 @@ def _console() -> Console:
 
 
 def test_summarize_counts_best_and_running(pg_url):
-    before = status.utc_now()
+    before = readers.utc_now()
     b = _mixed(pg_url)
     summary = status.summarize(_read(b), b.spec)
-    after = status.utc_now()
+    after = readers.utc_now()
 
     expected = Counter(t.state.name for t in b.study.get_trials(deepcopy=False))
     assert summary.counts == {s.name: expected.get(s.name, 0) for s in status.STATES}
