@@ -129,78 +129,86 @@ def db_init(
     typer.echo(f"roles {', '.join(ROLES)} ready; schema {revision} owned by {OWNER} in {mask_url(url)}")
 
 
+# `tuner create`'s options, named here so that its signature reads as a list.
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data", envvar="TUNER_DATA", show_envvar=True,
+        help="The challenge .npz; its fingerprint is recorded so workers with other data are refused.",
+    ),
+]
+FingerprintOpt = Annotated[str | None, typer.Option(help="Record this data fingerprint instead of reading --data.")]
+SpaceOpt = Annotated[Path | None, typer.Option(help="Search-space YAML. Default: the seed's ranges (shipped).")]
+TrialsOpt = Annotated[int, typer.Option(min=1, help="Trial budget for the whole study, across all workers.")]
+SamplerOpt = Annotated[Sampler, typer.Option(case_sensitive=False, help="How workers draw configurations.")]
+SeedOpt = Annotated[int, typer.Option(help="Sampler seed (each worker derives its own from it).")]
+PrunerOpt = Annotated[
+    Pruner | None,
+    typer.Option(case_sensitive=False, show_default=False,
+                 help="Early stopping of unpromising trials (resource: epochs). "
+                      f"Default: {StudySpec.pruner}; none with several objectives "
+                      "(nothing else is allowed there)."),
+]
+MinEpochsOpt = Annotated[
+    int, typer.Option(min=1, help="Epochs a trial trains before it can be pruned (Hyperband's min resource).")
+]
+HeartbeatOpt = Annotated[int, typer.Option(min=1, help="Seconds between worker heartbeats.")]
+GraceOpt = Annotated[
+    int, typer.Option(min=1, help="Seconds without heartbeat before a running trial is failed and retried.")
+]
+MaxRetryOpt = Annotated[int, typer.Option(min=0, help="How often a trial of a dead worker is retried.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Delete an existing study of that name first.")]
+ExistOkOpt = Annotated[
+    bool, typer.Option("--exist-ok", help="If the study exists, keep it and exit 0 (for re-runnable init jobs).")
+]
+EnqueueOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--enqueue", metavar="FILE.yaml",
+                 help="Enqueue this training config as a first trial (repeatable); it must fit the space."),
+]
+SeedConfigOpt = Annotated[
+    bool, typer.Option("--seed-config/--no-seed-config", help="Enqueue the seed team's best configuration.")
+]
+KeepAliensOpt = Annotated[
+    bool, typer.Option("--keep-aliens", help="Do not remove repeated-mask 'alien' images (recorded in the study).")
+]
+ObjectivesOpt = Annotated[
+    str,
+    typer.Option(metavar="LIST",
+                 help="What to optimise: miou, or accuracy against cost: miou,params (parameter count) or "
+                      "miou,latency (inference ms per image on the worker's device). Two objectives: "
+                      "a Pareto front, no pruning; --sampler tpe or nsga2."),
+]
+DEFAULT_OBJECTIVES = ",".join(StudySpec.objectives)
+WorkersHintOpt = Annotated[
+    int, typer.Option(min=1, metavar="N",
+                      help="Workers you expect to run at once (recorded; warns when --trials is under 3 waves) "
+                           "(docs/benchmarks.md, 'Parallel search quality').")
+]
+
+
 @app.command()
 def create(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Study name.")],
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data", envvar="TUNER_DATA", show_envvar=True,
-            help="The challenge .npz; its fingerprint is recorded so workers with other data are refused.",
-        ),
-    ] = None,
-    fingerprint: Annotated[
-        str | None, typer.Option(help="Record this data fingerprint instead of reading --data.")
-    ] = None,
-    space: Annotated[
-        Path | None, typer.Option(help="Search-space YAML. Default: the seed's ranges (shipped).")
-    ] = None,
-    trials: Annotated[
-        int, typer.Option(min=1, help="Trial budget for the whole study, across all workers.")
-    ] = 50,
-    sampler: Annotated[Sampler, typer.Option(case_sensitive=False, help="How workers draw configurations.")] = Sampler(
-        StudySpec.sampler
-    ),
-    seed: Annotated[int, typer.Option(help="Sampler seed (each worker derives its own from it).")] = StudySpec.seed,
-    pruner: Annotated[
-        Pruner | None,
-        typer.Option(case_sensitive=False, show_default=False,
-                     help="Early stopping of unpromising trials (resource: epochs). "
-                          f"Default: {StudySpec.pruner}; none with several objectives "
-                          "(nothing else is allowed there)."),
-    ] = None,
-    min_epochs: Annotated[
-        int, typer.Option(min=1, help="Epochs a trial trains before it can be pruned (Hyperband's min resource).")
-    ] = StudySpec.min_epochs,
-    heartbeat_interval: Annotated[
-        int, typer.Option(min=1, help="Seconds between worker heartbeats.")
-    ] = StudySpec.heartbeat_interval,
-    grace_period: Annotated[
-        int, typer.Option(min=1, help="Seconds without heartbeat before a running trial is failed and retried.")
-    ] = StudySpec.grace_period,
-    max_retry: Annotated[
-        int, typer.Option(min=0, help="How often a trial of a dead worker is retried.")
-    ] = StudySpec.max_retry,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Delete an existing study of that name first.")
-    ] = False,
-    exist_ok: Annotated[
-        bool, typer.Option("--exist-ok", help="If the study exists, keep it and exit 0 (for re-runnable init jobs).")
-    ] = False,
+    data: DataOpt = None,
+    fingerprint: FingerprintOpt = None,
+    space: SpaceOpt = None,
+    trials: TrialsOpt = 50,
+    sampler: SamplerOpt = Sampler(StudySpec.sampler),
+    seed: SeedOpt = StudySpec.seed,
+    pruner: PrunerOpt = None,
+    min_epochs: MinEpochsOpt = StudySpec.min_epochs,
+    heartbeat_interval: HeartbeatOpt = StudySpec.heartbeat_interval,
+    grace_period: GraceOpt = StudySpec.grace_period,
+    max_retry: MaxRetryOpt = StudySpec.max_retry,
+    overwrite: OverwriteOpt = False,
+    exist_ok: ExistOkOpt = False,
     storage: StorageOpt = None,
-    enqueue: Annotated[
-        list[Path] | None,
-        typer.Option("--enqueue", metavar="FILE.yaml",
-                     help="Enqueue this training config as a first trial (repeatable); it must fit the space."),
-    ] = None,
-    seed_config: Annotated[
-        bool, typer.Option("--seed-config/--no-seed-config", help="Enqueue the seed team's best configuration.")
-    ] = True,
-    keep_aliens: Annotated[
-        bool, typer.Option("--keep-aliens", help="Do not remove repeated-mask 'alien' images (recorded in the study).")
-    ] = False,
-    objectives: Annotated[
-        str,
-        typer.Option(metavar="LIST",
-                     help="What to optimise: miou, or accuracy against cost: miou,params (parameter count) or "
-                          "miou,latency (inference ms per image on the worker's device). Two objectives: "
-                          "a Pareto front, no pruning; --sampler tpe or nsga2."),
-    ] = ",".join(StudySpec.objectives),
-    workers_hint: Annotated[
-        int, typer.Option(min=1, metavar="N",
-                          help="Workers you expect to run at once (recorded; warns when --trials is under 3 waves) "
-                               "(docs/benchmarks.md, 'Parallel search quality').")
-    ] = StudySpec.workers_hint,
+    enqueue: EnqueueOpt = None,
+    seed_config: SeedConfigOpt = True,
+    keep_aliens: KeepAliensOpt = False,
+    objectives: ObjectivesOpt = DEFAULT_OBJECTIVES,
+    workers_hint: WorkersHintOpt = StudySpec.workers_hint,
 ) -> None:
     """Create a study from a search-space file (schema is created if missing)."""
     from tuner.study import create_study
