@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make this (Debian bookworm, root) machine able to run the Docker Compose deployment for real,
-# for the end-to-end test in tests/test_deploy.py. Idempotent: every step is skipped when its
+# for the end-to-end test in tests/test_deploy_e2e.py. Idempotent: every step is skipped when its
 # result is already there, so a second run takes a second or two.
 #
 #   1. docker.io and debootstrap from Debian's packages, if missing;

@@ -1,4 +1,4 @@
-"""What the Docker deployment tests share (tests/test_deploy.py, tests/test_deploy_pgbouncer.py).
+"""What the Docker deployment tests share (tests/test_deploy_*.py).
 
 The compose files as Compose sees them, without Docker: parsed with PyYAML and interpolated the
 way Compose does (``${VAR:-default}``, ``${VAR:?error}``, ``$$``). And for the tests that run
@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MAIN = ROOT / "docker-compose.yml"
 WORKERS = ROOT / "docker-compose.workers.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCS = ROOT / "docs" / "deployment.md"
+DOC_FILES = (*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md")  # every document whose commands users copy
 SECRET_DIR = "/run/secrets/"
 TEAM_URL = "postgresql://tuner@coordinator.example.org:5432/optuna"
 NOT_TUNER = ("postgres", "pgbouncer")  # the services that do not run the tuner image
@@ -168,7 +171,7 @@ def gpu_ids(service: Mapping[str, Any]) -> list[str]:
 CI_BASE_IMAGE = os.environ.get("CI_BASE_IMAGE", "mars-tuner-ci/python:3.11-bookworm")
 CI_POSTGRES_IMAGE = os.environ.get("CI_POSTGRES_IMAGE", "mars-tuner-ci/postgres:15-bookworm")
 CI_DEBIAN_IMAGE = os.environ.get("CI_DEBIAN_IMAGE", "mars-tuner-ci/debian:bookworm")
-# Built by tests/test_deploy.py's `docker compose build`; later tests reuse it (`up` builds it
+# Built by tests/test_deploy_e2e.py's `docker compose build`; later tests reuse it (`up` builds it
 # only when it is missing).
 CI_TUNER_IMAGE = os.environ.get("CI_TUNER_IMAGE", "mars-tuner-ci/tuner:e2e")
 E2E_SETUP = (
@@ -294,7 +297,7 @@ class Project:
 
     def env(self, **values: object) -> None:
         with (self.root / ".env").open("a") as env:
-            env.write("\n# tests/test_deploy.py\n" + "".join(f"{k}={v}\n" for k, v in values.items()))
+            env.write("\n# tests/deployment.py\n" + "".join(f"{k}={v}\n" for k, v in values.items()))
 
 
 def wait_for(predicate, timeout: float, what: str, log: list[str]):
@@ -305,9 +308,6 @@ def wait_for(predicate, timeout: float, what: str, log: list[str]):
             return value
         time.sleep(3)
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n" + "\n".join(log[-8:]))
-
-
-@pytest.mark.slow
 
 
 def leftovers(project: str) -> list[list[str]]:

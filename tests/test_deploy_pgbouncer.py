@@ -3,7 +3,7 @@
 Without Docker: the ``pgbouncer`` service of docker-compose.yml (a profile, the worker role and
 its secret, the workers' server settings as its ``connect_query``, TLS only with a certificate)
 and its image's entrypoint, run on this machine with a stand-in ``pgbouncer`` that only shows the
-files it was given. With Docker (marked like tests/test_deploy.py's deployment test): team
+files it was given. With Docker (marked like tests/test_deploy_e2e.py's deployment test): team
 workers reach the coordinator's PostgreSQL through the PgBouncer container over verified TLS,
 finish the budget exactly, and the pooler's console and the server both show that they did.
 """
@@ -291,7 +291,7 @@ def test_team_workers_through_the_pgbouncer_container_for_real(docker_ready, tmp
         )
         start = time.monotonic()
         coord.sh(PGB_COORDINATOR[0], timeout=900)  # the PgBouncer image (cached after the first run)
-        coord.sh(PGB_COORDINATOR[1], timeout=1200)  # builds the tuner image only if test_deploy did not
+        coord.sh(PGB_COORDINATOR[1], timeout=1200)  # builds the tuner image only if test_deploy_e2e did not
         timings["build + up"] = time.monotonic() - start
         bouncer = coord.sh("docker compose ps -q pgbouncer").stdout.strip()
         bouncer_ip = subprocess.run(
