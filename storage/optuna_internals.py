@@ -80,6 +80,39 @@ def grpc_proxy_server(storage: BaseStorage, host: str, port: int) -> Any:
     return make_server(storage, host, port)
 
 
+def delete_study(rdb: RDBStorage, name: str) -> None:
+    """Delete the study called ``name`` with all its trials; nothing if there is none.
+
+    ``RDBStorage.delete_study`` deletes the children through the ORM and swallows an
+    ``IntegrityError`` (logged at debug level): a worker that inserts a row (an epoch's report)
+    between the ORM's read of a trial's children and its delete left the whole study in place,
+    silently, and ``tuner create --overwrite`` then failed. Here the study's row and its trials'
+    rows are locked first (``FOR UPDATE``: a child row's foreign-key check waits for it), so the
+    ORM deletes everything Optuna's own delete would, and a writer that waited fails after.
+    """
+    from optuna.storages._rdb import models  # Optuna's ORM: its cascades are the schema's truth
+
+    session = rdb.scoped_session()
+    try:
+        lock = session.bind is not None and session.bind.dialect.name != "sqlite"  # SQLite: one writer anyway
+        row = session.execute(_with_lock(
+            sqlalchemy.select(models.StudyModel.study_id).where(models.StudyModel.study_name == name), lock)).first()
+        if row is not None:
+            session.execute(_with_lock(
+                sqlalchemy.select(models.TrialModel.trial_id).where(models.TrialModel.study_id == row[0]), lock)).all()
+            session.delete(session.get(models.StudyModel, row[0]))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _with_lock(select: sqlalchemy.Select, lock: bool) -> sqlalchemy.Select:
+    return select.with_for_update() if lock else select
+
+
 def rename_study(rdb: RDBStorage, study_row_id: int, name: str) -> None:
     """Give a study another name in one statement (Optuna has no rename)."""
     with rdb.engine.begin() as conn:
@@ -90,7 +123,6 @@ def rename_study(rdb: RDBStorage, study_row_id: int, name: str) -> None:
 
 
 __all__ = [
-    "grpc_proxy_server",
-    "backend_of", "claim_waiting", "forget_cached_trials", "new_trial", "rename_study", "stale_trial_ids",
-    "study_id", "study_storage", "trial_id",
+    "backend_of", "claim_waiting", "delete_study", "forget_cached_trials", "grpc_proxy_server", "new_trial",
+    "rename_study", "stale_trial_ids", "study_id", "study_storage", "trial_id",
 ]

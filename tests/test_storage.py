@@ -236,3 +236,62 @@ def test_sqlite_default_works_without_server(tuner_home):
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
     assert len(study.trials) == 3
     assert storage.check(url).ok
+
+
+def _delete_while_a_worker_reports(pg_url: str, delete) -> list[str]:
+    """Delete study 's' ten times while a thread keeps adding epoch reports to its running trial
+    (what a worker does, here without pause); the names left after each delete."""
+    import threading
+
+    rdb = optuna.storages.RDBStorage(pg_url)
+    engine = sqlalchemy.create_engine(pg_url)
+    left = []
+    for _ in range(10):
+        study = optuna.create_study(study_name="s", storage=rdb)
+        for _ in range(20):  # children for the ORM to walk through before it deletes the trial
+            study.enqueue_trial({})
+        trial_id = storage.optuna_internals.trial_id(study.ask())
+        stop = threading.Event()
+
+        def report(trial_id: int, stop: threading.Event) -> None:
+            step = 0
+            with engine.connect() as conn:
+                while not stop.is_set():
+                    step += 1
+                    try:
+                        conn.execute(sqlalchemy.text(
+                            "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
+                            "intermediate_value_type) VALUES (:t, :s, 0.5, 'FINITE')"), {"t": trial_id, "s": step})
+                        conn.commit()
+                    except sqlalchemy.exc.IntegrityError:  # the trial is gone: the worker would stop here
+                        conn.rollback()
+                        return
+
+        reporter = threading.Thread(target=report, args=(trial_id, stop))
+        reporter.start()
+        time.sleep(0.05)
+        try:
+            delete(rdb, "s")
+        finally:
+            stop.set()
+            reporter.join()
+        left += optuna.get_all_study_names(rdb)
+        if left:  # plain Optuna: clean up for the next round
+            for name in set(left):
+                storage.optuna_internals.delete_study(rdb, name)
+    engine.dispose()
+    return left
+
+
+def test_deleting_a_study_under_a_reporting_worker_really_deletes_it(pg_url):
+    # RDBStorage.delete_study swallows the IntegrityError of a row inserted mid-delete and leaves
+    # the study in place, so `tuner create --overwrite` then failed on the rename (seen in CI).
+    assert _delete_while_a_worker_reports(pg_url, storage.optuna_internals.delete_study) == []
+
+
+def test_plain_optuna_delete_can_leave_the_study_under_a_reporting_worker(pg_url):
+    # The race the test above guards against is real here: at least once in ten, Optuna's own
+    # delete leaves the study (if this ever passes with [], Optuna fixed it: drop the workaround).
+    left = _delete_while_a_worker_reports(
+        pg_url, lambda rdb, name: optuna.delete_study(study_name=name, storage=rdb))
+    assert left, "optuna.delete_study no longer leaves the study behind"

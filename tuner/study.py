@@ -27,7 +27,7 @@ from contract.study_spec import (
 )
 import storage
 from storage.locks import named_lock
-from storage.optuna_internals import rename_study, study_id
+from storage.optuna_internals import delete_study, rename_study, study_id
 
 #: ``studies.study_name`` is VARCHAR(512) in Optuna's schema.
 MAX_STUDY_NAME = 512
@@ -201,10 +201,10 @@ def _create_complete(
         for item in queued:  # exactly once, here: workers never enqueue
             study.enqueue_trial(item["params"], user_attrs={"enqueued_from": item["source"]})
         if replace:
-            optuna.delete_study(study_name=name, storage=rdb)
+            delete_study(rdb, name)
         rename_study(rdb, study_id(study), name)
     except BaseException:
-        optuna.delete_study(study_name=building, storage=rdb)  # never leave a half-made study
+        delete_study(rdb, building)  # never leave a half-made study
         raise
 
 
