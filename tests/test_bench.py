@@ -34,6 +34,7 @@ def _positive(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.long
 def test_train_throughput_smoke(tmp_path):
     result = _run("train_throughput.py", tmp_path / "tp.json", timeout=240)
     assert result["benchmark"] == "train_throughput"
@@ -163,6 +164,7 @@ def test_trial_overhead_smoke(tmp_path):
     assert result["verdict"] and any("goal" in line for line in result["verdict"])
 
 
+@pytest.mark.long
 def test_gpu_bench_smoke_on_cpu(tmp_path):
     pytest.importorskip("jax")
     import os
@@ -206,6 +208,7 @@ def test_parallel_search_smoke(tmp_path):
         assert 0.0 < cell["final_hv"]["median"] <= 1.0
 
 
+@pytest.mark.long
 def test_predict_speed_smoke(tmp_path):
     result = _run("predict_speed.py", tmp_path / "ps.json", timeout=600)
     assert result["benchmark"] == "predict_speed"
@@ -224,6 +227,7 @@ def test_predict_speed_smoke(tmp_path):
 
 
 @pytest.mark.skipif(not REAL_DATA.is_file(), reason=f"real data file absent: {REAL_DATA} (set MARS_REAL_DATA)")
+@pytest.mark.long
 def test_confirm_spread_smoke(tmp_path):
     result = _run("confirm_spread.py", tmp_path / "cs.json", timeout=900)
     assert result["benchmark"] == "confirm_spread"
