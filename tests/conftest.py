@@ -124,15 +124,26 @@ def pg_url(_databases: _Databases) -> Iterator[str]:
         _databases.drop(name)
 
 
+def _schema_database(databases: _Databases, template: str) -> Iterator[str]:
+    name = databases.take(template)
+    try:
+        yield PG_URL_TEMPLATE.format(db=name)
+    finally:
+        databases.drop(name)
+
+
 @pytest.fixture
 def pg_schema_url(_databases: _Databases, _schema_template: str) -> Iterator[str]:
     """URL of a new database that already holds Optuna's schema, for tests of what comes after
     ``tuner db init`` (tests of creating the schema take the empty ``pg_url``); dropped after."""
-    name = _databases.take(_schema_template)
-    try:
-        yield PG_URL_TEMPLATE.format(db=name)
-    finally:
-        _databases.drop(name)
+    yield from _schema_database(_databases, _schema_template)
+
+
+@pytest.fixture(scope="module")
+def pg_schema_module_url(_databases: _Databases, _schema_template: str) -> Iterator[str]:
+    """The same, one for a module: for a study that a module-scoped fixture builds once and that
+    several tests only read."""
+    yield from _schema_database(_databases, _schema_template)
 
 
 def kill_connections(url: str) -> int:

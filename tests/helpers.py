@@ -31,6 +31,14 @@ def run_cli(
     )
 
 
+def invoke(app: Any, *args: object, env: dict[str, str | None] | None = None) -> Any:
+    """Run a Typer ``app`` in-process with Typer's ``CliRunner`` (each argument as ``str``); ``env``
+    is set for the call (None removes). The click group catches errors as for a user."""
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+
 def one_error_line(output: str, exit_code: int, *, expected: int = 1) -> str:
     """Assert the project's error contract (one ``error:`` line, no traceback) and return the line."""
     assert exit_code == expected, output

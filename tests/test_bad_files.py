@@ -7,38 +7,32 @@ Studies live in SQLite files under ``tmp_path``: the defects are in parsing, not
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-import subprocess
 from typing import Any
 
-from helpers import one_error_line as _one_error_line
-from helpers import run_cli
+from helpers import invoke, one_cli_error
 import optuna
 import pytest
 
 from contract.config import ConfigError, TrainConfig
 from contract.study_spec import SPEC_ATTR, SpecError, StudySpec
-from contract.synth import write_npz
 import storage
+from tuner.cli import app as tuner_app
 from tuner.study import CreateOptions, create_study
+from worker.cli import app as worker_app
+
+pytestmark = pytest.mark.npz(40, seed=0)
 
 BINARY = bytes(range(128, 256))  # not UTF-8 anywhere
 
 
-def run(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    # The embedded default under cwd, whatever TUNER_STORAGE the environment has.
-    return run_cli(tool, *args, cwd=cwd, env={"TUNER_STORAGE": None, "TUNER_HOME": str(cwd / "tuner-home")})
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    return _one_error_line(result.stderr, result.returncode)
-
-
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "mars.npz"
-    write_npz(path, 40, seed=0)
-    return path
+def run(tool: str, *args: str, cwd: Path) -> Any:
+    """``tool``'s command in-process, in ``cwd``; the embedded default under it, whatever
+    TUNER_STORAGE the environment has."""
+    with contextlib.chdir(cwd):
+        return invoke({"tuner": tuner_app, "worker": worker_app}[tool], *args,
+                      env={"TUNER_STORAGE": None, "TUNER_HOME": str(cwd / "tuner-home")})
 
 
 # --- training config files (worker train --config) --------------------------------------------
@@ -87,7 +81,7 @@ def test_config_parse_errors_name_the_problem_and_its_position(tmp_path: Path):
 def test_worker_train_bad_config_is_one_line(tmp_path: Path, npz: Path, content: bytes, message: str):
     path = tmp_path / "config.yaml"
     path.write_bytes(content)
-    line = one_error_line(run("worker", "train", "--config", str(path), "--data", str(npz), cwd=tmp_path))
+    line = one_cli_error(run("worker", "train", "--config", str(path), "--data", str(npz), cwd=tmp_path))
     assert line.startswith("error: " + message.format(path=path)), line
 
 
@@ -112,7 +106,7 @@ def test_tuner_create_bad_space_is_one_line_and_writes_nothing(tmp_path: Path, n
     db = tmp_path / "t.db"
     result = run("tuner", "create", "s", "--data", str(npz), "--space", str(space),
                  "--storage", f"sqlite:///{db}", cwd=tmp_path)
-    assert message in one_error_line(result)
+    assert message in one_cli_error(result)
     assert not db.exists()  # validated before touching the database
 
 
@@ -182,7 +176,7 @@ def test_clis_report_a_corrupt_spec_in_one_line(study_url: str, tmp_path: Path, 
     _corrupt(study_url, _with("new_field", 1))
     tool, *args = command
     result = run(tool, *[a.format(npz=npz) for a in args], "--storage", study_url, cwd=tmp_path)
-    assert one_error_line(result) == (
+    assert one_cli_error(result) == (
         "error: study 's' has an unreadable tuner spec: unexpected field 'new_field' "
         "(written by another tuner version?)"
     )

@@ -30,29 +30,29 @@ def _drain(url: str, n_trials: int) -> int:
 
 
 @pytest.mark.slow
-def test_eight_processes_never_overrun_the_budget(pg_url):
-    storage.init_schema(pg_url)
-    optuna.create_study(storage=storage.open_storage(pg_url, heartbeat_interval=None), study_name="b")
+def test_eight_processes_never_overrun_the_budget(pg_schema_url):
+    storage.init_schema(pg_schema_url)
+    optuna.create_study(storage=storage.open_storage(pg_schema_url, heartbeat_interval=None), study_name="b")
     budget = 40
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=8, mp_context=ctx) as pool:
-        ran = list(pool.map(_drain, [pg_url] * 8, [budget] * 8))
+        ran = list(pool.map(_drain, [pg_schema_url] * 8, [budget] * 8))
     assert sum(ran) == budget
     assert sum(1 for r in ran if r > 0) >= 2
-    study = optuna.load_study(study_name="b", storage=storage.open_storage(pg_url, heartbeat_interval=None))
+    study = optuna.load_study(study_name="b", storage=storage.open_storage(pg_schema_url, heartbeat_interval=None))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * budget
 
 
-def test_queued_retry_is_handed_out_even_when_budget_is_allocated(pg_url):
-    storage.init_schema(pg_url)
-    rdb = storage.open_storage(pg_url)
+def test_queued_retry_is_handed_out_even_when_budget_is_allocated(pg_schema_url):
+    storage.init_schema(pg_schema_url)
+    rdb = storage.open_storage(pg_schema_url)
     study = optuna.create_study(storage=rdb, study_name="b")
-    first, _ = ask_within_budget(study, rdb, pg_url, 1)
+    first, _ = ask_within_budget(study, rdb, pg_schema_url, 1)
     assert first is not None
     study.tell(first, 0.5)
-    assert ask_within_budget(study, rdb, pg_url, 1)[0] is None  # budget of 1 used up
+    assert ask_within_budget(study, rdb, pg_schema_url, 1)[0] is None  # budget of 1 used up
     study.enqueue_trial({"x": 0.25})  # e.g. an interrupted trial queued again
-    retry, counts = ask_within_budget(study, rdb, pg_url, 1)
+    retry, counts = ask_within_budget(study, rdb, pg_schema_url, 1)
     assert retry is not None and counts[TrialState.WAITING] == 1
     assert retry.suggest_float("x", 0, 1) == 0.25
 
@@ -65,37 +65,37 @@ def _has_heartbeat(rdb, trial_id: int) -> bool:
         return conn.execute(query, {"t": trial_id}).scalar_one() == 1
 
 
-def test_asked_trials_have_a_heartbeat_at_once(pg_url):
-    storage.init_schema(pg_url)
-    rdb = storage.open_storage(pg_url)
+def test_asked_trials_have_a_heartbeat_at_once(pg_schema_url):
+    storage.init_schema(pg_schema_url)
+    rdb = storage.open_storage(pg_schema_url)
     study = optuna.create_study(storage=rdb, study_name="b")
-    trial, _ = ask_within_budget(study, rdb, pg_url, 1)
+    trial, _ = ask_within_budget(study, rdb, pg_schema_url, 1)
     assert trial is not None and _has_heartbeat(rdb, trial._trial_id)
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
-def test_trial_orphaned_before_its_first_heartbeat_is_failed_and_retried(pg_url):
+def test_trial_orphaned_before_its_first_heartbeat_is_failed_and_retried(pg_schema_url):
     """A worker that dies between ask and its first beat must not hold a budget slot forever."""
     import time
 
-    storage.init_schema(pg_url)
-    rdb = storage.open_storage(pg_url, heartbeat_interval=1, grace_period=2, max_retry=1)
+    storage.init_schema(pg_schema_url)
+    rdb = storage.open_storage(pg_schema_url, heartbeat_interval=1, grace_period=2, max_retry=1)
     study = optuna.create_study(storage=rdb, study_name="b")
     orphan = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # no heartbeat, owner "dead"
     assert not _has_heartbeat(rdb, orphan._trial_id)
 
-    other, _ = ask_within_budget(study, rdb, pg_url, 2)  # a live worker takes the second slot
+    other, _ = ask_within_budget(study, rdb, pg_schema_url, 2)  # a live worker takes the second slot
     assert other is not None and _has_heartbeat(rdb, orphan._trial_id)  # the orphan was adopted
     study.tell(other, other.suggest_float("x", 0, 1))
     assert rdb.get_trial(orphan._trial_id).state == TrialState.RUNNING  # within its grace period
 
     time.sleep(3.5)  # the adopted beat is never renewed: the orphan goes stale
-    retry, _ = ask_within_budget(study, rdb, pg_url, 2)
+    retry, _ = ask_within_budget(study, rdb, pg_schema_url, 2)
     assert retry is not None, "the budget waited for an orphan forever"
     assert rdb.get_trial(orphan._trial_id).state == TrialState.FAIL
     assert retry.params == orphan.params
     study.tell(retry, 0.5)
-    assert ask_within_budget(study, rdb, pg_url, 2)[0] is None
+    assert ask_within_budget(study, rdb, pg_schema_url, 2)[0] is None
     finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(finished) == 2
 
@@ -137,28 +137,28 @@ class _LockWatchingSampler(optuna.samplers.RandomSampler):
         return super().sample_relative(study, trial, search_space)
 
 
-def test_the_sampler_runs_outside_the_budget_lock(pg_url):
+def test_the_sampler_runs_outside_the_budget_lock(pg_schema_url):
     """Sampling is the slow part of an ask: inside the lock, every other worker would wait for it."""
     from worker.budget import budget_lock
 
-    storage.init_schema(pg_url)
-    rdb = storage.open_storage(pg_url)
-    sampler = _LockWatchingSampler(pg_url, "b")
+    storage.init_schema(pg_schema_url)
+    rdb = storage.open_storage(pg_schema_url)
+    sampler = _LockWatchingSampler(pg_schema_url, "b")
     study = optuna.create_study(storage=rdb, study_name="b", sampler=sampler)
-    with budget_lock(study, rdb, pg_url):
-        assert _lock_held(pg_url, "b")  # the probe sees the lock when it is held
-    trial, _ = ask_within_budget(study, rdb, pg_url, 1)
+    with budget_lock(study, rdb, pg_schema_url):
+        assert _lock_held(pg_schema_url, "b")  # the probe sees the lock when it is held
+    trial, _ = ask_within_budget(study, rdb, pg_schema_url, 1)
     trial.suggest_float("x", 0, 1)
     assert sampler.seen == {"before_trial": False, "sample_relative": False}
 
 
-def test_an_enqueued_trial_keeps_its_fixed_params_and_user_attrs(pg_url):
-    storage.init_schema(pg_url)
-    rdb = storage.open_storage(pg_url)
+def test_an_enqueued_trial_keeps_its_fixed_params_and_user_attrs(pg_schema_url):
+    storage.init_schema(pg_schema_url)
+    rdb = storage.open_storage(pg_schema_url)
     study = optuna.create_study(storage=rdb, study_name="b")
     study.enqueue_trial({"x": 0.75}, user_attrs={"why": "retry"})
     worker = optuna.load_study(study_name="b", storage=rdb)  # another process: a cold trial cache
-    trial, _ = ask_within_budget(worker, rdb, pg_url, 1)
+    trial, _ = ask_within_budget(worker, rdb, pg_schema_url, 1)
     assert trial.suggest_float("x", 0, 1) == 0.75 and trial.user_attrs == {"why": "retry"}
     assert [t.state for t in study.trials] == [TrialState.RUNNING]
 
@@ -178,26 +178,26 @@ def _train_like(url: str, ready, done) -> None:
 
 
 @pytest.mark.slow
-def test_training_workers_hold_one_connection_each(pg_url):
+def test_training_workers_hold_one_connection_each(pg_schema_url):
     """PostgreSQL allows 100 connections by default: 64 workers fit only at one each."""
     import collections
     import time
 
     import sqlalchemy
 
-    storage.init_schema(pg_url)
-    creator = storage.open_storage(pg_url, heartbeat_interval=None)
+    storage.init_schema(pg_schema_url)
+    creator = storage.open_storage(pg_schema_url, heartbeat_interval=None)
     optuna.create_study(storage=creator, study_name="c")
     creator.engine.dispose()  # only the workers' sessions are counted
     ctx = multiprocessing.get_context("spawn")
     n = 3
     ready, done = [ctx.Event() for _ in range(n)], ctx.Event()
-    procs = [ctx.Process(target=_train_like, args=(pg_url, ready[i], done)) for i in range(n)]
+    procs = [ctx.Process(target=_train_like, args=(pg_schema_url, ready[i], done)) for i in range(n)]
     for p in procs:
         p.start()
-    database = sqlalchemy.make_url(pg_url).database
+    database = sqlalchemy.make_url(pg_schema_url).database
     peak: collections.Counter[str] = collections.Counter()
-    engine = sqlalchemy.create_engine(pg_url, poolclass=sqlalchemy.pool.NullPool)
+    engine = sqlalchemy.create_engine(pg_schema_url, poolclass=sqlalchemy.pool.NullPool)
     try:
         assert all(r.wait(120) for r in ready)
         query = sqlalchemy.text("SELECT application_name, count(*) FROM pg_stat_activity "
@@ -217,15 +217,15 @@ def test_training_workers_hold_one_connection_each(pg_url):
     assert len(peak) == n and set(peak.values()) == {1}, peak
 
 
-def test_the_holder_waits_for_row_locks_as_long_as_configured(pg_url):
+def test_the_holder_waits_for_row_locks_as_long_as_configured(pg_schema_url):
     """A lock won in a short try must not leave that try's lock_timeout to the holder's statements."""
     import sqlalchemy
 
     from storage.locks import named_lock
 
-    storage.init_schema(pg_url)
-    rdb = storage.open_storage(pg_url)
-    with named_lock(pg_url, "t", engine=rdb.engine) as held:
+    storage.init_schema(pg_schema_url)
+    rdb = storage.open_storage(pg_schema_url)
+    with named_lock(pg_schema_url, "t", engine=rdb.engine) as held:
         shown = held.connection.execute(sqlalchemy.text("SHOW lock_timeout")).scalar_one()
     assert shown == "30s"  # storage.engine.LOCK_TIMEOUT_MS, not the try's 50 ms
 
@@ -255,7 +255,7 @@ def test_a_waiter_gets_the_lock_when_it_is_released_with_either_driver(pg_url, d
     assert got and got[0] >= let_go
 
 
-def test_the_locked_section_stays_a_few_statements_with_many_running_trials(pg_url):
+def test_the_locked_section_stays_a_few_statements_with_many_running_trials(pg_schema_url):
     """Every worker queues for this section: its statements must not grow with the busy workers.
 
     Optuna's own stale-trial check loaded every RUNNING trial (one per busy worker) as ORM objects
@@ -265,11 +265,11 @@ def test_the_locked_section_stays_a_few_statements_with_many_running_trials(pg_u
 
     from worker import budget
 
-    storage.init_schema(pg_url)
-    rdb = storage.open_storage(pg_url, heartbeat_interval=60, grace_period=120)
+    storage.init_schema(pg_schema_url)
+    rdb = storage.open_storage(pg_schema_url, heartbeat_interval=60, grace_period=120)
     study = optuna.create_study(storage=rdb, study_name="b")
     for _ in range(20):  # twenty busy workers' trials, beating
-        budget.ask_within_budget(study, rdb, pg_url, 100)
+        budget.ask_within_budget(study, rdb, pg_schema_url, 100)
     statements: list[str] = []
 
     def seen(conn, cursor, statement, *rest) -> None:
@@ -286,7 +286,7 @@ def test_the_locked_section_stays_a_few_statements_with_many_running_trials(pg_u
 
     budget._reserve = watched
     try:
-        trial, counts = budget.ask_within_budget(study, rdb, pg_url, 100)
+        trial, counts = budget.ask_within_budget(study, rdb, pg_schema_url, 100)
     finally:
         budget._reserve = plain
     assert trial is not None and counts[TrialState.RUNNING] == 20
@@ -295,16 +295,16 @@ def test_the_locked_section_stays_a_few_statements_with_many_running_trials(pg_u
     assert [t.state for t in study.get_trials()] == [TrialState.RUNNING] * 21  # fresh beats: none failed
 
 
-def test_a_first_heartbeat_on_the_lock_connection_replaces_an_earlier_one(pg_url):
+def test_a_first_heartbeat_on_the_lock_connection_replaces_an_earlier_one(pg_schema_url):
     """A queued trial taken again may carry a beat already: the one-statement beat must not fail."""
     from worker.budget import budget_lock
 
-    storage.init_schema(pg_url)
-    rdb = storage.open_storage(pg_url, heartbeat_interval=60, grace_period=120)
+    storage.init_schema(pg_schema_url)
+    rdb = storage.open_storage(pg_schema_url, heartbeat_interval=60, grace_period=120)
     study = optuna.create_study(storage=rdb, study_name="b")
     trial_id = study.ask()._trial_id
     rdb.record_heartbeat(trial_id)
-    with budget_lock(study, rdb, pg_url):
+    with budget_lock(study, rdb, pg_schema_url):
         storage.first_heartbeat(rdb, trial_id)
         storage.first_heartbeat(rdb, trial_id)
     assert _has_heartbeat(rdb, trial_id)  # one row, no unique-key error

@@ -84,8 +84,8 @@ class Study:
 
 
 @pytest.fixture
-def study(pg_url):
-    s = Study(pg_url, trials=4)
+def study(pg_schema_url):
+    s = Study(pg_schema_url, trials=4)
     yield s
     s.close()
 
@@ -129,12 +129,12 @@ def test_confirmation_seeds_follow_the_search_runs_own_seed():
     assert seeds_for(7, 2) == seeds_for(7, 3)[:2]  # a larger S keeps the first seeds
 
 
-def test_two_coordinators_at_once_queue_each_pair_once(pg_url):
-    s = Study(pg_url, trials=3)
+def test_two_coordinators_at_once_queue_each_pair_once(pg_schema_url):
+    s = Study(pg_schema_url, trials=3)
     try:
         s.search([0.5, 0.7, 0.6])
         with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(lambda _: confirm("c", storage_url=pg_url, top=3, seeds=3), range(4)))
+            list(pool.map(lambda _: confirm("c", storage_url=pg_schema_url, top=3, seeds=3), range(4)))
         assert len(s.marks()) == 9 and len(set(s.marks())) == 9
     finally:
         s.close()
@@ -165,25 +165,25 @@ def test_confirmations_take_no_search_slot_and_are_handed_out_after_the_budget_i
     assert sum(1 for t in study.trials() if trial_attrs.confirmation_of(t.user_attrs) is None) == study.n_trials
 
 
-def test_a_dead_workers_confirmation_is_retried_as_a_confirmation_outside_the_budget(pg_url):
+def test_a_dead_workers_confirmation_is_retried_as_a_confirmation_outside_the_budget(pg_schema_url):
     import time
 
-    s = Study(pg_url, trials=1)
+    s = Study(pg_schema_url, trials=1)
     s.rdb.engine.dispose()
-    s.rdb = storage.open_storage(pg_url, heartbeat_interval=1, grace_period=2, max_retry=2)
+    s.rdb = storage.open_storage(pg_schema_url, heartbeat_interval=1, grace_period=2, max_retry=2)
     s.study = optuna.load_study(study_name="c", storage=s.rdb)
     try:
         number = s.search([0.5])[0]
-        confirm("c", storage_url=pg_url, top=1, seeds=1)
+        confirm("c", storage_url=pg_schema_url, top=1, seeds=1)
         dead = s.ask()  # its worker dies: no beat after the first
         assert trial_attrs.confirmation_of(dead.user_attrs) == (number, 1)
         time.sleep(3.5)
-        retry, counts = ask_within_budget(s.study, s.rdb, pg_url, s.n_trials)
+        retry, counts = ask_within_budget(s.study, s.rdb, pg_schema_url, s.n_trials)
         assert retry is not None, "the retry of a confirmation was refused: the search budget is spent"
         assert s.rdb.get_trial(dead._trial_id).state == TrialState.FAIL
         assert trial_attrs.confirmation_of(retry.user_attrs) == (number, 1) and retry.params == dead.params
         s.run(retry, 0.45)
-        assert ask_within_budget(s.study, s.rdb, pg_url, s.n_trials)[0] is None
+        assert ask_within_budget(s.study, s.rdb, pg_schema_url, s.n_trials)[0] is None
         (summary,) = summarize(s.trials())
         assert (summary.n, summary.failed, summary.pending, summary.mious) == (1, 0, 0, (0.45,))
     finally:
@@ -272,11 +272,11 @@ def test_pick_confirmed_parses():
 # -- one-line errors -----------------------------------------------------------------------------
 
 
-def test_bad_input_is_one_error_line(pg_url, monkeypatch):
-    monkeypatch.setenv("TUNER_STORAGE", pg_url)
+def test_bad_input_is_one_error_line(pg_schema_url, monkeypatch):
+    monkeypatch.setenv("TUNER_STORAGE", pg_schema_url)
     runner = CliRunner()
-    create_study("e", CreateOptions(storage_url=pg_url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=3,
-                                    seed_config=False))
+    create_study("e", CreateOptions(storage_url=pg_schema_url, data=None, fingerprint=FINGERPRINT, space_path=None,
+                                    trials=3, seed_config=False))
     one_cli_error(runner.invoke(app, ["confirm", "nope"]), "no study 'nope'")
     one_cli_error(runner.invoke(app, ["confirm", "e", "--top", "2"]), "no complete search trial")
     for option in ("--top", "--seeds"):
@@ -285,8 +285,8 @@ def test_bad_input_is_one_error_line(pg_url, monkeypatch):
     one_cli_error(runner.invoke(app, ["status", "e", "--pick", "confirmed"]), "--pick confirmed", "tuner confirm")
     one_cli_error(runner.invoke(app, ["export", "e", "--pick", "confirmed"]), "--pick confirmed")
     s = Study.__new__(Study)
-    s.url, s.name, s.n_trials = pg_url, "e", 3
-    s.rdb = storage.open_storage(pg_url)
+    s.url, s.name, s.n_trials = pg_schema_url, "e", 3
+    s.rdb = storage.open_storage(pg_schema_url)
     s.study = optuna.load_study(study_name="e", storage=s.rdb)
     s.spec = StudySpec.of(s.study)
     try:
@@ -312,22 +312,24 @@ def _confirmed_study(url: str) -> Study:
     return s
 
 
-def test_status_export_and_report_show_the_confirmed_summary_and_pick_by_mean_minus_se(pg_url, monkeypatch, tmp_path):
+def test_status_export_and_report_show_the_confirmed_summary_and_pick_by_mean_minus_se(
+    pg_schema_url, monkeypatch, tmp_path
+):
     from rich.console import Console
 
     from storage.summaries import open_reader
     from tuner import status
 
-    s = _confirmed_study(pg_url)
+    s = _confirmed_study(pg_schema_url)
     try:
-        engine = open_reader(pg_url)
-        head = status.find_or_fail(engine, "c", pg_url)
+        engine = open_reader(pg_schema_url)
+        head = status.find_or_fail(engine, "c", pg_schema_url)
         plain = status.summarize(status.read_status(engine, head), s.spec)
         summary = status.summarize(status.read_status(engine, head, Pick.parse("confirmed")), s.spec)
         engine.dispose()
     finally:
         s.close()
-    assert [(r.name, r.finished, r.budget) for r in status.list_studies(pg_url)] == [("c", 4, 4)]  # `tuner list`
+    assert [(r.name, r.finished, r.budget) for r in status.list_studies(pg_schema_url)] == [("c", 4, 4)]  # `tuner list`
     assert plain.best.number == 1 and plain.best.value == pytest.approx(0.70)  # the single-run winner
     assert plain.finished == 4 and plain.confirming["COMPLETE"] == 6  # the budget counts search trials only
     assert summary.best.number == 2 and summary.picked.number == 2  # confirmation reverses the order
@@ -342,7 +344,7 @@ def test_status_export_and_report_show_the_confirmed_summary_and_pick_by_mean_mi
     assert "confirmed configurations" in text and "pick:     confirmed -> trial 2" in text
     assert "progress: 4/4 finished" in text and "confirm:  6/6 confirmation trials complete" in text
 
-    monkeypatch.setenv("TUNER_STORAGE", pg_url)
+    monkeypatch.setenv("TUNER_STORAGE", pg_schema_url)
     runner = CliRunner()
     result = runner.invoke(app, ["export", "c", "--pick", "confirmed"])
     assert result.exit_code == 0, result.stderr

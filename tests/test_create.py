@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 import subprocess
+from typing import Any
 
-from helpers import run_cli
+from helpers import invoke, run_cli
 import optuna
 import pytest
 
 from contract.data import fingerprint_npz
 from contract.study_spec import StudySpec
-from contract.synth import write_npz
 import storage
+from tuner.cli import app
 from tuner.study import CreateOptions, StudyError, create_study
 
+pytestmark = pytest.mark.npz(40, seed=1)
 
-def tuner(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+
+def tuner_process(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+    """The console script, as a user runs it."""
     return run_cli("tuner", *args, env={"TUNER_STORAGE": url}, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "mars.npz"
-    write_npz(path, 40, seed=1)
-    return path
+def tuner(*args: object, url: str) -> Any:
+    """The same command in-process (Typer's CliRunner), for what it prints and its exit code."""
+    return invoke(app, *args, env={"TUNER_STORAGE": url})
 
 
 def _load(url: str, name: str = "s") -> optuna.Study:
@@ -33,7 +34,7 @@ def _load(url: str, name: str = "s") -> optuna.Study:
 
 @pytest.mark.slow
 def test_create_stores_spec_and_refuses_to_overwrite(pg_url, npz):
-    result = tuner("create", "s", "--data", str(npz), "--trials", "12", "--seed", "7",
+    result = tuner_process("create", "s", "--data", str(npz), "--trials", "12", "--seed", "7",
                    "--pruner", "median", "--min-epochs", "4", url=pg_url)
     assert result.returncode == 0, result.stderr
     assert "created study 's'" in result.stdout
@@ -46,13 +47,13 @@ def test_create_stores_spec_and_refuses_to_overwrite(pg_url, npz):
     assert spec.min_epochs == 4
     assert "learning_rate" in spec.space.params
 
-    again = tuner("create", "s", "--data", str(npz), url=pg_url)
+    again = tuner_process("create", "s", "--data", str(npz), url=pg_url)
     assert again.returncode == 1 and "already exists" in again.stderr and "--overwrite" in again.stderr
-    kept = tuner("create", "s", "--data", str(npz), "--exist-ok", url=pg_url)
+    kept = tuner_process("create", "s", "--data", str(npz), "--exist-ok", url=pg_url)
     assert kept.returncode == 0 and "kept as is" in kept.stdout
     assert StudySpec.of(_load(pg_url)).n_trials == 12
 
-    replaced = tuner("create", "s", "--data", str(npz), "--trials", "3", "--overwrite", url=pg_url)
+    replaced = tuner_process("create", "s", "--data", str(npz), "--trials", "3", "--overwrite", url=pg_url)
     assert replaced.returncode == 0, replaced.stderr
     assert StudySpec.of(_load(pg_url)).n_trials == 3
 
@@ -69,7 +70,7 @@ def test_create_stores_spec_and_refuses_to_overwrite(pg_url, npz):
 )
 def test_bad_input_is_one_line_and_writes_nothing(pg_url, npz, args, message):
     result = tuner("create", "s", "--data", str(npz), *args, url=pg_url)
-    assert result.returncode in (1, 2)  # 2: a usage error click found (bad choice)
+    assert result.exit_code in (1, 2)  # 2: a usage error click found (bad choice)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert storage.current_revision(pg_url) is None  # validated before touching the database
@@ -88,7 +89,7 @@ def test_bad_input_is_one_line_and_writes_nothing(pg_url, npz, args, message):
 def test_bad_name_or_fingerprint_is_one_line_and_writes_nothing(pg_url, npz, name, args, message):
     data = [] if args else ["--data", str(npz)]
     result = tuner("create", name, *data, *args, url=pg_url)
-    assert result.returncode == 1
+    assert result.exit_code == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert storage.current_revision(pg_url) is None
@@ -98,7 +99,7 @@ def test_bad_data_file_is_refused(pg_url, tmp_path):
     broken = tmp_path / "broken.npz"
     broken.write_bytes(b"not a zip")
     result = tuner("create", "s", "--data", str(broken), url=pg_url)
-    assert result.returncode == 1 and "broken.npz" in result.stderr
+    assert result.exit_code == 1 and "broken.npz" in result.stderr
     assert storage.current_revision(pg_url) is None
 
 
@@ -109,11 +110,12 @@ def test_exactly_one_data_source_required(pg_url, npz):
         create_study("s", CreateOptions(storage_url=pg_url, data=npz, fingerprint="ab" * 32, space_path=None, trials=1))
 
 
-def test_exist_ok_with_other_data_is_refused(pg_url, npz):
-    create_study("s", CreateOptions(storage_url=pg_url, data=None, fingerprint="ab" * 32, space_path=None, trials=1))
+def test_exist_ok_with_other_data_is_refused(pg_schema_url, npz):
+    create_study("s", CreateOptions(storage_url=pg_schema_url, data=None, fingerprint="ab" * 32, space_path=None,
+                                    trials=1))
     with pytest.raises(StudyError, match="different data fingerprint"):
-        create_study("s", CreateOptions(storage_url=pg_url, data=npz, fingerprint=None, space_path=None, trials=1,
-                                        exist_ok=True))
+        create_study("s", CreateOptions(storage_url=pg_schema_url, data=npz, fingerprint=None, space_path=None,
+                                        trials=1, exist_ok=True))
 
 
 def _pruned_epochs(spec: StudySpec) -> list[int]:

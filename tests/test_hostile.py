@@ -71,8 +71,8 @@ def test_query_string_password_is_masked():
     assert SECRET not in message
 
 
-def test_query_string_password_is_masked_in_cli_lines(pg_url):
-    url = f"{pg_url}?password={SECRET}"
+def test_query_string_password_is_masked_in_cli_lines(pg_schema_url):
+    url = f"{pg_schema_url}?password={SECRET}"
     created = invoke(tuner_app, "db", "init", "--storage", url)
     assert created.exit_code == 0, created.stderr
     assert "password=***" in created.stdout and SECRET not in created.stdout

@@ -102,12 +102,12 @@ def test_spec_objectives_default_round_trip_and_old_specs():
     assert json.loads(json.dumps(spec.to_attr()))["objectives"] == ["miou", "latency"]
 
 
-def test_nsga2_and_tpe_run_a_two_objective_study_in_process(pg_url):
+def test_nsga2_and_tpe_run_a_two_objective_study_in_process(pg_schema_url):
     for sampler in ("nsga2", "tpe"):
-        create_study(sampler, CreateOptions(storage_url=pg_url, data=None, fingerprint=FINGERPRINT,
+        create_study(sampler, CreateOptions(storage_url=pg_schema_url, data=None, fingerprint=FINGERPRINT,
                                             space_path=None, trials=6,
                                             objectives="miou,params", sampler=sampler, seed_config=False))
-        rdb = storage.open_storage(pg_url, heartbeat_interval=None)
+        rdb = storage.open_storage(pg_schema_url, heartbeat_interval=None)
         spec = StudySpec.of(optuna.load_study(study_name=sampler, storage=rdb))
         study = optuna.load_study(study_name=sampler, storage=rdb, sampler=spec.make_sampler("w1"),
                                   pruner=spec.make_pruner())
@@ -141,27 +141,27 @@ def _load(url: str, name: str = "s") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage.open_storage(url, heartbeat_interval=None))
 
 
-def test_create_two_objectives_stores_directions_and_no_pruner(pg_url):
+def test_create_two_objectives_stores_directions_and_no_pruner(pg_schema_url):
     result = invoke("create", "s", "--fingerprint", FINGERPRINT, "--objectives", "miou,params", "--trials", "4",
-                    "--storage", pg_url)
+                    "--storage", pg_schema_url)
     assert result.exit_code == 0, result.stderr
     assert "objectives miou (max), params (min)" in result.stdout and "pruner none" in result.stdout
-    study = _load(pg_url)
+    study = _load(pg_schema_url)
     assert study.directions == [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
     spec = StudySpec.of(study)
     assert spec.objectives == ("miou", "params") and spec.pruner == "none" and spec.sampler == "tpe"
     assert isinstance(spec.make_pruner(), optuna.pruners.NopPruner)
 
     result = invoke("create", "l", "--fingerprint", FINGERPRINT, "--objectives", "miou,latency", "--sampler", "nsga2",
-                    "--pruner", "none", "--storage", pg_url)
+                    "--pruner", "none", "--storage", pg_schema_url)
     assert result.exit_code == 0, result.stderr
-    assert StudySpec.of(_load(pg_url, "l")).objectives == ("miou", "latency")
+    assert StudySpec.of(_load(pg_schema_url, "l")).objectives == ("miou", "latency")
     # --exist-ok with other objectives is not "the same study".
-    again = invoke("create", "l", "--fingerprint", FINGERPRINT, "--exist-ok", "--storage", pg_url)
+    again = invoke("create", "l", "--fingerprint", FINGERPRINT, "--exist-ok", "--storage", pg_schema_url)
     one_cli_error(again, "exists with objectives miou,latency, not miou")
     # The single-objective default is unchanged.
-    assert invoke("create", "one", "--fingerprint", FINGERPRINT, "--storage", pg_url).exit_code == 0
-    single = _load(pg_url, "one")
+    assert invoke("create", "one", "--fingerprint", FINGERPRINT, "--storage", pg_schema_url).exit_code == 0
+    single = _load(pg_schema_url, "one")
     assert single.directions == [StudyDirection.MAXIMIZE] and StudySpec.of(single).pruner == "hyperband"
 
 
@@ -214,85 +214,92 @@ def _filled(url: str, values=VALUES, objectives: str = "miou,params") -> optuna.
     return study
 
 
+@pytest.fixture(scope="module")
+def filled(pg_schema_module_url) -> tuple[str, optuna.Study]:
+    """``_filled``'s study, built once for the tests that only read it: (its URL, the study)."""
+    return pg_schema_module_url, _filled(pg_schema_module_url)
+
+
 def _status(url: str, pick: str = "best-miou", width: int = 160) -> str:
     out = io.StringIO()
     print_status("s", url, console=Console(file=out, width=width, color_system=None), pick=pick)
     return out.getvalue()
 
 
-def test_status_shows_the_front_and_the_picked_trial(pg_url):
-    _filled(pg_url)
-    text = _status(pg_url)
+def test_status_shows_the_front_and_the_picked_trial(filled):
+    url, _ = filled
+    text = _status(url)
     assert "front:    3 of 5 complete trials on the Pareto front" in text
     assert "pick:     best-miou -> trial 0: miou 0.7000, params 1,000" in text
     assert "pick:     smallest-within 0.01 -> trial 1: miou 0.6950, params 200;" in _status(
-        pg_url, "smallest-within 0.01")
-    assert "-> trial 2:" in _status(pg_url, "smallest-within=0.2")
+        url, "smallest-within 0.01")
+    assert "-> trial 2:" in _status(url, "smallest-within=0.2")
 
     from storage.summaries import find_study, open_reader
 
-    engine = open_reader(pg_url)
+    engine = open_reader(url)
     try:
         data = read_status(engine, find_study(engine, "s"), Pick.parse("smallest-within 0.01"))
     finally:
         engine.dispose()
-    summary = summarize(data, StudySpec.of(_load(pg_url)))
+    summary = summarize(data, StudySpec.of(_load(url)))
     assert [t.number for t in data.front] == [2, 1, 0]
     assert (summary.best.number, summary.best.cost, summary.front.size) == (1, 200.0, 3)
     assert summary.best.per_class_iou["1"] == pytest.approx(0.51)
 
-    result = invoke("status", "s", "--pick", "smallest-within 0.01", "--storage", pg_url)
+    result = invoke("status", "s", "--pick", "smallest-within 0.01", "--storage", url)
     assert result.exit_code == 0 and "-> trial 1:" in result.stdout, result.stderr
-    cheapest = invoke("status", "s", "--pick", "cheapest", "--storage", pg_url)
+    cheapest = invoke("status", "s", "--pick", "cheapest", "--storage", url)
     one_cli_error(cheapest, "--pick 'cheapest' is not a pick rule")
 
 
-def test_list_shows_the_best_miou_of_a_two_objective_study(pg_url):
-    _filled(pg_url)
-    result = invoke("list", "--storage", pg_url)
+def test_list_shows_the_best_miou_of_a_two_objective_study(filled):
+    url, _ = filled
+    result = invoke("list", "--storage", url)
     assert result.exit_code == 0, result.stderr
     (row,) = [line for line in result.stdout.splitlines() if " s " in line]
     assert "0.7000" in row and "5/10" in row, result.stdout
 
 
-def test_export_writes_the_picked_trials_config(pg_url, tmp_path):
-    study = _filled(pg_url)
+def test_export_writes_the_picked_trials_config(filled, tmp_path):
+    url, study = filled
     by_number = {t.number: t for t in study.get_trials()}
     for pick, number in (("best-miou", 0), ("smallest-within 0.01", 1), ("smallest-within=0.2", 2)):
         out = tmp_path / f"{number}.yaml"
-        result = invoke("export", "s", "--pick", pick, "-o", out, "--storage", pg_url)
+        result = invoke("export", "s", "--pick", pick, "-o", out, "--storage", url)
         assert result.exit_code == 0, result.stderr
         assert f"wrote the config of trial {number} " in result.stderr
         text = out.read_text()
         assert yaml.safe_load(text) == by_number[number].user_attrs[attrs.CONFIG]
         assert f"# Pareto pick ({Pick.parse(pick)}) of study 's'" in text and f"# trial: {number}\n" in text
         assert f"# params: {VALUES[number][1]!r}" in text
-    one_cli_error(invoke("export", "s", "--pick", "smallest-within -1", "--storage", pg_url), "is not a pick rule")
+    one_cli_error(invoke("export", "s", "--pick", "smallest-within -1", "--storage", url),
+                  "is not a pick rule")
 
 
-def test_one_objective_takes_only_the_default_pick(pg_url, tmp_path):
-    create_study("s", CreateOptions(storage_url=pg_url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=3,
-                                    seed_config=False))
-    study = _load(pg_url)
+def test_one_objective_takes_only_the_default_pick(pg_schema_url, tmp_path):
+    create_study("s", CreateOptions(storage_url=pg_schema_url, data=None, fingerprint=FINGERPRINT, space_path=None,
+                                    trials=3, seed_config=False))
+    study = _load(pg_schema_url)
     trial = study.ask()
     attrs.record_start(trial, StudySpec.of(study).space.sample(trial), {}, {})
     study.tell(trial, 0.5)
     for command in (["status", "s"], ["export", "s"], ["report", "s", "-o", tmp_path / "r.html"]):
-        result = invoke(*command, "--pick", "smallest-within 0.01", "--storage", pg_url)
+        result = invoke(*command, "--pick", "smallest-within 0.01", "--storage", pg_schema_url)
         one_cli_error(result, "--pick smallest-within 0.01 needs a study with two objectives")
         assert not (tmp_path / "r.html").exists()  # nothing half-written
-        assert invoke(*command, "--pick", "best-miou", "--storage", pg_url).exit_code == 0
-    assert "best:     0.5000 (trial 0)" in _status(pg_url)
+        assert invoke(*command, "--pick", "best-miou", "--storage", pg_schema_url).exit_code == 0
+    assert "best:     0.5000 (trial 0)" in _status(pg_schema_url)
     with pytest.raises(StudyError, match="needs a study with two objectives"):
-        export_best("s", storage=pg_url, pick="smallest-within 0.01")
+        export_best("s", storage=pg_schema_url, pick="smallest-within 0.01")
 
 
-def test_report_draws_the_front_and_uses_the_pick(pg_url, tmp_path):
+def test_report_draws_the_front_and_uses_the_pick(filled, tmp_path):
     from test_report import SECTION_IDS, _parse
 
-    study = _filled(pg_url)
+    url, study = filled
     out = tmp_path / "mo.html"
-    tuner_report.write_report("s", storage_url=pg_url, output=out, pick="smallest-within 0.01")
+    tuner_report.write_report("s", storage_url=url, output=out, pick="smallest-within 0.01")
     text = out.read_text()
     assert [i for i in _parse(text).ids if i in SECTION_IDS] == SECTION_IDS  # Pareto front included
     pareto = text[text.index('<section id="pareto">'):text.index('<section id="history">')]
@@ -309,21 +316,21 @@ def test_report_draws_the_front_and_uses_the_pick(pg_url, tmp_path):
     assert str(config["learning_rate"]) in best_section
 
 
-def test_a_two_value_tell_whose_reply_was_lost_is_not_dropped(pg_url, tmp_path):
+def test_a_two_value_tell_whose_reply_was_lost_is_not_dropped(pg_schema_url, tmp_path):
     """A retried tell finds the trial COMPLETE with both values: it had worked."""
     from worker.study_link import StudyLink
 
-    create_study("s", CreateOptions(storage_url=pg_url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=2,
-                                    objectives="miou,params", seed_config=False))
-    rdb = storage.open_storage(pg_url, heartbeat_interval=None)
+    create_study("s", CreateOptions(storage_url=pg_schema_url, data=None, fingerprint=FINGERPRINT, space_path=None,
+                                    trials=2, objectives="miou,params", seed_config=False))
+    rdb = storage.open_storage(pg_schema_url, heartbeat_interval=None)
     study = optuna.load_study(study_name="s", storage=rdb)
-    link = StudyLink(study, rdb, pg_url, StudySpec.of(study).grace_period, print)
+    link = StudyLink(study, rdb, pg_schema_url, StudySpec.of(study).grace_period, print)
     real = study.tell
     try:
         trial = study.ask()
         lost = lose_first_reply(study)
         link.tell(trial, values=[0.5, 1234.0])
-        stored = [(t.state, t.values) for t in _load(pg_url).get_trials()]
+        stored = [(t.state, t.values) for t in _load(pg_schema_url).get_trials()]
         assert lost and stored == [(TrialState.COMPLETE, [0.5, 1234.0])]
         other = study.ask()
         real(other, [0.4, 10.0])
@@ -395,12 +402,12 @@ def test_worker_tells_miou_and_latency_and_records_the_costs(pg_url, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_objective_report_renders_in_chromium_without_console_errors(pg_url, tmp_path):
+def test_two_objective_report_renders_in_chromium_without_console_errors(filled, tmp_path):
     from test_report import render_in_chromium
 
-    _filled(pg_url)
+    url, _ = filled
     out = tmp_path / "mo.html"
-    tuner_report.write_report("s", storage_url=pg_url, output=out, pick="smallest-within 0.01")
+    tuner_report.write_report("s", storage_url=url, output=out, pick="smallest-within 0.01")
     dom, problems = render_in_chromium(out, tmp_path)
     assert problems == []
     pareto = dom[dom.index('<section id="pareto">'):dom.index('<section id="history">')]

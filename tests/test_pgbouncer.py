@@ -26,8 +26,8 @@ from _pgbouncer import Bouncer, BouncerError  # noqa: E402
 
 
 @pytest.fixture
-def bouncer(pg_url):
-    url = sqlalchemy.make_url(pg_url)
+def bouncer(pg_schema_url):
+    url = sqlalchemy.make_url(pg_schema_url)
     try:
         with Bouncer(url.host or "127.0.0.1", url.port or 5432, pool_size=3, max_client_conn=200) as b:
             yield b, url.database
@@ -38,9 +38,9 @@ def bouncer(pg_url):
 
 
 @pytest.mark.parametrize("driver", ["postgresql+psycopg2", "postgresql"])
-def test_session_settings_and_repeated_statements_hold_on_every_pooled_transaction(bouncer, pg_url, driver):
+def test_session_settings_and_repeated_statements_hold_on_every_pooled_transaction(bouncer, pg_schema_url, driver):
     b, database = bouncer
-    storage.init_schema(pg_url)
+    storage.init_schema(pg_schema_url)
     rdb = storage.open_storage(b.url(database, driver), heartbeat_interval=None)
     try:
         wanted = {name: str(value) for name, value in server_settings().items() if "keepalive" not in name}
@@ -54,11 +54,11 @@ def test_session_settings_and_repeated_statements_hold_on_every_pooled_transacti
         rdb.engine.dispose()
 
 
-def test_budget_is_exact_with_many_askers_through_pgbouncer(bouncer, pg_url):
+def test_budget_is_exact_with_many_askers_through_pgbouncer(bouncer, pg_schema_url):
     b, database = bouncer
     url = b.url(database)
-    storage.init_schema(pg_url)
-    optuna.create_study(study_name="s", storage=storage.open_storage(pg_url))
+    storage.init_schema(pg_schema_url)
+    optuna.create_study(study_name="s", storage=storage.open_storage(pg_schema_url))
     budget, askers = 10, 8
     errors: list[BaseException] = []
 
@@ -84,13 +84,13 @@ def test_budget_is_exact_with_many_askers_through_pgbouncer(bouncer, pg_url):
     for thread in threads:
         thread.join(timeout=120)
     assert errors == []
-    trials = optuna.load_study(study_name="s", storage=storage.open_storage(pg_url)).get_trials()
+    trials = optuna.load_study(study_name="s", storage=storage.open_storage(pg_schema_url)).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * budget
     assert b.stats(database)["total_xact_count"] > 0  # it did go through PgBouncer
 
 
 @pytest.mark.slow
-def test_real_workers_through_pgbouncer_finish_the_budget_exactly(bouncer, pg_url, tmp_path):
+def test_real_workers_through_pgbouncer_finish_the_budget_exactly(bouncer, pg_schema_url, tmp_path):
     from test_distributed import _create, _trials, _worker
 
     from contract.synth import write_npz
@@ -99,12 +99,12 @@ def test_real_workers_through_pgbouncer_finish_the_budget_exactly(bouncer, pg_ur
     npz = tmp_path / "mars.npz"
     write_npz(npz, 48, seed=3)
     budget = 4
-    _create(pg_url, tmp_path, npz, trials=budget, epochs=2, pruner="none")
+    _create(pg_schema_url, tmp_path, npz, trials=budget, epochs=2, pruner="none")
     # One on psycopg2, one on the default driver (psycopg 3): both through the pool.
     workers = [_worker(b.url(database, driver), npz) for driver in ("postgresql+psycopg2", "postgresql")]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], "\n".join(outputs)
-    trials = _trials(pg_url)
+    trials = _trials(pg_schema_url)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * budget, "\n".join(outputs)
     assert "unavailable" not in "".join(outputs)
     assert b.stats(database)["total_xact_count"] > 0

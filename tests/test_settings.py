@@ -10,33 +10,22 @@ import os
 from pathlib import Path
 import time
 
-from helpers import one_cli_error, one_error_line, run_cli
+from helpers import invoke, one_cli_error, one_error_line, run_cli
 import pytest
-from typer.testing import CliRunner
 
-from contract.synth import write_npz
 import storage
 from storage.url import read_password_file, resolve_url
 from tuner.cli import app as tuner_app
 
-
-def invoke(*args: object, env: dict[str, str] | None = None):
-    return CliRunner().invoke(tuner_app, [str(a) for a in args], env=env)
-
-
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "mars.npz"
-    write_npz(path, 16, seed=0)
-    return path
+pytestmark = pytest.mark.npz(16, seed=0)
 
 
 @pytest.fixture
-def study_url(tuner_home, pg_url, npz) -> str:
+def study_url(tuner_home, pg_schema_url, npz) -> str:
     """A PostgreSQL database holding a study ``s``: what a worker joins and ``db check`` calls ok."""
-    result = invoke("create", "s", "--data", npz, "--storage", pg_url, "--trials", "1")
+    result = invoke(tuner_app, "create", "s", "--data", npz, "--storage", pg_schema_url, "--trials", "1")
     assert result.exit_code == 0, result.stderr
-    return pg_url
+    return pg_schema_url
 
 
 def _secret(path: Path, text: str = "hunter2\n", mode: int = 0o600) -> Path:
@@ -50,9 +39,9 @@ def _secret(path: Path, text: str = "hunter2\n", mode: int = 0o600) -> Path:
 
 @pytest.mark.parametrize("variable, value", [("TUNER_POOL_SIZE", "2x"), ("TUNER_MAX_OVERFLOW", "-1")])
 def test_db_check_does_not_say_ok_with_a_pool_setting_typo(study_url, monkeypatch, variable, value):
-    assert invoke("db", "check", "--storage", study_url).stdout.strip().endswith("ok")
+    assert invoke(tuner_app, "db", "check", "--storage", study_url).stdout.strip().endswith("ok")
     monkeypatch.setenv(variable, value)
-    result = invoke("db", "check", "--storage", study_url)
+    result = invoke(tuner_app, "db", "check", "--storage", study_url)
     one_cli_error(result, variable, repr(value))
     assert "ok" not in result.stdout.split()
 

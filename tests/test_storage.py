@@ -164,12 +164,12 @@ def test_workers_never_create_tables(pg_url):
     assert _tables(pg_url) == set()
 
 
-def test_open_storage_uses_small_pool(pg_url):
-    storage.init_schema(pg_url)
-    rdb = storage.open_storage(pg_url, heartbeat_interval=7, grace_period=20, max_retry=1)
+def test_open_storage_uses_small_pool(pg_schema_url):
+    storage.init_schema(pg_schema_url)
+    rdb = storage.open_storage(pg_schema_url, heartbeat_interval=7, grace_period=20, max_retry=1)
     assert rdb.engine.pool.size() <= 2
     assert rdb.get_heartbeat_interval() == 7
-    assert storage.open_storage(pg_url).get_heartbeat_interval() is None  # readers never beat
+    assert storage.open_storage(pg_schema_url).get_heartbeat_interval() is None  # readers never beat
 
 
 # --- health -------------------------------------------------------------------------------
@@ -195,9 +195,9 @@ def test_check_unreachable_host_masks_password():
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
-def test_heartbeat_thread_keeps_trial_alive_and_stale_trial_is_retried(pg_url):
-    storage.init_schema(pg_url)
-    rdb = storage.open_storage(pg_url, heartbeat_interval=1, grace_period=2, max_retry=1)
+def test_heartbeat_thread_keeps_trial_alive_and_stale_trial_is_retried(pg_schema_url):
+    storage.init_schema(pg_schema_url)
+    rdb = storage.open_storage(pg_schema_url, heartbeat_interval=1, grace_period=2, max_retry=1)
     study = optuna.create_study(storage=rdb, study_name="hb", direction="maximize")
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     with storage.Heartbeat(rdb, trial._trial_id, interval=0.25) as beat:
@@ -213,13 +213,13 @@ def test_heartbeat_thread_keeps_trial_alive_and_stale_trial_is_retried(pg_url):
     assert retried.params == study.trials[0].params
 
 
-def test_storage_survives_database_dropping_its_connections(pg_url, drop_connections):
+def test_storage_survives_database_dropping_its_connections(pg_schema_url, drop_connections):
     """pool_pre_ping: killed server-side connections are replaced, not fatal."""
-    storage.init_schema(pg_url)
-    rdb = storage.open_storage(pg_url)
+    storage.init_schema(pg_schema_url)
+    rdb = storage.open_storage(pg_schema_url)
     study = optuna.create_study(storage=rdb, study_name="reconnect")
     study.enqueue_trial({"x": 1.0})
-    assert drop_connections(pg_url) >= 1  # the pool really held a connection that is now dead
+    assert drop_connections(pg_schema_url) >= 1  # the pool really held a connection that is now dead
     study.enqueue_trial({"x": 2.0})
     assert len(study.trials) == 2
 

@@ -7,6 +7,7 @@ written through :mod:`contract.trial_attrs` exactly as a worker writes them.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 import dataclasses
 import datetime
 import json
@@ -58,6 +59,7 @@ class Builder:
     def __init__(self, url: str, name: str, trials: int = 5) -> None:
         create_study(name, CreateOptions(storage_url=url, data=None, fingerprint=FINGERPRINT,
                                          space_path=None, trials=trials))
+        self.url = url
         self.rdb = storage.open_storage(url, heartbeat_interval=None)
         self.study = optuna.load_study(
             study_name=name, storage=self.rdb, sampler=optuna.samplers.RandomSampler(seed=0)
@@ -117,6 +119,15 @@ def _mixed(url: str, name: str = "mars") -> Builder:
     return b
 
 
+@pytest.fixture(scope="module")
+def mixed(pg_schema_module_url) -> Iterator[tuple[Builder, datetime.datetime]]:
+    """``_mixed``'s study "mars", built once for the tests that only read it; when its build began."""
+    began = readers.utc_now()
+    b = _mixed(pg_schema_module_url)
+    yield b, began
+    b.close()
+
+
 def _read(b: Builder) -> status.StatusData:
     return status.read_status(b.rdb.engine, status.find_or_fail(b.rdb.engine, b.study.study_name, "x"))
 
@@ -128,9 +139,8 @@ def _console() -> Console:
 # -- status -----------------------------------------------------------------------------------
 
 
-def test_summarize_counts_best_and_running(pg_url):
-    before = readers.utc_now()
-    b = _mixed(pg_url)
+def test_summarize_counts_best_and_running(mixed):
+    b, before = mixed
     summary = status.summarize(_read(b), b.spec)
     after = readers.utc_now()
 
@@ -160,11 +170,10 @@ def test_summarize_counts_best_and_running(pg_url):
     assert later.counts == summary.counts
     for run in later.running:
         assert 7200 <= run.age_s <= 7200 + (after - before).total_seconds() + 1.0
-    b.close()
 
 
-def test_summarize_without_completed_trial(pg_url):
-    b = Builder(pg_url, "fresh")
+def test_summarize_without_completed_trial(pg_schema_url):
+    b = Builder(pg_schema_url, "fresh")
     b.end(TrialState.PRUNED)
     summary = status.summarize(_read(b), b.spec)
     assert summary.best is None
@@ -179,14 +188,15 @@ def test_format_age():
     ]
 
 
-def test_print_status_shows_counts_best_and_running_hosts(pg_url):
-    b = _mixed(pg_url)
+def test_print_status_shows_counts_best_and_running_hosts(mixed):
+    b, _ = mixed
+    url = b.url
     console = _console()
-    status.print_status("mars", pg_url, console=console)
+    status.print_status("mars", url, console=console)
     text = console.export_text()
     number, value = b.best()
     assert "mars" in text
-    assert storage.mask_url(pg_url) in text
+    assert storage.mask_url(url) in text
     assert "progress: 4/5 finished" in text
     for state in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL"):
         assert state in text
@@ -194,7 +204,6 @@ def test_print_status_shows_counts_best_and_running_hosts(pg_url):
     assert "node-a" in text and "node-b" in text
     assert "training" in text  # node-a's phase
     assert FINGERPRINT[:12] in text
-    b.close()
 
 
 def test_render_status_fits_a_narrow_terminal():
@@ -218,10 +227,10 @@ def test_render_status_fits_a_narrow_terminal():
     assert "learning_rate=0.000123" in text
 
 
-def test_print_status_unknown_study_lists_names(pg_url):
-    Builder(pg_url, "alpha").close()
+def test_print_status_unknown_study_lists_names(pg_schema_url):
+    Builder(pg_schema_url, "alpha").close()
     with pytest.raises(StudyError, match=r"no study 'nosuch'.*alpha"):
-        status.print_status("nosuch", pg_url, console=_console())
+        status.print_status("nosuch", pg_schema_url, console=_console())
 
 
 def test_list_on_empty_database_creates_nothing(pg_url):
@@ -231,12 +240,12 @@ def test_list_on_empty_database_creates_nothing(pg_url):
     assert storage.current_revision(pg_url) is None
 
 
-def test_list_shows_budget_and_foreign_studies(pg_url):
-    b = _mixed(pg_url, "mars")
+def test_list_shows_budget_and_foreign_studies(pg_schema_url):
+    b = _mixed(pg_schema_url, "mars")
     foreign = optuna.create_study(study_name="foreign", storage=b.rdb, direction="maximize")
     foreign.add_trial(optuna.trial.create_trial(value=0.25, params={}, distributions={}))
 
-    rows = {r.name: r for r in status.list_studies(pg_url)}
+    rows = {r.name: r for r in status.list_studies(pg_schema_url)}
     assert set(rows) == {"mars", "foreign"}
     _, best = b.best()
     assert (rows["mars"].finished, rows["mars"].budget, rows["mars"].running, rows["mars"].failed) == (4, 5, 2, 1)
@@ -245,7 +254,7 @@ def test_list_shows_budget_and_foreign_studies(pg_url):
     assert (rows["foreign"].budget, rows["foreign"].finished, rows["foreign"].best_value) == (None, 1, 0.25)
 
     console = _console()
-    status.print_study_list(pg_url, console=console)
+    status.print_study_list(pg_schema_url, console=console)
     text = console.export_text()
     assert "4/5" in text and "1/-" in text and f"{best:.4f}" in text
     b.close()
@@ -254,13 +263,14 @@ def test_list_shows_budget_and_foreign_studies(pg_url):
 # -- export -----------------------------------------------------------------------------------
 
 
-def test_export_yaml_and_json_round_trip(pg_url, tmp_path, capsys):
-    b = _mixed(pg_url)
+def test_export_yaml_and_json_round_trip(mixed, tmp_path, capsys):
+    b, _ = mixed
+    url = b.url
     number, value = b.best()
     recorded = TrainConfig.from_dict(b.study.trials[number].user_attrs[trial_attrs.CONFIG])
 
     yaml_path = tmp_path / "best.yaml"
-    assert export.export_best("mars", storage=pg_url, fmt="yaml", output=yaml_path) == recorded
+    assert export.export_best("mars", storage=url, fmt="yaml", output=yaml_path) == recorded
     assert TrainConfig.load(yaml_path) == recorded
     header = [line for line in yaml_path.read_text().splitlines() if line.startswith("#")]
     assert any(f"trial: {number}" in line for line in header)
@@ -268,22 +278,21 @@ def test_export_yaml_and_json_round_trip(pg_url, tmp_path, capsys):
     assert any("1=" in line and "4=n/a" in line for line in header)
 
     json_path = tmp_path / "best.json"
-    export.export_best("mars", storage=pg_url, fmt="json", output=json_path)
+    export.export_best("mars", storage=url, fmt="json", output=json_path)
     assert TrainConfig.load(json_path) == recorded
     assert set(json.loads(json_path.read_text())) == {f.name for f in dataclasses.fields(TrainConfig)}
 
     capsys.readouterr()
-    export.export_best("mars", storage=pg_url, fmt="yaml")
+    export.export_best("mars", storage=url, fmt="yaml")
     assert TrainConfig.from_dict(yaml.safe_load(capsys.readouterr().out)) == recorded
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "best.yaml"]  # no temp files
-    b.close()
 
 
-def test_export_rebuilds_config_when_worker_did_not_record_it(pg_url, tmp_path):
-    b = Builder(pg_url, "old")
+def test_export_rebuilds_config_when_worker_did_not_record_it(pg_schema_url, tmp_path):
+    b = Builder(pg_schema_url, "old")
     trial = b.complete(b.ask(epochs=1, record_config=False))
     out = tmp_path / "best.yaml"
-    config = export.export_best("old", storage=pg_url, output=out)
+    config = export.export_best("old", storage=pg_schema_url, output=out)
     params = b.study.trials[trial.number].params
     for name, param_value in params.items():
         assert getattr(config, name) == param_value
@@ -293,19 +302,19 @@ def test_export_rebuilds_config_when_worker_did_not_record_it(pg_url, tmp_path):
     b.close()
 
 
-def test_export_needs_a_completed_trial(pg_url):
-    b = Builder(pg_url, "empty")
+def test_export_needs_a_completed_trial(pg_schema_url):
+    b = Builder(pg_schema_url, "empty")
     b.end(TrialState.PRUNED)
     with pytest.raises(StudyError, match="no completed trial yet in study 'empty'"):
-        export.export_best("empty", storage=pg_url)
+        export.export_best("empty", storage=pg_schema_url)
     b.close()
 
 
-def test_export_unknown_study_lists_names(pg_url):
-    Builder(pg_url, "alpha").close()
-    Builder(pg_url, "beta").close()
+def test_export_unknown_study_lists_names(pg_schema_url):
+    Builder(pg_schema_url, "alpha").close()
+    Builder(pg_schema_url, "beta").close()
     with pytest.raises(StudyError, match=r"no study 'gamma'.*alpha, beta"):
-        export.export_best("gamma", storage=pg_url)
+        export.export_best("gamma", storage=pg_schema_url)
 
 
 def test_export_rejects_bad_formats_before_touching_the_database(tmp_path):
@@ -330,10 +339,10 @@ def test_write_atomic_never_leaves_a_partial_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["best.yaml"]
 
 
-def test_export_model_downloads_the_uploaded_artifact(pg_url, tmp_path):
+def test_export_model_downloads_the_uploaded_artifact(pg_schema_url, tmp_path):
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-    b = Builder(pg_url, "withmodel")
+    b = Builder(pg_schema_url, "withmodel")
     b.complete()  # an earlier best-so-far trial without a model
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
@@ -350,39 +359,39 @@ def test_export_model_downloads_the_uploaded_artifact(pg_url, tmp_path):
 
     model = tmp_path / "out" / "best.keras"
     model.parent.mkdir()
-    export.export_best("withmodel", storage=pg_url, output=tmp_path / "c.yaml", model=model,
+    export.export_best("withmodel", storage=pg_schema_url, output=tmp_path / "c.yaml", model=model,
                        artifact_dir=artifacts)
     assert model.read_bytes() == model_bytes
     assert [p.name for p in model.parent.iterdir()] == ["best.keras"]
 
     with pytest.raises(StudyError, match="already exists"):
-        export.export_best("withmodel", storage=pg_url, model=model, artifact_dir=artifacts)
+        export.export_best("withmodel", storage=pg_schema_url, model=model, artifact_dir=artifacts)
     with pytest.raises(StudyError, match="--artifact-dir"):
-        export.export_best("withmodel", storage=pg_url, model=tmp_path / "m2.keras")
+        export.export_best("withmodel", storage=pg_schema_url, model=tmp_path / "m2.keras")
     with pytest.raises(StudyError, match=r"name it \*\.keras"):
-        export.export_best("withmodel", storage=pg_url, model=tmp_path / "m2.h5", artifact_dir=artifacts)
+        export.export_best("withmodel", storage=pg_schema_url, model=tmp_path / "m2.h5", artifact_dir=artifacts)
     with pytest.raises(ArtifactDirError, match="is a file, not a directory"):
-        export.export_best("withmodel", storage=pg_url, model=tmp_path / "m2.keras",
+        export.export_best("withmodel", storage=pg_schema_url, model=tmp_path / "m2.keras",
                            artifact_dir=tmp_path / "trial.keras")
 
     # The config cannot be written: the model is not left behind either.
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(StudyError, match="cannot write .*is a file, not a directory"):
-        export.export_best("withmodel", storage=pg_url, output=blocker / "c.yaml",
+        export.export_best("withmodel", storage=pg_schema_url, output=blocker / "c.yaml",
                            model=tmp_path / "m3.keras", artifact_dir=artifacts)
     assert not (tmp_path / "m3.keras").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m3.keras")]
     b.close()
 
 
-def test_export_model_without_artifact_is_a_clear_error(pg_url, tmp_path):
-    b = Builder(pg_url, "nomodel")
+def test_export_model_without_artifact_is_a_clear_error(pg_schema_url, tmp_path):
+    b = Builder(pg_schema_url, "nomodel")
     trial = b.complete()
     model = tmp_path / "best.keras"
     message = f"best trial {trial.number} has no saved model; run workers with --artifact-dir"
     with pytest.raises(StudyError, match=message):
-        export.export_best("nomodel", storage=pg_url, model=model, artifact_dir=tmp_path)
+        export.export_best("nomodel", storage=pg_schema_url, model=model, artifact_dir=tmp_path)
     assert not model.exists()
     b.close()
 
@@ -404,10 +413,10 @@ def _get(url: str) -> tuple[int, object]:
 
 
 @pytest.mark.slow
-def test_dashboard_app_serves_the_study(pg_url):
-    b = _mixed(pg_url)
+def test_dashboard_app_serves_the_study(pg_schema_url):
+    b = _mixed(pg_schema_url)
     study_id = b.rdb.get_study_id_from_name("mars")
-    server = make_server("127.0.0.1", 0, dashboard.make_app(pg_url), handler_class=_Quiet)
+    server = make_server("127.0.0.1", 0, dashboard.make_app(pg_schema_url), handler_class=_Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_port}"
@@ -476,13 +485,13 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_cli_dashboard_comes_up(pg_url):
-    b = Builder(pg_url, "mars")
+def test_cli_dashboard_comes_up(pg_schema_url):
+    b = Builder(pg_schema_url, "mars")
     study_id = b.rdb.get_study_id_from_name("mars")
     b.close()
     port = _free_port()
     proc = subprocess.Popen(
-        [str(TUNER), "dashboard", "mars", "--storage", pg_url, "--port", str(port)],
+        [str(TUNER), "dashboard", "mars", "--storage", pg_schema_url, "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -504,27 +513,27 @@ def test_cli_dashboard_comes_up(pg_url):
 
 
 @pytest.mark.slow
-def test_cli_status_list_export(pg_url, tmp_path):
-    b = _mixed(pg_url)
+def test_cli_status_list_export(pg_schema_url, tmp_path):
+    b = _mixed(pg_schema_url)
     number, value = b.best()
     recorded = TrainConfig.from_dict(b.study.trials[number].user_attrs[trial_attrs.CONFIG])
     b.close()
     env = {**os.environ, "COLUMNS": "160"}
 
-    done = _run("status", "mars", "--storage", pg_url, env=env)
+    done = _run("status", "mars", "--storage", pg_schema_url, env=env)
     assert done.returncode == 0, done.stderr
     assert "progress: 4/5" in done.stdout and "node-b" in done.stdout
 
-    done = _run("list", "--storage", pg_url, env=env)
+    done = _run("list", "--storage", pg_schema_url, env=env)
     assert done.returncode == 0, done.stderr
     assert "mars" in done.stdout and "4/5" in done.stdout
 
     out = tmp_path / "best.yaml"
-    done = _run("export", "mars", "--storage", pg_url, "-o", str(out), env=env)
+    done = _run("export", "mars", "--storage", pg_schema_url, "-o", str(out), env=env)
     assert done.returncode == 0, done.stderr
     assert TrainConfig.load(out) == recorded
 
-    done = _run("status", "nosuch", "--storage", pg_url, env=env)
+    done = _run("status", "nosuch", "--storage", pg_schema_url, env=env)
     assert done.returncode == 1
-    expected = f"error: no study 'nosuch' in {storage.mask_url(pg_url)} (studies: mars)"
+    expected = f"error: no study 'nosuch' in {storage.mask_url(pg_schema_url)} (studies: mars)"
     assert done.stderr.strip().splitlines() == [expected]

@@ -1,16 +1,21 @@
-"""`worker synth-data`, `inspect-data` and `train` as a user runs them: errors are one line."""
+"""`worker synth-data`, `inspect-data` and `train` as a user runs them: errors are one line.
+
+The console script runs as a real process where that is the point (and for the slow tests); the
+error-line checks run in-process (Typer's CliRunner: the same click group catches the errors).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 import subprocess
 
-from helpers import one_error_line, run_cli
+from helpers import invoke, one_cli_error, one_error_line, run_cli
 import numpy as np
 import pytest
 import yaml
 
 from contract.data import load_npz
+from worker.cli import app
 
 
 def worker(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -36,8 +41,8 @@ def test_synth_data_writes_the_challenge_format_and_inspect_reads_it(tmp_path):
 
 
 def test_synth_data_bad_arguments(tmp_path):
-    assert "must end in .npz" in _one_error_line(worker("synth-data", str(tmp_path / "x.txt")))
-    line = _one_error_line(worker("synth-data", str(tmp_path / "x.npz"), "--n", "10", "--aliens", "20"))
+    assert "must end in .npz" in one_cli_error(invoke(app, "synth-data", tmp_path / "x.txt"))
+    line = one_cli_error(invoke(app, "synth-data", tmp_path / "x.npz", "--n", "10", "--aliens", "20"))
     assert "n_aliens" in line
     assert not (tmp_path / "x.npz").exists()
 
@@ -45,15 +50,8 @@ def test_synth_data_bad_arguments(tmp_path):
 def test_inspect_bad_file_is_one_line(tmp_path):
     bad = tmp_path / "bad.npz"
     np.savez(bad, training_set=np.zeros((3, 2, 64, 64)))
-    line = _one_error_line(worker("inspect-data", str(bad)))
+    line = one_cli_error(invoke(app, "inspect-data", bad))
     assert "shape" in line and "bad.npz" in line
-
-
-@pytest.fixture
-def npz(tmp_path) -> Path:
-    path = tmp_path / "mars.npz"
-    assert worker("synth-data", str(path), "--n", "24").returncode == 0
-    return path
 
 
 @pytest.mark.parametrize(
@@ -69,7 +67,7 @@ def test_train_bad_config_is_one_line_and_writes_nothing(tmp_path, npz, config_t
     config = tmp_path / "cfg.yaml"
     config.write_text(config_text)
     save = tmp_path / "model.keras"
-    line = _one_error_line(worker("train", "--config", str(config), "--data", str(npz), "--save", str(save)))
+    line = one_cli_error(invoke(app, "train", "--config", config, "--data", npz, "--save", save))
     assert message in line
     assert not save.exists()
 
