@@ -1,19 +1,49 @@
-"""What the test modules share: the installed CLIs as real processes, and the one-line-error check.
+"""What the test modules share: the installed CLIs as real processes or in-process, the one-line-error
+check, and the tiny search space that the tests' real workers train.
 
-Tests that only check arguments and error lines use Typer's ``CliRunner`` in-process; these run the
-console scripts as a user does, for tests that need a real process (signals, exit codes, stderr).
+Tests that only check arguments and error lines use Typer's ``CliRunner`` in-process (``invoke``);
+``run_cli`` runs the console scripts as a user does, for tests that need a real process (signals,
+exit codes, stderr).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import os
 from pathlib import Path
 import subprocess
 import sys
+import time
 from typing import Any
+
+import yaml
 
 #: The venv's ``bin`` directory holding the ``tuner`` and ``worker`` console scripts.
 BIN = Path(sys.executable).parent
+
+#: What the tests' real workers search: tiny models (base filters 4) that cost a few seconds of CPU
+#: a trial, most of it graph tracing. Modules set ``epochs`` (see :func:`tiny_space`).
+TINY_SPACE: dict[str, dict[str, Any]] = {
+    "fixed": {
+        "model": "multipath", "depth": 2, "base_filters": 4, "conventional_filters": 8,
+        "residual_filters": 4, "multiscale_filters": 8, "context_filters": 4, "batch_size": 16,
+        "augment_flips": False, "validation_fraction": 0.25, "early_stopping_patience": 5,
+        "reduce_lr_patience": 5, "batchnorm_momentum": 0.9,
+    },
+    "params": {
+        "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+        "focal_gamma": {"type": "float", "low": 0.0, "high": 2.0},
+    },
+}
+
+
+def tiny_space(path: Path, *, params: dict[str, Any] | None = None, **fixed: Any) -> Path:
+    """Write :data:`TINY_SPACE` to ``path`` as YAML and return ``path``: ``fixed`` sets fixed values,
+    ``params`` replaces the searched ones (a fixed value they search is dropped)."""
+    params = TINY_SPACE["params"] if params is None else params
+    values = {k: v for k, v in {**TINY_SPACE["fixed"], **fixed}.items() if k not in params}
+    path.write_text(yaml.safe_dump({"fixed": values, "params": params}))
+    return path
 
 
 def run_cli(
@@ -94,3 +124,28 @@ def lose_first_reply(study: Any) -> list[bool]:
 
     study.tell = tell
     return lost
+
+
+def study_trials(url: str, study: str = "s") -> list[Any]:
+    """The study's trials (``FrozenTrial``), read through a storage opened for the call and closed."""
+    import optuna
+
+    import storage
+
+    rdb = storage.open_storage(url, heartbeat_interval=None)
+    try:
+        return optuna.load_study(study_name=study, storage=rdb).get_trials(deepcopy=False)
+    finally:
+        rdb.engine.dispose()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, *, poll: float = 0.3,
+             detail: Callable[[], str] = lambda: "") -> None:
+    """Poll ``predicate`` until it holds; after ``timeout`` seconds fail, naming ``what`` (and ``detail()``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    more = detail()
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{more}" if more else ""))

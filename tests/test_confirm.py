@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import math
 import statistics
 
-from helpers import one_cli_error
+from helpers import one_cli_error, tiny_space
 import optuna
 from optuna.trial import TrialState, create_trial
 import pytest
@@ -369,22 +369,10 @@ def test_the_demo_refuses_the_confirmed_pick_before_it_writes_anything(tmp_path,
 
 # -- real workers racing -------------------------------------------------------------------------
 
-TINY_SPACE = {  # as tests/test_distributed.py: a few seconds of CPU per trial, most of it tracing
-    "fixed": {
-        "model": "multipath", "depth": 2, "base_filters": 4, "conventional_filters": 8, "residual_filters": 4,
-        "multiscale_filters": 8, "context_filters": 4, "batch_size": 16, "augment_flips": False,
-        "validation_fraction": 0.25, "early_stopping_patience": 5, "reduce_lr_patience": 5,
-        "batchnorm_momentum": 0.9, "epochs": 2,
-    },
-    "params": {
-        "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-        "focal_gamma": {"type": "float", "low": 0.0, "high": 2.0},
-    },
-}
-
-
 @pytest.mark.slow
-def test_four_racing_workers_finish_exactly_n_search_and_k_x_s_confirmation_trials_none_pruned(pg_url, tmp_path):
+def test_four_racing_workers_finish_exactly_n_search_and_k_x_s_confirmation_trials_none_pruned(
+    pg_url, tmp_path, synth_npz
+):
     """A budget of 6 search trials, 2 of them finished by hand first (the best, so the top 2 are
     known); once the workers train the others, two coordinators at once confirm the top 2 with 2
     seeds: exactly 6 search and 4 confirmation trials finish, the 4 never reach the pruner
@@ -394,15 +382,10 @@ def test_four_racing_workers_finish_exactly_n_search_and_k_x_s_confirmation_tria
     import time
 
     from helpers import BIN, run_cli
-    import yaml
-
-    from contract.synth import write_npz
 
     n_search, top, seeds = 6, 2, 2
-    data = tmp_path / "mars.npz"
-    write_npz(data, 48, seed=3)
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump(TINY_SPACE))
+    data = synth_npz(48, seed=3)
+    space = tiny_space(tmp_path / "space.yaml", epochs=2)
     env = {"TUNER_STORAGE": pg_url}
     created = run_cli("tuner", "create", "s", "--data", str(data), "--space", str(space), "--trials", str(n_search),
                       "--pruner", "hyperband", "--min-epochs", "1", "--no-seed-config", env=env)

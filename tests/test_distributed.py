@@ -14,7 +14,7 @@ import subprocess
 import time
 import zipfile
 
-from helpers import BIN, run_cli
+from helpers import BIN, run_cli, study_trials, tiny_space, wait_for
 import optuna
 from optuna.trial import TrialState
 import pytest
@@ -24,34 +24,11 @@ from contract import trial_attrs
 from contract.synth import write_npz
 import storage
 
-pytestmark = pytest.mark.slow  # real worker processes train models
-
-TINY_SPACE = {
-    "fixed": {
-        "model": "multipath", "depth": 2, "base_filters": 4, "conventional_filters": 8,
-        "residual_filters": 4, "multiscale_filters": 8, "context_filters": 4, "batch_size": 16,
-        "augment_flips": False, "validation_fraction": 0.25, "early_stopping_patience": 5,
-        "reduce_lr_patience": 5, "batchnorm_momentum": 0.9,
-    },
-    "params": {
-        "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-        "focal_gamma": {"type": "float", "low": 0.0, "high": 2.0},
-    },
-}
-
-
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "mars.npz"
-    write_npz(path, 48, seed=3)
-    return path
+pytestmark = [pytest.mark.slow, pytest.mark.npz(48, seed=3)]  # real worker processes train models
 
 
 def _space(tmp_path: Path, epochs: int) -> Path:
-    space = {**TINY_SPACE, "fixed": {**TINY_SPACE["fixed"], "epochs": epochs}}
-    path = tmp_path / f"space-{epochs}.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return path
+    return tiny_space(tmp_path / f"space-{epochs}.yaml", epochs=epochs)
 
 
 def _cli(name: str, *args: str, url: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -74,23 +51,6 @@ def _worker(url: str, npz: Path, *extra: str) -> subprocess.Popen[str]:
     )
 
 
-def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
-    rdb = storage.open_storage(url, heartbeat_interval=None)
-    try:
-        return optuna.load_study(study_name="s", storage=rdb).get_trials(deepcopy=False)
-    finally:
-        rdb.engine.dispose()
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_three_workers_share_budget_exactly_and_survive_dropped_connections(
     pg_url, tmp_path, npz, drop_connections
 ):
@@ -98,12 +58,12 @@ def test_three_workers_share_budget_exactly_and_survive_dropped_connections(
     _create(pg_url, tmp_path, npz, trials=budget, epochs=3)
     workers = [_worker(pg_url, npz) for _ in range(3)]
     # Once trials are running, the database drops every connection: workers must reconnect.
-    _wait_for(lambda: any(t.intermediate_values for t in _trials(pg_url)), 180, "a reported epoch")
+    wait_for(lambda: any(t.intermediate_values for t in study_trials(pg_url)), 180, "a reported epoch")
     assert drop_connections(pg_url) >= 1
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0, 0], "\n".join(outputs)
 
-    trials = _trials(pg_url)
+    trials = study_trials(pg_url)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == budget
     assert len(trials) == budget  # nobody overran the budget, nothing failed
@@ -127,15 +87,15 @@ def test_sigkilled_worker_trial_is_failed_and_retried(pg_url, tmp_path, npz):
     _create(pg_url, tmp_path, npz, trials=1, epochs=40, heartbeat_interval="1", grace_period="4",
             max_retry="1", pruner="none")
     victim = _worker(pg_url, npz)
-    _wait_for(lambda: any(t.intermediate_values for t in _trials(pg_url)), 180, "the first epoch")
+    wait_for(lambda: any(t.intermediate_values for t in study_trials(pg_url)), 180, "the first epoch")
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
-    assert [t.state for t in _trials(pg_url)] == [TrialState.RUNNING]  # left behind by the dead
+    assert [t.state for t in study_trials(pg_url)] == [TrialState.RUNNING]  # left behind by the dead
 
     rescuer = _worker(pg_url, npz)
     out, _ = rescuer.communicate(timeout=600)
     assert rescuer.returncode == 0, out
-    trials = _trials(pg_url)
+    trials = study_trials(pg_url)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].params == trials[0].params
     assert "retry of trial 0" in out
@@ -146,17 +106,17 @@ def test_sigterm_fails_trial_cleanly_and_requeues_it(pg_url, tmp_path, npz):
 
     _create(pg_url, tmp_path, npz, trials=1, epochs=40, pruner="none")
     proc = _worker(pg_url, npz)
-    _wait_for(lambda: any(t.intermediate_values for t in _trials(pg_url)), 180, "the first epoch")
+    wait_for(lambda: any(t.intermediate_values for t in study_trials(pg_url)), 180, "the first epoch")
     # FAIL and re-queue happen under the budget lock (a worker counting between the two would
     # see a free slot): while the test holds it, the trial stays RUNNING.
     with named_lock(pg_url, "mars-tuner:budget:s"):
         proc.send_signal(signal.SIGTERM)
         time.sleep(2)
         assert proc.poll() is None
-        assert [t.state for t in _trials(pg_url)] == [TrialState.RUNNING]
+        assert [t.state for t in study_trials(pg_url)] == [TrialState.RUNNING]
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    trials = _trials(pg_url)
+    trials = study_trials(pg_url)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[0].user_attrs[trial_attrs.INTERRUPTED] == "SIGTERM"
     assert trials[1].user_attrs[trial_attrs.RETRY_OF] == 0
@@ -167,11 +127,11 @@ def test_worker_frozen_past_the_grace_period_drops_its_result_and_carries_on(pg_
     _create(pg_url, tmp_path, npz, trials=1, epochs=40, heartbeat_interval="1", grace_period="4",
             max_retry="1", pruner="none")
     frozen = _worker(pg_url, npz)
-    _wait_for(lambda: any(t.intermediate_values for t in _trials(pg_url)), 180, "the first epoch")
+    wait_for(lambda: any(t.intermediate_values for t in study_trials(pg_url)), 180, "the first epoch")
     frozen.send_signal(signal.SIGSTOP)  # e.g. a VM paused, or a network partition
     try:
         rescuer = _worker(pg_url, npz)
-        _wait_for(lambda: [t.state for t in _trials(pg_url)][:1] == [TrialState.FAIL], 120,
+        wait_for(lambda: [t.state for t in study_trials(pg_url)][:1] == [TrialState.FAIL], 120,
                   "the frozen worker's trial to be failed as stale")
     finally:
         frozen.send_signal(signal.SIGCONT)
@@ -180,7 +140,7 @@ def test_worker_frozen_past_the_grace_period_drops_its_result_and_carries_on(pg_
     assert frozen.returncode == 0, out
     assert rescuer.returncode == 0, rescued
     assert "result is dropped" in out and "Traceback" not in out
-    assert [t.state for t in _trials(pg_url)] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert [t.state for t in study_trials(pg_url)] == [TrialState.FAIL, TrialState.COMPLETE]
 
 
 def test_worker_with_other_data_is_refused(pg_url, tmp_path, npz):
@@ -191,7 +151,7 @@ def test_worker_with_other_data_is_refused(pg_url, tmp_path, npz):
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "refusing to join" in lines[0] and "fingerprint" in lines[0]
-    assert _trials(pg_url) == []
+    assert study_trials(pg_url) == []
 
 
 def test_worker_with_unusable_artifact_dir_is_refused_before_training(pg_url, tmp_path, npz):
@@ -202,7 +162,7 @@ def test_worker_with_unusable_artifact_dir_is_refused_before_training(pg_url, tm
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "is a file, not a directory" in lines[0], result.stderr
-    assert _trials(pg_url) == []
+    assert study_trials(pg_url) == []
 
 
 def test_worker_on_unknown_study_is_one_line(pg_url, npz):
@@ -218,7 +178,7 @@ def test_export_retrains_to_the_same_score(pg_url, tmp_path, npz):
     run = _cli("worker", "run", "--study", "s", "--data", str(npz), "--quiet",
                "--artifact-dir", str(artifacts), url=pg_url, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    best = max((t for t in _trials(pg_url) if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    best = max((t for t in study_trials(pg_url) if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert trial_attrs.MODEL_ARTIFACT in best.user_attrs  # each new best model is uploaded
 
     model = tmp_path / "best.keras"

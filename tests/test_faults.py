@@ -16,19 +16,18 @@ import sys
 import threading
 import time
 
-from helpers import lose_first_reply
+from helpers import BIN, lose_first_reply, run_cli, study_trials, tiny_space, wait_for
 import optuna
 from optuna.trial import TrialState
 from pgcluster import cluster_url, pg_cluster  # noqa: F401 - fixtures
 import pytest
 import sqlalchemy
-from test_distributed import TINY_SPACE, _cli, _trials, _wait_for, _worker, npz  # noqa: F401
-import yaml
 
 from contract import trial_attrs
 import storage
 
-BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.npz(48, seed=3)
+
 PREFIXED = re.compile(r"^\[[^\]]+:\d+\] ")
 # Start-up (TensorFlow import, graph tracing) takes 10-20 s on an idle 2-core machine, minutes on a
 # loaded one; a trial of EPOCHS is still training when the test acts on its first epoch.
@@ -38,19 +37,16 @@ EPOCHS = 8
 
 def _space(tmp_path: Path, epochs: int) -> Path:
     """The tiny space, without early stopping: a trial runs ``epochs`` epochs."""
-    fixed = {**TINY_SPACE["fixed"], "epochs": epochs, "early_stopping_patience": epochs,
-             "reduce_lr_patience": epochs}
-    path = tmp_path / f"space-long-{epochs}.yaml"
-    path.write_text(yaml.safe_dump({**TINY_SPACE, "fixed": fixed}))
-    return path
+    return tiny_space(tmp_path / f"space-long-{epochs}.yaml", epochs=epochs, early_stopping_patience=epochs,
+                      reduce_lr_patience=epochs)
 
 
-def _create(url: str, tmp_path: Path, npz: Path, *, trials: int, epochs: int, **options: str | bool) -> None:  # noqa: F811
+def _create(url: str, tmp_path: Path, npz: Path, *, trials: int, epochs: int, **options: str | bool) -> None:
     args = ["create", "s", "--data", str(npz), "--space", str(_space(tmp_path, epochs)),
             "--trials", str(trials), "--pruner", "none"]
     for key, value in options.items():
         args += [f"--{key.replace('_', '-')}", value] if value is not True else [f"--{key.replace('_', '-')}"]
-    result = _cli("tuner", *args, url=url)
+    result = run_cli("tuner", *args, env={"TUNER_STORAGE": url})
     assert result.returncode == 0, result.stderr
 
 
@@ -59,7 +55,7 @@ class Live:
 
     running: list[subprocess.Popen[str]] = []
 
-    def __init__(self, url: str, npz: Path, *extra: str) -> None:  # noqa: F811
+    def __init__(self, url: str, npz: Path, *extra: str) -> None:
         self.proc = subprocess.Popen(
             [str(BIN / "worker"), "run", "--study", "s", "--data", str(npz), "--quiet", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -79,7 +75,7 @@ class Live:
             buf.append(line.rstrip("\n"))
 
     def wait_line(self, pattern: str, timeout: float, count: int = 1) -> None:
-        _wait_for(lambda: sum(pattern in line for line in self.out) >= count or self.proc.poll() is not None,
+        wait_for(lambda: sum(pattern in line for line in self.out) >= count or self.proc.poll() is not None,
                   timeout, pattern)
         assert sum(pattern in line for line in self.out) >= count, self.text()
 
@@ -106,7 +102,7 @@ def _no_leftover_workers():
 
 
 def _first_epoch(url: str) -> bool:
-    return any(t.intermediate_values for t in _trials(url))
+    return any(t.intermediate_values for t in study_trials(url))
 
 
 # -- 1, 17: an outage shorter than the grace period loses nothing ---------------------------------
@@ -118,7 +114,7 @@ def test_outage_shorter_than_grace_period_loses_nothing(pg_cluster, tmp_path, np
     _create(url, tmp_path, npz, trials=1, epochs=EPOCHS, heartbeat_interval="5", grace_period="30")
     worker = Live(url, npz)
     try:
-        _wait_for(lambda: _first_epoch(url), FIRST_EPOCH_S, "the first epoch")
+        wait_for(lambda: _first_epoch(url), FIRST_EPOCH_S, "the first epoch")
         pg_cluster.stop()
         time.sleep(22)
     finally:
@@ -126,7 +122,7 @@ def test_outage_shorter_than_grace_period_loses_nothing(pg_cluster, tmp_path, np
     code = worker.finish(timeout=600)
     text = worker.text()
     assert code == 0, text
-    trials = _trials(url)
+    trials = study_trials(url)
     assert [t.state for t in trials] == [TrialState.COMPLETE], text  # not failed, not retried
     assert trials[0].user_attrs[trial_attrs.EPOCHS_RUN] == EPOCHS
     assert "Traceback" not in text
@@ -147,7 +143,7 @@ def test_outage_longer_than_grace_period_stops_with_one_line_and_trial_is_recove
             max_retry="1")
     worker = Live(url, npz)
     try:
-        _wait_for(lambda: _first_epoch(url), FIRST_EPOCH_S, "the first epoch")
+        wait_for(lambda: _first_epoch(url), FIRST_EPOCH_S, "the first epoch")
         pg_cluster.stop()
         code = worker.finish(timeout=120)
     finally:
@@ -158,12 +154,12 @@ def test_outage_longer_than_grace_period_stops_with_one_line_and_trial_is_recove
     errors = [line for line in worker.err if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: database unavailable"), text
     assert "left RUNNING" in errors[0]
-    assert [t.state for t in _trials(url)] == [TrialState.RUNNING]
+    assert [t.state for t in study_trials(url)] == [TrialState.RUNNING]
 
     time.sleep(8)  # the grace period passes without a heartbeat: the next worker recovers it
     rescuer = Live(url, npz)
     assert rescuer.finish(timeout=600) == 0, rescuer.text()
-    trials = _trials(url)
+    trials = study_trials(url)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].params == trials[0].params
     assert "retry of trial 0" in rescuer.text()
@@ -184,7 +180,7 @@ def test_worker_waits_for_the_database_at_start(pg_cluster, tmp_path, npz):  # n
         pg_cluster.start()
     code = worker.finish(timeout=600)
     assert code == 0, worker.text()
-    assert [t.state for t in _trials(url)] == [TrialState.COMPLETE]
+    assert [t.state for t in study_trials(url)] == [TrialState.COMPLETE]
     # Without it (TUNER_WAIT_FOR_DB=0 by default) an unreachable database fails at once.
     pg_cluster.stop()
     try:
@@ -237,7 +233,7 @@ def test_frozen_lock_holder_loses_the_lock_and_waiting_is_logged_and_interruptib
         holder.send_signal(signal.SIGKILL)
         holder.send_signal(signal.SIGCONT)
         holder.wait(timeout=30)
-    assert [t.state for t in _trials(cluster_url)] == [TrialState.COMPLETE]
+    assert [t.state for t in study_trials(cluster_url)] == [TrialState.COMPLETE]
 
 
 # -- 2: killed connections never crash a worker ------------------------------------------------
@@ -249,7 +245,7 @@ def test_workers_survive_connections_killed_every_fraction_of_a_second(pg_cluste
     _create(cluster_url, tmp_path, npz, trials=budget, epochs=3, heartbeat_interval="2", grace_period="60")
     workers = [Live(cluster_url, npz) for _ in range(3)]
     # Start-up is not retried (a worker that cannot join says so): kill once all are in the loop.
-    _wait_for(lambda: all(any("started" in line or "budget" in line for line in w.out) or w.proc.poll() is not None
+    wait_for(lambda: all(any("started" in line or "budget" in line for line in w.out) or w.proc.poll() is not None
                           for w in workers), FIRST_EPOCH_S, "every worker's first trial")
     stop = threading.Event()
     killed = []
@@ -270,7 +266,7 @@ def test_workers_survive_connections_killed_every_fraction_of_a_second(pg_cluste
     assert sum(killed) > 10, killed
     assert codes == [0, 0, 0], "\n".join(outputs)
     assert "Traceback" not in "".join(outputs)
-    trials = _trials(cluster_url)
+    trials = study_trials(cluster_url)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == budget  # exact, whatever was killed
     assert not [t for t in trials if t.state == TrialState.RUNNING]
@@ -278,39 +274,41 @@ def test_workers_survive_connections_killed_every_fraction_of_a_second(pg_cluste
 
 # -- 6: a tell whose reply was lost -----------------------------------------------------------
 
-def _link(url: str, tmp_path: Path, npz: Path):  # noqa: F811
+def _link(url: str, tmp_path: Path, npz: Path):
     """What a joined worker's trials talk to the study through (worker.study_link)."""
+    from tuner.study import CreateOptions, create_study
     from worker.joining import read_spec
     from worker.study_link import StudyLink
 
-    _create(url, tmp_path, npz, trials=2, epochs=2, heartbeat_interval="1", grace_period="5")
+    create_study("s", CreateOptions(storage_url=url, data=npz, fingerprint=None, space_path=_space(tmp_path, 2),
+                                    trials=2, pruner="none", heartbeat_interval=1, grace_period=5))
     spec = read_spec(url, "s")
     rdb = storage.open_storage(url, heartbeat_interval=1, grace_period=5)
     return StudyLink(optuna.load_study(study_name="s", storage=rdb), rdb, url, spec.grace_period, print)
 
 
-def test_tell_whose_reply_was_lost_is_not_reported_as_dropped(cluster_url, tmp_path, npz):  # noqa: F811
-    link = _link(cluster_url, tmp_path, npz)
+def test_tell_whose_reply_was_lost_is_not_reported_as_dropped(pg_schema_url, tmp_path, npz):
+    link = _link(pg_schema_url, tmp_path, npz)
     try:
         trial = link.study.ask()
         lose_first_reply(link.study)
         link.tell(trial, values=0.5)  # before: UpdateFinishedTrialError -> "dropped"
-        assert [(t.state, t.value) for t in _trials(cluster_url)] == [(TrialState.COMPLETE, 0.5)]
+        assert [(t.state, t.value) for t in study_trials(pg_schema_url)] == [(TrialState.COMPLETE, 0.5)]
     finally:
         link.close()
 
 
-def test_interrupted_trial_whose_fail_reply_was_lost_is_still_requeued_once(cluster_url, tmp_path, npz):  # noqa: F811
+def test_interrupted_trial_whose_fail_reply_was_lost_is_still_requeued_once(pg_schema_url, tmp_path, npz):
     from worker.requeue import requeue
 
-    link = _link(cluster_url, tmp_path, npz)
+    link = _link(pg_schema_url, tmp_path, npz)
     try:
         trial = link.study.ask()
         trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True)
         lose_first_reply(link.study)
         requeue(link, trial, interrupted="SIGTERM")
         requeue(link, trial, interrupted="SIGTERM")  # a second attempt adds nothing
-        trials = _trials(cluster_url)
+        trials = study_trials(pg_schema_url)
         assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
         assert trials[1].user_attrs[trial_attrs.RETRY_OF] == 0
     finally:
@@ -323,7 +321,7 @@ def test_interrupted_trial_whose_fail_reply_was_lost_is_still_requeued_once(clus
 def test_overwrite_while_a_worker_runs_stops_it_with_one_line(cluster_url, tmp_path, npz):  # noqa: F811
     _create(cluster_url, tmp_path, npz, trials=1, epochs=EPOCHS)
     worker = Live(cluster_url, npz)
-    _wait_for(lambda: _first_epoch(cluster_url), FIRST_EPOCH_S, "the first epoch")
+    wait_for(lambda: _first_epoch(cluster_url), FIRST_EPOCH_S, "the first epoch")
     _create(cluster_url, tmp_path, npz, trials=1, epochs=EPOCHS, overwrite=True)
     code = worker.finish(timeout=120)
     assert code == 1, worker.text()
@@ -331,17 +329,17 @@ def test_overwrite_while_a_worker_runs_stops_it_with_one_line(cluster_url, tmp_p
         "error: study 's' was replaced or deleted (`tuner create --overwrite`?); stopping this worker"
     ], worker.text()
     assert "Traceback" not in worker.text()
-    assert _trials(cluster_url) == []  # the new study is untouched
+    assert study_trials(cluster_url) == []  # the new study is untouched
 
 
-def test_concurrent_create_exist_ok_makes_one_study_and_never_shows_a_half_made_one(cluster_url, tmp_path, npz):  # noqa: F811
+def test_concurrent_create_exist_ok_makes_one_study_and_never_shows_a_half_made_one(pg_schema_url, tmp_path, npz):
     from tuner.study import CreateOptions, create_study
 
     space = _space(tmp_path, 2)
-    storage.init_schema(cluster_url)
+    storage.init_schema(pg_schema_url)
     half_made = []
     done = threading.Event()
-    engine = sqlalchemy.create_engine(cluster_url)
+    engine = sqlalchemy.create_engine(pg_schema_url)
 
     def watch() -> None:  # what a worker loading the study by name could see
         query = sqlalchemy.text(
@@ -356,7 +354,7 @@ def test_concurrent_create_exist_ok_makes_one_study_and_never_shows_a_half_made_
     def create(errors: list[BaseException], barrier: threading.Barrier) -> None:
         barrier.wait()
         try:
-            create_study("s", CreateOptions(storage_url=cluster_url, data=npz, fingerprint=None,
+            create_study("s", CreateOptions(storage_url=pg_schema_url, data=npz, fingerprint=None,
                                             space_path=space, trials=1,
                                             exist_ok=True))
         except BaseException as exc:  # noqa: BLE001
@@ -366,8 +364,8 @@ def test_concurrent_create_exist_ok_makes_one_study_and_never_shows_a_half_made_
     watcher.start()
     try:
         for _ in range(3):
-            if _names(cluster_url):
-                rdb = storage.open_storage(cluster_url, heartbeat_interval=None)
+            if _names(pg_schema_url):
+                rdb = storage.open_storage(pg_schema_url, heartbeat_interval=None)
                 optuna.delete_study(study_name="s", storage=rdb)
                 rdb.engine.dispose()
             errors: list[BaseException] = []
@@ -378,7 +376,7 @@ def test_concurrent_create_exist_ok_makes_one_study_and_never_shows_a_half_made_
             for thread in threads:
                 thread.join(timeout=120)
             assert errors == []
-            assert _names(cluster_url) == ["s"]
+            assert _names(pg_schema_url) == ["s"]
     finally:
         done.set()
         watcher.join(timeout=10)
@@ -411,7 +409,7 @@ def test_full_artifact_disk_keeps_the_result_and_leaves_no_partial_file(cluster_
         assert code == 0, text
         assert "Traceback" not in text
         assert any("model upload" in line and "failed" in line and PREFIXED.match(line) for line in worker.out), text
-        trials = _trials(cluster_url)
+        trials = study_trials(cluster_url)
         assert [t.state for t in trials] == [TrialState.COMPLETE]
         assert trials[0].value == pytest.approx(trials[0].user_attrs[trial_attrs.MIOU])
         assert trial_attrs.MODEL_ARTIFACT not in trials[0].user_attrs

@@ -17,11 +17,10 @@ import subprocess
 import sys
 import zipfile
 
-from helpers import one_cli_error
+from helpers import BIN, invoke, one_cli_error
 import numpy as np
 import optuna
 import pytest
-from typer.testing import CliRunner
 
 from contract import trial_attrs
 from contract.atomic import replacing, writable_problem
@@ -29,26 +28,13 @@ from contract.config import ConfigError, TrainConfig
 from contract.data import check_trainable, load_npz
 from contract.data_format import DataError
 from contract.space import SearchSpace, SpaceError
-from contract.synth import write_npz
 import storage
 from storage.engine import engine_kwargs
 from storage.url import mask_url, resolve_url, scrub
 from tuner.cli import app as tuner_app
 from worker.cli import app as worker_app
 
-BIN = Path(sys.executable).parent
 SECRET = "hunter2secret"
-
-
-def invoke(app, *args: str, env: dict[str, str] | None = None):
-    return CliRunner().invoke(app, [str(a) for a in args], env=env)
-
-
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "mars.npz"
-    write_npz(path, 24, seed=0)
-    return path
 
 
 def _subset(npz: Path, out: Path, n: int, *, background: bool = False) -> Path:

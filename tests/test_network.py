@@ -11,15 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 import time
 
+from helpers import study_trials, wait_for
 from netns import HostWorker, Network, net, network  # noqa: F401 - fixtures
 from optuna.trial import TrialState
 import pytest
-from test_distributed import _trials, _wait_for, npz  # noqa: F401 - fixtures
 from test_faults import _create
 
 from contract import trial_attrs
 
-pytestmark = pytest.mark.slow  # real worker processes on namespaced hosts
+pytestmark = [pytest.mark.slow, pytest.mark.npz(48, seed=3)]  # real worker processes on namespaced hosts
 START_S = 400  # TensorFlow import and tracing: ~20 s idle, minutes on a loaded 2-core machine
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -34,12 +34,12 @@ def _study(net: Network, tmp_path: Path, npz: Path, **options: str) -> tuple[str
 
 def _running_on(local: str, worker: HostWorker) -> list[int]:
     """Numbers of the trials ``worker``'s process is running with an epoch reported."""
-    return [t.number for t in _trials(local) if t.state == TrialState.RUNNING and t.intermediate_values
+    return [t.number for t in study_trials(local) if t.state == TrialState.RUNNING and t.intermediate_values
             and t.user_attrs.get(trial_attrs.WORKER, {}).get("pid") == worker.proc.pid]
 
 
 def _budget_exact(local: str, budget: int) -> list:
-    trials = _trials(local)
+    trials = study_trials(local)
     assert len([t for t in trials if t.state in FINISHED]) == budget, [(t.number, t.state) for t in trials]
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     return trials
@@ -82,7 +82,7 @@ def test_blackholed_worker_notices_within_its_timeouts_and_stops_with_one_line(n
                              grace_period="4", max_retry="1")
     host = net.hosts[0]
     worker = net.worker(host, database, npz)
-    _wait_for(lambda: _running_on(local, worker) or worker.proc.poll() is not None, START_S, "the first epoch")
+    wait_for(lambda: _running_on(local, worker) or worker.proc.poll() is not None, START_S, "the first epoch")
     net.cut(host)  # for good: nothing comes back, not even an RST
     cut_at = time.monotonic()
     code = worker.finish(timeout=300)
@@ -107,7 +107,7 @@ def test_host_cut_off_past_the_grace_period_loses_its_trial_to_another_and_carri
     database, local = _study(net, tmp_path, npz, trials=budget, epochs=8, heartbeat_interval="1",
                              grace_period=str(grace), max_retry="1")
     workers = [net.worker(h, database, npz) for h in net.hosts[:2]]
-    _wait_for(lambda: any(_running_on(local, w) for w in workers) or any(w.proc.poll() is not None for w in workers),
+    wait_for(lambda: any(_running_on(local, w) for w in workers) or any(w.proc.poll() is not None for w in workers),
               START_S, "the first epoch")
     cut_off = next(w for w in workers if _running_on(local, w))
     other = next(w for w in workers if w is not cut_off)
@@ -115,8 +115,8 @@ def test_host_cut_off_past_the_grace_period_loses_its_trial_to_another_and_carri
     net.cut(cut_off.host)
     cut_at = time.monotonic()
     # The other host fails the silent trial as stale and runs its retry while the link is down.
-    _wait_for(lambda: any(t.system_attrs.get("failed_trial") == lost and t.state != TrialState.WAITING
-                          for t in _trials(local)), 300, "the cut-off host's trial to be retried elsewhere")
+    wait_for(lambda: any(t.system_attrs.get("failed_trial") == lost and t.state != TrialState.WAITING
+                          for t in study_trials(local)), 300, "the cut-off host's trial to be retried elsewhere")
     assert time.monotonic() - cut_at >= grace - 1  # stale since its last beat, up to 1 s before the cut
     net.heal()
     healed_at = time.monotonic()
@@ -148,14 +148,14 @@ def test_host_cut_off_for_less_than_the_grace_period_rides_it_out(net, tmp_path,
     database, local = _study(net, tmp_path, npz, trials=1, epochs=8, heartbeat_interval="1",
                              grace_period=str(grace), max_retry="1")
     worker = net.worker(net.hosts[0], database, npz)
-    _wait_for(lambda: _running_on(local, worker) or worker.proc.poll() is not None, START_S, "the first epoch")
+    wait_for(lambda: _running_on(local, worker) or worker.proc.poll() is not None, START_S, "the first epoch")
     net.cut(net.hosts[0])
     rdb = storage.open_storage(local, heartbeat_interval=1, grace_period=grace, max_retry=1)
     try:
         study = optuna.load_study(study_name="s", storage=rdb)
         until = time.monotonic() + grace / 2
         while time.monotonic() < until:  # what every other worker does before it asks
-            storage.fail_stale_trials(study)
+            storage.fail_stalestudy_trials(study)
             time.sleep(0.5)
     finally:
         net.heal()
@@ -174,7 +174,7 @@ def test_database_unreachable_for_every_host_at_once_loses_nothing_within_the_gr
     database, local = _study(net, tmp_path, npz, trials=budget, epochs=8, heartbeat_interval="1",
                              grace_period=str(grace), max_retry="1")
     workers = [net.worker(h, database, npz) for h in net.hosts[:2]]
-    _wait_for(lambda: all(_running_on(local, w) for w in workers) or any(w.proc.poll() is not None for w in workers),
+    wait_for(lambda: all(_running_on(local, w) for w in workers) or any(w.proc.poll() is not None for w in workers),
               START_S, "both hosts' first epochs")
     net.cut(*net.hosts[:2])
     time.sleep(grace / 2)

@@ -7,7 +7,7 @@ import io
 import json
 import math
 
-from helpers import lose_first_reply, one_cli_error, run_cli
+from helpers import lose_first_reply, one_cli_error, run_cli, tiny_space
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
@@ -20,7 +20,6 @@ from contract import trial_attrs as attrs
 from contract.pareto import Pick, PickError, PickRule, Point, front
 from contract.space import SearchSpace
 from contract.study_spec import SpecError, StudySpec
-from contract.synth import write_npz
 import storage
 from tuner import report as tuner_report
 from tuner.cli import app
@@ -342,26 +341,18 @@ def test_a_two_value_tell_whose_reply_was_lost_is_not_dropped(pg_schema_url, tmp
 
 # -- a real worker ----------------------------------------------------------------------------------
 
-TINY_SPACE = {
-    "fixed": {
-        "model": "multipath", "depth": 2, "base_filters": 4, "conventional_filters": 8, "residual_filters": 4,
-        "context_filters": 4, "batch_size": 16, "augment_flips": False, "validation_fraction": 0.25,
-        "early_stopping_patience": 5, "reduce_lr_patience": 5, "batchnorm_momentum": 0.9, "epochs": 2,
-    },
-    "params": {
-        "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-        "multiscale_filters": {"type": "categorical", "choices": [4, 8]},
-        "tta": {"type": "bool"},
-    },
+#: The tiny space, searching the multi-scale width and TTA (what the costs depend on).
+OBJECTIVES_PARAMS = {
+    "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+    "multiscale_filters": {"type": "categorical", "choices": [4, 8]},
+    "tta": {"type": "bool"},
 }
 
 
 @pytest.mark.slow
-def test_worker_tells_miou_and_latency_and_records_the_costs(pg_url, tmp_path):
-    npz = tmp_path / "mars.npz"
-    write_npz(npz, 48, seed=3)
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump(TINY_SPACE))
+def test_worker_tells_miou_and_latency_and_records_the_costs(pg_url, tmp_path, synth_npz):
+    npz = synth_npz(48, seed=3)
+    space = tiny_space(tmp_path / "space.yaml", params=OBJECTIVES_PARAMS, epochs=2)
     env = {"TUNER_STORAGE": pg_url}
     created = run_cli("tuner", "create", "s", "--data", str(npz), "--space", str(space), "--trials", "3",
                       "--objectives", "miou,latency", "--no-seed-config", env=env, timeout=120)

@@ -90,21 +90,19 @@ def test_budget_is_exact_with_many_askers_through_pgbouncer(bouncer, pg_schema_u
 
 
 @pytest.mark.slow
-def test_real_workers_through_pgbouncer_finish_the_budget_exactly(bouncer, pg_schema_url, tmp_path):
-    from test_distributed import _create, _trials, _worker
-
-    from contract.synth import write_npz
+def test_real_workers_through_pgbouncer_finish_the_budget_exactly(bouncer, pg_schema_url, tmp_path, synth_npz):
+    from helpers import study_trials
+    from test_distributed import _create, _worker
 
     b, database = bouncer
-    npz = tmp_path / "mars.npz"
-    write_npz(npz, 48, seed=3)
+    npz = synth_npz(48, seed=3)
     budget = 4
     _create(pg_schema_url, tmp_path, npz, trials=budget, epochs=2, pruner="none")
     # One on psycopg2, one on the default driver (psycopg 3): both through the pool.
     workers = [_worker(b.url(database, driver), npz) for driver in ("postgresql+psycopg2", "postgresql")]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], "\n".join(outputs)
-    trials = _trials(pg_schema_url)
+    trials = study_trials(pg_schema_url)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * budget, "\n".join(outputs)
     assert "unavailable" not in "".join(outputs)
     assert b.stats(database)["total_xact_count"] > 0

@@ -20,8 +20,8 @@ from pathlib import Path
 import re
 import shutil
 import subprocess
-import sys
 
+from helpers import BIN, TINY_SPACE, tiny_space
 import numpy as np
 import optuna
 from optuna.storages import RDBStorage
@@ -37,7 +37,6 @@ from tuner import report as tuner_report
 from tuner.study import CreateOptions, StudyError, create_study
 from worker.training import preview
 
-BIN = Path(sys.executable).parent
 FINGERPRINT = "ab" * 32
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SECTION_IDS = [sid for sid, _ in tuner_report.SECTIONS]
@@ -308,25 +307,14 @@ def test_browser_check_catches_console_errors(tmp_path):
 
 # -- end to end, with a real worker ---------------------------------------------------------------
 
-TINY_SPACE = {
-    "fixed": {
-        "model": "multipath", "depth": 2, "base_filters": 4, "conventional_filters": 8,
-        "residual_filters": 4, "multiscale_filters": 8, "context_filters": 4, "batch_size": 16,
-        "augment_flips": False, "validation_fraction": 0.25, "early_stopping_patience": 5,
-        "reduce_lr_patience": 5, "batchnorm_momentum": 0.9, "epochs": 2,
-    },
-    "params": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-}
+#: The tiny space, searching the learning rate only.
+LEARNING_RATE_ONLY = {"learning_rate": TINY_SPACE["params"]["learning_rate"]}
 
 
 @pytest.mark.slow
-def test_worker_saves_confusion_matrix_and_images_that_the_report_embeds(pg_url, tmp_path):
-    from contract.synth import write_npz
-
-    npz = tmp_path / "mars.npz"
-    write_npz(npz, 48, seed=3)
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump(TINY_SPACE))
+def test_worker_saves_confusion_matrix_and_images_that_the_report_embeds(pg_url, tmp_path, synth_npz):
+    npz = synth_npz(48, seed=3)
+    space = tiny_space(tmp_path / "space.yaml", params=LEARNING_RATE_ONLY, epochs=2)
     env = {**os.environ, "TUNER_STORAGE": pg_url}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:

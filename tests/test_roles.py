@@ -17,17 +17,15 @@ import subprocess
 import sys
 import uuid
 
-from helpers import one_error_line, run_cli
+from helpers import one_error_line, run_cli, tiny_space
 from pgcluster import PORT, VERSION, _ctl, _drop
 import psycopg2
 import pytest
-from test_distributed import TINY_SPACE
-import yaml
 
-from contract.synth import write_npz
 from storage.roles import OWNER, PASSWORD_FILE_ENV, ROLES, VIEWER, WORKER, privilege_statements, role_statements
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.npz(32, seed=1)
 NAME = f"tuner_roles_{PORT}"
 
 
@@ -103,13 +101,6 @@ def tls_cluster(tmp_path_factory) -> Iterator[TlsCluster]:
 
 
 @pytest.fixture(scope="module")
-def npz(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "mars.npz"
-    write_npz(path, 32, seed=1)
-    return path
-
-
-@pytest.fixture(scope="module")
 def study_db(tls_cluster, npz, tmp_path_factory) -> str:
     """A database set up as compose does it: roles by the superuser, the study by the owner."""
     database = f"roles_{uuid.uuid4().hex[:8]}"
@@ -119,8 +110,7 @@ def study_db(tls_cluster, npz, tmp_path_factory) -> str:
     env = {"TUNER_DB_PASSWORD_FILE": None, **{PASSWORD_FILE_ENV[r]: str(tls_cluster.secrets / r) for r in ROLES}}
     result = run_cli("tuner", "db", "init", "--roles", "--storage", tls_cluster.url("postgres", database), env=env)
     assert result.returncode == 0, result.stderr
-    space = tmp_path_factory.mktemp("space") / "space.yaml"
-    space.write_text(yaml.safe_dump({**TINY_SPACE, "fixed": {**TINY_SPACE["fixed"], "epochs": 1}}))
+    space = tiny_space(tmp_path_factory.mktemp("space") / "space.yaml", epochs=1)
     result = run_cli("tuner", "create", "s", "--data", str(npz), "--space", str(space), "--trials", "2",
                      "--pruner", "none", "--storage", tls_cluster.url(OWNER, database), env=tls_cluster.env(OWNER))
     assert result.returncode == 0, result.stderr

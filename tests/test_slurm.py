@@ -16,18 +16,13 @@ from pathlib import Path
 import re
 import shutil
 import subprocess
-import time
 
-from helpers import BIN, run_cli
-import optuna
+from helpers import BIN, run_cli, study_trials, tiny_space, wait_for
 from optuna.trial import FrozenTrial, TrialState
 import pytest
 from slurmcluster import Job, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
-import yaml
 
 from contract import trial_attrs
-from contract.synth import write_npz
-import storage
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = "deploy/slurm/worker.sbatch"
@@ -38,29 +33,11 @@ WATCH = ('squeue -j "$jobid"', "tuner status mars")
 STOP_TASK = 'scancel "${jobid}_2"'
 STOP_ALL = 'scancel "$jobid"'
 
-TINY_SPACE = {
-    "fixed": {
-        "model": "multipath", "depth": 2, "base_filters": 4, "conventional_filters": 8,
-        "residual_filters": 4, "multiscale_filters": 8, "context_filters": 4, "batch_size": 16,
-        "augment_flips": False, "validation_fraction": 0.25, "early_stopping_patience": 1000,
-        "reduce_lr_patience": 1000, "batchnorm_momentum": 0.9,
-    },
-    "params": {
-        "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-        "focal_gamma": {"type": "float", "low": 0.0, "high": 2.0},
-    },
-}
 # Epochs of a trial that a test interrupts: long enough that the signal lands mid-trial, short
 # enough that the retry does not cost much (~0.4 s an epoch on the 2-core CI machine).
 EPOCHS_SHORT_CUT = 20  # scancel / requeue: the signal follows the first epoch within a second
 EPOCHS_TIME_LIMIT = 120  # slurmctld checks time limits every 30 s: the warning may take that long
-
-
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "mars.npz"
-    write_npz(path, 48, seed=3)
-    return path
+pytestmark = pytest.mark.npz(48, seed=3)  # the tiny space's data
 
 
 class Site:
@@ -78,8 +55,8 @@ class Site:
         }
 
     def create(self, *, trials: int, epochs: int) -> None:
-        space = self.where / "space.yaml"
-        space.write_text(yaml.safe_dump({**TINY_SPACE, "fixed": {**TINY_SPACE["fixed"], "epochs": epochs}}))
+        space = tiny_space(self.where / "space.yaml", epochs=epochs, early_stopping_patience=1000,
+                           reduce_lr_patience=1000)
         result = run_cli("tuner", "create", STUDY, "--data", str(self.npz), "--space", str(space),
                          "--trials", str(trials), "--pruner", "none", env={"TUNER_STORAGE": self.url})
         assert result.returncode == 0, result.stderr
@@ -97,11 +74,7 @@ class Site:
         return self.sh(f'{line} && echo "$jobid"').stdout.strip().split(";")[0]
 
     def trials(self) -> list[FrozenTrial]:
-        rdb = storage.open_storage(self.url, heartbeat_interval=None)
-        try:
-            return optuna.load_study(study_name=STUDY, storage=rdb).get_trials(deepcopy=False)
-        finally:
-            rdb.engine.dispose()
+        return study_trials(self.url, STUDY)
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
@@ -111,12 +84,7 @@ class Site:
         return (self.where / f"mars-tuner-{task}.out").read_text(errors="replace")
 
     def wait_for(self, predicate: Callable[[], object], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.5)
-        raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")
+        wait_for(predicate, timeout, what, poll=0.5, detail=self.logs)
 
     def task_mid_trial(self) -> tuple[str, FrozenTrial]:
         """Wait until trial 0 runs and has reported an epoch; the Slurm task running it, and it."""

@@ -15,14 +15,12 @@ import contextlib
 import time
 
 from conftest import PG_ADMIN_DSN
+from helpers import tiny_space
 import optuna
 import psycopg2
 import pytest
 import sqlalchemy
-from test_distributed import TINY_SPACE  # noqa: F401 - the tiny space the distributed tests use
-import yaml
 
-from contract.synth import write_npz
 from tuner.study import CreateOptions, create_study
 from worker import joining
 from worker.joining import WorkerOptions, join
@@ -35,17 +33,8 @@ KILLS_PER_PHASE = 6
 
 
 @pytest.fixture(scope="module")
-def npz(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "mars.npz"
-    write_npz(path, 24, seed=0)
-    return path
-
-
-@pytest.fixture(scope="module")
 def space(tmp_path_factory):
-    path = tmp_path_factory.mktemp("space") / "space.yaml"
-    path.write_text(yaml.safe_dump(TINY_SPACE))
-    return path
+    return tiny_space(tmp_path_factory.mktemp("space") / "space.yaml")
 
 
 class Killer:

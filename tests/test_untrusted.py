@@ -11,25 +11,11 @@ import os
 from pathlib import Path
 import re
 
-from helpers import one_cli_error
+from helpers import invoke, one_cli_error
 from pgcluster import pg_cluster  # noqa: F401 - the fixture (a throw-away server to stop)
 import pytest
-from typer.testing import CliRunner
 
-from contract.synth import write_npz
 from tuner.cli import app as tuner_app
-
-
-def invoke(app, *args: str, env: dict[str, str] | None = None):
-    return CliRunner().invoke(app, [str(a) for a in args], env=env)
-
-
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "mars.npz"
-    write_npz(path, 24, seed=0)
-    return path
-
 
 # --- 5. --enqueue files go through the same guarded reader as --space and --config ----------
 
@@ -393,17 +379,14 @@ def test_bad_compile_cache_is_one_warning_and_no_cache(tmp_path):
 
 
 @pytest.mark.slow
-def test_worker_with_a_bad_compile_cache_warns_once_and_completes_its_trial(tuner_home, tmp_path):
-    from helpers import run_cli
+def test_worker_with_a_bad_compile_cache_warns_once_and_completes_its_trial(tuner_home, tmp_path, synth_npz):
+    from helpers import run_cli, tiny_space
     import optuna
-    from test_report import TINY_SPACE
-    import yaml
+    from test_report import LEARNING_RATE_ONLY
 
     pytest.importorskip("jax")
-    npz = tmp_path / "mars.npz"
-    write_npz(npz, 32, seed=3)
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({**TINY_SPACE, "fixed": {**TINY_SPACE["fixed"], "epochs": 1}}))
+    npz = synth_npz(32, seed=3)
+    space = tiny_space(tmp_path / "space.yaml", params=LEARNING_RATE_ONLY, epochs=1)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     created = run_cli("tuner", "create", "s", "--data", str(npz), "--space", str(space), "--trials", "1",
                       "--pruner", "none", "--storage", url)

@@ -9,23 +9,19 @@ working.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import subprocess
-import sys
 import time
 import urllib.request
 
+from helpers import BIN, invoke
 import optuna
 import pytest
 import sqlalchemy
-from typer.testing import CliRunner
 
-from contract.synth import write_npz
 import storage
 from storage.url import resolve_url
 from tuner.cli import app as tuner_app
 
-BIN = Path(sys.executable).parent
 DASHBOARD_PORT = 55421  # this suite's throw-away port range: 55420-55429
 
 
@@ -35,12 +31,10 @@ def plain(url: str) -> str:
 
 
 @pytest.fixture
-def plain_study(pg_url, tmp_path, tuner_home) -> tuple[str, str]:
+def plain_study(pg_url, tuner_home, synth_npz) -> tuple[str, str]:
     """A study made by ``tuner create`` through the plain URL: (url, study name)."""
-    npz = tmp_path / "mars.npz"
-    write_npz(npz, 16, seed=0)
     url = plain(pg_url)
-    result = CliRunner().invoke(tuner_app, ["create", "s", "--data", str(npz), "--trials", "2", "--storage", url])
+    result = invoke(tuner_app, "create", "s", "--data", synth_npz(16), "--trials", "2", "--storage", url)
     assert result.exit_code == 0, result.stderr
     # What tuner shows is the form the user typed, not a rewritten one.
     assert f"in {url}" in result.stdout, result.stdout
