@@ -1,4 +1,5 @@
-"""Where the benchmarks find the real AI4Mars stand-in file (never part of the repository)."""
+"""Where the benchmarks find the real AI4Mars stand-in file (never part of the repository), and the
+search space they train on it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,17 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: What the real-data benchmarks search (search_quality, confirm_spread, pruning): Multipath UNet
+#: widths small enough for 2 CPU cores. Each script adds its own fixed values.
+CPU_PARAMS: dict[str, dict] = {
+    "learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
+    "base_filters": {"type": "int", "low": 4, "high": 8, "step": 4},
+    "conventional_filters": {"type": "categorical", "choices": [16, 32]},
+    "multiscale_filters": {"type": "categorical", "choices": [16, 32]},
+    "focal_gamma": {"type": "float", "low": 0.0, "high": 3.0},
+    "weight_decay": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+}
 
 
 def real_data_path() -> Path:

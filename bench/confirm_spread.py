@@ -30,7 +30,7 @@ import tempfile
 import time
 from typing import Any
 
-from _real import real_data_path  # bench/ is on sys.path when a script runs
+from _real import CPU_PARAMS, real_data_path  # bench/ is on sys.path when a script runs
 from _report import write_result
 
 BIN = Path(sys.executable).parent
@@ -45,14 +45,7 @@ def space(epochs: int) -> dict[str, Any]:
             "augment_flips": False, "early_stopping_patience": epochs, "reduce_lr_patience": epochs,
             "residual_filters": 8, "context_filters": 8, "batchnorm_momentum": 0.9, "seed": 0,
         },
-        "params": {
-            "learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
-            "base_filters": {"type": "int", "low": 4, "high": 8, "step": 4},
-            "conventional_filters": {"type": "categorical", "choices": [16, 32]},
-            "multiscale_filters": {"type": "categorical", "choices": [16, 32]},
-            "focal_gamma": {"type": "float", "low": 0.0, "high": 3.0},
-            "weight_decay": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
-        },
+        "params": CPU_PARAMS,
     }
 
 

@@ -41,6 +41,7 @@ from typing import Any
 import warnings
 
 from _real import (  # bench/ is on sys.path when a script runs
+    CPU_PARAMS,
     constant_baseline,
     real_data_path,
 )
@@ -68,14 +69,7 @@ def make_space(epochs: int, max_images: int) -> Any:
             "residual_filters": 8, "context_filters": 8,
             "batchnorm_momentum": 0.9,  # few steps per epoch: BatchNorm must keep up
         },
-        "params": {
-            "learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
-            "base_filters": {"type": "int", "low": 4, "high": 8, "step": 4},
-            "conventional_filters": {"type": "categorical", "choices": [16, 32]},
-            "multiscale_filters": {"type": "categorical", "choices": [16, 32]},
-            "focal_gamma": {"type": "float", "low": 0.0, "high": 3.0},
-            "weight_decay": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
-        },
+        "params": CPU_PARAMS,
     })
 
 
