@@ -36,6 +36,9 @@ TINY_SPACE: dict[str, dict[str, Any]] = {
     },
 }
 
+#: The tiny space's learning rate alone (``params`` of :func:`tiny_space`).
+LEARNING_RATE_ONLY = {"learning_rate": TINY_SPACE["params"]["learning_rate"]}
+
 
 def tiny_space(path: Path, *, params: dict[str, Any] | None = None, **fixed: Any) -> Path:
     """Write :data:`TINY_SPACE` to ``path`` as YAML and return ``path``: ``fixed`` sets fixed values,

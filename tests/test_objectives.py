@@ -294,13 +294,13 @@ def test_one_objective_takes_only_the_default_pick(pg_schema_url, tmp_path):
 
 
 def test_report_draws_the_front_and_uses_the_pick(filled, tmp_path):
-    from test_report import SECTION_IDS, _parse
+    from report_page import SECTION_IDS, parse
 
     url, study = filled
     out = tmp_path / "mo.html"
     tuner_report.write_report("s", storage_url=url, output=out, pick="smallest-within 0.01")
     text = out.read_text()
-    assert [i for i in _parse(text).ids if i in SECTION_IDS] == SECTION_IDS  # Pareto front included
+    assert [i for i in parse(text).ids if i in SECTION_IDS] == SECTION_IDS  # Pareto front included
     pareto = text[text.index('<section id="pareto">'):text.index('<section id="history">')]
     assert "Pareto front: validation mIoU against parameters (3 of 5 complete trials)" in pareto
     assert "picked (smallest-within 0.01)" in pareto and '"symbol":"star"' in pareto.replace(" ", "")
@@ -394,7 +394,7 @@ def test_worker_tells_miou_and_latency_and_records_the_costs(pg_url, tmp_path, s
 
 @pytest.mark.slow
 def test_two_objective_report_renders_in_chromium_without_console_errors(filled, tmp_path):
-    from test_report import render_in_chromium
+    from report_page import render_in_chromium
 
     url, _ = filled
     out = tmp_path / "mo.html"

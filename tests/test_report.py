@@ -4,29 +4,29 @@ trial's images, and renders in a real headless Chromium without console errors.
 Most studies here are built by hand (ask/tell with the attributes a worker writes), so they cost
 no training; one test runs a real worker with an artifact store, end to end.
 
-Chromium: the browser tests skip when ``chromium`` is not installed, unless ``CI`` is set, where
-its absence fails them (Debian: ``apt-get install -y chromium``).
+tests/report_page.py parses the page and drives the browser. Chromium: the browser tests skip when
+``chromium`` is not installed, unless ``CI`` is set, where its absence fails them (Debian:
+``apt-get install -y chromium``).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-from html.parser import HTMLParser
 import io
 import math
 import os
 from pathlib import Path
 import re
-import shutil
 import subprocess
 
-from helpers import BIN, TINY_SPACE, tiny_space
+from helpers import BIN, LEARNING_RATE_ONLY, tiny_space
 import numpy as np
 import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 import pytest
+from report_page import SECTION_IDS, chromium, parse, render_in_chromium
 import yaml
 
 from contract import trial_attrs as attrs
@@ -38,40 +38,6 @@ from tuner.study import CreateOptions, StudyError, create_study
 from worker.training import preview
 
 FINGERPRINT = "ab" * 32
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SECTION_IDS = [sid for sid, _ in tuner_report.SECTIONS]
-
-
-class _Page(HTMLParser):
-    """Collects what the tests look at: ids, scripts, external references, images."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ids: list[str] = []
-        self.scripts: list[dict[str, str | None]] = []
-        self.external: list[str] = []
-        self.images: list[str] = []
-        self.stack: list[str] = []
-
-    def handle_starttag(self, tag: str, attributes: list[tuple[str, str | None]]) -> None:
-        a = dict(attributes)
-        if a.get("id"):
-            self.ids.append(str(a["id"]))
-        if tag == "script":
-            self.scripts.append(a)
-        if tag == "img":
-            self.images.append(str(a.get("src")))
-        for key in ("src", "href"):
-            value = a.get(key) or ""
-            if re.match(r"(https?:)?//", value):
-                self.external.append(value)
-
-
-def _parse(text: str) -> _Page:
-    page = _Page()
-    page.feed(text)
-    page.close()
-    return page
 
 
 def _study(url: str, name: str = "mars", trials: int = 13) -> tuple[optuna.Study, StudySpec, RDBStorage]:
@@ -138,7 +104,7 @@ def test_report_is_self_contained_with_every_section(pg_schema_url, tmp_path):
 
     tuner_report.write_report("mars", storage_url=pg_schema_url, output=out, artifact_dir=artifacts)
     text = out.read_text()
-    page = _parse(text)
+    page = parse(text)
 
     # Every section of a single-objective study, in order; no Pareto front.
     expected = [s for s in SECTION_IDS if s != "pareto"]
@@ -178,7 +144,7 @@ def test_report_without_artifact_dir_says_where_the_images_are(pg_schema_url, tm
     out = tmp_path / "r.html"
     tuner_report.write_report("mars", storage_url=pg_schema_url, output=out)
     text = out.read_text()
-    assert "pass --artifact-dir to embed it" in text and _parse(text).images == []
+    assert "pass --artifact-dir to embed it" in text and parse(text).images == []
     assert "IoU per class, 3 best trials" in text
     rdb.engine.dispose()
 
@@ -196,7 +162,7 @@ def test_report_of_two_objectives_draws_the_pareto_front(pg_schema_url, tmp_path
     out = tmp_path / "mo.html"
     tuner_report.write_report("mo", storage_url=pg_schema_url, output=out)
     text = out.read_text()
-    page = _parse(text)
+    page = parse(text)
     assert [i for i in page.ids if i in SECTION_IDS] == SECTION_IDS
     assert "Pareto front" in text and "spec</th><td>none" in text
     assert "maximize, minimize" in text
@@ -239,46 +205,10 @@ def test_preview_grid_shows_image_truth_and_prediction(tmp_path):
 
 # -- a real browser ---------------------------------------------------------------------------------
 
-_HOOK = """<script>(function(){var log=function(kind,args){console.log("[report-test " + kind + "] " +
-Array.prototype.map.call(args,String).join(" "));};
-console.error=function(){log("console.error",arguments);};console.warn=function(){log("console.warn",arguments);};
-window.addEventListener("error",function(ev){
-log("error",[ev.message||("resource "+(ev.target&&(ev.target.src||ev.target.href)))]);},true);
-window.addEventListener("unhandledrejection",function(ev){log("unhandledrejection",[ev.reason]);});})();</script>"""
-
-
-def _chromium() -> str:
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (CI must install it: apt-get install -y chromium)")
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
-    return CHROMIUM
-
-
-def render_in_chromium(report: Path, tmp_path: Path, screenshot: Path | None = None) -> tuple[str, list[str]]:
-    """Load a copy of ``report`` in headless Chromium with the network off; (DOM after load,
-    console errors/warnings and failed loads). The copy gets a first script that reports
-    console.error, console.warn, uncaught errors and failed resource loads."""
-    browser = _chromium()
-    page = tmp_path / "under-test.html"
-    page.write_text(report.read_text().replace("<head>", "<head>" + _HOOK, 1))
-    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-              "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=20000",
-              f"--user-data-dir={tmp_path / 'chromium-profile'}"]
-    result = subprocess.run([*common, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
-                            capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-2000:]
-    problems = [line for line in result.stderr.splitlines() if "[report-test " in line]
-    if screenshot is not None:
-        shot = subprocess.run([*common, "--window-size=1200,5000", f"--screenshot={screenshot}", page.as_uri()],
-                              capture_output=True, text=True, timeout=240)
-        assert shot.returncode == 0 and screenshot.exists(), shot.stderr[-2000:]
-    return result.stdout, problems
-
 
 @pytest.mark.slow
 def test_report_renders_in_chromium_without_console_errors(pg_schema_url, tmp_path):
-    _chromium()
+    chromium()
     study, spec, rdb = _study(pg_schema_url)
     _fill(study, spec, artifacts=tmp_path / "artifacts")
     out = tmp_path / "report.html"
@@ -297,7 +227,7 @@ def test_report_renders_in_chromium_without_console_errors(pg_schema_url, tmp_pa
 @pytest.mark.slow
 def test_browser_check_catches_console_errors(tmp_path):
     """The check above could fail: a page with an error and a network load is caught."""
-    _chromium()
+    chromium()
     bad = tmp_path / "bad.html"
     bad.write_text('<html><head></head><body><script>console.error("boom");</script>'
                    '<img src="https://cdn.example.org/x.png"></body></html>')
@@ -306,10 +236,6 @@ def test_browser_check_catches_console_errors(tmp_path):
 
 
 # -- end to end, with a real worker ---------------------------------------------------------------
-
-#: The tiny space, searching the learning rate only.
-LEARNING_RATE_ONLY = {"learning_rate": TINY_SPACE["params"]["learning_rate"]}
-
 
 @pytest.mark.slow
 def test_worker_saves_confusion_matrix_and_images_that_the_report_embeds(pg_url, tmp_path, synth_npz):
@@ -337,7 +263,7 @@ def test_worker_saves_confusion_matrix_and_images_that_the_report_embeds(pg_url,
     made = cli("tuner", "report", "s", "-o", str(out), "--artifact-dir", str(artifacts))
     assert made.returncode == 0 and f"wrote {out}" in made.stdout, made.stderr
     text = out.read_text()
-    assert [src[:22] for src in _parse(text).images] == ["data:image/png;base64,"]
+    assert [src[:22] for src in parse(text).images] == ["data:image/png;base64,"]
     assert f"confusion matrix of trial {best.number}" in text
     assert not math.isnan(best.value)
 
@@ -413,13 +339,13 @@ def _three_objectives(url: str, out: Path) -> Path:
 def test_report_of_three_objectives_uses_optunas_pareto_plot(pg_schema_url, tmp_path):
     """A study not made by `tuner create` may have more objectives: Optuna's plot draws the front."""
     text = _three_objectives(pg_schema_url, tmp_path / "three.html").read_text()
-    assert [i for i in _parse(text).ids if i in SECTION_IDS] == SECTION_IDS
+    assert [i for i in parse(text).ids if i in SECTION_IDS] == SECTION_IDS
     assert "Pareto front" in text and "objective 2" in text
 
 
 @pytest.mark.slow
 def test_report_of_three_objectives_renders_in_chromium(pg_schema_url, tmp_path):
-    _chromium()
+    chromium()
     dom, problems = render_in_chromium(_three_objectives(pg_schema_url, tmp_path / "three.html"), tmp_path)
     assert problems == []
     figures = int(re.search(r'data-figures="(\d+)"', dom).group(1))

@@ -9,7 +9,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 import pytest
-from test_report import render_in_chromium
+from report_page import render_in_chromium
 
 import storage
 from tuner import report as tuner_report

@@ -71,7 +71,7 @@ def test_report_with_script_text_in_a_study_keeps_every_section(tmp_path):
 
 @pytest.mark.slow
 def test_report_with_script_text_renders_every_figure_in_chromium(tmp_path):
-    from test_report import render_in_chromium
+    from report_page import render_in_chromium
 
     from tuner import report as tuner_report
 

@@ -174,9 +174,8 @@ def test_bad_compile_cache_is_one_warning_and_no_cache(tmp_path):
 
 @pytest.mark.slow
 def test_worker_with_a_bad_compile_cache_warns_once_and_completes_its_trial(tuner_home, tmp_path, synth_npz):
-    from helpers import run_cli, tiny_space
+    from helpers import LEARNING_RATE_ONLY, run_cli, tiny_space
     import optuna
-    from test_report import LEARNING_RATE_ONLY
 
     pytest.importorskip("jax")
     npz = synth_npz(32, seed=3)
