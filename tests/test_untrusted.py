@@ -9,10 +9,12 @@ in-process through Typer's ``CliRunner`` (the same click group catches errors as
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import re
 
 from helpers import invoke
 import pytest
+from report_page import SECTION_IDS
 
 from tuner.cli import app as tuner_app
 
@@ -47,19 +49,28 @@ def _html5lib():
     return pytest.importorskip("html5lib", reason="pip install -e '.[dev]'")
 
 
-def test_report_with_script_text_in_a_study_keeps_every_section(tmp_path):
-    html5lib = _html5lib()
+def _hostile_text_report(tmp_path: Path) -> Path:
+    """The report of :func:`_hostile_text_study`'s study (in an SQLite file under ``tmp_path``)."""
     from tuner import report as tuner_report
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     _hostile_text_study(url)
     out = tmp_path / "report.html"
     tuner_report.write_report("s", storage_url=url, output=out)
-    text = out.read_text()
+    return out
+
+
+#: The sections of a single-objective study's report, in page order.
+SINGLE_OBJECTIVE_SECTIONS = [sid for sid in SECTION_IDS if sid != "pareto"]
+
+
+def test_report_with_script_text_in_a_study_keeps_every_section(tmp_path):
+    html5lib = _html5lib()
+    text = _hostile_text_report(tmp_path).read_text()
     # What a browser's parser builds (html5lib follows the HTML standard's script states).
     document = html5lib.parse(text, namespaceHTMLElements=False)
     ids = [e.get("id") for e in document.iter() if e.get("id")]
-    expected = [sid for sid, _ in tuner_report.SECTIONS if sid != "pareto"]
+    expected = SINGLE_OBJECTIVE_SECTIONS
     assert [i for i in ids if i in expected] == expected
     n_figures = int(document.find("body").get("data-figures"))
     assert n_figures >= 6 and [i for i in ids if i.startswith("figure-")] == [
@@ -73,18 +84,13 @@ def test_report_with_script_text_in_a_study_keeps_every_section(tmp_path):
 def test_report_with_script_text_renders_every_figure_in_chromium(tmp_path):
     from report_page import render_in_chromium
 
-    from tuner import report as tuner_report
-
     html5lib = _html5lib()
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    _hostile_text_study(url)
-    out = tmp_path / "report.html"
-    tuner_report.write_report("s", storage_url=url, output=out)
+    out = _hostile_text_report(tmp_path)
     n_figures = int(re.search(r'data-figures="(\d+)"', out.read_text()).group(1))
     dom, problems = render_in_chromium(out, tmp_path)  # (skips without chromium, unless CI is set)
     assert problems == []
     drawn = html5lib.parse(dom, namespaceHTMLElements=False)
-    expected = [sid for sid, _ in tuner_report.SECTIONS if sid != "pareto"]
+    expected = SINGLE_OBJECTIVE_SECTIONS
     assert [e.get("id") for e in drawn.iter() if e.get("id") in expected] == expected
     assert len([e for e in drawn.iter("div") if "js-plotly-plot" in (e.get("class") or "")]) == n_figures
     assert HOSTILE_TEXT in dom.replace("&lt;", "<")  # drawn as text (an axis label)
