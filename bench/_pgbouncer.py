@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from typing import Any
 
 from storage.engine import pooler_connect_query
 
@@ -97,19 +98,23 @@ class Bouncer:
                 self.proc.wait(timeout=10)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def stats(self, database: str) -> dict[str, int]:
-        """PgBouncer's ``SHOW STATS`` row for ``database`` (totals since start)."""
+    def show(self, what: str, database: str) -> dict[str, Any]:
+        """The row of the admin console's ``SHOW <what>`` (STATS, POOLS) for ``database``, by column."""
         import psycopg2
 
         conn = psycopg2.connect(self.admin_dsn())
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
-                cur.execute("SHOW STATS")
+                cur.execute(f"SHOW {what}")
                 names = [d[0] for d in cur.description]
                 for row in cur.fetchall():
                     if row[0] == database:
-                        return {k: int(v) for k, v in zip(names[1:], row[1:], strict=True)}
+                        return dict(zip(names, row, strict=True))
         finally:
             conn.close()
         return {}
+
+    def stats(self, database: str) -> dict[str, int]:
+        """PgBouncer's ``SHOW STATS`` row for ``database`` (totals since start)."""
+        return {k: int(v) for k, v in self.show("STATS", database).items() if k != "database"}

@@ -349,23 +349,14 @@ def _pools(bouncer: Bouncer, database: str) -> dict[str, int]:
     import psycopg2
 
     try:
-        conn = psycopg2.connect(bouncer.admin_dsn())
+        r = bouncer.show("POOLS", database)
     except psycopg2.Error:
         return {}
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SHOW POOLS")
-            names = [d[0] for d in cur.description]
-            for row in cur.fetchall():
-                r = dict(zip(names, row, strict=True))
-                if r["database"] == database:
-                    clients = int(r["cl_active"]) + int(r["cl_waiting"])
-                    servers = sum(int(r[k]) for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login"))
-                    return {"clients": clients, "servers": servers}
-    finally:
-        conn.close()
-    return {}
+    if not r:
+        return {}
+    clients = int(r["cl_active"]) + int(r["cl_waiting"])
+    servers = sum(int(r[k]) for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login"))
+    return {"clients": clients, "servers": servers}
 
 
 def _states(url: str) -> dict[str, int]:
