@@ -9,6 +9,7 @@ compose project running command lines in it, and the check that nothing of it is
 from __future__ import annotations
 
 from collections.abc import Mapping
+import json
 import os
 from pathlib import Path
 import re
@@ -308,6 +309,24 @@ def wait_for(predicate, timeout: float, what: str, log: list[str]):
             return value
         time.sleep(3)
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n" + "\n".join(log[-8:]))
+
+
+def tear_down(coord: Project, team_: Project, tag: str, *, timings: dict[str, float], started: float,
+              log: list[str]) -> None:
+    """The documented teardown of both projects (team first), the run's timings and last log lines."""
+    for project, line in ((team_, E2E_TEARDOWN[1]), (coord, E2E_TEARDOWN[0])):
+        if (project.root / ".env").exists():
+            project.sh(line + " --timeout 20", timeout=300, check=False)
+    timings["total"] = time.monotonic() - started
+    print(f"\ntimings (s): {json.dumps({k: round(v) for k, v in timings.items()})}")
+    print("\n".join(log[-30:]))
+
+
+def assert_nothing_left(tag: str) -> None:
+    """Neither the coordinator's project ``tag`` nor the team's ``tag-team`` left anything behind."""
+    for name in (tag, f"{tag}-team"):
+        left = leftovers(name)
+        assert left == [[], [], []], f"{name} left containers/volumes/networks behind: {left}"
 
 
 def leftovers(project: str) -> list[list[str]]:

@@ -25,11 +25,12 @@ from deployment import (
     E2E_TEARDOWN,
     ROOT,
     Project,
+    assert_nothing_left,
     checkout,
     free_port,
-    leftovers,
     pip_build_secrets,
     require_docker,
+    tear_down,
     wait_for,
 )
 from helpers import BIN
@@ -212,12 +213,5 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
         rdb.engine.dispose()
     finally:
         # --- tear down whatever happened, and check nothing of ours is left ------------------
-        for project, line in ((team_, E2E_TEARDOWN[1]), (coord, E2E_TEARDOWN[0])):
-            if (project.root / ".env").exists():
-                project.sh(line + " --timeout 20", timeout=300, check=False)
-        timings["total"] = time.monotonic() - started
-        print(f"\ntimings (s): {json.dumps({k: round(v) for k, v in timings.items()})}")
-        print("\n".join(log[-30:]))
-    for name in (tag, f"{tag}-team"):
-        left = leftovers(name)
-        assert left == [[], [], []], f"{name} left containers/volumes/networks behind: {left}"
+        tear_down(coord, team_, tag, timings=timings, started=started, log=log)
+    assert_nothing_left(tag)

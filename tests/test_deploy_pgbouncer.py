@@ -29,15 +29,16 @@ from deployment import (
     SECRET_DIR,
     Project,
     active,
+    assert_nothing_left,
     checkout,
     coordinator,
     free_port,
-    leftovers,
     load,
     pip_build_secrets,
     require_docker,
     service_env,
     team,
+    tear_down,
     wait_for,
 )
 from helpers import BIN
@@ -254,7 +255,6 @@ def _console(coord: Project, command: str) -> list[dict[str, str]]:
 @pytest.mark.slow
 @pytest.mark.docker
 def test_team_workers_through_the_pgbouncer_container_for_real(docker_ready, tmp_path):
-    import json
     import secrets as secrets_module
 
     import optuna
@@ -371,12 +371,5 @@ def test_team_workers_through_the_pgbouncer_container_for_real(docker_ready, tmp
     finally:
         if rdb is not None:
             rdb.engine.dispose()
-        for project, line in ((team_, E2E_TEARDOWN[1]), (coord, E2E_TEARDOWN[0])):
-            if (project.root / ".env").exists():
-                project.sh(line + " --timeout 20", timeout=300, check=False)
-        timings["total"] = time.monotonic() - started
-        print(f"\ntimings (s): {json.dumps({k: round(v) for k, v in timings.items()})}")
-        print("\n".join(log[-30:]))
-    for name in (tag, f"{tag}-team"):
-        left = leftovers(name)
-        assert left == [[], [], []], f"{name} left containers/volumes/networks behind: {left}"
+        tear_down(coord, team_, tag, timings=timings, started=started, log=log)
+    assert_nothing_left(tag)
