@@ -93,7 +93,8 @@ def ranks(rows: list[dict[str, Any]], key: str) -> list[int]:
 def summarise(url: str) -> dict[str, Any]:
     """What ``tuner status`` reads: the confirmed configurations and the trials' sizes."""
     from contract import trial_attrs
-    from storage.summaries import find_study, load_trials, open_reader
+    from storage.summaries import find_study, open_reader
+    from storage.trial_reader import load_trials
     from tuner.confirm import read_confirmed
 
     engine = open_reader(url)

@@ -3,7 +3,7 @@
 ``optuna.visualization`` and ``optuna.importance`` take a :class:`optuna.Study`. Copying 5,000
 trials into an ``InMemoryStorage`` with ``add_trials`` validates and deep-copies each one (several
 seconds); this storage serves the :class:`FrozenTrial` objects read by
-:func:`storage.summaries.load_trials` as they are, so a report can hand Optuna's plotting
+:func:`storage.trial_reader.load_trials` as they are, so a report can hand Optuna's plotting
 functions a study at no cost. Every write raises: a snapshot is not the study.
 
 ``get_all_trials`` never copies, even when asked to (``plot_optimization_history`` asks, and deep

@@ -291,7 +291,7 @@ def test_importance_of_two_objectives_explains_high_miou_not_low():
 
 def test_figures_reach_plotly_js_as_data_that_cannot_end_the_script():
     """Numbers travel as plotly.js typed arrays (gaps as NaN); no text can close the <script>."""
-    from tuner import report_figures as figs
+    from tuner import report_params as figs
     from tuner import report_plotly
 
     packed = report_plotly.numbers([0.5, None, 2.0])
@@ -307,7 +307,7 @@ def test_parallel_coordinates_take_a_choice_the_search_space_no_longer_has():
     """A study whose space changed (e.g. warm-started) has trials with choices outside the last one's."""
     from optuna.distributions import CategoricalDistribution
 
-    from tuner import report_figures as figs
+    from tuner import report_params as figs
 
     trials = []
     for number, (value, choices) in enumerate([(8, (8, 16)), (32, (16, 32)), (16, (8, 16))]):

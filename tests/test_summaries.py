@@ -21,11 +21,11 @@ from storage.summaries import (
     best_trial_id,
     count_states,
     find_study,
-    load_trials,
     open_reader,
     study_names,
     study_overviews,
 )
+from storage.trial_reader import load_trials
 
 
 def _objective_trials(study: optuna.Study) -> None:

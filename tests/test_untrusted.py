@@ -267,6 +267,7 @@ def test_report_figures_show_every_trial_with_whole_number_ticks():
     import optuna
 
     from tuner import report_figures as figs
+    from tuner import report_params
 
     dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
              "gamma": optuna.distributions.FloatDistribution(0, 3)}
@@ -277,10 +278,10 @@ def test_report_figures_show_every_trial_with_whole_number_ticks():
         trial.number = number
         trials.append(trial)
     # The worst trial is drawn in a colour that shows on white (slices and parallel coordinates).
-    parallel = figs.parallel(trials, ["lr", "gamma"], True, 3)
+    parallel = report_params.parallel(trials, ["lr", "gamma"], True, 3)
     lines = [t["line"]["color"] for t in parallel["data"] if t["mode"] == "lines"]
     assert len(lines) == 3 and max(_whiteness(c) for c in lines) < 0xe0, lines
-    slices = figs.slices(trials, ["lr", "gamma"])
+    slices = report_params.slices(trials, ["lr", "gamma"])
     for trace in slices["data"]:
         assert _whiteness(trace["marker"]["colorscale"][0][1]) < 0xe0
     assert _whiteness(parallel["data"][-1]["marker"]["colorscale"][0][1]) < 0xe0  # its colour bar

@@ -29,7 +29,8 @@ from contract.study_spec import StudySpec
 from storage.budget_lock import budget_lock
 from storage.counts import user_attr_pairs
 from storage.optuna_internals import trial_id
-from storage.summaries import load_trials, marked_trial_ids
+from storage.summaries import marked_trial_ids
+from storage.trial_reader import load_trials
 from tuner.study import open_study
 
 

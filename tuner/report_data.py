@@ -22,7 +22,8 @@ from contract.pareto import Pick, front_trials, pick_trial
 from contract.study_spec import StudySpec
 import storage
 from storage.optuna_internals import trial_id
-from storage.summaries import StudyHead, load_trials, open_reader
+from storage.summaries import StudyHead, open_reader
+from storage.trial_reader import load_trials
 
 BEST_N = 10  # trials in the per-class IoU section
 _TRIAL_ATTRS = (attrs.WORKER, attrs.PROVENANCE, attrs.CONFIRMS)  # read for every trial; the best ones get all

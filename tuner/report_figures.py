@@ -2,12 +2,12 @@
 
 A figure here is the dict plotly.js draws (:mod:`tuner.report_plotly`: why plain data, the
 report's look, typed arrays). Optuna's own plot is used for one rare case only, the Pareto front
-of more than two objectives. The others follow Optuna's plots where it has one (importance bars,
-slices, parallel coordinates) and add what it lacks (history over wall-clock time, learning
-curves as one trace per state, per-class IoU, confusion matrix, the mIoU-against-cost front with
-its pick).
+of more than two objectives. The others add what Optuna's plots lack (history over wall-clock
+time, learning curves as one trace per state, per-class IoU, confusion matrix, the
+mIoU-against-cost front with its pick); the parameter figures, which follow Optuna's, are in
+:mod:`tuner.report_params`.
 
-Every builder takes trials already read (:func:`storage.summaries.load_trials`); none touches
+Every builder takes trials already read (:func:`storage.trial_reader.load_trials`); none touches
 the database.
 """
 
@@ -18,19 +18,11 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
-from optuna.distributions import (
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.report_plotly import (
-    AXIS,
     BLUE_SCALE,
     COLORS,
-    TRIAL_BLUES,
-    TRIAL_SCALE,
     Figure,
     counting,
     curve_opacity,
@@ -45,8 +37,6 @@ if TYPE_CHECKING:
 
 CLASS_NAMES = {0: "background", 1: "soil", 2: "bedrock", 3: "sand", 4: "big rock"}
 METRIC = "validation mIoU"
-#: Parallel coordinates draw one line (trace) per trial, as Optuna's plot does: only the best ones.
-PARALLEL_BEST = 100
 
 
 def complete(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
@@ -128,134 +118,6 @@ def learning_curves(trials: Sequence[FrozenTrial]) -> Figure:
             })
     epochs = [s for t in drawn for s in (min(t.intermediate_values), max(t.intermediate_values))]
     return new_figure(traces, "learning curves", "epoch", METRIC, xaxis=counting(epochs))
-
-
-# -- parameters ---------------------------------------------------------------------------------
-
-
-def importance(importances: dict[str, float], evaluator_name: str) -> Figure:
-    """Horizontal bars, most important on top, as Optuna's ``plot_param_importances`` draws them."""
-    names = list(reversed(importances))
-    values = [importances[n] for n in names]
-    return new_figure(
-        [{"type": "bar", "orientation": "h", "x": numbers(values), "y": names,
-          "text": [f"{v:.2f}" if v >= 0.01 else "<0.01" for v in values], "textposition": "outside",
-          "cliponaxis": False, "marker": {"color": COLORS[TrialState.COMPLETE]},
-          "hovertemplate": "%{y}: %{x:.4f}<extra></extra>"}],
-        f"parameter importance ({evaluator_name})", f"importance for {METRIC}", "parameter",
-        yaxis={"type": "category"}, showlegend=False,
-    )
-
-
-def slices(trials: Sequence[FrozenTrial], params: list[str]) -> Figure:
-    """Value against each parameter (one panel per parameter), coloured by trial number."""
-    done = complete(trials)
-    n, gap = len(params), 0.07  # room for a panel's last tick label before the next panel
-    width = (1 - gap * (n - 1)) / n
-    traces: list[dict[str, Any]] = []
-    layout: dict[str, Any] = {"annotations": [], "showlegend": False}
-    for i, name in enumerate(params):
-        having = [t for t in done if name in t.params]
-        dist = having[0].distributions[name] if having else None
-        axis = "xaxis" if i == 0 else f"xaxis{i + 1}"
-        x_axis: dict[str, Any] = {**AXIS, "domain": [i * (width + gap), i * (width + gap) + width],
-                                  "anchor": "y", "nticks": 5}
-        if isinstance(dist, CategoricalDistribution):
-            x: list[Any] = [str(t.params[name]) for t in having]
-            x_axis.update(type="category", categoryorder="array", categoryarray=[str(c) for c in dist.choices])
-        else:
-            x = numbers(float(t.params[name]) for t in having)
-            if isinstance(dist, (FloatDistribution, IntDistribution)) and dist.log:
-                x_axis.update(type="log", dtick=1, exponentformat="e")  # a tick per decade: narrow panels
-        layout[axis] = x_axis
-        traces.append({
-            "type": "scatter", "x": x, "y": numbers(t.values[0] for t in having), "mode": "markers",
-            "name": name, "xaxis": "x" if i == 0 else f"x{i + 1}", "yaxis": "y",
-            "text": [f"trial {t.number}" for t in having],
-            "marker": {"size": marker_size(len(having)), "opacity": 0.6, "color": numbers(t.number for t in having),
-                       "colorscale": TRIAL_SCALE, "showscale": i == 0,
-                       "colorbar": {"title": {"text": "trial"}, **counting(t.number for t in done)}},
-        })
-        layout["annotations"].append({"text": name, "x": i * (width + gap) + width / 2, "y": 1.0, "xref": "paper",
-                                      "yref": "paper", "xanchor": "center", "yanchor": "bottom",
-                                      "showarrow": False, "font": {"size": 14}})
-    return new_figure(traces, "slices of the most important parameters (complete trials)", "", METRIC, **layout)
-
-
-def parallel(trials: Sequence[FrozenTrial], params: list[str], maximize: bool, of: int) -> Figure:
-    """One line per trial through mIoU and ``params`` (each axis scaled to 0-1), as Optuna draws it.
-
-    ``trials`` are the best COMPLETE ones (at most :data:`PARALLEL_BEST`); a trial without one of
-    ``params`` (a conditional parameter) is left out, as in Optuna's plot.
-    """
-    shown = [t for t in trials if all(p in t.params for p in params)]
-    axes = [_value_axis(shown)] + [_param_axis(shown, p) for p in params]
-    values = [t.values[0] for t in shown]
-    low, high = (min(values), max(values)) if values else (0.0, 1.0)
-    traces: list[dict[str, Any]] = []
-    # Worst first, so the best lines are drawn on top.
-    for k in sorted(range(len(shown)), key=lambda k: values[k], reverse=not maximize):
-        share = (values[k] - low) / (high - low) if high > low else 1.0
-        traces.append({
-            "type": "scatter", "x": list(range(len(axes))), "y": [a["scaled"][k] for a in axes], "mode": "lines",
-            "line": {"color": _blue(share if maximize else 1 - share), "width": 1.5},
-            "opacity": 0.8 if len(shown) <= 20 else 0.5,
-            "showlegend": False, "customdata": [[a["label"], a["text"][k]] for a in axes],
-            "hovertemplate": f"trial {shown[k].number}<br>%{{customdata[0]}}: %{{customdata[1]}}<extra></extra>",
-        })
-    traces.append({  # the colour bar
-        "type": "scatter", "x": [None, None], "y": [None, None], "mode": "markers", "showlegend": False,
-        "hoverinfo": "skip", "marker": {"color": [low, high], "cmin": low, "cmax": high, "colorscale": TRIAL_SCALE,
-                                        "reversescale": not maximize, "showscale": True,
-                                        "colorbar": {"title": {"text": METRIC}}},
-    })
-    annotations = []
-    for i, a in enumerate(axes):
-        for y, text, anchor in ((1.0, a["top"], "bottom"), (0.0, a["bottom"], "top")):
-            annotations.append({"x": i, "y": y, "text": text, "showarrow": False, "xref": "x", "yref": "y",
-                                "yanchor": anchor, "font": {"size": 10, "color": "#555"}})
-    return new_figure(
-        traces, f"parallel coordinates of the {len(shown)} best of {of} complete trials",
-        xaxis={"tickmode": "array", "tickvals": list(range(len(axes))), "ticktext": [a["label"] for a in axes],
-               "range": [-0.3, len(axes) - 0.7], "showgrid": False, "zeroline": False},
-        yaxis={"range": [-0.1, 1.1], "visible": False, "fixedrange": True},
-        shapes=[{"type": "line", "x0": i, "x1": i, "y0": 0, "y1": 1, "line": {"color": "#888", "width": 1},
-                 "layer": "below"} for i in range(len(axes))],
-        annotations=annotations, hovermode="closest",
-    )
-
-
-def _value_axis(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
-    values = [t.values[0] for t in trials]
-    return _numeric_axis(METRIC, values, values, lambda v: f"{v:.4f}")
-
-
-def _param_axis(trials: Sequence[FrozenTrial], name: str) -> dict[str, Any]:
-    """One parallel-coordinates axis: each trial's position in 0-1, its text, and the end labels."""
-    raw = [t.params[name] for t in trials]
-    dist = trials[0].distributions[name] if trials else None
-    if isinstance(dist, CategoricalDistribution):
-        order = [str(c) for c in dist.choices]
-        order += sorted({str(v) for v in raw} - set(order))  # a choice the space had earlier
-        index = {c: i for i, c in enumerate(order)}
-        span = max(len(order) - 1, 1)
-        return {"label": name, "scaled": [index[str(v)] / span for v in raw], "text": [str(v) for v in raw],
-                "top": order[-1], "bottom": order[0]}
-    log = isinstance(dist, (FloatDistribution, IntDistribution)) and dist.log
-    position = [math.log10(float(v)) if log else float(v) for v in raw]
-    return _numeric_axis(name, [float(v) for v in raw], position, lambda v: f"{v:.3g}")
-
-
-def _numeric_axis(label: str, raw: list[float], position: list[float], fmt: Any) -> dict[str, Any]:
-    low, high = (min(position), max(position)) if position else (0.0, 1.0)
-    scaled = [(p - low) / (high - low) if high > low else 0.5 for p in position]
-    return {"label": label, "scaled": scaled, "text": [fmt(v) for v in raw],
-            "top": fmt(max(raw)) if raw else "", "bottom": fmt(min(raw)) if raw else ""}
-
-
-def _blue(share: float) -> str:
-    """A colour of :data:`TRIAL_BLUES` for a share in 0-1 (0 light, 1 dark)."""
-    return TRIAL_BLUES[min(int(share * (len(TRIAL_BLUES) - 1) + 0.5), len(TRIAL_BLUES) - 1)]
 
 
 # -- several objectives -------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """The HTML of each section of ``tuner report``, by section id (:data:`tuner.report.SECTIONS`).
 
-Each section is a figure (:mod:`tuner.report_figures`), a table, or a note saying why there is
-nothing to show yet; what cannot be shown is a note, never an error. Parameter importance is
-PED-ANOVA, computed by Optuna on a read-only snapshot of the trials
-(:class:`storage.snapshot.SnapshotStorage`): on 5,000 trials it takes a fraction of a second
-where fANOVA trains a random forest for seconds (docs/benchmarks.md).
+Each section is a figure (:mod:`tuner.report_figures`, :mod:`tuner.report_params`), a table,
+or a note saying why there is nothing to show yet; what cannot be shown is a note, never an
+error. Parameter importance is PED-ANOVA, computed by Optuna on a read-only snapshot of the
+trials (:class:`storage.snapshot.SnapshotStorage`): on 5,000 trials it takes a fraction of a
+second where fANOVA trains a random forest for seconds (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from contract import trial_attrs as attrs
 from contract.confirm import Confirmed
 from tuner import report_figures as figs
+from tuner import report_params as param_figs
 from tuner.report_data import ReportData
 from tuner.report_figures import CLASS_NAMES
 from tuner.report_figures import complete as complete_trials
@@ -132,10 +133,10 @@ def _parameter_sections(study: Any, trials: list[FrozenTrial], complete: list[Fr
     if not values:
         return note(why), note(why)
     top = list(values)
-    importance = figure(figs.importance(values, "PED-ANOVA")) + (note(why) if why else "")
-    best = sorted(complete, key=lambda t: t.values[0], reverse=maximize)[:figs.PARALLEL_BEST]
-    params = (figure(figs.slices(trials, top[:TOP_SLICES]))
-              + figure(figs.parallel(best, top[:TOP_PARALLEL], maximize, len(complete))))
+    importance = figure(param_figs.importance(values, "PED-ANOVA")) + (note(why) if why else "")
+    best = sorted(complete, key=lambda t: t.values[0], reverse=maximize)[:param_figs.PARALLEL_BEST]
+    params = (figure(param_figs.slices(trials, top[:TOP_SLICES]))
+              + figure(param_figs.parallel(best, top[:TOP_PARALLEL], maximize, len(complete))))
     return importance, params
 
 

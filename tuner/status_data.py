@@ -28,10 +28,10 @@ from storage.summaries import (
     StudyHead,
     best_trial_id,
     count_states,
-    load_trials,
     open_reader,
     study_overviews,
 )
+from storage.trial_reader import load_trials
 from tuner.readers import check_pick, objective_names, utc_now
 
 #: The states shown by ``tuner status``, in display order.
