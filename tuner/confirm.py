@@ -19,6 +19,7 @@ better trial found since is named in the output (``--top K+1`` confirms it too).
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from optuna.trial import FrozenTrial, TrialState
 import sqlalchemy
@@ -32,6 +33,10 @@ from storage.optuna_internals import trial_id
 from storage.summaries import marked_trial_ids
 from storage.trial_reader import load_trials
 from tuner.study import open_study
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import RDBStorage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,15 +67,7 @@ def confirm(name: str, *, storage_url: str | None, top: int, seeds: int) -> list
             raise ConfirmError(f"study {name!r} searches the training seed itself; confirmation runs vary the "
                                "seed, so its space must leave seed fixed")
         study_id = rdb.get_study_id_from_name(name)
-        complete = load_trials(rdb.engine, study_id, states=(TrialState.COMPLETE,), intermediate=False,
-                               user_attr_keys=(trial_attrs.CONFIRMS, trial_attrs.CONFIRM_SEED, trial_attrs.CONFIG,
-                                               trial_attrs.MIOU))
-        ranked = top_trials(complete, study.directions, len(complete))
-        if not ranked:
-            raise ConfirmError(f"no complete search trial yet in study {name!r}: nothing to confirm")
-        if len(ranked) < top:
-            raise ConfirmError(f"--top {top}: study {name!r} has only {len(ranked)} complete search trial(s); "
-                               f"wait for more, or use --top {len(ranked)}")
+        ranked = _ranked(rdb, study, study_id, top)
         with budget_lock(rdb, url, name, grace_period=float(spec.grace_period)):
             # Read inside the lock's transaction: what another coordinator queued is seen or waited for.
             have = {(a, b) for a, b in user_attr_pairs(rdb, study_id, trial_attrs.CONFIRMS, trial_attrs.CONFIRM_SEED)}
@@ -89,6 +86,21 @@ def confirm(name: str, *, storage_url: str | None, top: int, seeds: int) -> list
         return done
     finally:
         rdb.engine.dispose()
+
+
+def _ranked(rdb: RDBStorage, study: optuna.Study, study_id: int, top: int) -> list[FrozenTrial]:
+    """The complete search trials, best first (:func:`top_trials`); at least ``top`` of them."""
+    name = study.study_name
+    complete = load_trials(rdb.engine, study_id, states=(TrialState.COMPLETE,), intermediate=False,
+                           user_attr_keys=(trial_attrs.CONFIRMS, trial_attrs.CONFIRM_SEED, trial_attrs.CONFIG,
+                                           trial_attrs.MIOU))
+    ranked = top_trials(complete, study.directions, len(complete))
+    if not ranked:
+        raise ConfirmError(f"no complete search trial yet in study {name!r}: nothing to confirm")
+    if len(ranked) < top:
+        raise ConfirmError(f"--top {top}: study {name!r} has only {len(ranked)} complete search trial(s); "
+                           f"wait for more, or use --top {len(ranked)}")
+    return ranked
 
 
 def describe(name: str, done: list[Queued]) -> str:

@@ -42,16 +42,8 @@ def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url:
     trial ``pick`` chooses from the Pareto front.
     """
     from contract.synth import write_npz
-    from tuner.export import export_best
-    from tuner.readers import check_pick
-    from tuner.status import print_status
 
-    check_file_safe_name(study)  # before anything is written: the files are named after it
-    goal = parse_objectives(objectives)
-    check_pick(pick, len(goal), study)
-    if pick.confirmed:  # it would fail at the end, after the whole search
-        raise StudyError("--pick confirmed needs `tuner confirm` runs, which the demo does not make; run the demo, "
-                         f"then `tuner confirm {study}`, workers, and `tuner export {study} --pick confirmed`")
+    goal = _check_arguments(study, objectives, pick)
     url = storage.resolve_url(storage_url)
     _check_replaceable(study, url)  # also fails fast, before any file is written, if unreachable
     home = default_home()
@@ -73,6 +65,29 @@ def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url:
     print(f"starting {workers} worker process(es); Ctrl-C stops them cleanly", flush=True)
     codes = _run_workers(workers, study, data, url)
     print(flush=True)
+    return _show_results(study, url, pick, home, data, codes)
+
+
+def _check_arguments(study: str, objectives: str, pick: Pick) -> tuple[str, ...]:
+    """The objectives; the study name and ``pick`` checked before anything is written (the files
+    are named after the study)."""
+    from tuner.readers import check_pick
+
+    check_file_safe_name(study)
+    goal = parse_objectives(objectives)
+    check_pick(pick, len(goal), study)
+    if pick.confirmed:  # it would fail at the end, after the whole search
+        raise StudyError("--pick confirmed needs `tuner confirm` runs, which the demo does not make; run the demo, "
+                         f"then `tuner confirm {study}`, workers, and `tuner export {study} --pick confirmed`")
+    return goal
+
+
+def _show_results(study: str, url: str, pick: Pick, home: Path, data: Path, codes: list[int]) -> int:
+    """The status, the best configuration and the report after the workers ended; the exit code:
+    0 when a trial completed and every worker exited 0."""
+    from tuner.export import export_best
+    from tuner.status import print_status
+
     print_status(study, url, pick=pick)
     best_file = home / f"{study}-best.yaml"
     try:

@@ -68,13 +68,7 @@ def export_best(
     fmt = _check_format(fmt, output)
     pick = Pick.parse(pick)
     if model is not None:
-        if artifact_dir is None:
-            raise StudyError("--model needs --artifact-dir (the artifact store the workers upload to)")
-        if model.suffix != ".keras":
-            raise StudyError(f"--model {model}: the saved model is a Keras archive; name it *.keras")
-        if model.exists():
-            raise StudyError(f"{model} already exists; choose another --model path or remove it")
-
+        _check_model_path(model, artifact_dir)
     study, spec, url = load(name, storage)
     from tuner.readers import check_pick
 
@@ -84,16 +78,31 @@ def export_best(
     config = config_of(best, spec)
     text = render(config, fmt, study_name=name, trial=best, pick=pick, objectives=spec.objectives,
                   confirmed=summarize(confirmations))
+    _write_outputs(text, output, best, model, artifact_dir)
+    return config
 
+
+def _write_outputs(text: str, output: Path | None, best: FrozenTrial, model: Path | None,
+                   artifact_dir: Path | None) -> None:
+    """The config (and with ``model`` the trial's model): the model lands only if the config was
+    written too, so a failed export leaves neither."""
     if model is None:
         _emit(text, output, best)
-        return config
+        return
     assert artifact_dir is not None
-    # The model lands only if the config was written too: a failed export leaves neither.
     with downloaded_model(best, model, artifact_dir):
         _emit(text, output, best)
     _say(f"saved the model of trial {best.number} to {model}")
-    return config
+
+
+def _check_model_path(model: Path, artifact_dir: Path | None) -> None:
+    """``--model``: a new ``.keras`` path, and the artifact store to download from."""
+    if artifact_dir is None:
+        raise StudyError("--model needs --artifact-dir (the artifact store the workers upload to)")
+    if model.suffix != ".keras":
+        raise StudyError(f"--model {model}: the saved model is a Keras archive; name it *.keras")
+    if model.exists():
+        raise StudyError(f"{model} already exists; choose another --model path or remove it")
 
 
 def _emit(text: str, output: Path | None, best: FrozenTrial) -> None:
@@ -179,11 +188,6 @@ def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial
     body = config.dumps(fmt)
     if fmt != "yaml":
         return body
-    per_class = trial_attrs.per_class_iou_of(trial)
-    per_class_text = (
-        " ".join(f"{c}={'n/a' if v is None else f'{v:.4f}'}" for c, v in sorted(per_class.items()))
-        if per_class else "not recorded"
-    )
     values = list(trial.values or [None])
     if len(values) > 1:
         cost = objectives[1] if len(objectives) > 1 else "objective 1"
@@ -199,7 +203,7 @@ def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial
             f"# trial: {trial.number}",
             f"# value (validation mean IoU, classes 1-4): {values[0]!r}",
         ]
-    header += [f"# IoU per class: {per_class_text}"]
+    header += [f"# IoU per class: {_per_class_text(trial)}"]
     if pick is not None and pick.confirmed:
         header[0] = (f"# Confirmed pick of study {study_name!r} (highest mean mIoU minus one standard error "
                      "over its confirmation seeds), exported by `tuner export`.")
@@ -214,6 +218,13 @@ def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial
             f"#   {len(config.lr_schedule)} epochs (the trial's best epoch), learning rates from lr_schedule",
         ]
     return "\n".join(header) + "\n" + body
+
+
+def _per_class_text(trial: FrozenTrial) -> str:
+    per_class = trial_attrs.per_class_iou_of(trial)
+    if not per_class:
+        return "not recorded"
+    return " ".join(f"{c}={'n/a' if v is None else f'{v:.4f}'}" for c, v in sorted(per_class.items()))
 
 
 @contextlib.contextmanager

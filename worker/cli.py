@@ -26,9 +26,7 @@ from worker.training.backend import DEFAULT_COMPILE_CACHE, ENV_COMPILE_CACHE
 from worker.training.quiet import silence_native_logs
 
 if TYPE_CHECKING:
-    from contract.config import TrainConfig
-    from contract.data import MarsData
-    from worker.training.result import TrainResult
+    from worker.predict import Summary
 
 # TensorFlow's C++ log lines (no CUDA device, oneDNN notes, E0000 tf.data NodeDef mismatches)
 # bury the progress lines; before any TensorFlow import.
@@ -120,75 +118,27 @@ def train(
                            "written by tuner export). Such a model has no validation score.")] = False,
 ) -> None:
     """Train one configuration and print its validation mean IoU (classes 1-4)."""
-    _check_train_outputs(save, result_json, all_data)
-    cfg, loaded = _trainable(config, data)
+    from worker.cli_train import check_train_outputs, report_result, run_all_data, trainable
+
+    check_train_outputs(save, result_json, all_data)
+    cfg, loaded = trainable(config, data)
 
     from worker.training.device import configure
     from worker.training.train import train as run_training
 
     device = configure(gpu, mixed_precision=cfg.mixed_precision)
     if all_data:
-        _train_all_data(cfg, loaded, save, result_json, device, quiet)
+        run_all_data(cfg, loaded, save, result_json, device, quiet)
         return
     try:
         run_training(cfg, loaded, verbose=not quiet, save_path=save, device=device,
-                     on_result=lambda result: _report_result(result, result_json))
+                     on_result=lambda result: report_result(result, result_json))
     except OSError as exc:
         if save is None:
             raise
         raise _fail(f"--save {save}: cannot save the model: {exc.strerror or first_line(exc, limit=200)}") from None
     if save is not None:
         typer.echo(f"model saved to {save}")
-
-
-def _check_train_outputs(save: Path | None, result_json: Path | None, all_data: bool) -> None:
-    """``worker train``'s output options, checked before the data is read and anything trains."""
-    from contract.atomic import writable_problem
-
-    if save is not None and save.suffix != ".keras":
-        raise _fail(f"{save}: --save must end in .keras")
-    if all_data and save is None:
-        raise _fail("--all-data trains the final model: name where to save it with --save FILE.keras")
-    for option, path in (("--save", save), ("--result", result_json)):
-        problem = writable_problem(path) if path is not None else None
-        if problem:
-            raise _fail(f"{option} {path}: {problem}")
-
-
-def _trainable(config: Path, data: Path) -> tuple[TrainConfig, MarsData]:
-    """The config and the data it trains on (its ``max_images`` subset), refused when nothing
-    in it can be learnt."""
-    from contract.config import TrainConfig
-    from contract.data import check_trainable, load_npz
-    from contract.data_format import DataError
-
-    cfg = TrainConfig.load(config)
-    loaded = load_npz(data, max_images=cfg.max_images, seed=cfg.seed, load_test=False)
-    try:
-        check_trainable(loaded.masks, validation_fraction=cfg.validation_fraction)
-    except DataError as exc:
-        raise _fail(f"--data {data}: {exc}") from None
-    return cfg, loaded
-
-
-def _report_result(result: TrainResult, result_json: Path | None) -> None:
-    """The outcome is out (terminal, --result) before saving the model can fail."""
-    import json
-
-    from contract.atomic import replacing
-
-    per_class = ", ".join(
-        f"{c}:{v:.4f}" if v == v else f"{c}:n/a" for c, v in result.per_class_iou.items()
-    )
-    typer.echo(f"mean IoU (classes 1-4): {result.best_miou:.4f}  per class: {per_class}")
-    typer.echo(f"epochs: {result.epochs_run} (best {result.best_epoch + 1})  wall time: {result.wall_time_s:.1f}s")
-    if result_json is not None:
-        try:
-            with replacing(result_json) as tmp:
-                tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        except OSError as exc:
-            raise _fail(f"--result {result_json}: cannot write: {exc.strerror}") from None
-        typer.echo(f"result written to {result_json}")
 
 
 def _finite_seconds(value: float) -> float:
@@ -198,36 +148,55 @@ def _finite_seconds(value: float) -> float:
     return value
 
 
+# `worker predict`'s options, named here so that its signature reads as a list.
+ModelsOpt = Annotated[list[Path], typer.Option(
+    "--model", help="A saved model (.keras from worker train --save, worker run --artifact-dir or "
+                    "tuner export --model); repeat it for an ensemble (mean of the softmax).")]
+MasksOutOpt = Annotated[Path, typer.Option("-o", "--output", help="Write the masks here (.npz, key 'masks').")]
+SetOpt = Annotated[
+    PredictSet, typer.Option("--set", help="The set of --data to predict; a labelled set is also scored.")
+]
+PngOpt = Annotated[Path | None, typer.Option(
+    "--png", metavar="DIR", help=f"Also write PNGs (image | prediction): one per image up to "
+                                 f"{PNG_EACH_MAX} images, else a contact sheet of the first "
+                                 f"{PNG_EACH_MAX}.")]
+TtaOpt = Annotated[bool | None, typer.Option(
+    "--tta/--no-tta", help="Flip test-time augmentation. Default: as each model's trial was scored "
+                           "(recorded in the model file).", show_default=False)]
+BatchOpt = Annotated[int, typer.Option("--batch", min=1, help="Images per forward pass.")]
+ProbabilitiesOpt = Annotated[bool, typer.Option(
+    "--probabilities", help="Also write the mean probabilities (N, 64, 128, 5) as float16.")]
+
+
 @app.command()
 def predict(
-    model: Annotated[list[Path], typer.Option(
-        "--model", help="A saved model (.keras from worker train --save, worker run --artifact-dir or "
-                        "tuner export --model); repeat it for an ensemble (mean of the softmax).")],
+    model: ModelsOpt,
     data: DataOpt,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Write the masks here (.npz, key 'masks').")],
-    set_name: Annotated[PredictSet, typer.Option(
-        "--set", help="The set of --data to predict; a labelled set is also scored.")] = PredictSet(PREDICT_SET),  # noqa: B008 - an enum member
-    png: Annotated[Path | None, typer.Option(
-        "--png", metavar="DIR", help=f"Also write PNGs (image | prediction): one per image up to "
-                                     f"{PNG_EACH_MAX} images, else a contact sheet of the first "
-                                     f"{PNG_EACH_MAX}.")] = None,
-    tta: Annotated[bool | None, typer.Option(
-        "--tta/--no-tta", help="Flip test-time augmentation. Default: as each model's trial was scored "
-                               "(recorded in the model file).", show_default=False)] = None,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per forward pass.")] = PREDICT_BATCH,
-    probabilities: Annotated[bool, typer.Option(
-        "--probabilities", help="Also write the mean probabilities (N, 64, 128, 5) as float16.")] = False,
+    output: MasksOutOpt,
+    set_name: SetOpt = PredictSet(PREDICT_SET),  # noqa: B008 - an enum member
+    png: PngOpt = None,
+    tta: TtaOpt = None,
+    batch: BatchOpt = PREDICT_BATCH,
+    probabilities: ProbabilitiesOpt = False,
     gpu: GpuOpt = None,
 ) -> None:
     """Predict masks for the test set (or a labelled set, with its score) with saved models."""
-    from worker.predict import predict_file, render_score
+    from worker.predict import predict_file
 
     summary = predict_file(model, data, output, set_name=set_name.value, tta=tta, batch=batch,
                            probabilities=probabilities, png_dir=png, gpu=gpu, progress=True,
                            say=lambda line: typer.echo(line, err=True))
+    _print_predicted(summary, set_name.value, len(model), output, png, probabilities)
+
+
+def _print_predicted(summary: Summary, set_name: str, n_models: int, output: Path, png: Path | None,
+                     probabilities: bool) -> None:
+    """What ``worker predict`` did: speed, score (labelled sets), the files written."""
+    from worker.predict_terminal import render_score
+
     tta_text = ", ".join("on" if t else "off" for t in summary.tta)
     rate = summary.n_images / summary.seconds if summary.seconds > 0 else float("inf")
-    typer.echo(f"predicted {summary.n_images} images of '{set_name.value}' with {len(model)} model(s), "
+    typer.echo(f"predicted {summary.n_images} images of '{set_name}' with {n_models} model(s), "
                f"flip TTA {tta_text}: {summary.seconds:.1f}s ({rate:.0f} images/s)")
     if summary.score is not None:
         for line in render_score(summary.score, summary.scored_images, summary.n_images):
@@ -239,34 +208,22 @@ def predict(
         typer.echo(f"PNGs: {where}")
 
 
-def _train_all_data(cfg, loaded, save, result_json, device, quiet) -> None:  # type: ignore[no-untyped-def]
-    """``worker train --all-data``: the final model, with no validation score to print."""
-    import dataclasses
-    import json
-
-    from contract.atomic import replacing
-    from worker.training.all_data import train_all_data
-
-    try:
-        result = train_all_data(cfg, loaded, save_path=save, verbose=not quiet, device=device)
-    except OSError as exc:
-        raise _fail(f"--save {save}: cannot save the model: {exc.strerror or first_line(exc, limit=200)}") from None
-    typer.echo(f"trained on all {result.n_images} images (training + validation) for {result.epochs} epochs "
-               f"in {result.wall_time_s:.1f}s; final training loss {result.losses[-1]:.4f}")
-    typer.echo("no validation score: no image was held out. The trial's validation mIoU (in the "
-               "exported config's header) is the estimate for this configuration.")
-    if not result.replayed:
-        typer.echo(f"note: the config has no lr_schedule: {result.epochs} epochs (its 'epochs') at learning "
-                   f"rate {cfg.learning_rate:g}; `tuner export` writes the trial's")
-    if result_json is not None:
-        try:
-            with replacing(result_json) as tmp:
-                tmp.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
-        except OSError as exc:
-            raise _fail(f"--result {result_json}: cannot write: {exc.strerror}") from None
-        typer.echo(f"result written to {result_json}")
-    typer.echo(f"model saved to {save}")
-
+# `worker run`'s longer options.
+WaitForDbOpt = Annotated[
+    float, typer.Option(
+        "--wait-for-db", envvar="TUNER_WAIT_FOR_DB", show_envvar=True, metavar="SECONDS",
+        callback=_finite_seconds,
+        help="At start-up, wait up to this long for the database (and the study) to appear, "
+             "printing a line every few seconds. 0: fail at once.",
+    ),
+]
+CompileCacheOpt = Annotated[
+    str | None, typer.Option(
+        "--compile-cache", envvar=ENV_COMPILE_CACHE, show_envvar=True, metavar="DIR",
+        help=f"Keep compiled XLA programs here (Keras on JAX), so a restarted worker does not "
+             f"compile again; 'off' disables it. Default: {DEFAULT_COMPILE_CACHE}.",
+    ),
+]
 
 
 @app.command()
@@ -282,21 +239,8 @@ def run(
     max_failures: Annotated[int, typer.Option(min=1, help="Stop after this many failed trials in a row.")] = 3,
     artifact_dir: ArtifactDirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-epoch progress.")] = False,
-    wait_for_db: Annotated[
-        float, typer.Option(
-            "--wait-for-db", envvar="TUNER_WAIT_FOR_DB", show_envvar=True, metavar="SECONDS",
-            callback=_finite_seconds,
-            help="At start-up, wait up to this long for the database (and the study) to appear, "
-                 "printing a line every few seconds. 0: fail at once.",
-        ),
-    ] = 0.0,
-    compile_cache: Annotated[
-        str | None, typer.Option(
-            "--compile-cache", envvar=ENV_COMPILE_CACHE, show_envvar=True, metavar="DIR",
-            help=f"Keep compiled XLA programs here (Keras on JAX), so a restarted worker does not "
-                 f"compile again; 'off' disables it. Default: {DEFAULT_COMPILE_CACHE}.",
-        ),
-    ] = None,
+    wait_for_db: WaitForDbOpt = 0.0,
+    compile_cache: CompileCacheOpt = None,
 ) -> None:
     """Pull trials from a shared study until its budget is reached, training each one.
 

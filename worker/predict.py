@@ -26,9 +26,8 @@ from collections.abc import Callable, Sequence
 import contextlib
 import dataclasses
 from pathlib import Path
-import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,11 +36,13 @@ from contract.atomic import replacing, writable_problem
 from contract.data_format import IMAGE_SHAPE, NUM_CLASSES, DataError, normalise
 from contract.errors import TunerError
 from contract.npz_stream import ArrayReader, NpzWriter, open_array
+from worker.predict_terminal import ProgressBar
 
 if TYPE_CHECKING:
     import keras
 
     from worker.training.metrics import Score
+    from worker.training.saved import ModelInfo
 
 #: The sets of the challenge file ``--set`` can name.
 SETS = ("test_set", "training_set")
@@ -99,10 +100,7 @@ def predict_file(
     data, output = Path(data), Path(output)
     png_dir = None if png_dir is None else Path(png_dir)
     _check_outputs(output, png_dir)
-    if set_name not in SETS:
-        raise PredictError(f"--set {set_name}: use one of {', '.join(SETS)}")
-    if batch < 1:
-        raise PredictError(f"--batch {batch}: must be >= 1")
+    _check_options(set_name, batch)
     infos = [read_info(path) for path in models]  # before TensorFlow: a wrong file fails at once
     use_tta = tuple(tta if tta is not None else bool(info.tta) for info in infos)
     with open_array(data, set_name) as reader:
@@ -111,12 +109,25 @@ def predict_file(
 
         configure(gpu, mixed_precision="off")  # before the first TensorFlow op; models keep their dtypes
         loaded = _load_models(models)
-        for path, info in zip(models, infos, strict=False):
-            if tta is None and info.tta is None:
-                say(f"note: {path} records no TTA setting (saved by an older version): predicting "
-                    "without flip TTA; --tta turns it on")
+        if tta is None:
+            _note_unrecorded_tta(models, infos, say)
         return _run(loaded, use_tta, reader, labelled, output, batch=batch,
                     probabilities=probabilities, png_dir=png_dir, progress=progress, say=say)
+
+
+def _check_options(set_name: str, batch: int) -> None:
+    if set_name not in SETS:
+        raise PredictError(f"--set {set_name}: use one of {', '.join(SETS)}")
+    if batch < 1:
+        raise PredictError(f"--batch {batch}: must be >= 1")
+
+
+def _note_unrecorded_tta(models: Sequence[Path], infos: Sequence[ModelInfo], say: Callable[[str], None]) -> None:
+    """Models saved before the TTA setting was recorded predict without it: say so."""
+    for path, info in zip(models, infos, strict=False):
+        if info.tta is None:
+            say(f"note: {path} records no TTA setting (saved by an older version): predicting "
+                "without flip TTA; --tta turns it on")
 
 
 def _check_outputs(output: Path, png_dir: Path | None) -> None:
@@ -177,17 +188,15 @@ def _load_models(paths: Sequence[Path]) -> list[keras.Model]:
 def _run(models: list[keras.Model], use_tta: tuple[bool, ...], reader: ArrayReader, labelled: bool,
          output: Path, *, batch: int, probabilities: bool, png_dir: Path | None, progress: bool,
          say: Callable[[str], None]) -> Summary:
-    from worker.training.batches import flip_tta
-
     n = len(reader)
     masks = np.empty((n, *IMAGE_SHAPE), dtype=np.uint8)
     truth = np.empty((n, *IMAGE_SHAPE), dtype=np.uint8) if labelled else None
     firsts: list[np.ndarray] = []  # the images the PNGs show
-    forwards = [_forward(model, batch) for model in models]
+    ensemble = _ensemble([_forward(model, batch) for model in models], use_tta)
     started = time.perf_counter()
     try:
         with replacing(output, suffix=".npz") as tmp, NpzWriter(tmp) as writer, \
-                _ProgressBar(n, progress) as advance:
+                ProgressBar(n, progress) as advance:
             sink_cm = (writer.stream("probabilities", (n, *IMAGE_SHAPE, NUM_CLASSES), np.float16)
                        if probabilities else contextlib.nullcontext())
             with sink_cm as sink:
@@ -197,11 +206,7 @@ def _run(models: list[keras.Model], use_tta: tuple[bool, ...], reader: ArrayRead
                     if truth is not None:
                         truth[start:start + len(rows)] = _labels(rows, reader, start)
                     x = normalise(images)[..., None]
-                    total = None
-                    for forward, tta in zip(forwards, use_tta, strict=False):
-                        probs = flip_tta(forward, x) if tta else forward(x)
-                        total = probs if total is None else total + probs
-                    mean = total if len(models) == 1 else total / np.float32(len(models))
+                    mean = ensemble(x)
                     masks[start:start + len(rows)] = np.argmax(mean, axis=-1)
                     if sink is not None:
                         sink.write(mean.astype(np.float16))
@@ -213,16 +218,35 @@ def _run(models: list[keras.Model], use_tta: tuple[bool, ...], reader: ArrayRead
     except OSError as exc:
         raise PredictError(f"-o {output}: cannot write: {exc.strerror or exc}") from None
     seconds = time.perf_counter() - started
-
-    scored, score = 0, None
-    if truth is not None:
-        from worker.training.metrics import score as score_of
-
-        keep = ~alien_mask_flags(truth)
-        scored = int(keep.sum())
-        score = score_of(truth[keep], masks[keep]) if scored else None
+    scored, score = _score(truth, masks)
     pngs = _write_pngs(png_dir, np.concatenate(firsts)[:PNG_EACH_MAX], masks, truth, n) if png_dir else ()
     return Summary(n, seconds, use_tta, score, scored, tuple(pngs))
+
+
+def _ensemble(forwards: list[Callable[[np.ndarray], np.ndarray]],
+              use_tta: tuple[bool, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    """``x -> mean probabilities`` of the models, each with flip TTA or not."""
+    from worker.training.batches import flip_tta
+
+    def mean(x: np.ndarray) -> np.ndarray:
+        total = None
+        for forward, tta in zip(forwards, use_tta, strict=False):
+            probs = flip_tta(forward, x) if tta else forward(x)
+            total = probs if total is None else total + probs
+        return total if len(forwards) == 1 else total / np.float32(len(forwards))
+
+    return mean
+
+
+def _score(truth: np.ndarray | None, masks: np.ndarray) -> tuple[int, Score | None]:
+    """(images scored, their score) of a labelled set, aliens left out as in training."""
+    if truth is None:
+        return 0, None
+    from worker.training.metrics import score as score_of
+
+    keep = ~alien_mask_flags(truth)
+    scored = int(keep.sum())
+    return scored, score_of(truth[keep], masks[keep]) if scored else None
 
 
 def _forward(model: keras.Model, batch: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -279,54 +303,3 @@ def _write_pngs(png_dir: Path, images: np.ndarray, masks: np.ndarray, truth: np.
         return [write_png(sample(slice(i, i + 1)), png_dir / f"{i:0{width}d}.png") for i in range(n)]
     except OSError as exc:
         raise PredictError(f"--png {png_dir}: cannot write: {exc.strerror or exc}") from None
-
-
-class _ProgressBar:
-    """A Rich progress bar with images/s on stderr when it is a terminal; otherwise nothing."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total = total
-        self.enabled = enabled and sys.stderr.isatty()
-        self._progress: Any = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda k: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._progress = Progress(
-            TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
-        )
-        self._progress.start()
-        task = self._progress.add_task("predict", total=self.total, rate="")
-        started = time.perf_counter()
-        done = [0]
-
-        def advance(k: int) -> None:
-            done[0] += k
-            rate = done[0] / max(time.perf_counter() - started, 1e-9)
-            self._progress.update(task, advance=k, rate=f"{rate:.0f} images/s")
-
-        return advance
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-
-def render_score(score: Score, scored: int, n: int) -> list[str]:
-    """The lines ``worker predict`` prints for a labelled set."""
-    from contract.data_format import CLASS_NAMES
-
-    per_class = ", ".join(f"{c}:{v:.4f}" if v == v else f"{c}:n/a" for c, v in score.per_class.items())
-    left_out = f" ({n - scored} repeated-mask aliens left out, as in training)" if scored < n else ""
-    lines = [f"scored {scored} images{left_out}",
-             f"mean IoU (classes 1-4): {score.miou:.4f}  per class: {per_class}",
-             "confusion matrix (pixels; rows true class, columns predicted class 0-4):"]
-    width = max(len(str(int(v))) for v in score.confusion.ravel())
-    for c, row in enumerate(score.confusion):
-        lines.append(f"  {c} {CLASS_NAMES[c]:<10} " + " ".join(f"{int(v):>{width}d}" for v in row))
-    return lines

@@ -61,20 +61,15 @@ def train_all_data(
     """
     import keras
 
-    from worker.training.backend import set_determinism
     from worker.training.callbacks import EpochLog
-    from worker.training.losses import class_weights_from_masks
 
     started = time.perf_counter()
     out = sys.stdout if verbose else None
     device = device or detect(config.mixed_precision)
     replayed = config.lr_schedule is not None
     schedule = list(config.lr_schedule or [config.learning_rate] * config.epochs)
-    images, masks, _ = subsample(np.asarray(data.images), np.asarray(data.masks), data.groups,
-                                 config.max_images, config.seed)
-    weights = np.asarray(class_weights_from_masks(masks, scheme=config.class_weights,
-                                                  background_weight=config.background_weight))
-    batch_size = min(config.batch_size, len(images))
+    images, masks = subsample(np.asarray(data.images), np.asarray(data.masks), data.groups,
+                              config.max_images, config.seed)[:2]
     say(out, f"data: all {len(images)} images train (no validation split); {len(schedule)} epochs, "
              + ("the trial's learning rate per epoch" if replayed else
                 f"learning rate {config.learning_rate:g} throughout (the config has no lr_schedule)"))
@@ -82,18 +77,32 @@ def train_all_data(
     previous_policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(device.policy)
     try:
-        set_determinism(not config.jit_compile)
-        keras.utils.set_random_seed(config.seed)
-        compiled = CompiledModel.build(config)
-        compiled.reset(config, weights)
         log = EpochLog(len(schedule), out)
-        _fit(compiled.model, config, images, masks, batch_size, schedule, log)
-        save_model(compiled.portable(config, weights), save_path,
-                   ModelInfo(config=config.to_dict(), all_data=True, validation_miou=None))
+        _build_fit_save(config, images, masks, schedule, log, save_path)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     return AllDataResult(n_images=len(images), epochs=len(schedule), learning_rates=log.rates,
                          losses=log.losses, wall_time_s=time.perf_counter() - started, replayed=replayed)
+
+
+def _build_fit_save(config: TrainConfig, images: np.ndarray, masks: np.ndarray, schedule: list[float],
+                    log: EpochLog, save_path: str | Path) -> None:
+    """Build the model (seeded), fit it on every image, save it with the run's record; class
+    weights come from all the images' masks."""
+    import keras
+
+    from worker.training.backend import set_determinism
+    from worker.training.losses import class_weights_from_masks
+
+    weights = np.asarray(class_weights_from_masks(masks, scheme=config.class_weights,
+                                                  background_weight=config.background_weight))
+    set_determinism(not config.jit_compile)
+    keras.utils.set_random_seed(config.seed)
+    compiled = CompiledModel.build(config)
+    compiled.reset(config, weights)
+    _fit(compiled.model, config, images, masks, min(config.batch_size, len(images)), schedule, log)
+    save_model(compiled.portable(config, weights), save_path,
+               ModelInfo(config=config.to_dict(), all_data=True, validation_miou=None))
 
 
 def _fit(model: keras.Model, config: TrainConfig, images: np.ndarray, masks: np.ndarray,

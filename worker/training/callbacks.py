@@ -1,5 +1,5 @@
-"""The Keras callbacks of a run: its history, the per-epoch report, the end of compiling, and
-the all-data run's epoch log.
+"""The Keras callbacks of a run: its history, the per-epoch report, the end of compiling, the
+set a trial's fit uses (:func:`fit_callbacks`), and the all-data run's epoch log.
 
 This module imports Keras: :mod:`worker.training.train` and :mod:`worker.training.all_data`
 import it inside the functions that fit, so importing those stays free of TensorFlow.
@@ -14,6 +14,7 @@ from typing import IO, Any
 
 import keras
 
+from contract.config import TrainConfig
 from worker.training.progress import Clock, fmt, say
 
 EpochCallback = Callable[[int, float], None]
@@ -94,6 +95,30 @@ class FirstBatch(keras.callbacks.Callback):
         self.clock.first_batch()
         if self.clock.current != "training":
             self.clock.phase("training")
+
+
+def fit_callbacks(
+    config: TrainConfig, clock: Clock, out: IO[str] | None, epoch_callback: EpochCallback | None
+) -> tuple[list[keras.callbacks.Callback], History, keras.callbacks.EarlyStopping]:
+    """A trial's fit callbacks, and of them the history and early stopping (on validation mIoU,
+    restoring the best epoch's weights)."""
+    recorder = History(config.epochs, out)
+    stopper = keras.callbacks.EarlyStopping(
+        monitor=MONITOR, mode="max", patience=config.early_stopping_patience,
+        restore_best_weights=True,
+    )
+    callbacks: list[keras.callbacks.Callback] = [
+        FirstBatch(clock),
+        recorder,
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=MONITOR, mode="max", factor=config.reduce_lr_factor,
+            patience=config.reduce_lr_patience, min_lr=config.min_learning_rate,
+        ),
+        stopper,
+    ]
+    if epoch_callback is not None:
+        callbacks.append(Report(epoch_callback))
+    return callbacks, recorder, stopper
 
 
 class EpochLog(keras.callbacks.Callback):

@@ -244,28 +244,11 @@ def _fit(
 ) -> tuple[History, keras.callbacks.EarlyStopping]:
     """The fit step: seeded, with early stopping on validation mIoU; returns the callbacks
     that hold the history and the best epoch."""
-    import keras
-
     from worker.training.backend import is_tensorflow, reseed
-    from worker.training.callbacks import MONITOR, FirstBatch, History, Report
+    from worker.training.callbacks import fit_callbacks
 
     config, prepared, batch_size = run.config, run.prepared, run.batch_size
-    recorder = History(config.epochs, run.out)
-    stopper = keras.callbacks.EarlyStopping(
-        monitor=MONITOR, mode="max", patience=config.early_stopping_patience,
-        restore_best_weights=True,
-    )
-    callbacks: list[keras.callbacks.Callback] = [
-        FirstBatch(run.clock),
-        recorder,
-        keras.callbacks.ReduceLROnPlateau(
-            monitor=MONITOR, mode="max", factor=config.reduce_lr_factor,
-            patience=config.reduce_lr_patience, min_lr=config.min_learning_rate,
-        ),
-        stopper,
-    ]
-    if epoch_callback is not None:
-        callbacks.append(Report(epoch_callback))
+    callbacks, recorder, stopper = fit_callbacks(config, run.clock, run.out, epoch_callback)
     reseed(config.seed)
     if is_tensorflow():
         from worker.training.pipeline import make_eval_dataset, make_train_dataset
