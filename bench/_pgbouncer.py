@@ -27,8 +27,9 @@ class BouncerError(RuntimeError):
 class Bouncer:
     """``with Bouncer(upstream_host, upstream_port) as b: b.url(db)``."""
 
-    def __init__(self, host: str, port: int, *, listen_port: int = 55419, pool_size: int = 20,
-                 max_client_conn: int = 2000) -> None:
+    def __init__(
+        self, host: str, port: int, *, listen_port: int = 55419, pool_size: int = 20, max_client_conn: int = 2000
+    ) -> None:
         self.host, self.port, self.listen_port = host, port, listen_port
         self.pool_size, self.max_client_conn = pool_size, max_client_conn
         self.dir = Path(tempfile.mkdtemp(prefix="nw-pgbouncer-"))
@@ -75,14 +76,15 @@ class Bouncer:
         self.proc = subprocess.Popen(
             ["sh", "-c", f'ulimit -n {limit} && exec "$0" "$@"', binary, *user, str(ini)],
             # Its log goes to the logfile; an unread pipe would fill up and block it.
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         socket = self.dir / f".s.PGSQL.{self.listen_port}"
         deadline = time.monotonic() + 15
         while not socket.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.__exit__()
-                log = (self.dir / "pgbouncer.log")
+                log = self.dir / "pgbouncer.log"
                 tail = log.read_text()[-300:] if log.exists() else ""
                 raise BouncerError(f"pgbouncer did not start: {tail.strip() or 'no log'}")
             time.sleep(0.05)

@@ -41,9 +41,17 @@ def space(epochs: int) -> dict[str, Any]:
     """A small search space over the Multipath UNet, sized for 2 CPU cores (as search_quality.py)."""
     return {
         "fixed": {
-            "model": "multipath", "epochs": epochs, "batch_size": 16, "validation_fraction": 0.25,
-            "augment_flips": False, "early_stopping_patience": epochs, "reduce_lr_patience": epochs,
-            "residual_filters": 8, "context_filters": 8, "batchnorm_momentum": 0.9, "seed": 0,
+            "model": "multipath",
+            "epochs": epochs,
+            "batch_size": 16,
+            "validation_fraction": 0.25,
+            "augment_flips": False,
+            "early_stopping_patience": epochs,
+            "reduce_lr_patience": epochs,
+            "residual_filters": 8,
+            "context_filters": 8,
+            "batchnorm_momentum": 0.9,
+            "seed": 0,
         },
         "params": CPU_PARAMS,
     }
@@ -76,9 +84,16 @@ def cli(tool: str, *args: str, env: dict[str, str]) -> str:
 def run_workers(n: int, data: Path, env: dict[str, str]) -> float:
     """``n`` ``worker run`` processes until the study's queue and budget are spent; wall seconds."""
     started = time.perf_counter()
-    procs = [subprocess.Popen([str(BIN / "worker"), "run", "--study", STUDY, "--data", str(data), "--quiet"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-             for _ in range(n)]
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "worker"), "run", "--study", STUDY, "--data", str(data), "--quiet"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for _ in range(n)
+    ]
     outputs = [p.communicate()[0] for p in procs]
     if any(p.returncode for p in procs):
         raise SystemExit("a worker failed:\n" + "\n".join(o[-2000:] for o in outputs))
@@ -102,26 +117,44 @@ def summarise(url: str) -> dict[str, Any]:
         head = find_study(engine, STUDY)
         assert head is not None
         confirmed = read_confirmed(engine, head.study_id)
-        trials = load_trials(engine, head.study_id, intermediate=False,
-                             user_attr_keys=(trial_attrs.N_TRAIN, trial_attrs.N_VAL, trial_attrs.WALL_TIME_S,
-                                             trial_attrs.CONFIRMS))
+        trials = load_trials(
+            engine,
+            head.study_id,
+            intermediate=False,
+            user_attr_keys=(trial_attrs.N_TRAIN, trial_attrs.N_VAL, trial_attrs.WALL_TIME_S, trial_attrs.CONFIRMS),
+        )
     finally:
         engine.dispose()
-    rows = [{"trial": c.number, "search_miou": c.search_miou, "n": c.n, "seeds": list(c.seeds),
-             "mious": list(c.mious), "mean": c.mean, "sd": c.sd, "min": c.minimum, "mean_minus_se": c.score,
-             "per_class_iou_mean": c.per_class_iou, "failed": c.failed} for c in confirmed]
+    rows = [
+        {
+            "trial": c.number,
+            "search_miou": c.search_miou,
+            "n": c.n,
+            "seeds": list(c.seeds),
+            "mious": list(c.mious),
+            "mean": c.mean,
+            "sd": c.sd,
+            "min": c.minimum,
+            "mean_minus_se": c.score,
+            "per_class_iou_mean": c.per_class_iou,
+            "failed": c.failed,
+        }
+        for c in confirmed
+    ]
     search = [t for t in trials if trial_attrs.CONFIRMS not in t.user_attrs]
     return {
         "configurations": rows,
         "by_search_run": ranks(rows, "search_miou"),
         "by_mean": ranks(rows, "mean"),
         "by_mean_minus_se": ranks(rows, "mean_minus_se"),
-        "search_trials": [{"trial": t.number, "state": t.state.name, "miou": t.values[0] if t.values else None}
-                          for t in search],
+        "search_trials": [
+            {"trial": t.number, "state": t.state.name, "miou": t.values[0] if t.values else None} for t in search
+        ],
         "n_train": sorted({t.user_attrs.get(trial_attrs.N_TRAIN) for t in trials} - {None}),
         "n_val": sorted({t.user_attrs.get(trial_attrs.N_VAL) for t in trials} - {None}),
-        "trial_wall_s_mean": (sum(t.user_attrs.get(trial_attrs.WALL_TIME_S, 0.0) for t in trials) / len(trials)
-                              if trials else None),
+        "trial_wall_s_mean": (
+            sum(t.user_attrs.get(trial_attrs.WALL_TIME_S, 0.0) for t in trials) / len(trials) if trials else None
+        ),
         "trials_total": len(trials),
     }
 
@@ -142,15 +175,19 @@ def print_table(result: dict[str, Any]) -> None:
         return "-" if v is None else f"{v:.4f}"
 
     s = result["summary"]
-    print(f"\n{result['images']} tiles (train {s['n_train']}, val {s['n_val']}), {result['trials']} search trials "
-          f"x {result['epochs']} epochs, then --top {result['top']} --seeds {result['seeds']}; "
-          f"{result['workers']} workers, wall {result['wall_s']:.0f} s, load {result['load_before']} -> "
-          f"{result['load_after']}")
+    print(
+        f"\n{result['images']} tiles (train {s['n_train']}, val {s['n_val']}), {result['trials']} search trials "
+        f"x {result['epochs']} epochs, then --top {result['top']} --seeds {result['seeds']}; "
+        f"{result['workers']} workers, wall {result['wall_s']:.0f} s, load {result['load_before']} -> "
+        f"{result['load_after']}"
+    )
     print(f"{'trial':>5} {'search':>8} {'n':>2} {'mean':>8} {'sd':>8} {'min':>8} {'mean-SE':>8}  runs")
     for r in s["configurations"]:
         runs = " ".join(f(v) for v in r["mious"])
-        print(f"{r['trial']:>5} {f(r['search_miou']):>8} {r['n']:>2} {f(r['mean']):>8} {f(r['sd']):>8} "
-              f"{f(r['min']):>8} {f(r['mean_minus_se']):>8}  {runs}")
+        print(
+            f"{r['trial']:>5} {f(r['search_miou']):>8} {r['n']:>2} {f(r['mean']):>8} {f(r['sd']):>8} "
+            f"{f(r['min']):>8} {f(r['mean_minus_se']):>8}  {runs}"
+        )
     print(f"order by single run: {s['by_search_run']}; by mean: {s['by_mean']}; by mean-SE: {s['by_mean_minus_se']}")
     print(result["verdict"])
 
@@ -185,8 +222,22 @@ def main(argv: list[str] | None = None) -> int:
         space_file.write_text(yaml.safe_dump(space(args.epochs)))
         url = args.storage or f"sqlite:///{tmp}/study.db"
         env = {**os.environ, "TUNER_STORAGE": url, "TUNER_HOME": tmp, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        cli("tuner", "create", STUDY, "--data", str(data), "--space", str(space_file), "--trials", str(args.trials),
-            "--pruner", "none", "--no-seed-config", "--overwrite", env=env)
+        cli(
+            "tuner",
+            "create",
+            STUDY,
+            "--data",
+            str(data),
+            "--space",
+            str(space_file),
+            "--trials",
+            str(args.trials),
+            "--pruner",
+            "none",
+            "--no-seed-config",
+            "--overwrite",
+            env=env,
+        )
         search_s = run_workers(args.workers, data, env)
         said = cli("tuner", "confirm", STUDY, "--top", str(args.top), "--seeds", str(args.seeds), env=env)
         print(said.strip())
@@ -196,18 +247,38 @@ def main(argv: list[str] | None = None) -> int:
     rows = summary["configurations"]
     single = summary["by_search_run"][0] if rows else None
     stays = bool(rows) and summary["by_mean_minus_se"][0] == single
-    verdict = (f"single-run winner trial {single} " + ("stays first" if stays else
-               f"does not stay first: --pick confirmed takes trial {summary['by_mean_minus_se'][0]}")
-               + f" (by the mean alone: trial {summary['by_mean'][0]})") if rows else "nothing confirmed"
+    verdict = (
+        (
+            f"single-run winner trial {single} "
+            + (
+                "stays first"
+                if stays
+                else f"does not stay first: --pick confirmed takes trial {summary['by_mean_minus_se'][0]}"
+            )
+            + f" (by the mean alone: trial {summary['by_mean'][0]})"
+        )
+        if rows
+        else "nothing confirmed"
+    )
     result = {
         "benchmark": "confirm_spread",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "data": str(path), "images": n_images, "trials": args.trials, "epochs": args.epochs, "top": args.top,
-        "seeds": args.seeds, "workers": args.workers,
-        "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
-        "wall_s": wall, "search_s": search_s, "confirm_s": confirm_s,
-        "summary": summary, "single_run_winner_stays_first": stays, "verdict": verdict,
+        "data": str(path),
+        "images": n_images,
+        "trials": args.trials,
+        "epochs": args.epochs,
+        "top": args.top,
+        "seeds": args.seeds,
+        "workers": args.workers,
+        "load_before": load_before,
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "wall_s": wall,
+        "search_s": search_s,
+        "confirm_s": confirm_s,
+        "summary": summary,
+        "single_run_winner_stays_first": stays,
+        "verdict": verdict,
     }
     print_table(result)
     write_result(result, "confirm_spread", args.out)

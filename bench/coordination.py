@@ -125,8 +125,11 @@ class ConnectionSampler:
     def _run(self) -> None:
         with self._conn.cursor() as cur:
             while not self._stop.is_set():
-                cur.execute("SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = %s "
-                            "GROUP BY application_name", (self.database,))
+                cur.execute(
+                    "SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = %s "
+                    "GROUP BY application_name",
+                    (self.database,),
+                )
                 rows = cur.fetchall()
                 self.samples.append(sum(int(n) for _, n in rows))
                 named = [int(n) for app, n in rows if app.startswith("mars-tuner-worker@")]
@@ -169,11 +172,12 @@ def _arm(mode: str, url: str, study_name: str, budget: int, seed: int) -> tuple[
         from worker import budget as shared
 
         rdb = storage.open_storage(
-            url, heartbeat_interval=StudySpec.heartbeat_interval, grace_period=StudySpec.grace_period,
+            url,
+            heartbeat_interval=StudySpec.heartbeat_interval,
+            grace_period=StudySpec.grace_period,
             max_retry=StudySpec.max_retry,
         )
-        study = optuna.load_study(study_name=study_name, storage=rdb,
-                                  sampler=optuna.samplers.TPESampler(seed=seed))
+        study = optuna.load_study(study_name=study_name, storage=rdb, sampler=optuna.samplers.TPESampler(seed=seed))
 
         def ask():
             return shared.ask_within_budget(study, rdb, url, budget)[0]
@@ -193,8 +197,17 @@ def _arm(mode: str, url: str, study_name: str, budget: int, seed: int) -> tuple[
     return study, ask_raw, objective
 
 
-def _worker(mode: str, url: str, study_name: str, budget: int, pace_s: float, max_s: float, index: int,
-            barrier: Any, results: Any) -> None:
+def _worker(
+    mode: str,
+    url: str,
+    study_name: str,
+    budget: int,
+    pace_s: float,
+    max_s: float,
+    index: int,
+    barrier: Any,
+    results: Any,
+) -> None:
     """One worker process: set up, wait for the others, run trials until the budget is spent.
 
     A failure (e.g. the server refusing a connection past ``max_connections``) is reported, not
@@ -245,8 +258,9 @@ def _error_line(exc: BaseException) -> str:
     return f"{via}{type(root).__name__}: {first}"
 
 
-def run_workers(mode: str, url: str, database: str, n_workers: int, budget: int, pace_s: float,
-                max_s: float) -> dict[str, Any]:
+def run_workers(
+    mode: str, url: str, database: str, n_workers: int, budget: int, pace_s: float, max_s: float
+) -> dict[str, Any]:
     """``n_workers`` spawned processes on one new study until ``budget`` trials; aggregated numbers."""
     import optuna
     from optuna.trial import TrialState
@@ -259,8 +273,10 @@ def run_workers(mode: str, url: str, database: str, n_workers: int, budget: int,
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(n_workers + 1)
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(mode, url, study_name, budget, pace_s, max_s, i, barrier, results))
-             for i in range(n_workers)]
+    procs = [
+        ctx.Process(target=_worker, args=(mode, url, study_name, budget, pace_s, max_s, i, barrier, results))
+        for i in range(n_workers)
+    ]
     for p in procs:
         p.start()
     barrier.wait(timeout=600)  # every worker has imported, connected and loaded the study
@@ -272,13 +288,18 @@ def run_workers(mode: str, url: str, database: str, n_workers: int, budget: int,
         p.join(timeout=60)
     errors = sorted({r["error"] for r in rows if r["error"]})
     failed = sum(1 for r in rows if r["error"])
-    merged = {k: np.concatenate([np.asarray(r[k], dtype=float) for r in rows]) for k in
-              ("asks", "suggests", "tells", "overheads")}
+    merged = {
+        k: np.concatenate([np.asarray(r[k], dtype=float) for r in rows])
+        for k in ("asks", "suggests", "tells", "overheads")
+    }
     n = len(merged["asks"])
     overhead_mean = float(merged["overheads"].mean()) if n else math.nan
     reader = optuna.storages.RDBStorage(url)
-    finished = len(optuna.load_study(study_name=study_name, storage=reader).get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE,)))
+    finished = len(
+        optuna.load_study(study_name=study_name, storage=reader).get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE,)
+        )
+    )
     reader.engine.dispose()
     return {
         "mode": mode,
@@ -309,8 +330,12 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
     if len(values) == 0:
         return {"p50": math.nan, "p95": math.nan, "p99": math.nan, "mean": math.nan}
     ms = np.asarray(values) * 1e3
-    return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-            "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean())}
+    return {
+        "p50": float(np.percentile(ms, 50)),
+        "p95": float(np.percentile(ms, 95)),
+        "p99": float(np.percentile(ms, 99)),
+        "mean": float(ms.mean()),
+    }
 
 
 # --------------------------------------------------------------------------- part 3: one trial's cost
@@ -370,6 +395,7 @@ def run_cost(url: str, arms: list[str], n_trials: int) -> list[dict[str, Any]]:
         def one() -> None:
             trial = ask()  # noqa: B023 - called within this iteration
             study.tell(trial, run(trial))  # noqa: B023 - called within this iteration
+
         holds.clear()
         budget.budget_lock = timed_lock
         try:
@@ -379,14 +405,21 @@ def run_cost(url: str, arms: list[str], n_trials: int) -> list[dict[str, Any]]:
             db1, wall1, cpu1 = _postgres_cpu_s(), time.perf_counter(), time.process_time()
         finally:
             budget.budget_lock = plain_lock
-        rows.append({
-            "mode": mode, "trials": n_trials, "wall_ms": 1e3 * (wall1 - wall0) / n_trials,
-            "worker_cpu_ms": 1e3 * (cpu1 - cpu0) / n_trials,
-            "db_cpu_ms": None if db0 is None or db1 is None else 1e3 * (db1 - db0) / n_trials,
-            "lock_hold_ms": _percentiles(holds) if holds else None,
-        })
-        print(f"  {mode:8} one worker, {n_trials} trials: {rows[-1]['wall_ms']:.1f} ms wall, "
-              f"{rows[-1]['worker_cpu_ms']:.1f} ms worker CPU per trial", flush=True)
+        rows.append(
+            {
+                "mode": mode,
+                "trials": n_trials,
+                "wall_ms": 1e3 * (wall1 - wall0) / n_trials,
+                "worker_cpu_ms": 1e3 * (cpu1 - cpu0) / n_trials,
+                "db_cpu_ms": None if db0 is None or db1 is None else 1e3 * (db1 - db0) / n_trials,
+                "lock_hold_ms": _percentiles(holds) if holds else None,
+            }
+        )
+        print(
+            f"  {mode:8} one worker, {n_trials} trials: {rows[-1]['wall_ms']:.1f} ms wall, "
+            f"{rows[-1]['worker_cpu_ms']:.1f} ms worker CPU per trial",
+            flush=True,
+        )
     return rows
 
 
@@ -408,8 +441,7 @@ def fill(study: Any, n: int, seed: int, batch: int = 500) -> None:
                 "base_filters": int(rng.integers(1, 9) * 8),
                 "batch_size": int(rng.choice([32, 64, 128])),
             }
-            trials.append(optuna.trial.create_trial(params=params, distributions=dists,
-                                                    value=float(rng.random())))
+            trials.append(optuna.trial.create_trial(params=params, distributions=dists, value=float(rng.random())))
         study.add_trials(trials)
 
 
@@ -440,19 +472,20 @@ def history_variants(url: str) -> dict[str, Any]:
         def make(name):
             study = optuna.load_study(study_name=name, storage=url, sampler=sampler_factory())
             return study, study.ask
+
         return make
 
     def project(name):
         rdb = storage.open_storage(url)
-        study = optuna.load_study(study_name=name, storage=rdb,
-                                  sampler=optuna.samplers.TPESampler(seed=0))
+        study = optuna.load_study(study_name=name, storage=rdb, sampler=optuna.samplers.TPESampler(seed=0))
         return study, lambda: ask_within_budget(study, rdb, url, 10**9)[0]
 
     return {
         "tpe_default": raw(lambda: optuna.samplers.TPESampler(seed=0)),
         "tpe_default_project_ask": project,
-        "tpe_independent_no_liar": raw(lambda: optuna.samplers.TPESampler(
-            seed=0, multivariate=False, constant_liar=False)),
+        "tpe_independent_no_liar": raw(
+            lambda: optuna.samplers.TPESampler(seed=0, multivariate=False, constant_liar=False)
+        ),
         "random": raw(lambda: optuna.samplers.RandomSampler(seed=0)),
     }
 
@@ -470,8 +503,7 @@ def time_asks(study: Any, ask: Any, n_asks: int) -> dict[str, Any]:
         study.tell(trial, value)
         ask_s.append(t1 - t0)
         tell_s.append(time.perf_counter() - t1)
-    return {"history": history, "ask_ms": _percentiles(np.array(ask_s)),
-            "tell_ms": _percentiles(np.array(tell_s))}
+    return {"history": history, "ask_ms": _percentiles(np.array(ask_s)), "tell_ms": _percentiles(np.array(tell_s))}
 
 
 def run_history(url: str, sizes: list[int], n_asks: int) -> dict[str, Any]:
@@ -494,10 +526,8 @@ def run_history(url: str, sizes: list[int], n_asks: int) -> dict[str, Any]:
                 study, ask = make(name)
                 out["variants"].setdefault(variant, {})[str(size)] = time_asks(study, ask, n_asks)
             proxy = GrpcStorageProxy(host="127.0.0.1", port=port)
-            study = optuna.load_study(study_name=name, storage=proxy,
-                                      sampler=optuna.samplers.TPESampler(seed=0))
-            out["variants"].setdefault("tpe_default_grpc_proxy", {})[str(size)] = \
-                time_asks(study, study.ask, n_asks)
+            study = optuna.load_study(study_name=name, storage=proxy, sampler=optuna.samplers.TPESampler(seed=0))
+            out["variants"].setdefault("tpe_default_grpc_proxy", {})[str(size)] = time_asks(study, study.ask, n_asks)
             proxy.close()
             rdb = storage.open_storage(url, heartbeat_interval=None)
             study_id = rdb.get_study_id_from_name(name)
@@ -522,42 +552,54 @@ def _time(call: Any, repeat: int) -> float:
 
 
 def print_tables(result: dict[str, Any]) -> None:
-    print("\nN concurrent workers, trivial objective. Latencies in ms; 'sugg' = the four suggest"
-          " calls (+ heartbeat start/stop in the project arm); overhead = ask+sugg+tell per trial"
-          " and its share of a 60 s trial; conns = peak sessions on the database (per worker:"
-          " the most one project worker held); done = COMPLETE trials / budget; N/tput = worker-seconds"
-          " per trial (N x wall time / trials) as a share of a 60 s trial")
-    print(f"{'arm':8} {'N':>3} {'pace':>5} {'trials/s':>9} {'ask p50':>8} {'ask p95':>8} {'ask p99':>8} "
-          f"{'sugg p50':>8} {'tell p50':>8} {'tell p95':>8} {'ovh mean':>9} {'% of 1min':>9} {'N/tput %':>8} "
-          f"{'conns':>6} "
-          f"{'/worker':>7} {'done':>9} {'failed':>6}")
+    print(
+        "\nN concurrent workers, trivial objective. Latencies in ms; 'sugg' = the four suggest"
+        " calls (+ heartbeat start/stop in the project arm); overhead = ask+sugg+tell per trial"
+        " and its share of a 60 s trial; conns = peak sessions on the database (per worker:"
+        " the most one project worker held); done = COMPLETE trials / budget; N/tput = worker-seconds"
+        " per trial (N x wall time / trials) as a share of a 60 s trial"
+    )
+    print(
+        f"{'arm':8} {'N':>3} {'pace':>5} {'trials/s':>9} {'ask p50':>8} {'ask p95':>8} {'ask p99':>8} "
+        f"{'sugg p50':>8} {'tell p50':>8} {'tell p95':>8} {'ovh mean':>9} {'% of 1min':>9} {'N/tput %':>8} "
+        f"{'conns':>6} "
+        f"{'/worker':>7} {'done':>9} {'failed':>6}"
+    )
     for r in result["workers"]:
         per = r["db_connections_per_worker_peak"]
-        print(f"{r['mode']:8} {r['workers']:>3} {r['pace_s']:>5g} {r['trials_per_s']:>9.1f} "
-              f"{r['ask_ms']['p50']:>8.1f} {r['ask_ms']['p95']:>8.1f} {r['ask_ms']['p99']:>8.1f} "
-              f"{r['suggest_ms']['p50']:>8.1f} {r['tell_ms']['p50']:>8.1f} "
-              f"{r['tell_ms']['p95']:>8.1f} {r['overhead_ms']['mean']:>9.1f} "
-              f"{r['overhead_pct_of_1min_trial']:>8.3f}% {r['worker_s_per_trial_pct_of_1min']:>7.3f}% "
-              f"{r['db_connections_peak']:>6} "
-              f"{'-' if per is None else per:>7} {r['finished']:>4}/{r['budget']:<4} {r['workers_failed']:>6}")
+        print(
+            f"{r['mode']:8} {r['workers']:>3} {r['pace_s']:>5g} {r['trials_per_s']:>9.1f} "
+            f"{r['ask_ms']['p50']:>8.1f} {r['ask_ms']['p95']:>8.1f} {r['ask_ms']['p99']:>8.1f} "
+            f"{r['suggest_ms']['p50']:>8.1f} {r['tell_ms']['p50']:>8.1f} "
+            f"{r['tell_ms']['p95']:>8.1f} {r['overhead_ms']['mean']:>9.1f} "
+            f"{r['overhead_pct_of_1min_trial']:>8.3f}% {r['worker_s_per_trial_pct_of_1min']:>7.3f}% "
+            f"{r['db_connections_peak']:>6} "
+            f"{'-' if per is None else per:>7} {r['finished']:>4}/{r['budget']:<4} {r['workers_failed']:>6}"
+        )
         for error in r["errors"]:
             print(f"    {r['mode']} N={r['workers']} worker error: {error}")
     if result.get("cost"):
-        print("\nOne worker alone (uncontended), ms per trial: wall, the worker's CPU, the database server's"
-              " CPU, the budget lock's hold (mean / p95)")
+        print(
+            "\nOne worker alone (uncontended), ms per trial: wall, the worker's CPU, the database server's"
+            " CPU, the budget lock's hold (mean / p95)"
+        )
         for c in result["cost"]:
             db = "-" if c["db_cpu_ms"] is None else f"{c['db_cpu_ms']:.1f}"
             held = c["lock_hold_ms"]
             hold = "-" if not held else f"{held['mean']:.1f} / {held['p95']:.1f}"
-            print(f"{c['mode']:8} {c['trials']:>5} trials: wall {c['wall_ms']:.1f}, "
-                  f"worker CPU {c['worker_cpu_ms']:.1f}, database CPU {db}, lock held {hold}")
+            print(
+                f"{c['mode']:8} {c['trials']:>5} trials: wall {c['wall_ms']:.1f}, "
+                f"worker CPU {c['worker_cpu_ms']:.1f}, database CPU {db}, lock held {hold}"
+            )
     h = result["history"]
     if not h:
         print("\n".join(result["verdict"]))
         return
     sizes = [str(s) for s in h["sizes"]]
-    print(f"\nask+suggest latency p50 (ms) vs finished trials in the study ({h['asks_per_point']} "
-          "asks per point; ratio = largest / smallest)")
+    print(
+        f"\nask+suggest latency p50 (ms) vs finished trials in the study ({h['asks_per_point']} "
+        "asks per point; ratio = largest / smallest)"
+    )
     print(f"{'variant':28} " + " ".join(f"{s:>8}" for s in sizes) + f" {'ratio':>7}")
     for variant, points in h["variants"].items():
         p50 = [points[s]["ask_ms"]["p50"] for s in sizes]
@@ -573,13 +615,18 @@ def verdict(result: dict[str, Any]) -> list[str]:
     for r in result["workers"]:
         if r["mode"] != "project":
             continue
-        raw = [o for o in result["workers"] if o["mode"] == "raw" and o["workers"] == r["workers"]
-               and o["pace_s"] == r["pace_s"]]
+        raw = [
+            o
+            for o in result["workers"]
+            if o["mode"] == "raw" and o["workers"] == r["workers"] and o["pace_s"] == r["pace_s"]
+        ]
         beside = f" (raw Optuna: {raw[0]['overhead_pct_of_1min_trial']:.3f}%)" if raw else ""
         ok = r["overhead_pct_of_1min_trial"] < 1.0
-        lines.append(f"goal overhead < 1% of a 1-min trial, {r['workers']} workers, pace {r['pace_s']:g}s: "
-                     f"{r['overhead_pct_of_1min_trial']:.3f}%{beside} -> {'met' if ok else 'NOT met'}; "
-                     f"budget {r['finished']}/{r['budget']} -> {'exact' if r['budget_exact'] else 'NOT exact'}")
+        lines.append(
+            f"goal overhead < 1% of a 1-min trial, {r['workers']} workers, pace {r['pace_s']:g}s: "
+            f"{r['overhead_pct_of_1min_trial']:.3f}%{beside} -> {'met' if ok else 'NOT met'}; "
+            f"budget {r['finished']}/{r['budget']} -> {'exact' if r['budget_exact'] else 'NOT exact'}"
+        )
     cpus = result["machine"]["cpus"] or 1
     for c in result.get("cost", []):
         if c["db_cpu_ms"] is None:
@@ -587,35 +634,47 @@ def verdict(result: dict[str, Any]) -> list[str]:
         per_trial_s = (c["worker_cpu_ms"] + c["db_cpu_ms"]) / 1e3
         for n in sorted({r["workers"] for r in result["workers"]} or {32, 64}):
             need = n * per_trial_s / (0.01 * TRIAL_S)
-            lines.append(f"{c['mode']}: {n} workers asking non-stop on one machine need >= {need:.1f} cores "
-                         f"(workers + database) for < 1% ({1e3 * per_trial_s:.0f} ms CPU per trial); "
-                         f"this machine has {cpus}")
+            lines.append(
+                f"{c['mode']}: {n} workers asking non-stop on one machine need >= {need:.1f} cores "
+                f"(workers + database) for < 1% ({1e3 * per_trial_s:.0f} ms CPU per trial); "
+                f"this machine has {cpus}"
+            )
         if c["lock_hold_ms"]:
             for n in (32, 64):
                 pct = 100 * n * c["lock_hold_ms"]["mean"] / 1e3 / TRIAL_S
-                lines.append(f"{c['mode']}: budget lock held {c['lock_hold_ms']['mean']:.1f} ms per trial: "
-                             f"{n} workers queueing for it once each = {pct:.2f}% of a 1-min trial")
+                lines.append(
+                    f"{c['mode']}: budget lock held {c['lock_hold_ms']['mean']:.1f} ms per trial: "
+                    f"{n} workers queueing for it once each = {pct:.2f}% of a 1-min trial"
+                )
     sizes = [str(s) for s in result["history"].get("sizes", [])]
     for variant, points in result["history"].get("variants", {}).items():
         ratio = points[sizes[-1]]["ask_ms"]["p50"] / points[sizes[0]]["ask_ms"]["p50"]
-        lines.append(f"goal ask({sizes[-1]}) within 2x of ask({sizes[0]}), {variant}: {ratio:.1f}x -> "
-                     f"{'met' if ratio <= 2 else 'NOT met'}")
+        lines.append(
+            f"goal ask({sizes[-1]}) within 2x of ask({sizes[0]}), {variant}: {ratio:.1f}x -> "
+            f"{'met' if ratio <= 2 else 'NOT met'}"
+        )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", default="1,8,32,64", help="comma-separated worker counts")
-    parser.add_argument("--paces", default="0,5",
-                        help="comma-separated seconds each trial sleeps (0: ask non-stop, the worst case)")
-    parser.add_argument("--trials-per-worker", type=int, default=8,
-                        help="the study's budget is this times the number of workers")
+    parser.add_argument(
+        "--paces", default="0,5", help="comma-separated seconds each trial sleeps (0: ask non-stop, the worst case)"
+    )
+    parser.add_argument(
+        "--trials-per-worker", type=int, default=8, help="the study's budget is this times the number of workers"
+    )
     parser.add_argument("--max-seconds", type=float, default=300.0, help="a run stops after this long")
     parser.add_argument("--arms", default="project,raw")
     parser.add_argument("--history", default="100,1000,5000", help="finished trials in the study")
     parser.add_argument("--asks", type=int, default=15, help="timed asks per history point")
-    parser.add_argument("--cost-trials", type=int, default=200,
-                        help="trials of one worker alone per arm, for the cost of one trial (0: skip)")
+    parser.add_argument(
+        "--cost-trials",
+        type=int,
+        default=200,
+        help="trials of one worker alone per arm, for the cost of one trial (0: skip)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -646,10 +705,12 @@ def main(argv: list[str] | None = None) -> int:
             for n in worker_counts:
                 for arm in arms:
                     row = run_workers(arm, url, database, n, args.trials_per_worker * n, pace, args.max_seconds)
-                    print(f"  {arm:8} N={n:<3} pace {pace:g}s: {row['trials_per_s']:.1f} trials/s, "
-                          f"{row['finished']}/{row['budget']} finished, {row['db_connections_peak']} connections"
-                          + (f", {row['workers_failed']} workers failed" if row['workers_failed'] else ""),
-                          flush=True)
+                    print(
+                        f"  {arm:8} N={n:<3} pace {pace:g}s: {row['trials_per_s']:.1f} trials/s, "
+                        f"{row['finished']}/{row['budget']} finished, {row['db_connections_peak']} connections"
+                        + (f", {row['workers_failed']} workers failed" if row["workers_failed"] else ""),
+                        flush=True,
+                    )
                     rows.append(row)
         history = run_history(url, sizes, args.asks) if sizes else {}
     finally:
@@ -657,8 +718,12 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "coordination",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_start": load_start,
-                    "loadavg_end": list(os.getloadavg())},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_start": load_start,
+            "loadavg_end": list(os.getloadavg()),
+        },
         "command": " ".join([Path(sys.argv[0]).name] + (sys.argv[1:] if argv is None else argv)),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "workers": rows,

@@ -52,12 +52,22 @@ def _base(args: argparse.Namespace, batch: int, epochs: int):
     from contract.config import TrainConfig
 
     return TrainConfig(
-        model="multipath", base_filters=args.base_filters, depth=3,
-        conventional_filters=8 * args.base_filters, residual_filters=args.base_filters,
-        multiscale_filters=8 * args.base_filters, context_filters=args.base_filters,
-        batch_size=batch, epochs=epochs, early_stopping_patience=10 * epochs,
-        reduce_lr_patience=10 * epochs, augment_flips=True, tta=False, mixed_precision="auto",
-        max_images=args.images, seed=0,
+        model="multipath",
+        base_filters=args.base_filters,
+        depth=3,
+        conventional_filters=8 * args.base_filters,
+        residual_filters=args.base_filters,
+        multiscale_filters=8 * args.base_filters,
+        context_filters=args.base_filters,
+        batch_size=batch,
+        epochs=epochs,
+        early_stopping_patience=10 * epochs,
+        reduce_lr_patience=10 * epochs,
+        augment_flips=True,
+        tta=False,
+        mixed_precision="auto",
+        max_images=args.images,
+        seed=0,
     )
 
 
@@ -98,12 +108,21 @@ def sequence(args: argparse.Namespace, data, trials: int) -> list[dict[str, Any]
         t = result.timings
         epochs = t["epoch_s"]
         median = statistics.median(epochs[1:])
-        rows.append({"changes": changes, "reused_model": t["reused_model"],
-                     "to_fit_s": t["prepare_s"] + t["build_s"],
-                     "first_batch_s": t["first_batch_s"], "epoch_s": epochs,
-                     "median_epoch_s": median, "first_epoch_excess_s": max(0.0, epochs[0] - median),
-                     "evaluate_s": t["evaluate_s"], "wall_s": wall, "miou": result.best_miou,
-                     "n_train": result.n_train})
+        rows.append(
+            {
+                "changes": changes,
+                "reused_model": t["reused_model"],
+                "to_fit_s": t["prepare_s"] + t["build_s"],
+                "first_batch_s": t["first_batch_s"],
+                "epoch_s": epochs,
+                "median_epoch_s": median,
+                "first_epoch_excess_s": max(0.0, epochs[0] - median),
+                "evaluate_s": t["evaluate_s"],
+                "wall_s": wall,
+                "miou": result.best_miou,
+                "n_train": result.n_train,
+            }
+        )
     return rows
 
 
@@ -144,26 +163,45 @@ def throughput(args: argparse.Namespace, data, batch: int, policy: str) -> dict[
         keras.utils.set_random_seed(0)
         model = build_model(config)
         weights = np.asarray(result.class_weights)
-        model.compile(optimizer=keras.optimizers.AdamW(config.learning_rate,
-                                                       weight_decay=config.weight_decay),
-                      loss=focal_loss(config.focal_gamma, weights), metrics=[MeanIoUForeground()])
+        model.compile(
+            optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay),
+            loss=focal_loss(config.focal_gamma, weights),
+            metrics=[MeanIoUForeground()],
+        )
         times = Times()
         t0 = time.perf_counter()
-        model.fit(x, y, batch_size=batch, epochs=args.epochs, shuffle=True,
-                  validation_data=(xv[..., None], yv), validation_batch_size=batch,
-                  callbacks=[times], verbose=0)
+        model.fit(
+            x,
+            y,
+            batch_size=batch,
+            epochs=args.epochs,
+            shuffle=True,
+            validation_data=(xv[..., None], yv),
+            validation_batch_size=batch,
+            callbacks=[times],
+            verbose=0,
+        )
         plain_first = time.perf_counter() - t0
     finally:
         keras.mixed_precision.set_global_policy("float32")
     n = len(x)
     worker_ips = n / statistics.median(worker_epochs[1:])
     plain_ips = n / statistics.median(times.seconds[1:])
-    return {"batch": batch, "policy": policy, "images_per_epoch": n,
-            "worker_img_s": worker_ips, "plain_img_s": plain_ips, "ratio": worker_ips / plain_ips,
-            "worker_epoch_s": worker_epochs, "plain_epoch_s": times.seconds,
-            "worker_first_epoch_s": worker_epochs[0], "plain_first_epoch_s": times.seconds[0],
-            "worker_run_s": worker_first, "plain_run_s": plain_first,
-            "miou_worker": result.best_miou}
+    return {
+        "batch": batch,
+        "policy": policy,
+        "images_per_epoch": n,
+        "worker_img_s": worker_ips,
+        "plain_img_s": plain_ips,
+        "ratio": worker_ips / plain_ips,
+        "worker_epoch_s": worker_epochs,
+        "plain_epoch_s": times.seconds,
+        "worker_first_epoch_s": worker_epochs[0],
+        "plain_first_epoch_s": times.seconds[0],
+        "worker_run_s": worker_first,
+        "plain_run_s": plain_first,
+        "miou_worker": result.best_miou,
+    }
 
 
 def _split(config, data):
@@ -189,16 +227,19 @@ def _save(out_dir: Path, name: str, value: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=None, help="challenge .npz (else synthetic)")
-    parser.add_argument("--images", type=int, default=None,
-                        help="images used (default all; synthetic: 2,505 like the challenge)")
+    parser.add_argument(
+        "--images", type=int, default=None, help="images used (default all; synthetic: 2,505 like the challenge)"
+    )
     parser.add_argument("--base-filters", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run (first = compile)")
     parser.add_argument("--trials", type=int, default=4, help="trials of part 1 (0: skip 1 and 2)")
     parser.add_argument("--batch", type=int, default=128, help="batch of the fixed-cost parts")
     parser.add_argument("--policy", default="mixed_bfloat16", help="precision of those parts")
-    parser.add_argument("--combos", default="128:mixed_bfloat16,128:float32,256:mixed_bfloat16,"
-                        "256:float32,128:mixed_float16,256:mixed_float16",
-                        help="BATCH:POLICY pairs of part 3, in order of importance")
+    parser.add_argument(
+        "--combos",
+        default="128:mixed_bfloat16,128:float32,256:mixed_bfloat16,256:float32,128:mixed_float16,256:mixed_float16",
+        help="BATCH:POLICY pairs of part 3, in order of importance",
+    )
     parser.add_argument("--seed-epochs", type=int, default=100, help="a seed-size trial's epochs")
     parser.add_argument("--budget-s", type=float, default=330.0, help="start no part after this")
     parser.add_argument("--out-dir", type=Path, required=True)
@@ -221,37 +262,48 @@ def main(argv: list[str] | None = None) -> int:
     from worker.training.backend import name as backend_name
     from worker.training.device import describe
 
-    print(f"backend {backend_name()}, compile cache {compile_cache_dir()}, "
-          f"data {len(data)} images, {time.perf_counter() - started:.1f}s", flush=True)
-    summary: dict[str, Any] = {"benchmark": "gpu", "date": _dt.date.today().isoformat(),
-                               "device": describe(_device("float32")), "args": vars(args)}
+    print(
+        f"backend {backend_name()}, compile cache {compile_cache_dir()}, "
+        f"data {len(data)} images, {time.perf_counter() - started:.1f}s",
+        flush=True,
+    )
+    summary: dict[str, Any] = {
+        "benchmark": "gpu",
+        "date": _dt.date.today().isoformat(),
+        "device": describe(_device("float32")),
+        "args": vars(args),
+    }
     if args.trials > 0:  # parts 1 and 2 (--trials 0: throughput only)
         rows = sequence(args, data, args.trials)
         _fixed(rows, args.seed_epochs)
         summary["sequence"] = rows
         _save(args.out_dir, "summary", summary)
         for i, r in enumerate(rows):
-            print(f"trial {i + 1}: reused {r['reused_model']} fixed {r['fixed_s']:.2f}s "
-                  f"(to fit {r['to_fit_s']:.2f}, 1st epoch +{r['first_epoch_excess_s']:.2f}, "
-                  f"eval +{r['evaluate_excess_s']:.2f}); median epoch {r['median_epoch_s']:.3f}s; "
-                  f"{100 * r['fixed_share_of_seed_trial']:.1f}% of a {args.seed_epochs}-epoch trial",
-                  flush=True)
+            print(
+                f"trial {i + 1}: reused {r['reused_model']} fixed {r['fixed_s']:.2f}s "
+                f"(to fit {r['to_fit_s']:.2f}, 1st epoch +{r['first_epoch_excess_s']:.2f}, "
+                f"eval +{r['evaluate_excess_s']:.2f}); median epoch {r['median_epoch_s']:.3f}s; "
+                f"{100 * r['fixed_share_of_seed_trial']:.1f}% of a {args.seed_epochs}-epoch trial",
+                flush=True,
+            )
 
         if time.perf_counter() - started < args.budget_s:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--part", "restart"]
             cmd += [a for a in (argv if argv is not None else sys.argv[1:])]
             proc_t0 = time.perf_counter()
             path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-            proc = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=path), text=True,
-                                  capture_output=True)
+            proc = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=path), text=True, capture_output=True)
             if proc.returncode == 0:
                 restart = json.loads((args.out_dir / "restart.json").read_text())
                 for r in restart:
                     r["evaluate_excess_s"] = r["evaluate_s"] - min(x["evaluate_s"] for x in rows)
                     r["fixed_s"] = r["to_fit_s"] + r["first_epoch_excess_s"] + r["evaluate_excess_s"]
                 summary["restart"] = {"rows": restart, "process_s": time.perf_counter() - proc_t0}
-                print(f"restart: fixed {restart[0]['fixed_s']:.2f}s (first batch after "
-                      f"{restart[0]['first_batch_s']:.2f}s) vs {rows[0]['fixed_s']:.2f}s cold", flush=True)
+                print(
+                    f"restart: fixed {restart[0]['fixed_s']:.2f}s (first batch after "
+                    f"{restart[0]['first_batch_s']:.2f}s) vs {rows[0]['fixed_s']:.2f}s cold",
+                    flush=True,
+                )
             else:
                 summary["restart"] = {"error": proc.stderr[-3000:]}
                 print(proc.stderr[-3000:], flush=True)
@@ -266,9 +318,12 @@ def main(argv: list[str] | None = None) -> int:
         row = throughput(args, data, batch, policy)
         summary["throughput"].append(row)
         _save(args.out_dir, "summary", summary)
-        print(f"batch {batch} {policy}: worker {row['worker_img_s']:.0f} img/s, plain fit "
-              f"{row['plain_img_s']:.0f} img/s, ratio {row['ratio']:.3f}; first epoch "
-              f"{row['worker_first_epoch_s']:.1f}s / {row['plain_first_epoch_s']:.1f}s", flush=True)
+        print(
+            f"batch {batch} {policy}: worker {row['worker_img_s']:.0f} img/s, plain fit "
+            f"{row['plain_img_s']:.0f} img/s, ratio {row['ratio']:.3f}; first epoch "
+            f"{row['worker_first_epoch_s']:.1f}s / {row['plain_first_epoch_s']:.1f}s",
+            flush=True,
+        )
     summary["total_s"] = time.perf_counter() - started
     _save(args.out_dir, "summary", summary)
     print(f"done in {summary['total_s']:.0f}s; results: {args.out_dir / 'summary.json'}")

@@ -85,8 +85,13 @@ def _session_class() -> type:
                 time.sleep(self.trial_s / self.epochs)
                 self.slept += time.monotonic() - nap
                 on_epoch(epoch, 0.1 + 0.01 * epoch)
-            return PacedResult(0.1 + 0.01 * (self.epochs - 1), {c: 0.1 for c in (1, 2, 3, 4)}, self.epochs,
-                               self.epochs - 1, time.monotonic() - start)
+            return PacedResult(
+                0.1 + 0.01 * (self.epochs - 1),
+                {c: 0.1 for c in (1, 2, 3, 4)},
+                self.epochs,
+                self.epochs - 1,
+                time.monotonic() - start,
+            )
 
     return PacedSession
 
@@ -102,8 +107,9 @@ def _join(url: str, spec: Any, say: Any) -> Any:
     identity = trial_attrs.worker_identity(None)
     rdb, study = open_study(url, options, spec, f"{identity['pid']}:{threading.get_ident()}", say)
     link = StudyLink(study, rdb, url, spec.grace_period, say)
-    return Joined(options, say, spec, identity, None, DeviceInfo("CPU", "paced", None, False), {}, link, None,
-                  _SayHandler(say))  # the handler is never attached: threads share the logger
+    return Joined(
+        options, say, spec, identity, None, DeviceInfo("CPU", "paced", None, False), {}, link, None, _SayHandler(say)
+    )  # the handler is never attached: threads share the logger
 
 
 def _timed_lock(waits: list[float], holds: list[float]) -> Any:
@@ -193,8 +199,17 @@ def _process(url: str, n: int, first: int, args: dict[str, Any], start_at: float
         thread.start()
     for thread in threads:
         thread.join()
-    queue.put({"waits": waits, "holds": holds, "overheads": overheads, "codes": codes, "lines": lines,
-               "trials": trials_run[0], "cpu_s": time.process_time() - cpu0})
+    queue.put(
+        {
+            "waits": waits,
+            "holds": holds,
+            "overheads": overheads,
+            "codes": codes,
+            "lines": lines,
+            "trials": trials_run[0],
+            "cpu_s": time.process_time() - cpu0,
+        }
+    )
 
 
 # --------------------------------------------------------------------------- the server side
@@ -222,8 +237,9 @@ def _proc_cpu(pid: int, tick: int | None = None) -> float | None:
 
 def _db_counters(admin_conn: Any, database: str) -> dict[str, int]:
     with admin_conn.cursor() as cur:
-        cur.execute("SELECT xact_commit + xact_rollback, deadlocks FROM pg_stat_database WHERE datname = %s",
-                    (database,))
+        cur.execute(
+            "SELECT xact_commit + xact_rollback, deadlocks FROM pg_stat_database WHERE datname = %s", (database,)
+        )
         xacts, deadlocks = cur.fetchone()
     return {"xacts": int(xacts), "deadlocks": int(deadlocks)}
 
@@ -253,13 +269,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="nw-many-") as tmp:
             space = Path(tmp) / "space.yaml"
             space.write_text(SPACE.replace("epochs: 4", f"epochs: {args.epochs}"))
-            create_study("s", CreateOptions(
-                storage_url=direct, data=None, fingerprint=FINGERPRINT, space_path=space, trials=args.trials,
-                sampler=args.sampler, pruner="none", heartbeat_interval=args.heartbeat_interval,
-                grace_period=args.grace_period, seed_config=False,
-            ))
-        with Bouncer(upstream.host or "127.0.0.1", upstream.port or 5432, pool_size=args.pool_size,
-                     max_client_conn=4 * args.workers + 100) as bouncer:
+            create_study(
+                "s",
+                CreateOptions(
+                    storage_url=direct,
+                    data=None,
+                    fingerprint=FINGERPRINT,
+                    space_path=space,
+                    trials=args.trials,
+                    sampler=args.sampler,
+                    pruner="none",
+                    heartbeat_interval=args.heartbeat_interval,
+                    grace_period=args.grace_period,
+                    seed_config=False,
+                ),
+            )
+        with Bouncer(
+            upstream.host or "127.0.0.1",
+            upstream.port or 5432,
+            pool_size=args.pool_size,
+            max_client_conn=4 * args.workers + 100,
+        ) as bouncer:
             url = bouncer.url(name)
             load_before = os.getloadavg()
             bouncer_pid = int((bouncer.dir / "pgbouncer.pid").read_text())
@@ -273,8 +303,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             start_at = time.time() + 3.0  # every process imported before the first worker joins
             per = [args.workers // args.processes + (i < args.workers % args.processes) for i in range(args.processes)]
             firsts = [sum(per[:i]) for i in range(args.processes)]
-            procs = [ctx.Process(target=_process, args=(url, n, f, vars(args), start_at, queue))
-                     for n, f in zip(per, firsts, strict=True)]
+            procs = [
+                ctx.Process(target=_process, args=(url, n, f, vars(args), start_at, queue))
+                for n, f in zip(per, firsts, strict=True)
+            ]
             began = time.monotonic()
             for proc in procs:
                 proc.start()
@@ -317,19 +349,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = {
         "benchmark": "many_workers",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(), "load_before": load_before, "load_after": load_after,
+        "machine": _machine(),
+        "load_before": load_before,
+        "load_after": load_after,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "wall_s": wall,
-        "states": states, "budget_exact": finished == trials and sum(states.values()) == trials,
-        "workers_ok": sum(c == 0 for c in codes), "workers": args.workers,
-        "connection_errors": [line for line in lines if "unavailable" in line or "retrying" in line
-                              or "crashed" in line][:20],
+        "states": states,
+        "budget_exact": finished == trials and sum(states.values()) == trials,
+        "workers_ok": sum(c == 0 for c in codes),
+        "workers": args.workers,
+        "connection_errors": [
+            line for line in lines if "unavailable" in line or "retrying" in line or "crashed" in line
+        ][:20],
         "other_lines": [line for line in lines if "unavailable" not in line and "retrying" not in line][:20],
         "deadlocks": counters1["deadlocks"] - counters0["deadlocks"],
-        "lock_wait_p50_ms": 1000 * _pct(waits, 0.50), "lock_wait_p99_ms": 1000 * _pct(waits, 0.99),
+        "lock_wait_p50_ms": 1000 * _pct(waits, 0.50),
+        "lock_wait_p99_ms": 1000 * _pct(waits, 0.99),
         "lock_wait_max_ms": 1000 * max(waits, default=float("nan")),
-        "lock_hold_p50_ms": 1000 * _pct(holds, 0.50), "lock_hold_p99_ms": 1000 * _pct(holds, 0.99),
-        "overhead_p50_s": _pct(overheads, 0.50), "overhead_p99_s": _pct(overheads, 0.99),
+        "lock_hold_p50_ms": 1000 * _pct(holds, 0.50),
+        "lock_hold_p99_ms": 1000 * _pct(holds, 0.99),
+        "overhead_p50_s": _pct(overheads, 0.50),
+        "overhead_p99_s": _pct(overheads, 0.99),
         "overhead_mean_s": statistics.fmean(overheads) if overheads else float("nan"),
         "overhead_p50_pct": 100 * _pct(overheads, 0.50) / args.trial_s,
         "overhead_p99_pct": 100 * _pct(overheads, 0.99) / args.trial_s,
@@ -339,8 +379,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pgbouncer_cpu_per_trial_ms": 1000 * bouncer_cpu / max(finished, 1),
         "statements_per_trial": queries / max(finished, 1),
         "transactions_per_trial": xacts / max(finished, 1),
-        "server_tps": xacts / wall, "statements_per_s": queries / wall,
-        "peak_client_connections": peak_clients, "peak_server_connections": peak_servers,
+        "server_tps": xacts / wall,
+        "statements_per_s": queries / wall,
+        "peak_client_connections": peak_clients,
+        "peak_server_connections": peak_servers,
     }
     return result
 
@@ -390,8 +432,9 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--stagger-s", type=float, default=None, help="workers join over this long (default: trial-s)")
     parser.add_argument("--pool-size", type=int, default=20, help="PgBouncer's server connections")
-    parser.add_argument("--sampler", default="random",
-                        help="the study's sampler (TPE's own cost: bench/coordination.py)")
+    parser.add_argument(
+        "--sampler", default="random", help="the study's sampler (TPE's own cost: bench/coordination.py)"
+    )
     parser.add_argument("--heartbeat-interval", type=int, default=None, help="default: the study default")
     parser.add_argument("--grace-period", type=int, default=None)
     parser.add_argument("--timeout-s", type=float, default=3600.0)
@@ -412,15 +455,35 @@ def main() -> int:
     except (BenchError, BouncerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for key in ("wall_s", "budget_exact", "states", "workers_ok", "connection_errors", "deadlocks",
-                "lock_wait_p50_ms", "lock_wait_p99_ms", "lock_hold_p50_ms", "overhead_p50_pct", "overhead_p99_pct",
-                "worker_cpu_per_trial_pct", "db_cpu_per_trial_ms", "pgbouncer_cpu_per_trial_ms",
-                "statements_per_trial", "server_tps", "peak_client_connections", "peak_server_connections"):
+    for key in (
+        "wall_s",
+        "budget_exact",
+        "states",
+        "workers_ok",
+        "connection_errors",
+        "deadlocks",
+        "lock_wait_p50_ms",
+        "lock_wait_p99_ms",
+        "lock_hold_p50_ms",
+        "overhead_p50_pct",
+        "overhead_p99_pct",
+        "worker_cpu_per_trial_pct",
+        "db_cpu_per_trial_ms",
+        "pgbouncer_cpu_per_trial_ms",
+        "statements_per_trial",
+        "server_tps",
+        "peak_client_connections",
+        "peak_server_connections",
+    ):
         value = result[key]
         print(f"{key:28} {value:.3g}" if isinstance(value, float) else f"{key:28} {value}")
     write_result(result, "many_workers", args.out)
-    ok = result["budget_exact"] and result["workers_ok"] == args.workers and not result["connection_errors"] \
+    ok = (
+        result["budget_exact"]
+        and result["workers_ok"] == args.workers
+        and not result["connection_errors"]
         and result["deadlocks"] == 0
+    )
     return 0 if ok else 1
 
 

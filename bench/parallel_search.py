@@ -228,12 +228,20 @@ def _project_spec(seed: int, n_workers: int, multi_objective: bool) -> Any:
     from tuner.study import default_space_path
 
     objectives = ("miou", "params") if multi_objective else ("miou",)
-    return StudySpec(space=SearchSpace.load(default_space_path()), data_fingerprint="0" * 64, n_trials=1,
-                     seed=seed, pruner="none", objectives=objectives, workers_hint=n_workers)
+    return StudySpec(
+        space=SearchSpace.load(default_space_path()),
+        data_fingerprint="0" * 64,
+        n_trials=1,
+        seed=seed,
+        pruner="none",
+        objectives=objectives,
+        workers_hint=n_workers,
+    )
 
 
-def simulate(table: Table, arm: str, n_workers: int, n_trials: int, seed: int, template: Path,
-             workdir: Path) -> list[TrialRecord]:
+def simulate(
+    table: Table, arm: str, n_workers: int, n_trials: int, seed: int, template: Path, workdir: Path
+) -> list[TrialRecord]:
     """One study: ``n_workers`` simulated workers share a budget of ``n_trials``; all trials, in ask order."""
     import optuna
 
@@ -246,16 +254,19 @@ def simulate(table: Table, arm: str, n_workers: int, n_trials: int, seed: int, t
     url = f"sqlite:///{path}"
     directions = ["maximize" if table.maximize else "minimize"] + (["minimize"] if table.spec.cost else [])
     spec = _project_spec(seed, n_workers, bool(table.spec.cost))
-    rdb = storage.open_storage(url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period,
-                               max_retry=spec.max_retry)
+    rdb = storage.open_storage(
+        url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period, max_retry=spec.max_retry
+    )
     try:
         name = f"sim-{table.spec.key}-{arm}-{n_workers}-{seed}"
         study = optuna.create_study(storage=rdb, study_name=name, directions=directions)
         if arm == "warm":
             study.enqueue_trial(table.params_of(table.warm_cell), user_attrs={"enqueued_from": table.spec.sibling})
         factory = make_sampler_factory(arm, n_workers, seed, bool(table.spec.cost))
-        studies = [optuna.load_study(study_name=name, storage=rdb, sampler=factory(i), pruner=spec.make_pruner())
-                   for i in range(n_workers)]
+        studies = [
+            optuna.load_study(study_name=name, storage=rdb, sampler=factory(i), pruner=spec.make_pruner())
+            for i in range(n_workers)
+        ]
         rng = np.random.default_rng(seed)
         records: list[TrialRecord] = []
         running: list[tuple[float, int, int, Any, TrialRecord]] = []
@@ -270,9 +281,15 @@ def simulate(table: Table, arm: str, n_workers: int, n_trials: int, seed: int, t
             row = table.data[cell]
             draw = int(rng.integers(len(row[table.spec.metric])))
             record = TrialRecord(
-                number=trial.number, worker=worker, params=params, cell=cell, start=now,
-                end=now + float(row["train_time"][draw]), observed=float(row[table.spec.metric][draw]),
-                mean=table.means[cell], cost=table.costs[cell] if table.spec.cost else None,
+                number=trial.number,
+                worker=worker,
+                params=params,
+                cell=cell,
+                start=now,
+                end=now + float(row["train_time"][draw]),
+                observed=float(row[table.spec.metric][draw]),
+                mean=table.means[cell],
+                cost=table.costs[cell] if table.spec.cost else None,
             )
             records.append(record)
             heapq.heappush(running, (record.end, len(records), worker, trial, record))
@@ -378,8 +395,10 @@ def summarize_run(table: Table, records: list[TrialRecord], checkpoints: list[in
         cells.add(r.cell)
     out: dict[str, Any] = {
         "makespan": max(r.end for r in records),
-        "near_duplicates": dup.n_near, "exact_duplicates": dup.n_exact,
-        "concurrent_duplicates": dup.n_concurrent, "repeated_cells": repeated,
+        "near_duplicates": dup.n_near,
+        "exact_duplicates": dup.n_exact,
+        "concurrent_duplicates": dup.n_concurrent,
+        "repeated_cells": repeated,
     }
     if table.spec.cost:
         times, shares = hypervolume_curve(table, records)
@@ -395,10 +414,32 @@ def summarize_run(table: Table, records: list[TrialRecord], checkpoints: list[in
 
 
 #: The order cells run in (most telling first), so that an interrupted run has the decisive ones.
-_PRIORITY = [("tpe", 1), ("tpe", 16), ("liar_off", 16), ("startup_n", 16), ("tpe", 64), ("liar_off", 64),
-             ("startup_n", 64), ("random", 1), ("random", 16), ("random", 64), ("nsga2", 1), ("nsga2", 16),
-             ("tpe", 4), ("liar_off", 4), ("random", 4), ("warm", 1), ("warm", 16), ("warm", 64), ("warm", 4),
-             ("project", 16), ("project", 64), ("project", 4), ("nsga2", 64), ("nsga2", 4)]
+_PRIORITY = [
+    ("tpe", 1),
+    ("tpe", 16),
+    ("liar_off", 16),
+    ("startup_n", 16),
+    ("tpe", 64),
+    ("liar_off", 64),
+    ("startup_n", 64),
+    ("random", 1),
+    ("random", 16),
+    ("random", 64),
+    ("nsga2", 1),
+    ("nsga2", 16),
+    ("tpe", 4),
+    ("liar_off", 4),
+    ("random", 4),
+    ("warm", 1),
+    ("warm", 16),
+    ("warm", 64),
+    ("warm", 4),
+    ("project", 16),
+    ("project", 64),
+    ("project", 4),
+    ("nsga2", 64),
+    ("nsga2", 4),
+]
 
 
 def _priority(names: list[str], workers: list[int], mo: bool) -> list[tuple[str, int]]:
@@ -470,9 +511,11 @@ def median_time(times: list[float | None]) -> float:
     return float(np.median([math.inf if t is None else t for t in times]))
 
 
-def speedup(base: list[float | None], other: list[float | None], rng: np.random.Generator,
-            n_boot: int = 1000) -> dict[str, Any]:
+def speedup(
+    base: list[float | None], other: list[float | None], rng: np.random.Generator, n_boot: int = 1000
+) -> dict[str, Any]:
     """Median time at N = 1 over median time at N, with a bootstrap 90% interval over seeds."""
+
     def ratio(b: np.ndarray, o: np.ndarray) -> float:
         mb, mo = float(np.median(b)), float(np.median(o))
         if math.isinf(mo):
@@ -484,8 +527,12 @@ def speedup(base: list[float | None], other: list[float | None], rng: np.random.
     boots = [ratio(rng.choice(b, len(b)), rng.choice(o, len(o))) for _ in range(n_boot)]
     boots = [x for x in boots if not math.isnan(x)]
     lo, hi = np.quantile(boots, [0.05, 0.95]) if boots else (math.nan, math.nan)
-    return {"speedup": ratio(b, o), "lo": float(lo), "hi": float(hi),
-            "reached": f"{int(np.isfinite(o).sum())}/{len(o)}"}
+    return {
+        "speedup": ratio(b, o),
+        "lo": float(lo),
+        "hi": float(hi),
+        "reached": f"{int(np.isfinite(o).sum())}/{len(o)}",
+    }
 
 
 def _time_to(table: Table, run: dict[str, Any]) -> float | None:
@@ -497,8 +544,9 @@ def _time_to(table: Table, run: dict[str, Any]) -> float | None:
     return None
 
 
-def aggregate(table: Table, runs: dict[tuple[str, int], list[dict[str, Any]]], workers: list[int],
-              checkpoints: list[int]) -> dict[str, Any]:
+def aggregate(
+    table: Table, runs: dict[tuple[str, int], list[dict[str, Any]]], workers: list[int], checkpoints: list[int]
+) -> dict[str, Any]:
     """Per (arm, N): regret quartiles at trial counts and at virtual times, speed-up, duplicates."""
     rng = np.random.default_rng(0)
     out: dict[str, Any] = {"cells": []}
@@ -513,15 +561,17 @@ def aggregate(table: Table, runs: dict[tuple[str, int], list[dict[str, Any]]], w
         value = "hv" if mo else "regret"
         empty = 0.0 if mo else math.inf
         cell[f"{value}_at_time"] = {
-            f"{f:.4g}": quartiles([at(np.array(r["curve"]["t"]), np.array(r["curve"][value]), f * base_makespan, empty)
-                                   for r in rs])
+            f"{f:.4g}": quartiles(
+                [at(np.array(r["curve"]["t"]), np.array(r["curve"][value]), f * base_makespan, empty) for r in rs]
+            )
             for f in TIME_FRACTIONS
         }
         if mo:
             cell["final_hv"] = quartiles([r["final_hv"] for r in rs])
         else:
-            cell["regret_at_trials"] = {str(k): quartiles([r["regret_at_trials"][str(k)] for r in rs])
-                                        for k in checkpoints}
+            cell["regret_at_trials"] = {
+                str(k): quartiles([r["regret_at_trials"][str(k)] for r in rs]) for k in checkpoints
+            }
             times = [_time_to(table, r) for r in rs]
             cell["time_to_target_median"] = median_time(times)
             own = (arm, min(workers)) if (arm, min(workers)) in runs else (base_arm, min(workers))
@@ -537,17 +587,24 @@ def aggregate(table: Table, runs: dict[tuple[str, int], list[dict[str, Any]]], w
 def _fmt(q: dict[str, float], digits: int = 3) -> str:
     def f(x: float) -> str:  # inf / nan: no trial had finished by then (in that quartile)
         return "–" if not math.isfinite(x) else f"{x:.{digits}g}"
+
     return f"{f(q['median'])} [{f(q['q1'])}, {f(q['q3'])}]"
 
 
 def print_table(name: str, agg: dict[str, Any], checkpoints: list[int], mo: bool) -> None:
-    print(f"\n== {name}  (median [q1, q3] over seeds; virtual time as a share of N=1 tpe's median makespan "
-          f"{agg['base_makespan']:.0f} s)")
+    print(
+        f"\n== {name}  (median [q1, q3] over seeds; virtual time as a share of N=1 tpe's median makespan "
+        f"{agg['base_makespan']:.0f} s)"
+    )
     if mo:
         head = ["arm", "N"] + [f"HV@t{f:.3g}" for f in TIME_FRACTIONS] + ["near-dup", "concurrent"]
     else:
-        head = (["arm", "N"] + [f"regret@{k}" for k in checkpoints] + [f"regret@t{f:.3g}" for f in TIME_FRACTIONS[1:]]
-                + ["speed-up [90%]", "reached", "near-dup", "concurrent"])
+        head = (
+            ["arm", "N"]
+            + [f"regret@{k}" for k in checkpoints]
+            + [f"regret@t{f:.3g}" for f in TIME_FRACTIONS[1:]]
+            + ["speed-up [90%]", "reached", "near-dup", "concurrent"]
+        )
     print(" | ".join(head))
     for c in agg["cells"]:
         row = [c["arm"], str(c["workers"])]
@@ -569,37 +626,55 @@ def markdown(result: dict[str, Any]) -> str:
     for key, t in result["tables"].items():
         cells = t["cells"]
         title = f"{t['bench']} {t['dataset']}, {t['metric']}" + (f" vs {t['cost']}" if t["cost"] else "")
-        out.append(f"**{key}: {title}** ({result['seeds']} seeds, {result['trials']} trials; "
-                   f"median [q1, q3]; t = virtual time as a share of N = 1 `tpe`'s median makespan, "
-                   f"{t['base_makespan']:,.0f} s)\n")
+        out.append(
+            f"**{key}: {title}** ({result['seeds']} seeds, {result['trials']} trials; "
+            f"median [q1, q3]; t = virtual time as a share of N = 1 `tpe`'s median makespan, "
+            f"{t['base_makespan']:,.0f} s)\n"
+        )
         if t["cost"]:
             out.append("| arm | N | seeds | " + " | ".join(f"HV share @ t={f:.3g}" for f in TIME_FRACTIONS) + " |")
             out.append("|---|---|---|" + "---|" * len(TIME_FRACTIONS))
             for c in cells:
-                out.append(f"| {c['arm']} | {c['workers']} | {c['seeds']} | "
-                           + " | ".join(_fmt(c["hv_at_time"][f"{f:.4g}"]) for f in TIME_FRACTIONS) + " |")
+                out.append(
+                    f"| {c['arm']} | {c['workers']} | {c['seeds']} | "
+                    + " | ".join(_fmt(c["hv_at_time"][f"{f:.4g}"]) for f in TIME_FRACTIONS)
+                    + " |"
+                )
             out.append("")
             continue
         fractions = TIME_FRACTIONS[1:]
-        out.append("| arm | N | seeds | " + " | ".join(f"regret @ {k} trials" for k in checkpoints) + " | "
-                   + " | ".join(f"regret @ t={f:.3g}" for f in fractions) + " |")
+        out.append(
+            "| arm | N | seeds | "
+            + " | ".join(f"regret @ {k} trials" for k in checkpoints)
+            + " | "
+            + " | ".join(f"regret @ t={f:.3g}" for f in fractions)
+            + " |"
+        )
         out.append("|---|---|---|" + "---|" * (len(checkpoints) + len(fractions)))
         for c in cells:
-            out.append(f"| {c['arm']} | {c['workers']} | {c['seeds']} | "
-                       + " | ".join(_fmt(c["regret_at_trials"][str(k)]) for k in checkpoints) + " | "
-                       + " | ".join(_fmt(c["regret_at_time"][f"{f:.4g}"]) for f in fractions) + " |")
+            out.append(
+                f"| {c['arm']} | {c['workers']} | {c['seeds']} | "
+                + " | ".join(_fmt(c["regret_at_trials"][str(k)]) for k in checkpoints)
+                + " | "
+                + " | ".join(_fmt(c["regret_at_time"][f"{f:.4g}"]) for f in fractions)
+                + " |"
+            )
         out.append("")
         goal = t["best"] - t["target"] if t["maximize"] else t["target"] - t["best"]
-        out.append(f"Speed-up to the top {result.get('target_quantile', TARGET_QUANTILE):.0%} (regret <= {goal:.4g}) "
-                   "vs the same arm at N = 1 (ideal: N), bootstrap 90% interval, runs that got there; "
-                   "near-duplicate / concurrent / repeated-cell counts per study (median [q1, q3]):\n")
+        out.append(
+            f"Speed-up to the top {result.get('target_quantile', TARGET_QUANTILE):.0%} (regret <= {goal:.4g}) "
+            "vs the same arm at N = 1 (ideal: N), bootstrap 90% interval, runs that got there; "
+            "near-duplicate / concurrent / repeated-cell counts per study (median [q1, q3]):\n"
+        )
         out.append("| arm | N | speed-up | reached | near-dup | concurrent | repeated cells |")
         out.append("|---|---|---|---|---|---|---|")
         for c in cells:
             sp = c["speedup_vs_1"]
-            out.append(f"| {c['arm']} | {c['workers']} | {_ratio(sp)} | {sp['reached']} | "
-                       f"{_fmt(c['near_duplicates'])} | "
-                       f"{_fmt(c['concurrent_duplicates'])} | {_fmt(c['repeated_cells'])} |")
+            out.append(
+                f"| {c['arm']} | {c['workers']} | {_ratio(sp)} | {sp['reached']} | "
+                f"{_fmt(c['near_duplicates'])} | "
+                f"{_fmt(c['concurrent_duplicates'])} | {_fmt(c['repeated_cells'])} |"
+            )
         out.append("")
     return "\n".join(out)
 
@@ -607,6 +682,7 @@ def markdown(result: dict[str, Any]) -> str:
 def _ratio(sp: dict[str, Any]) -> str:
     def f(x: float) -> str:
         return "n/a" if math.isnan(x) else "inf" if math.isinf(x) else f"{x:.2g}"
+
     return f"{f(sp['speedup'])} [{f(sp['lo'])}, {f(sp['hi'])}]"
 
 
@@ -624,8 +700,11 @@ def arms_for(arm_names: list[str], n_workers: int, multi_objective: bool) -> lis
             continue  # one worker has no other RUNNING trial to lie about
         options = {**_TPE_DEFAULTS, **arm_tpe_options(arm, n_workers)}
         if options != _TPE_DEFAULTS:
-            if arm == "project" and any(options == {**_TPE_DEFAULTS, **arm_tpe_options(a, n_workers)}
-                                        for a in chosen if a not in ("random", "warm")):
+            if arm == "project" and any(
+                options == {**_TPE_DEFAULTS, **arm_tpe_options(a, n_workers)}
+                for a in chosen
+                if a not in ("random", "warm")
+            ):
                 continue  # the project's defaults are that arm's: not run twice
             chosen.append(arm)
     return chosen
@@ -642,16 +721,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mo-arms", default=",".join(MO_ARMS), help="two-objective arms ('' skips that part)")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--trials", type=int, default=200, help="the budget of every study, whatever N")
-    parser.add_argument("--target", type=float, default=TARGET_QUANTILE,
-                        help="the speed-up's target: this top share of the table (0.05: top 5%%)")
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=TARGET_QUANTILE,
+        help="the speed-up's target: this top share of the table (0.05: top 5%%)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="processes (the figures do not depend on it)")
     parser.add_argument("--smoke", "--quick", action="store_true", help="tiny sizes: seconds")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--runs", type=Path, default=None, metavar="JSONL",
-                        help="append each finished study here, and skip the ones already there (resume)")
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        metavar="JSONL",
+        help="append each finished study here, and skip the ones already there (resume)",
+    )
     parser.add_argument("--only-saved", action="store_true", help="aggregate what --runs holds; run nothing")
-    parser.add_argument("--markdown", nargs="+", type=Path, metavar="JSON",
-                        help="print the docs' tables from earlier results and exit")
+    parser.add_argument(
+        "--markdown", nargs="+", type=Path, metavar="JSON", help="print the docs' tables from earlier results and exit"
+    )
     args = parser.parse_args(argv)
     if args.markdown:
         for path in args.markdown:
@@ -677,9 +766,17 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "benchmark": "parallel_search",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
-                    "optuna": optuna.__version__, "load_avg": os.getloadavg()},
-        "trials": args.trials, "seeds": args.seeds, "workers": workers, "checkpoints": checkpoints,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "optuna": optuna.__version__,
+            "load_avg": os.getloadavg(),
+        },
+        "trials": args.trials,
+        "seeds": args.seeds,
+        "workers": workers,
+        "checkpoints": checkpoints,
         "target": f"top {args.target:.0%} of the table (by mean over its training seeds)",
         "target_quantile": args.target,
         "tables": {},
@@ -688,17 +785,23 @@ def main(argv: list[str] | None = None) -> int:
         template = workdir / "template.db"
         storage.init_schema(f"sqlite:///{template}")
         jobs = [(TABLES[t], arm_names) for t in tables] + ([(MO_TABLE, mo_arms)] if mo_arms else [])
-        cells = _interleave([[(spec, arm, n) for arm, n in _priority(names, workers, bool(spec.cost))]
-                             for spec, names in jobs])
-        tasks = [(spec, arm, n, seed, args.trials, checkpoints, template, workdir)
-                 for spec, arm, n in cells for seed in range(args.seeds)]
+        cells = _interleave(
+            [[(spec, arm, n) for arm, n in _priority(names, workers, bool(spec.cost))] for spec, names in jobs]
+        )
+        tasks = [
+            (spec, arm, n, seed, args.trials, checkpoints, template, workdir)
+            for spec, arm, n in cells
+            for seed in range(args.seeds)
+        ]
         saved = _load_runs(args.runs, args.trials)
         todo = [t for t in tasks if _task_key(t) not in saved]
         if args.only_saved:
             todo = []
         n_saved = sum(_task_key(t) in saved for t in tasks)
-        print(f"{len(tasks)} studies of {args.trials} trials ({n_saved} saved in --runs), "
-              f"{args.jobs} process(es)", flush=True)
+        print(
+            f"{len(tasks)} studies of {args.trials} trials ({n_saved} saved in --runs), {args.jobs} process(es)",
+            flush=True,
+        )
         with contextlib.ExitStack() as stack:
             if args.jobs > 1:
                 import multiprocessing
@@ -731,17 +834,31 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {spec.key} {arm:>9} N={n:<3} {len(rs)} seeds: {sum(r['cpu_s'] for r in rs):.1f} CPU s")
             agg = aggregate(table, runs, workers, checkpoints)
             result["tables"][spec.key] = {
-                "bench": spec.bench, "dataset": spec.dataset, "metric": spec.metric, "cost": spec.cost,
-                "maximize": table.maximize, "best": table.best, "target": table.target,
-                "warm_start": {"from": spec.sibling, "params": table.params_of(table.warm_cell),
-                               "regret": table.regret(table.means[table.warm_cell])},
+                "bench": spec.bench,
+                "dataset": spec.dataset,
+                "metric": spec.metric,
+                "cost": spec.cost,
+                "maximize": table.maximize,
+                "best": table.best,
+                "target": table.target,
+                "warm_start": {
+                    "from": spec.sibling,
+                    "params": table.params_of(table.warm_cell),
+                    "regret": table.regret(table.means[table.warm_cell]),
+                },
                 "space": {n: repr(d) for n, d in table.distributions.items()},
                 **agg,
-                "runs": {f"{arm}@{n}": [{k: v for k, v in r.items() if k != "curve"} for r in rs]
-                         for (arm, n), rs in runs.items()},
+                "runs": {
+                    f"{arm}@{n}": [{k: v for k, v in r.items() if k != "curve"} for r in rs]
+                    for (arm, n), rs in runs.items()
+                },
             }
-            print_table(f"{spec.key}: {spec.bench} {spec.dataset} {spec.metric}"
-                        + (f" vs {spec.cost}" if spec.cost else ""), agg, checkpoints, mo)
+            print_table(
+                f"{spec.key}: {spec.bench} {spec.dataset} {spec.metric}" + (f" vs {spec.cost}" if spec.cost else ""),
+                agg,
+                checkpoints,
+                mo,
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     result["cpu_s"] = round(time.process_time() - cpu0 + sum(r.get("cpu_s", 0) for r in done) * (args.jobs > 1), 1)

@@ -66,8 +66,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--rss-images", type=int, default=20_000)
-    parser.add_argument("--parts", default="throughput,rss,round_trip",
-                        help="which measurements (comma-separated): throughput, rss, round_trip")
+    parser.add_argument(
+        "--parts",
+        default="throughput,rss,round_trip",
+        help="which measurements (comma-separated): throughput, rss, round_trip",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -78,31 +81,54 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from contract.config import TrainConfig
 
     width = args.base_filters
-    config = TrainConfig(model=args.model, base_filters=width, depth=3, conventional_filters=8 * width,
-                         residual_filters=width, multiscale_filters=8 * width, context_filters=width,
-                         mixed_precision="off")
+    config = TrainConfig(
+        model=args.model,
+        base_filters=width,
+        depth=3,
+        conventional_filters=8 * width,
+        residual_filters=width,
+        multiscale_filters=8 * width,
+        context_filters=width,
+        mixed_precision="off",
+    )
     with tempfile.TemporaryDirectory(prefix="predict-bench-") as tmp:
         work = Path(tmp)
         model_path, n_params = _save_model(config, work / "model.keras")
         data = work / "images.npz"
         images = _write_images(data, args.images, seed=0)
         parts = set(args.parts.split(","))
-        rows = [_throughput(model_path, data, images, tta, args.batch, args.repeat)
-                for tta in (False, True)] if "throughput" in parts else []
+        rows = (
+            [_throughput(model_path, data, images, tta, args.batch, args.repeat) for tta in (False, True)]
+            if "throughput" in parts
+            else []
+        )
         sizes = sorted({max(args.rss_images // 10, 1), args.rss_images})
         rss = [_peak_rss(model_path, work, n, args.batch) for n in sizes] if "rss" in parts else []
         round_trip = _round_trip(config, model_path, images[:64], work) if "round_trip" in parts else []
 
     verdict = [
         f"TTA {'on' if r['tta'] else 'off'}: ratio {r['ratio']:.3f} (goal >= {GOAL_RATIO}): "
-        f"{'met' if r['ratio'] >= GOAL_RATIO else 'missed'}" for r in rows]
+        f"{'met' if r['ratio'] >= GOAL_RATIO else 'missed'}"
+        for r in rows
+    ]
     result = {
         "benchmark": "predict_speed",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "load_before": load_before, "load_after": os.getloadavg()},
-        "model": config.model, "base_filters": width, "params": n_params, "batch": args.batch,
-        "images": args.images, "rows": rows, "rss": rss, "round_trip": round_trip, "verdict": verdict,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
+        },
+        "model": config.model,
+        "base_filters": width,
+        "params": n_params,
+        "batch": args.batch,
+        "images": args.images,
+        "rows": rows,
+        "rss": rss,
+        "round_trip": round_trip,
+        "verdict": verdict,
     }
     _print(result)
     write_result(result, "predict_speed", args.out)
@@ -160,9 +186,17 @@ def _throughput(model_path: Path, data: Path, images: np.ndarray, tta: bool, bat
         with np.load(out) as npz:
             same = float(np.mean(npz["masks"] == expected))
     t_base, t_worker = min(baseline), min(worker)
-    return {"tta": tta, "baseline_s": t_base, "predict_s": t_worker, "baseline_images_per_s": len(images) / t_base,
-            "predict_images_per_s": len(images) / t_worker, "ratio": t_base / t_worker,
-            "masks_equal_share": same, "all_baseline_s": baseline, "all_predict_s": worker}
+    return {
+        "tta": tta,
+        "baseline_s": t_base,
+        "predict_s": t_worker,
+        "baseline_images_per_s": len(images) / t_base,
+        "predict_images_per_s": len(images) / t_worker,
+        "ratio": t_base / t_worker,
+        "masks_equal_share": same,
+        "all_baseline_s": baseline,
+        "all_predict_s": worker,
+    }
 
 
 def _peak_rss(model_path: Path, work: Path, n: int, batch: int) -> dict[str, Any]:
@@ -172,19 +206,41 @@ def _peak_rss(model_path: Path, work: Path, n: int, batch: int) -> dict[str, Any
     started = time.perf_counter()
     logs = work / "rss.log"
     with open(logs, "w+") as log:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "worker"), "predict", "--model", str(model_path),
-                                 "--data", str(data), "-o", str(out), "--no-tta", "--probabilities",
-                                 "--batch", str(batch)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "worker"),
+                "predict",
+                "--model",
+                str(model_path),
+                "--data",
+                str(data),
+                "-o",
+                str(out),
+                "--no-tta",
+                "--probabilities",
+                "--batch",
+                str(batch),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
         peak_kib = _watch_peak_rss(proc)
         log.seek(0)
         stdout = stderr = log.read()
     if proc.returncode != 0:
         raise SystemExit(f"worker predict failed on {n} images: {stderr[-2000:]}")
     seconds = time.perf_counter() - started
-    result = {"images": n, "peak_rss_mib": peak_kib / 1024, "wall_s": seconds,
-              "input_mib": data.stat().st_size / 2**20, "output_mib": out.stat().st_size / 2**20,
-              "probabilities_mib": n * 64 * 128 * 5 * 2 / 2**20, "masks_mib": n * 64 * 128 / 2**20,
-              "line": next((line for line in stdout.splitlines() if line.startswith("predicted")), "")}
+    result = {
+        "images": n,
+        "peak_rss_mib": peak_kib / 1024,
+        "wall_s": seconds,
+        "input_mib": data.stat().st_size / 2**20,
+        "output_mib": out.stat().st_size / 2**20,
+        "probabilities_mib": n * 64 * 128 * 5 * 2 / 2**20,
+        "masks_mib": n * 64 * 128 / 2**20,
+        "line": next((line for line in stdout.splitlines() if line.startswith("predicted")), ""),
+    }
     data.unlink()
     out.unlink()
     return result
@@ -219,46 +275,72 @@ def _round_trip(config: Any, tf_model: Path, images: np.ndarray, work: Path) -> 
     jax_model = work / "jax.keras"
     cfg = json.dumps(config.to_dict())
     runs = {}
-    for tag, backend, mode, model in (("tf-saved-on-tf", "tensorflow", "load", tf_model),
-                                      ("tf-saved-on-jax", "jax", "load", tf_model),
-                                      ("jax-saved-on-jax", "jax", "save", jax_model),
-                                      ("jax-saved-on-tf", "tensorflow", "load", jax_model)):
+    for tag, backend, mode, model in (
+        ("tf-saved-on-tf", "tensorflow", "load", tf_model),
+        ("tf-saved-on-jax", "jax", "load", tf_model),
+        ("jax-saved-on-jax", "jax", "save", jax_model),
+        ("jax-saved-on-tf", "tensorflow", "load", jax_model),
+    ):
         out = work / f"{tag}.npy"
         env = {**os.environ, "KERAS_BACKEND": backend, "TUNER_COMPILE_CACHE": "off"}
-        done = subprocess.run([sys.executable, "-c", _ROUND_TRIP, mode, str(model), str(x), str(out), cfg],
-                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-c", _ROUND_TRIP, mode, str(model), str(x), str(out), cfg],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=600,
+        )
         if done.returncode != 0:
             raise SystemExit(f"{tag}: {done.stderr[-2000:]}")
         runs[tag] = np.load(out)
     rows = []
-    for saved, same_backend, other in (("tensorflow", "tf-saved-on-tf", "tf-saved-on-jax"),
-                                       ("jax", "jax-saved-on-jax", "jax-saved-on-tf")):
+    for saved, same_backend, other in (
+        ("tensorflow", "tf-saved-on-tf", "tf-saved-on-jax"),
+        ("jax", "jax-saved-on-jax", "jax-saved-on-tf"),
+    ):
         a, b = runs[same_backend], runs[other]
-        rows.append({"saved_on": saved, "predicted_on": "jax" if saved == "tensorflow" else "tensorflow",
-                     "images": len(a), "bit_identical_probabilities": bool(np.array_equal(a, b)),
-                     "max_abs_probability_diff": float(np.abs(a - b).max()),
-                     "masks_identical": bool(np.array_equal(a.argmax(-1), b.argmax(-1))),
-                     "mask_pixels_differing": int(np.sum(a.argmax(-1) != b.argmax(-1)))})
+        rows.append(
+            {
+                "saved_on": saved,
+                "predicted_on": "jax" if saved == "tensorflow" else "tensorflow",
+                "images": len(a),
+                "bit_identical_probabilities": bool(np.array_equal(a, b)),
+                "max_abs_probability_diff": float(np.abs(a - b).max()),
+                "masks_identical": bool(np.array_equal(a.argmax(-1), b.argmax(-1))),
+                "mask_pixels_differing": int(np.sum(a.argmax(-1) != b.argmax(-1))),
+            }
+        )
     return rows
 
 
 def _print(result: dict[str, Any]) -> None:
-    print(f"model {result['model']} base {result['base_filters']} ({result['params']:,} params), "
-          f"{result['images']} images, batch {result['batch']}")
-    print(f"{'TTA':>4} {'baseline s':>11} {'predict s':>10} {'base img/s':>11} {'pred img/s':>11} {'ratio':>6} "
-          f"{'masks equal':>12}")
+    print(
+        f"model {result['model']} base {result['base_filters']} ({result['params']:,} params), "
+        f"{result['images']} images, batch {result['batch']}"
+    )
+    print(
+        f"{'TTA':>4} {'baseline s':>11} {'predict s':>10} {'base img/s':>11} {'pred img/s':>11} {'ratio':>6} "
+        f"{'masks equal':>12}"
+    )
     for r in result["rows"]:
-        print(f"{'on' if r['tta'] else 'off':>4} {r['baseline_s']:>11.2f} {r['predict_s']:>10.2f} "
-              f"{r['baseline_images_per_s']:>11.1f} {r['predict_images_per_s']:>11.1f} {r['ratio']:>6.3f} "
-              f"{r['masks_equal_share']:>12.6f}")
+        print(
+            f"{'on' if r['tta'] else 'off':>4} {r['baseline_s']:>11.2f} {r['predict_s']:>10.2f} "
+            f"{r['baseline_images_per_s']:>11.1f} {r['predict_images_per_s']:>11.1f} {r['ratio']:>6.3f} "
+            f"{r['masks_equal_share']:>12.6f}"
+        )
     for r in result["rss"]:
-        print(f"peak RSS, {r['images']:,} images with --probabilities: {r['peak_rss_mib']:.0f} MiB "
-              f"(probabilities written: {r['probabilities_mib']:.0f} MiB, masks {r['masks_mib']:.0f} MiB; "
-              f"{r['wall_s']:.0f}s)")
+        print(
+            f"peak RSS, {r['images']:,} images with --probabilities: {r['peak_rss_mib']:.0f} MiB "
+            f"(probabilities written: {r['probabilities_mib']:.0f} MiB, masks {r['masks_mib']:.0f} MiB; "
+            f"{r['wall_s']:.0f}s)"
+        )
     for r in result["round_trip"]:
-        print(f"saved on {r['saved_on']}, predicted on {r['predicted_on']}: masks identical {r['masks_identical']} "
-              f"({r['mask_pixels_differing']} pixels differ), largest probability difference "
-              f"{r['max_abs_probability_diff']:.3g}, bit-identical {r['bit_identical_probabilities']}")
+        print(
+            f"saved on {r['saved_on']}, predicted on {r['predicted_on']}: masks identical {r['masks_identical']} "
+            f"({r['mask_pixels_differing']} pixels differ), largest probability difference "
+            f"{r['max_abs_probability_diff']:.3g}, bit-identical {r['bit_identical_probabilities']}"
+        )
     for line in result["verdict"]:
         print(line)
 

@@ -42,17 +42,24 @@ def make_space(epochs: int, max_images: int) -> Any:
     """A small search space over the Multipath UNet; widths stay tiny so CPU runs finish."""
     from contract.space import SearchSpace
 
-    return SearchSpace.from_dict({
-        "fixed": {
-            "model": "multipath", "epochs": epochs, "max_images": max_images,
-            "batch_size": 16, "validation_fraction": 0.25,
-            "early_stopping_patience": epochs, "reduce_lr_patience": epochs,
-            "residual_filters": 8, "context_filters": 8,
-            # Few steps per epoch: BatchNorm statistics must keep up (see TrainConfig).
-            "batchnorm_momentum": 0.9,
-        },
-        "params": {k: v for k, v in CPU_PARAMS.items() if k != "weight_decay"},  # as docs/benchmarks.md measured
-    })
+    return SearchSpace.from_dict(
+        {
+            "fixed": {
+                "model": "multipath",
+                "epochs": epochs,
+                "max_images": max_images,
+                "batch_size": 16,
+                "validation_fraction": 0.25,
+                "early_stopping_patience": epochs,
+                "reduce_lr_patience": epochs,
+                "residual_filters": 8,
+                "context_filters": 8,
+                # Few steps per epoch: BatchNorm statistics must keep up (see TrainConfig).
+                "batchnorm_momentum": 0.9,
+            },
+            "params": {k: v for k, v in CPU_PARAMS.items() if k != "weight_decay"},  # as docs/benchmarks.md measured
+        }
+    )
 
 
 def run_arm(arm: str, space: Any, data: Any, n_trials: int, seed: int) -> dict[str, Any]:
@@ -62,10 +69,10 @@ def run_arm(arm: str, space: Any, data: Any, n_trials: int, seed: int) -> dict[s
     from contract.study_spec import StudySpec
     from worker.training.train import train
 
-    spec = StudySpec(space=space, data_fingerprint=data.fingerprint, n_trials=n_trials,
-                     sampler="tpe", seed=seed, pruner=arm)
-    study = optuna.create_study(direction="maximize", sampler=spec.make_sampler(),
-                                pruner=spec.make_pruner())
+    spec = StudySpec(
+        space=space, data_fingerprint=data.fingerprint, n_trials=n_trials, sampler="tpe", seed=seed, pruner=arm
+    )
+    study = optuna.create_study(direction="maximize", sampler=spec.make_sampler(), pruner=spec.make_pruner())
     trials = []
     started = time.perf_counter()
     for _ in range(n_trials):
@@ -90,11 +97,21 @@ def run_arm(arm: str, space: Any, data: Any, n_trials: int, seed: int) -> dict[s
             value = result.best_miou if math.isfinite(result.best_miou) else 0.0
             study.tell(trial, value)
             state = "complete"
-        trials.append({"number": trial.number, "params": trial.params, "state": state,
-                       "epochs": epochs_run, "best_miou": value,
-                       "seconds": time.perf_counter() - t})
-        print(f"  {arm:9} trial {trial.number}: {state:8} after {epochs_run} epoch(s)"
-              + (f", mIoU {value:.4f}" if value is not None else ""), flush=True)
+        trials.append(
+            {
+                "number": trial.number,
+                "params": trial.params,
+                "state": state,
+                "epochs": epochs_run,
+                "best_miou": value,
+                "seconds": time.perf_counter() - t,
+            }
+        )
+        print(
+            f"  {arm:9} trial {trial.number}: {state:8} after {epochs_run} epoch(s)"
+            + (f", mIoU {value:.4f}" if value is not None else ""),
+            flush=True,
+        )
     complete = [t["best_miou"] for t in trials if t["state"] == "complete"]
     return {
         "arm": arm,
@@ -108,13 +125,14 @@ def run_arm(arm: str, space: Any, data: Any, n_trials: int, seed: int) -> dict[s
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"\n{result['n_trials']} trials per arm, up to {result['epochs']} epochs each, "
-          f"{result['images']} synthetic images")
+    print(
+        f"\n{result['n_trials']} trials per arm, up to {result['epochs']} epochs each, "
+        f"{result['images']} synthetic images"
+    )
     print(f"{'pruner':10} {'best mIoU':>10} {'epochs':>7} {'pruned':>7} {'seconds':>8}")
     for arm in result["arms"]:
         best = "n/a" if arm["best_miou"] is None else f"{arm['best_miou']:.4f}"
-        print(f"{arm['arm']:10} {best:>10} {arm['total_epochs']:>7} {arm['pruned']:>7} "
-              f"{arm['seconds']:>8.1f}")
+        print(f"{arm['arm']:10} {best:>10} {arm['total_epochs']:>7} {arm['pruned']:>7} {arm['seconds']:>8.1f}")
     print(result["summary"])
 
 
@@ -125,8 +143,10 @@ def summary(arms: list[dict[str, Any]]) -> str:
     none, hb = by["none"], by["hyperband"]
     saved = 1.0 - hb["total_epochs"] / none["total_epochs"]
     gap = (none["best_miou"] or 0.0) - (hb["best_miou"] or 0.0)
-    return (f"Hyperband spent {100 * saved:.0f}% fewer epochs; best mIoU "
-            f"{'lower' if gap > 0 else 'not lower'} by {abs(gap):.4f} than without pruning")
+    return (
+        f"Hyperband spent {100 * saved:.0f}% fewer epochs; best mIoU "
+        f"{'lower' if gap > 0 else 'not lower'} by {abs(gap):.4f} than without pruning"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "command": " ".join([Path(sys.argv[0]).name] + (sys.argv[1:] if argv is None else argv)),
-        "n_trials": args.trials, "epochs": args.epochs, "images": args.images,
+        "n_trials": args.trials,
+        "epochs": args.epochs,
+        "images": args.images,
         "arms": arms,
         "summary": summary(arms),
     }

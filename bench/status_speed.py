@@ -73,8 +73,18 @@ def build_study(url: str, n_finished: int, epochs: int, seed: int = 0) -> dict[s
     import storage
     from tuner.study import CreateOptions, create_study
 
-    create_study(STUDY, CreateOptions(storage_url=url, data=None, fingerprint="0" * 64, space_path=None,
-                                      trials=n_finished, sampler="tpe", pruner="hyperband"))
+    create_study(
+        STUDY,
+        CreateOptions(
+            storage_url=url,
+            data=None,
+            fingerprint="0" * 64,
+            space_path=None,
+            trials=n_finished,
+            sampler="tpe",
+            pruner="hyperband",
+        ),
+    )
     rdb = storage.open_storage(url, heartbeat_interval=None, role="coordinator")
     import optuna
 
@@ -110,8 +120,12 @@ def build_study(url: str, n_finished: int, epochs: int, seed: int = 0) -> dict[s
         duration = float(rng.uniform(60, 300))
         complete = None if state == "RUNNING" else start + _dt.timedelta(seconds=duration)
         heads.append((number, study_id, state, start, complete))
-        quality = (0.72 - 0.06 * (math.log10(params["learning_rate"]) + 3.4) ** 2
-                   - 0.015 * abs(params["focal_gamma"] - 1.2) + float(rng.normal(0, 0.015)))
+        quality = (
+            0.72
+            - 0.06 * (math.log10(params["learning_rate"]) + 3.4) ** 2
+            - 0.015 * abs(params["focal_gamma"] - 1.2)
+            + float(rng.normal(0, 0.015))
+        )
         n_steps = {"RUNNING": int(rng.integers(1, epochs)), "FAIL": int(rng.integers(0, 3))}.get(state, epochs)
         curve = [quality * (1 - math.exp(-(s + 1) / 6)) + float(rng.normal(0, 0.01)) for s in range(n_steps)]
         if state == "PRUNED":
@@ -126,18 +140,30 @@ def build_study(url: str, n_finished: int, epochs: int, seed: int = 0) -> dict[s
             attrs["phase"] = ("compiling", "training", "evaluating")[number % 3]
         if state == "COMPLETE":
             cm = rng.integers(0, 4000, size=(5, 5)) + np.diag(rng.integers(40_000, 90_000, size=5))
-            attrs.update(miou=quality, per_class_iou=per_class, epochs_run=epochs,
-                         best_epoch=epochs - 2, wall_time_s=round(duration, 3), n_train=2004, n_val=501,
-                         confusion_matrix=cm.tolist())
+            attrs.update(
+                miou=quality,
+                per_class_iou=per_class,
+                epochs_run=epochs,
+                best_epoch=epochs - 2,
+                wall_time_s=round(duration, 3),
+                n_train=2004,
+                n_val=501,
+                confusion_matrix=cm.tolist(),
+            )
         value = curve[-1] if state == "PRUNED" else quality if state == "COMPLETE" else None
         rows["trials"].append((number, state, value, params, attrs, curve))
 
     conn = rdb.engine.raw_connection()
     try:
         cur = conn.cursor()
-        ids = execute_values(cur, "INSERT INTO trials (number, study_id, state, datetime_start, "
-                             "datetime_complete) VALUES %s RETURNING trial_id", heads, page_size=1000,
-                             fetch=True)
+        ids = execute_values(
+            cur,
+            "INSERT INTO trials (number, study_id, state, datetime_start, "
+            "datetime_complete) VALUES %s RETURNING trial_id",
+            heads,
+            page_size=1000,
+            fetch=True,
+        )
         values, params_rows, attr_rows, step_rows = [], [], [], []
         for (tid,), (_number, _state, value, params, attrs, curve) in zip(ids, rows["trials"], strict=False):
             if value is not None:
@@ -148,21 +174,37 @@ def build_study(url: str, n_finished: int, epochs: int, seed: int = 0) -> dict[s
                 attr_rows.append((tid, key, json.dumps(v)))
             for step, v in enumerate(curve, start=1):
                 step_rows.append((tid, step, v, "FINITE"))
-        execute_values(cur, "INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES %s",
-                       values, page_size=5000)
-        execute_values(cur, "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) "
-                       "VALUES %s", params_rows, page_size=5000)
-        execute_values(cur, "INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES %s",
-                       attr_rows, page_size=5000)
-        execute_values(cur, "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
-                       "intermediate_value_type) VALUES %s", step_rows, page_size=5000)
+        execute_values(
+            cur, "INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES %s", values, page_size=5000
+        )
+        execute_values(
+            cur,
+            "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES %s",
+            params_rows,
+            page_size=5000,
+        )
+        execute_values(
+            cur, "INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES %s", attr_rows, page_size=5000
+        )
+        execute_values(
+            cur,
+            "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
+            "intermediate_value_type) VALUES %s",
+            step_rows,
+            page_size=5000,
+        )
         cur.execute("ANALYZE")
         conn.commit()
     finally:
         conn.close()
         rdb.engine.dispose()
-    return {"trials": len(heads), "trial_values": len(values), "trial_params": len(params_rows),
-            "trial_user_attributes": len(attr_rows), "trial_intermediate_values": len(step_rows)}
+    return {
+        "trials": len(heads),
+        "trial_values": len(values),
+        "trial_params": len(params_rows),
+        "trial_user_attributes": len(attr_rows),
+        "trial_intermediate_values": len(step_rows),
+    }
 
 
 # --------------------------------------------------------------------------- timing
@@ -186,20 +228,26 @@ def time_command(args: list[str], url: str, repeat: int, root: Path = ROOT) -> d
     times: wall seconds, and the CPU seconds of the command's process (user + system; not the
     database server's), which a busy shared machine inflates much less than wall time."""
     env = _user_env(root)
-    subprocess.run([sys.executable, "-m", "tuner", *args, "--storage", url], capture_output=True, env=env,
-                   cwd=root)
+    subprocess.run([sys.executable, "-m", "tuner", *args, "--storage", url], capture_output=True, env=env, cwd=root)
     times, cpu = [], []
     for _ in range(repeat):
         t, c = time.perf_counter(), _children_cpu()
-        proc = subprocess.run([sys.executable, "-m", "tuner", *args, "--storage", url],
-                              capture_output=True, text=True, env=env, cwd=root)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tuner", *args, "--storage", url], capture_output=True, text=True, env=env, cwd=root
+        )
         times.append(time.perf_counter() - t)
         cpu.append(_children_cpu() - c)
         if proc.returncode != 0:
             raise BenchError(f"tuner {' '.join(args)} failed: {proc.stderr.strip()[-500:]}")
-    return {"command": "tuner " + " ".join(a if "/" not in a else "FILE" for a in args), "seconds": times,
-            "median_s": statistics.median(times), "min_s": min(times), "cpu_s": cpu,
-            "median_cpu_s": statistics.median(cpu), "stdout_tail": proc.stdout[-8000:]}
+    return {
+        "command": "tuner " + " ".join(a if "/" not in a else "FILE" for a in args),
+        "seconds": times,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "cpu_s": cpu,
+        "median_cpu_s": statistics.median(cpu),
+        "stdout_tail": proc.stdout[-8000:],
+    }
 
 
 def time_startup(repeat: int) -> float:
@@ -208,8 +256,7 @@ def time_startup(repeat: int) -> float:
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "tuner", "--help"], capture_output=True, env=env, cwd=ROOT,
-                       check=True)
+        subprocess.run([sys.executable, "-m", "tuner", "--help"], capture_output=True, env=env, cwd=ROOT, check=True)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -228,7 +275,8 @@ def reference_reads(url: str) -> dict[str, float]:
         summaries = time.perf_counter() - t
         t = time.perf_counter()
         optuna.load_study(study_name=STUDY, storage=rdb).get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+        )
         running = time.perf_counter() - t
     finally:
         rdb.engine.dispose()
@@ -245,8 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the database (its URL is printed)")
     parser.add_argument("--report-out", type=Path, help="keep the generated report here")
     parser.add_argument("--out", type=Path, help="JSON result path (default bench/results/...)")
-    parser.add_argument("--baseline", type=Path,
-                        help="another checkout (e.g. `git worktree add /tmp/old COMMIT`): time its status and list too")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. `git worktree add /tmp/old COMMIT`): time its status and list too",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.trials, args.epochs, args.repeat = 200, 5, 1
@@ -268,11 +319,15 @@ def main(argv: list[str] | None = None) -> int:
             time_command(["list"], url, args.repeat),
             time_command(["report", STUDY, "-o", str(report_path)], url, args.repeat),
         ]
-        baseline = [] if args.baseline is None else [
-            {**time_command(cmd, url, args.repeat, root=args.baseline.resolve()), "tree": str(args.baseline)}
-            for cmd in (["status", STUDY], ["list"], ["report", STUDY, "-o", str(report_path) + ".baseline"])
-            if cmd[0] != "report" or (args.baseline / "tuner" / "report.py").exists()  # older trees had none
-        ]
+        baseline = (
+            []
+            if args.baseline is None
+            else [
+                {**time_command(cmd, url, args.repeat, root=args.baseline.resolve()), "tree": str(args.baseline)}
+                for cmd in (["status", STUDY], ["list"], ["report", STUDY, "-o", str(report_path) + ".baseline"])
+                if cmd[0] != "report" or (args.baseline / "tuner" / "report.py").exists()  # older trees had none
+            ]
+        )
         reference = {} if args.no_reference else reference_reads(url)
         report_bytes = report_path.stat().st_size
     except BenchError as exc:
@@ -287,27 +342,43 @@ def main(argv: list[str] | None = None) -> int:
         if args.report_out is None and report_path.exists():
             report_path.unlink()
 
-    print(f"\n{args.trials} finished trials x {args.epochs} epochs; `tuner --help` start-up "
-          f"{startup:.2f}s; load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"\n{args.trials} finished trials x {args.epochs} epochs; `tuner --help` start-up "
+        f"{startup:.2f}s; load average {os.getloadavg()[0]:.2f}"
+    )
     print("| command | wall median s | wall min s | CPU median s | goal < 2 s (wall median) |")
     print("| --- | ---: | ---: | ---: | --- |")
     for row in rows:
         ok = "met" if row["median_s"] < GOAL_S else "NOT met"
         print(f"| `{row['command']}` | {row['median_s']:.2f} | {row['min_s']:.2f} | {row['median_cpu_s']:.2f} | {ok} |")
     for row in baseline:
-        print(f"| `{row['command']}` ({row['tree']}) | {row['median_s']:.2f} | {row['min_s']:.2f} | "
-              f"{row['median_cpu_s']:.2f} | baseline |")
+        print(
+            f"| `{row['command']}` ({row['tree']}) | {row['median_s']:.2f} | {row['min_s']:.2f} | "
+            f"{row['median_cpu_s']:.2f} | baseline |"
+        )
     for key, value in reference.items():
         print(f"reference: {key} = {value:.2f}s")
     print(f"report: {report_bytes / 1e6:.1f} MB")
-    write_result({
-        "benchmark": "status_speed",
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
-        "trials": args.trials, "epochs": args.epochs, "repeat": args.repeat, "inserted": inserted,
-        "build_s": build_s, "startup_s": startup, "commands": rows, "baseline": baseline, "reference": reference,
-        "report_bytes": report_bytes, "goal_s": GOAL_S,
-    }, "status_speed", args.out)
+    write_result(
+        {
+            "benchmark": "status_speed",
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
+            "trials": args.trials,
+            "epochs": args.epochs,
+            "repeat": args.repeat,
+            "inserted": inserted,
+            "build_s": build_s,
+            "startup_s": startup,
+            "commands": rows,
+            "baseline": baseline,
+            "reference": reference,
+            "report_bytes": report_bytes,
+            "goal_s": GOAL_S,
+        },
+        "status_speed",
+        args.out,
+    )
     return 0
 
 

@@ -62,8 +62,10 @@ def make_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def flipped(images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The four flips materialised, in the pipeline's order: none, horizontal, vertical, both."""
+
     def four(a: np.ndarray) -> np.ndarray:
         return np.concatenate([a, a[:, :, ::-1], a[:, ::-1, :], a[:, ::-1, ::-1]])
+
     return four(images)[..., None], four(masks).astype(np.int32)
 
 
@@ -72,15 +74,22 @@ def config_for(model: str, base_filters: int, batch: int, jit: bool) -> Any:
     from contract.config import TrainConfig
 
     return TrainConfig(
-        model=model, base_filters=base_filters, depth=3,
-        conventional_filters=8 * base_filters, residual_filters=base_filters,
-        multiscale_filters=8 * base_filters, context_filters=base_filters,
-        batch_size=batch, jit_compile=jit, epochs=1,
+        model=model,
+        base_filters=base_filters,
+        depth=3,
+        conventional_filters=8 * base_filters,
+        residual_filters=base_filters,
+        multiscale_filters=8 * base_filters,
+        context_filters=base_filters,
+        batch_size=batch,
+        jit_compile=jit,
+        epochs=1,
     )
 
 
-def measure_variant(variant: str, model_name: str, images: np.ndarray, masks: np.ndarray,
-                    args: argparse.Namespace, policy: str) -> dict[str, Any]:
+def measure_variant(
+    variant: str, model_name: str, images: np.ndarray, masks: np.ndarray, args: argparse.Namespace, policy: str
+) -> dict[str, Any]:
     """Build, warm up and time one variant; returns images/s, step times and the wait share."""
     import keras
 
@@ -105,13 +114,17 @@ def measure_variant(variant: str, model_name: str, images: np.ndarray, masks: np
         compile_kwargs: dict[str, Any] = {"jit_compile": config.jit_compile} if ours else {}
         with warnings.catch_warnings():  # "Model doesn't support jit_compile": see xla_active
             warnings.simplefilter("ignore", UserWarning)
-            model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=1e-3),
-                          loss=focal_loss(0.5, weights), metrics=[MeanIoUForeground()],
-                          **compile_kwargs)
+            model.compile(
+                optimizer=keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=1e-3),
+                loss=focal_loss(0.5, weights),
+                metrics=[MeanIoUForeground()],
+                **compile_kwargs,
+            )
         steps = steps_per_epoch(len(images), args.batch, augment_flips=True)
         n_epoch = 4 * len(images)
         pipeline = make_train_dataset(images, masks, args.batch, seed=args.seed, augment_flips=True)
         if ours:
+
             def fit(epochs: int) -> None:
                 model.fit(pipeline, epochs=epochs, verbose=0, shuffle=False)
         else:
@@ -168,19 +181,27 @@ def measure_variant(variant: str, model_name: str, images: np.ndarray, masks: np
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"\n{result['images']} images x 4 flips = {4 * result['images']} per epoch, batch "
-          f"{result['batch']}, {result['epochs']} timed epoch(s) after 1 warm-up; "
-          f"device {result['device']}")
-    print(f"{'model':10} {'variant':19} {'XLA':>4} {'params':>8} {'img/s':>8} {'vs base':>8} "
-          f"{'step ms':>8} {'wait %':>7} {'input ms':>9} {'warm-up s':>9}")
+    print(
+        f"\n{result['images']} images x 4 flips = {4 * result['images']} per epoch, batch "
+        f"{result['batch']}, {result['epochs']} timed epoch(s) after 1 warm-up; "
+        f"device {result['device']}"
+    )
+    print(
+        f"{'model':10} {'variant':19} {'XLA':>4} {'params':>8} {'img/s':>8} {'vs base':>8} "
+        f"{'step ms':>8} {'wait %':>7} {'input ms':>9} {'warm-up s':>9}"
+    )
     for r in result["rows"]:
         inp = "-" if r["input_only_step_ms"] is None else f"{r['input_only_step_ms']:.1f}"
-        print(f"{r['model']:10} {r['variant']:19} {'on' if r['xla_active'] else 'off':>4} "
-              f"{r['params']:>8} {r['images_per_s']:>8.1f} "
-              f"{r['ratio_vs_baseline']:>7.2f}x {r['step_ms']:>8.1f} "
-              f"{100 * r['input_wait_share']:>6.1f}% {inp:>9} {r['warmup_s']:>9.1f}")
-    print("wait % = 1 - (step time on one cached batch) / (step time on the real input); "
-          "input ms = iterating the input pipeline alone, per step (overlaps with compute)")
+        print(
+            f"{r['model']:10} {r['variant']:19} {'on' if r['xla_active'] else 'off':>4} "
+            f"{r['params']:>8} {r['images_per_s']:>8.1f} "
+            f"{r['ratio_vs_baseline']:>7.2f}x {r['step_ms']:>8.1f} "
+            f"{100 * r['input_wait_share']:>6.1f}% {inp:>9} {r['warmup_s']:>9.1f}"
+        )
+    print(
+        "wait % = 1 - (step time on one cached batch) / (step time on the real input); "
+        "input ms = iterating the input pipeline alone, per step (overlaps with compute)"
+    )
     for line in result["verdict"]:
         print(line)
 
@@ -225,20 +246,26 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     verdict = []
     for model_name in dict.fromkeys(r["model"] for r in rows):
-        best = max((r for r in rows if r["model"] == model_name and r["variant"] != "baseline"),
-                   key=lambda r: r["images_per_s"], default=None)
+        best = max(
+            (r for r in rows if r["model"] == model_name and r["variant"] != "baseline"),
+            key=lambda r: r["images_per_s"],
+            default=None,
+        )
         if best is not None:
             ok = best["ratio_vs_baseline"] >= GOAL_RATIO
-            verdict.append(f"goal >= {GOAL_RATIO}x baseline, {model_name}: best is {best['variant']} "
-                           f"at {best['ratio_vs_baseline']:.2f}x -> {'met' if ok else 'NOT met'}")
+            verdict.append(
+                f"goal >= {GOAL_RATIO}x baseline, {model_name}: best is {best['variant']} "
+                f"at {best['ratio_vs_baseline']:.2f}x -> {'met' if ok else 'NOT met'}"
+            )
     result = {
         "benchmark": "train_throughput",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "tensorflow": tf.__version__},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "tensorflow": tf.__version__},
         "device": f"{device.kind} {device.name}, policy {device.policy}",
         "command": " ".join([Path(sys.argv[0]).name] + (sys.argv[1:] if argv is None else argv)),
-        "images": args.images, "batch": args.batch, "epochs": args.epochs,
+        "images": args.images,
+        "batch": args.batch,
+        "epochs": args.epochs,
         "base_filters": args.base_filters,
         "rows": rows,
         "verdict": verdict,

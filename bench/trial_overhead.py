@@ -59,12 +59,21 @@ def _config(args: argparse.Namespace, changes: dict[str, Any]):
     from contract.config import TrainConfig
 
     base = TrainConfig(
-        model=args.model, base_filters=args.base_filters, depth=args.depth,
-        conventional_filters=8 * args.base_filters, residual_filters=args.base_filters,
-        multiscale_filters=8 * args.base_filters, context_filters=args.base_filters,
-        batch_size=args.batch, epochs=args.epochs, early_stopping_patience=10 * args.epochs,
-        reduce_lr_patience=10 * args.epochs, augment_flips=True, tta=True,
-        mixed_precision="auto", seed=0,
+        model=args.model,
+        base_filters=args.base_filters,
+        depth=args.depth,
+        conventional_filters=8 * args.base_filters,
+        residual_filters=args.base_filters,
+        multiscale_filters=8 * args.base_filters,
+        context_filters=args.base_filters,
+        batch_size=args.batch,
+        epochs=args.epochs,
+        early_stopping_patience=10 * args.epochs,
+        reduce_lr_patience=10 * args.epochs,
+        augment_flips=True,
+        tta=True,
+        mixed_precision="auto",
+        seed=0,
     )
     if changes.get("base_filters", 0) is None:
         changes = dict(changes, base_filters=2 * args.base_filters)
@@ -116,28 +125,60 @@ def run_arm(args: argparse.Namespace) -> dict[str, Any]:
         t = result.timings
         epochs = t["epoch_s"]
         median = statistics.median(epochs[1:]) if len(epochs) > 1 else epochs[0]
-        rows.append({
-            "trial": len(rows), "change": label, "base_filters": config.base_filters,
-            "reused_model": t["reused_model"], "reused_data": t["reused_data"],
-            "ask_s": asked - t0,
-            "to_fit_s": (asked - t0) + t["prepare_s"] + t["build_s"],
-            "ask_to_first_batch_s": (asked - t0) + t["first_batch_s"],
-            "epoch_s": epochs, "median_epoch_s": median,
-            "first_epoch_excess_s": max(0.0, epochs[0] - median),  # < 0 is noise
-            "first_epoch_minus_median_s": epochs[0] - median,
-            "evaluate_s": t["evaluate_s"], "wall_s": wall, "miou": result.best_miou,
-        })
-    return {"arm": args.arm, "backend": backend_name(), "startup_s": startup_s,
-            "device": describe(device), "retracing_warnings": counter.count, "rows": rows}
+        rows.append(
+            {
+                "trial": len(rows),
+                "change": label,
+                "base_filters": config.base_filters,
+                "reused_model": t["reused_model"],
+                "reused_data": t["reused_data"],
+                "ask_s": asked - t0,
+                "to_fit_s": (asked - t0) + t["prepare_s"] + t["build_s"],
+                "ask_to_first_batch_s": (asked - t0) + t["first_batch_s"],
+                "epoch_s": epochs,
+                "median_epoch_s": median,
+                "first_epoch_excess_s": max(0.0, epochs[0] - median),  # < 0 is noise
+                "first_epoch_minus_median_s": epochs[0] - median,
+                "evaluate_s": t["evaluate_s"],
+                "wall_s": wall,
+                "miou": result.best_miou,
+            }
+        )
+    return {
+        "arm": args.arm,
+        "backend": backend_name(),
+        "startup_s": startup_s,
+        "device": describe(device),
+        "retracing_warnings": counter.count,
+        "rows": rows,
+    }
 
 
 def _spawn(args: argparse.Namespace, arm: str, cache: str) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out = Path(handle.name)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--arm", arm, "--arm-out", str(out),
-           "--images", str(args.images), "--base-filters", str(args.base_filters),
-           "--depth", str(args.depth), "--batch", str(args.batch), "--epochs", str(args.epochs),
-           "--trials", str(args.trials), "--model", args.model]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--arm",
+        arm,
+        "--arm-out",
+        str(out),
+        "--images",
+        str(args.images),
+        "--base-filters",
+        str(args.base_filters),
+        "--depth",
+        str(args.depth),
+        "--batch",
+        str(args.batch),
+        "--epochs",
+        str(args.epochs),
+        "--trials",
+        str(args.trials),
+        "--model",
+        args.model,
+    ]
     env = dict(os.environ, TUNER_COMPILE_CACHE=cache, PYTHONPATH=str(ROOT))
     print(f"arm {arm}: running ...", flush=True)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -170,24 +211,30 @@ def summarise(arms: list[dict[str, Any]]) -> list[str]:
             ratio = max(later) / first
             arm["later_vs_first"] = ratio
             ok = "met" if ratio <= 0.2 else "NOT met"
-            verdict.append(f"{arm['arm']}: 2nd+ trials of the first architecture pay at most "
-                           f"{100 * ratio:.0f}% of the first trial's fixed cost "
-                           f"(goal <= 20%: {ok})")
+            verdict.append(
+                f"{arm['arm']}: 2nd+ trials of the first architecture pay at most "
+                f"{100 * ratio:.0f}% of the first trial's fixed cost "
+                f"(goal <= 20%: {ok})"
+            )
         verdict.append(f"{arm['arm']}: {arm['retracing_warnings']} tf.function retracing warnings")
     return verdict
 
 
 def print_table(arms: list[dict[str, Any]]) -> None:
-    print("\n| arm | trial | change | reused model | ask to 1st batch s | 1st-epoch excess s "
-          "| eval s (excess) | fixed s | trial s | fixed share |")
+    print(
+        "\n| arm | trial | change | reused model | ask to 1st batch s | 1st-epoch excess s "
+        "| eval s (excess) | fixed s | trial s | fixed share |"
+    )
     print("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for arm in arms:
         for r in arm["rows"]:
-            print(f"| {arm['arm']} | {r['trial'] + 1} | {r['change']} | "
-                  f"{'yes' if r['reused_model'] else 'no'} | {r['ask_to_first_batch_s']:.2f} | "
-                  f"{r['first_epoch_excess_s']:.2f} | {r['evaluate_s']:.2f} "
-                  f"({r['evaluate_excess_s']:.2f}) | {r['fixed_s']:.2f} | {r['wall_s']:.2f} | "
-                  f"{100 * r['fixed_share']:.0f}% |")
+            print(
+                f"| {arm['arm']} | {r['trial'] + 1} | {r['change']} | "
+                f"{'yes' if r['reused_model'] else 'no'} | {r['ask_to_first_batch_s']:.2f} | "
+                f"{r['first_epoch_excess_s']:.2f} | {r['evaluate_s']:.2f} "
+                f"({r['evaluate_excess_s']:.2f}) | {r['fixed_s']:.2f} | {r['wall_s']:.2f} | "
+                f"{100 * r['fixed_share']:.0f}% |"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--trials", type=int, default=len(SEQUENCE),
-                        help="trials; the last one always has another width")
+    parser.add_argument(
+        "--trials", type=int, default=len(SEQUENCE), help="trials; the last one always has another width"
+    )
     parser.add_argument("--arms", default=None, help="default old,new (+new-restart on JAX)")
     parser.add_argument("--restart", action="store_true", help="add the new-restart arm")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the tests")
@@ -214,13 +262,15 @@ def main(argv: list[str] | None = None) -> int:
         args.images, args.base_filters, args.depth, args.batch = 12, 4, 2, 8
         args.epochs, args.trials, args.model = 2, 4, "unet"
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    arms = (args.arms.split(",") if args.arms else
-            ["old", "new"] + (["new-restart"] if backend == "jax" or args.restart else []))
+    arms = (
+        args.arms.split(",")
+        if args.arms
+        else ["old", "new"] + (["new-restart"] if backend == "jax" or args.restart else [])
+    )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="compile-cache-") as cache:
         # old and new start cold, each with its own cache; new-restart finds new's
-        results = [_spawn(args, arm, str(Path(cache) / arm.removesuffix("-restart")))
-                   for arm in arms]
+        results = [_spawn(args, arm, str(Path(cache) / arm.removesuffix("-restart"))) for arm in arms]
     verdict = summarise(results)
     print_table(results)
     print()
@@ -231,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         "date": _dt.date.today().isoformat(),
         "backend": backend,
         "load_average": os.getloadavg(),
-        "settings": {k: getattr(args, k) for k in ("images", "model", "base_filters", "depth",
-                                                   "batch", "epochs", "trials")},
+        "settings": {
+            k: getattr(args, k) for k in ("images", "model", "base_filters", "depth", "batch", "epochs", "trials")
+        },
         "arms": results,
         "verdict": verdict,
         "total_s": time.perf_counter() - started,

@@ -33,9 +33,7 @@ def alien_mask_flags(masks: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=bool)
     rows = masks.reshape(n, -1)
     keys = rows.view(np.dtype((np.void, rows.shape[1]))).ravel()
-    _, first, inverse, counts = np.unique(
-        keys, return_index=True, return_inverse=True, return_counts=True
-    )
+    _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
     repeated = counts > ALIEN_MIN_REPEATS
     for k in np.flatnonzero(repeated):
         repeated[k] = is_structured_mask(masks[first[k]])

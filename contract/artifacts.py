@@ -89,8 +89,9 @@ class RegularFileArtifactStore:
             raise ArtifactNotFound("not found") from None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise ArtifactDirError(f"artifact {artifact_id} in {self.base_path} is a symbolic link; "
-                                       "refusing to follow it") from None
+                raise ArtifactDirError(
+                    f"artifact {artifact_id} in {self.base_path} is a symbolic link; refusing to follow it"
+                ) from None
             raise
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)

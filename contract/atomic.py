@@ -94,9 +94,12 @@ def _non_regular_kind(path: Path) -> str | None:
     if stat.S_ISREG(mode):
         return None
     for test, kind in (
-        (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-        (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
     ):
         if test(mode):
             return kind
@@ -106,6 +109,4 @@ def _non_regular_kind(path: Path) -> str | None:
 def _refuse_non_regular(path: Path) -> None:
     kind = _non_regular_kind(path)
     if kind is not None:
-        raise NotRegularFileError(
-            errno.EEXIST, f"it is {kind}, not a regular file; refusing to replace it", str(path)
-        )
+        raise NotRegularFileError(errno.EEXIST, f"it is {kind}, not a regular file; refusing to replace it", str(path))

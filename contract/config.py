@@ -89,15 +89,21 @@ class TrainConfig:
             raise ConfigError(f"model must be one of {', '.join(MODEL_NAMES)}, got {short_repr(self.model)}")
         if self.class_weights not in CLASS_WEIGHT_SCHEMES:
             raise ConfigError(
-                f"class_weights must be one of {', '.join(CLASS_WEIGHT_SCHEMES)}, "
-                f"got {short_repr(self.class_weights)}"
+                f"class_weights must be one of {', '.join(CLASS_WEIGHT_SCHEMES)}, got {short_repr(self.class_weights)}"
             )
         if self.mixed_precision not in ("auto", "on", "off"):
             raise ConfigError(f"mixed_precision must be auto, on or off, got {short_repr(self.mixed_precision)}")
         positive = (
-            "base_filters", "depth", "conventional_filters", "residual_filters",
-            "multiscale_filters", "context_filters", "batch_size", "epochs",
-            "learning_rate", "min_learning_rate",
+            "base_filters",
+            "depth",
+            "conventional_filters",
+            "residual_filters",
+            "multiscale_filters",
+            "context_filters",
+            "batch_size",
+            "epochs",
+            "learning_rate",
+            "min_learning_rate",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -110,9 +116,7 @@ class TrainConfig:
         if not 0.0 < self.reduce_lr_factor < 1.0:
             raise ConfigError(f"reduce_lr_factor must be in (0, 1), got {self.reduce_lr_factor}")
         if not 0.0 < self.validation_fraction < 1.0:
-            raise ConfigError(
-                f"validation_fraction must be in (0, 1), got {self.validation_fraction}"
-            )
+            raise ConfigError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.depth > 5:
             raise ConfigError(f"depth must be <= 5 for 64x128 inputs, got {self.depth}")
         if self.max_images is not None and self.max_images < 4:
@@ -171,12 +175,14 @@ def _check_schedule(config: TrainConfig) -> None:
     if value is None:
         return
     if not isinstance(value, (list, tuple)) or not value:
-        raise ConfigError(f"lr_schedule must be a non-empty list of learning rates (one per epoch) or null, "
-                          f"got {short_repr(value)}")
+        raise ConfigError(
+            f"lr_schedule must be a non-empty list of learning rates (one per epoch) or null, got {short_repr(value)}"
+        )
     if len(value) > MAX_SCHEDULE_EPOCHS:
         raise ConfigError(f"lr_schedule has {len(value)} epochs; at most {MAX_SCHEDULE_EPOCHS}")
     for epoch, rate in enumerate(value, start=1):
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
-            raise ConfigError(f"lr_schedule epoch {epoch}: a learning rate must be a positive number, "
-                              f"got {short_repr(rate)}")
+            raise ConfigError(
+                f"lr_schedule epoch {epoch}: a learning rate must be a positive number, got {short_repr(rate)}"
+            )
     object.__setattr__(config, "lr_schedule", tuple(float(rate) for rate in value))

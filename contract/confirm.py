@@ -60,8 +60,11 @@ def top_trials(trials: Iterable[FrozenTrial], directions: Sequence[StudyDirectio
     Pareto rank (the front first, then the front of the rest, ...), within a rank by mIoU down
     and then cost, so a short list holds the front's most accurate trials.
     """
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values and is_search(t)
-            and all(math.isfinite(v) for v in t.values)]
+    done = [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE and t.values and is_search(t) and all(math.isfinite(v) for v in t.values)
+    ]
     if len(directions) == 2:
         from contract.pareto import points_of, ranked
 
@@ -114,13 +117,17 @@ class Confirmed:
 
     def line(self) -> str:
         """``trial 7: n 3, mean 0.6123, sd 0.0150, min 0.5981 (search run 0.6400)``."""
+
         def f(v: float | None) -> str:
             return "-" if v is None else f"{v:.4f}"
 
-        extra = ((f", {self.pending} pending" if self.pending else "")
-                 + (f", {self.failed} failed" if self.failed else ""))
-        return (f"trial {self.number}: n {self.n}, mean {f(self.mean)}, sd {f(self.sd)}, min {f(self.minimum)}, "
-                f"mean-SE {f(self.score)} (search run {f(self.search_miou)}){extra}")
+        extra = (f", {self.pending} pending" if self.pending else "") + (
+            f", {self.failed} failed" if self.failed else ""
+        )
+        return (
+            f"trial {self.number}: n {self.n}, mean {f(self.mean)}, sd {f(self.sd)}, min {f(self.minimum)}, "
+            f"mean-SE {f(self.score)} (search run {f(self.search_miou)}){extra}"
+        )
 
 
 def summarize(trials: Iterable[FrozenTrial]) -> list[Confirmed]:
@@ -151,15 +158,17 @@ def summarize(trials: Iterable[FrozenTrial]) -> list[Confirmed]:
                 pending += 1
             elif any(t.state == TrialState.FAIL for t in runs):
                 failed += 1
-        out.append(Confirmed(
-            number=number,
-            search_miou=_miou(search[number]) if number in search else None,
-            seeds=tuple(done),
-            mious=tuple(_miou(t) for t in done.values()),  # type: ignore[misc]
-            per_class_iou=_per_class_means(list(done.values())),
-            pending=pending,
-            failed=failed,
-        ))
+        out.append(
+            Confirmed(
+                number=number,
+                search_miou=_miou(search[number]) if number in search else None,
+                seeds=tuple(done),
+                mious=tuple(_miou(t) for t in done.values()),  # type: ignore[misc]
+                per_class_iou=_per_class_means(list(done.values())),
+                pending=pending,
+                failed=failed,
+            )
+        )
     return out
 
 

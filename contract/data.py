@@ -120,8 +120,10 @@ def check_trainable(masks: np.ndarray, *, validation_fraction: float = 0.2) -> N
     labelled = int(np.count_nonzero(masks.reshape(n, -1).max(axis=1) > 0))
     n_val = min(max(int(round(validation_fraction * n)), 1), n - 1)
     if labelled <= n_val:
-        what = "every label is background (0)" if labelled == 0 else (
-            f"only {labelled} of {n} images have labelled (class 1-4) pixels"
+        what = (
+            "every label is background (0)"
+            if labelled == 0
+            else (f"only {labelled} of {n} images have labelled (class 1-4) pixels")
         )
         raise DataError(
             f"{what}: the training split would have nothing to learn "

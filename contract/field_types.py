@@ -20,8 +20,9 @@ from contract.textfile import short_repr
 _BUILTIN: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
 
 
-def check_field_types(instance: Any, error: type[TunerError], *, names: Mapping[str, type] | None = None,
-                      skip: Iterable[str] = ()) -> None:
+def check_field_types(
+    instance: Any, error: type[TunerError], *, names: Mapping[str, type] | None = None, skip: Iterable[str] = ()
+) -> None:
     """Raise ``error`` for the first field whose value is not of its annotated type.
 
     ``bool`` is not an ``int`` here (YAML's ``yes`` is not a filter count); an ``int`` for a

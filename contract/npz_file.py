@@ -23,9 +23,7 @@ from contract.errors import first_line
 MAX_ARRAY_BYTES = 8 * 1024**3
 
 
-def read_checked(
-    path: Path, *, load_test: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+def read_checked(path: Path, *, load_test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """The file's checked arrays: images uint8 (N, 64, 128), masks uint8 (N, 64, 128), groups
     int64 (N,) or None, and the test images float32 [0, 1] (None when absent or not asked for)."""
     with open_npz(path) as npz:
@@ -63,14 +61,10 @@ def _read_array(npz, key: str, path: Path) -> np.ndarray:
         return npz[key]
     except ValueError as exc:
         if "allow_pickle" in str(exc):
-            raise DataError(
-                f"{path}: '{key}' holds Python objects; expected a numeric array"
-            ) from None
+            raise DataError(f"{path}: '{key}' holds Python objects; expected a numeric array") from None
         raise DataError(f"{path}: cannot read '{key}': {first_line(exc)}") from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(
-            f"{path}: cannot read '{key}' (corrupt file?): {first_line(exc)}"
-        ) from None
+        raise DataError(f"{path}: cannot read '{key}' (corrupt file?): {first_line(exc)}") from None
 
 
 def _check_declared_size(npz, key: str, path: Path) -> None:
@@ -86,8 +80,7 @@ def _check_declared_size(npz, key: str, path: Path) -> None:
         with npz.zip.open(info) as member:
             version = np.lib.format.read_magic(member)
             read_header = (
-                np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             )
             shape, _, dtype = read_header(member)
             stored = info.file_size - member.tell()
@@ -103,8 +96,7 @@ def _check_declared_size(npz, key: str, path: Path) -> None:
         )
     if declared > MAX_ARRAY_BYTES:
         raise DataError(
-            f"{path}: '{key}' is {_bytes(declared)} uncompressed; at most "
-            f"{_bytes(MAX_ARRAY_BYTES)} is read"
+            f"{path}: '{key}' is {_bytes(declared)} uncompressed; at most {_bytes(MAX_ARRAY_BYTES)} is read"
         )
 
 
@@ -129,9 +121,7 @@ def _first_bad(bad: np.ndarray) -> int:
 
 def _check_finite(array: np.ndarray, key: str, path: Path) -> None:
     # min/max propagate NaN and expose inf without a full-size temporary array.
-    if np.issubdtype(array.dtype, np.floating) and not (
-        np.isfinite(array.min()) and np.isfinite(array.max())
-    ):
+    if np.issubdtype(array.dtype, np.floating) and not (np.isfinite(array.min()) and np.isfinite(array.max())):
         at = _first_bad(~np.isfinite(array))
         raise DataError(f"{path}: '{key}' contains NaN or infinite values (first in image {at})")
 
@@ -148,8 +138,7 @@ def _check_values(
     if lo < 0 or hi > top:
         at = _first_bad((values < 0) | (values > top))
         raise DataError(
-            f"{path}: {what} values must be in 0..{top}, found {_num(lo)}..{_num(hi)} "
-            f"(first bad {item} {at})"
+            f"{path}: {what} values must be in 0..{top}, found {_num(lo)}..{_num(hi)} (first bad {item} {at})"
         )
     if not whole:
         return values
@@ -157,8 +146,7 @@ def _check_values(
     if not np.array_equal(values8, values):
         at = _first_bad(values8 != values)
         raise DataError(
-            f"{path}: {what} values must be whole numbers 0..{top} "
-            f"(first non-integer in {item} {at}){hint}"
+            f"{path}: {what} values must be whole numbers 0..{top} (first non-integer in {item} {at}){hint}"
         )
     return values8
 
@@ -169,8 +157,7 @@ def _validate_training_set(train: np.ndarray, path: Path) -> tuple[np.ndarray, n
     expected = f"(N, 2, {IMAGE_HEIGHT}, {IMAGE_WIDTH})"
     if train.ndim != 4 or train.shape[1:] != (2, *IMAGE_SHAPE):
         raise DataError(
-            f"{path}: 'training_set' has shape {train.shape}, expected {expected} "
-            f"(image and mask per sample)"
+            f"{path}: 'training_set' has shape {train.shape}, expected {expected} (image and mask per sample)"
         )
     if train.shape[0] == 0:
         raise DataError(f"{path}: 'training_set' is empty (shape {train.shape})")
@@ -178,7 +165,12 @@ def _validate_training_set(train: np.ndarray, path: Path) -> tuple[np.ndarray, n
 
     masks8 = _check_values(train[:, 1], NUM_CLASSES - 1, path, "label", "mask", whole=True)
     images8 = _check_values(
-        train[:, 0], 255, path, "'training_set' pixel", "image", whole=True,
+        train[:, 0],
+        255,
+        path,
+        "'training_set' pixel",
+        "image",
+        whole=True,
         hint="; images already scaled to [0, 1]?",
     )
     return images8, masks8
@@ -188,10 +180,7 @@ def _validate_test_set(test: np.ndarray, path: Path) -> np.ndarray:
     """Check ``test_set`` (M, 64, 128) with pixels 0..255 and return it as float32 [0, 1]."""
     _check_numeric(test, "test_set", path)
     if test.ndim != 3 or test.shape[1:] != IMAGE_SHAPE:
-        raise DataError(
-            f"{path}: 'test_set' has shape {test.shape}, "
-            f"expected (M, {IMAGE_HEIGHT}, {IMAGE_WIDTH})"
-        )
+        raise DataError(f"{path}: 'test_set' has shape {test.shape}, expected (M, {IMAGE_HEIGHT}, {IMAGE_WIDTH})")
     if test.shape[0] == 0:
         return np.zeros((0, *IMAGE_SHAPE), dtype=np.float32)
     _check_finite(test, "test_set", path)
@@ -205,9 +194,7 @@ def _validate_groups(npz, n: int, path: Path) -> np.ndarray | None:
         return None
     groups = _read_array(npz, "groups", path)
     if groups.ndim != 1 or groups.shape[0] != n:
-        raise DataError(
-            f"{path}: 'groups' has shape {groups.shape}, expected ({n},) (one id per training image)"
-        )
+        raise DataError(f"{path}: 'groups' has shape {groups.shape}, expected ({n},) (one id per training image)")
     if not np.issubdtype(groups.dtype, np.integer):
         raise DataError(f"{path}: 'groups' must hold integer ids, found dtype {groups.dtype}")
     return groups.astype(np.int64)
@@ -216,4 +203,3 @@ def _validate_groups(npz, n: int, path: Path) -> np.ndarray | None:
 def _num(value) -> str:
     value = float(value)
     return str(int(value)) if value.is_integer() else f"{value:g}"
-

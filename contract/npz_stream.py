@@ -47,7 +47,7 @@ class ArrayReader:
         if self._fortran:  # column-major data has no contiguous rows: read it whole (rare)
             whole = self._npz[self.key]
             for start in range(0, len(whole), rows):
-                yield whole[start:start + rows]
+                yield whole[start : start + rows]
             return
         row_items = math.prod(self.shape[1:])
         row_bytes = row_items * self.dtype.itemsize
@@ -82,8 +82,9 @@ def open_array(path: str | Path, key: str) -> Iterator[ArrayReader]:
             info = npz.zip.getinfo(name)
             member = npz.zip.open(info)
             version = np.lib.format.read_magic(member)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(member, max_header_size=10_000)
             stored = info.file_size - member.tell()
         except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
@@ -95,8 +96,10 @@ def open_array(path: str | Path, key: str) -> Iterator[ArrayReader]:
                 raise DataError(f"{path}: '{key}' must hold real numbers, found dtype {dtype}")
             declared = math.prod(int(d) for d in shape) * dtype.itemsize
             if declared > stored:
-                raise DataError(f"{path}: '{key}' declares shape {tuple(shape)} but the file holds "
-                                f"less data than that (corrupt or hostile header)")
+                raise DataError(
+                    f"{path}: '{key}' declares shape {tuple(shape)} but the file holds "
+                    f"less data than that (corrupt or hostile header)"
+                )
             if fortran and declared > MAX_ARRAY_BYTES:
                 raise DataError(f"{path}: '{key}' is stored column-major and too large to read whole")
             yield ArrayReader(path, key, tuple(int(d) for d in shape), dtype, member, bool(fortran), npz)
@@ -128,8 +131,7 @@ class NpzWriter:
         """A sink for ``shape[0]`` rows of ``dtype``; closing it with rows missing is an error."""
         dtype = np.dtype(dtype)
         with self._zip.open(f"{key}.npy", mode="w", force_zip64=True) as member:
-            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                      "shape": tuple(shape)}
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
             np.lib.format.write_array_header_1_0(member, header)
             sink = _RowSink(member, shape, dtype)
             yield sink
@@ -148,4 +150,3 @@ class _RowSink:
             raise ValueError(f"rows of shape {rows.shape[1:]}, expected {self._row_shape}")
         self._member.write(rows.data.cast("B"))
         self.rows += len(rows)
-

@@ -20,14 +20,18 @@ from contract.errors import TunerError
 StorageOpt = Annotated[
     str | None,
     typer.Option(
-        "--storage", envvar="TUNER_STORAGE", show_envvar=True,
+        "--storage",
+        envvar="TUNER_STORAGE",
+        show_envvar=True,
         help="Database URL, e.g. postgresql://user@host:5432/optuna. Default: SQLite in ./.tuner.",
     ),
 ]
 ArtifactDirOpt = Annotated[
     Path | None,
     typer.Option(
-        "--artifact-dir", envvar="TUNER_ARTIFACT_DIR", show_envvar=True,
+        "--artifact-dir",
+        envvar="TUNER_ARTIFACT_DIR",
+        show_envvar=True,
         help="Artifact store directory: workers upload each new best model there; export and dashboard read it.",
     ),
 ]

@@ -106,7 +106,8 @@ def near_duplicates(suggestions: Sequence[Suggestion], fraction: float = NEAR_FR
 
 
 def in_flight(
-    intervals: Sequence[tuple[float, float | None]], now: float | None = None,
+    intervals: Sequence[tuple[float, float | None]],
+    now: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Trials running over time, as a step function: ``(times, counts)``.
 

@@ -59,8 +59,10 @@ def front(points: Iterable[Point]) -> list[Point]:
     ``study.best_trials``. Non-finite values are left out. Sorting first makes this
     O(n log n): scanning by cost, a point is on the front iff its mIoU beats every cheaper one.
     """
-    finite = sorted((p for p in points if math.isfinite(p.miou) and math.isfinite(p.cost)),
-                    key=lambda p: (p.cost, -p.miou, p.number))
+    finite = sorted(
+        (p for p in points if math.isfinite(p.miou) and math.isfinite(p.cost)),
+        key=lambda p: (p.cost, -p.miou, p.number),
+    )
     out: list[Point] = []
     best = -math.inf  # the highest mIoU among strictly cheaper points
     group: list[Point] = []  # the points of the current cost
@@ -158,8 +160,11 @@ def points_of(trials: Iterable[FrozenTrial], directions: Sequence[StudyDirection
         raise ValueError(f"a Pareto front needs 2 objectives, got {len(directions)}")
     up = 1.0 if directions[0] == StudyDirection.MAXIMIZE else -1.0
     down = 1.0 if directions[1] == StudyDirection.MINIMIZE else -1.0
-    return [Point(t.number, up * float(t.values[0]), down * float(t.values[1]))
-            for t in trials if t.state == TrialState.COMPLETE and t.values and len(t.values) == 2]
+    return [
+        Point(t.number, up * float(t.values[0]), down * float(t.values[1]))
+        for t in trials
+        if t.state == TrialState.COMPLETE and t.values and len(t.values) == 2
+    ]
 
 
 def front_trials(trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection]) -> list[FrozenTrial]:

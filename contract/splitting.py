@@ -75,9 +75,7 @@ def _check_groups(groups: np.ndarray, n: int) -> np.ndarray:
     return groups
 
 
-def _grouped_split(
-    rock: np.ndarray, groups: np.ndarray, n_val: int, rng: np.random.Generator
-) -> np.ndarray:
+def _grouped_split(rock: np.ndarray, groups: np.ndarray, n_val: int, rng: np.random.Generator) -> np.ndarray:
     """Validation indices made of whole groups, about ``n_val`` images, stratified on big rock.
 
     A group counts as "big rock" when any of its images has big rock. Big-rock groups are taken

@@ -103,8 +103,9 @@ class StudySpec:
                     "pruners judge one value); leave --pruner out, or give --pruner none"
                 )
         elif self.sampler == Sampler.NSGA2:
-            raise SpecError("sampler nsga2 is for several objectives (--objectives miou,params); "
-                            "use tpe or random for mIoU alone")
+            raise SpecError(
+                "sampler nsga2 is for several objectives (--objectives miou,params); use tpe or random for mIoU alone"
+            )
         if self.sampler not in SAMPLERS:
             raise SpecError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.pruner not in PRUNERS:
@@ -181,9 +182,7 @@ class StudySpec:
     def of(cls, study: optuna.Study) -> StudySpec:
         value = study.user_attrs.get(SPEC_ATTR)
         if value is None:
-            raise SpecError(
-                f"study {study.study_name!r} was not created by `tuner create` (no {SPEC_ATTR} attribute)"
-            )
+            raise SpecError(f"study {study.study_name!r} was not created by `tuner create` (no {SPEC_ATTR} attribute)")
         try:
             return cls.from_attr(value)
         except (SpecError, KeyError, TypeError, ValueError) as exc:
@@ -192,8 +191,7 @@ class StudySpec:
             if not isinstance(exc, SpecError):
                 detail = f"{type(exc).__name__}: {detail}"
             raise SpecError(
-                f"study {study.study_name!r} has an unreadable tuner spec: {detail} "
-                "(written by another tuner version?)"
+                f"study {study.study_name!r} has an unreadable tuner spec: {detail} (written by another tuner version?)"
             ) from None
 
     def make_sampler(self, worker_key: str = "") -> optuna.samplers.BaseSampler:
@@ -326,6 +324,4 @@ def check_objectives(objectives: tuple[str, ...]) -> None:
     if len(set(objectives)) != len(objectives):
         raise SpecError(f"--objectives {','.join(objectives)} repeats an objective")
     if len(objectives) > 2:
-        raise SpecError(
-            f"--objectives {','.join(objectives)}: at most one cost (params or latency) next to miou"
-        )
+        raise SpecError(f"--objectives {','.join(objectives)}: at most one cost (params or latency) next to miou")

@@ -70,9 +70,7 @@ def default_n_aliens(n: int) -> int:
     return max(ALIEN_MIN_REPEATS + 1, int(round(ALIEN_FRACTION * n)))
 
 
-def generate(
-    n: int, seed: int = 0, *, n_aliens: int | None = None, n_test: int = 0
-) -> dict[str, np.ndarray]:
+def generate(n: int, seed: int = 0, *, n_aliens: int | None = None, n_test: int = 0) -> dict[str, np.ndarray]:
     """Return ``{"training_set": float64 (n, 2, 64, 128)}`` plus ``"test_set"`` float64
     (n_test, 64, 128) when ``n_test > 0``; pixel values are whole numbers 0..255, labels 0..4.
 
@@ -177,8 +175,9 @@ def _interp_matrix(size: int, grid: int, positions: np.ndarray, width: float = 0
     return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _smooth_fields(rng: np.random.Generator, shape: tuple[int, ...], grid: tuple[int, int],
-                   perspective: bool) -> np.ndarray:
+def _smooth_fields(
+    rng: np.random.Generator, shape: tuple[int, ...], grid: tuple[int, int], perspective: bool
+) -> np.ndarray:
     """Smooth random fields of shape ``shape + (H, W)``, float32, roughly unit variance.
 
     With ``perspective`` the rows are sampled denser towards the top (far away), so features
@@ -267,9 +266,7 @@ def _rover(rng: np.random.Generator, n: int, horizon: np.ndarray, yy: np.ndarray
     return rover | (blob[:, None, None] & in_blob)
 
 
-def _image(
-    rng: np.random.Generator, kind: np.ndarray, shade: np.ndarray, yy: np.ndarray, xx: np.ndarray
-) -> np.ndarray:
+def _image(rng: np.random.Generator, kind: np.ndarray, shade: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     """Per-kind brightness and texture, haze towards the top, per-image exposure, noise."""
     n = len(kind)
     grain = rng.standard_normal((n, H, W), dtype=np.float32)

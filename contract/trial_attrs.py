@@ -116,8 +116,9 @@ def lr_schedule_of(trial: optuna.trial.FrozenTrial) -> list[float] | None:
     if not isinstance(rates, list) or not isinstance(best, int) or not 1 <= best <= len(rates):
         return None
     schedule = rates[:best]
-    if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r > 0
-               for r in schedule):
+    if not all(
+        isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r > 0 for r in schedule
+    ):
         return None
     return [float(r) for r in schedule]
 

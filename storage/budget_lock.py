@@ -23,8 +23,13 @@ def budget_lock_name(study_name: str) -> str:
 
 @contextlib.contextmanager
 def budget_lock(
-    rdb: RDBStorage, url: str, study_name: str, *, grace_period: float | None = None,
-    on_wait: Callable[[float], None] | None = None, on_log: Callable[[str], None] | None = None,
+    rdb: RDBStorage,
+    url: str,
+    study_name: str,
+    *,
+    grace_period: float | None = None,
+    on_wait: Callable[[float], None] | None = None,
+    on_log: Callable[[str], None] | None = None,
 ) -> Iterator[HeldLock]:
     """Hold the study's budget lock; this thread's calls on ``rdb`` run in its transaction.
 
@@ -38,9 +43,13 @@ def budget_lock(
     if grace_period is None and rdb.heartbeat_interval:
         grace_period = rdb.grace_period
     with named_lock(
-        url, budget_lock_name(study_name), engine=rdb.engine,
-        hold_timeout_s=grace_period, max_wait_s=None if grace_period is None else 2 * grace_period + 60,
-        on_wait=on_wait, on_log=on_log,
+        url,
+        budget_lock_name(study_name),
+        engine=rdb.engine,
+        hold_timeout_s=grace_period,
+        max_wait_s=None if grace_period is None else 2 * grace_period + 60,
+        on_wait=on_wait,
+        on_log=on_log,
     ) as held:
         if held.connection is None:  # SQLite: a file lock; calls go through the pool as usual
             yield held

@@ -44,7 +44,9 @@ def count_trials(storage: RDBStorage, study_name: str, study_id: int | None = No
 
 
 def count_trials_apart(
-    storage: RDBStorage, study_id: int, key: str,
+    storage: RDBStorage,
+    study_id: int,
+    key: str,
 ) -> tuple[Counter[TrialState], Counter[TrialState]]:
     """Trials per state in one query, apart: (those without user attr ``key``, those with it).
 

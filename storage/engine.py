@@ -55,7 +55,9 @@ def engine_kwargs(url: str, *, role: str = "worker", session_role: str | None = 
     if backend == "postgresql":
         app = f"mars-tuner-{role}@{socket.gethostname()}:{os.getpid()}"[:63]
         connect_args: dict[str, Any] = {
-            "connect_timeout": CONNECT_TIMEOUT_S, "application_name": app, **_keepalive_args(session_role),
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "application_name": app,
+            **_keepalive_args(session_role),
         }
         if make_url(url).get_driver_name() == "psycopg":
             # psycopg 3 prepares a statement on the server after five runs; behind a pooler in

@@ -49,9 +49,7 @@ class Heartbeat:
     def __enter__(self) -> Heartbeat:
         if self._interval > 0:
             self._beat()  # the first beat before training starts: the trial is visibly alive
-            self._thread = threading.Thread(
-                target=self._run, name=f"heartbeat-{self._trial_id}", daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self._trial_id}", daemon=True)
             self._thread.start()
         return self
 
@@ -127,7 +125,9 @@ _FIRST_BEAT = sqlalchemy.text(
 
 
 def fail_stale_trials(
-    study: optuna.Study, *, explain: Callable[[FrozenTrial, float], dict[str, Any]] | None = None,
+    study: optuna.Study,
+    *,
+    explain: Callable[[FrozenTrial, float], dict[str, Any]] | None = None,
 ) -> None:
     """Fail RUNNING trials whose worker stopped beating, and queue their retries.
 
@@ -168,9 +168,7 @@ def fail_stale_trials(
         callback(study, trial)  # type: ignore[misc]
 
 
-_LAST_BEAT = sqlalchemy.text(
-    "SELECT heartbeat, CURRENT_TIMESTAMP FROM trial_heartbeats WHERE trial_id = :tid"
-)
+_LAST_BEAT = sqlalchemy.text("SELECT heartbeat, CURRENT_TIMESTAMP FROM trial_heartbeats WHERE trial_id = :tid")
 
 
 def _silence_s(rdb: RDBStorage, trial_id: int) -> float:

@@ -135,9 +135,7 @@ def named_lock(
         return
     owned = engine is None
     if engine is None:
-        engine = sqlalchemy.create_engine(
-            url, poolclass=NullPool, connect_args={"connect_timeout": 5}
-        )
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 5})
     key = lock_key(name)
     settings = dict(KEEPALIVES)  # transaction-local: the pool gets the connection back clean
     if hold_timeout_s is not None:
@@ -236,8 +234,11 @@ def _release(conn: sqlalchemy.Connection, name: str, *, quiet: bool) -> None:
     """
     try:
         conn.commit()
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-            sqlalchemy.exc.PendingRollbackError) as exc:  # the last: it died under a routed session
+    except (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        sqlalchemy.exc.PendingRollbackError,
+    ) as exc:  # the last: it died under a routed session
         # Close the connection for good rather than return it to the pool: if the session is
         # somehow still alive, closing it is what releases its lock.
         conn.invalidate()

@@ -95,11 +95,15 @@ def delete_study(rdb: RDBStorage, name: str) -> None:
     session = rdb.scoped_session()
     try:
         lock = session.bind is not None and session.bind.dialect.name != "sqlite"  # SQLite: one writer anyway
-        row = session.execute(_with_lock(
-            sqlalchemy.select(models.StudyModel.study_id).where(models.StudyModel.study_name == name), lock)).first()
+        row = session.execute(
+            _with_lock(sqlalchemy.select(models.StudyModel.study_id).where(models.StudyModel.study_name == name), lock)
+        ).first()
         if row is not None:
-            session.execute(_with_lock(
-                sqlalchemy.select(models.TrialModel.trial_id).where(models.TrialModel.study_id == row[0]), lock)).all()
+            session.execute(
+                _with_lock(
+                    sqlalchemy.select(models.TrialModel.trial_id).where(models.TrialModel.study_id == row[0]), lock
+                )
+            ).all()
             session.delete(session.get(models.StudyModel, row[0]))
         session.commit()
     except BaseException:
@@ -123,6 +127,15 @@ def rename_study(rdb: RDBStorage, study_row_id: int, name: str) -> None:
 
 
 __all__ = [
-    "backend_of", "claim_waiting", "delete_study", "forget_cached_trials", "grpc_proxy_server", "new_trial",
-    "rename_study", "stale_trial_ids", "study_id", "study_storage", "trial_id",
+    "backend_of",
+    "claim_waiting",
+    "delete_study",
+    "forget_cached_trials",
+    "grpc_proxy_server",
+    "new_trial",
+    "rename_study",
+    "stale_trial_ids",
+    "study_id",
+    "study_storage",
+    "trial_id",
 ]

@@ -28,7 +28,9 @@ VIEWER = "tuner_viewer"
 ROLES = (OWNER, WORKER, VIEWER)
 #: The password file of each role for ``tuner db init --roles`` (Docker secrets in compose).
 PASSWORD_FILE_ENV = {
-    OWNER: "TUNER_OWNER_PASSWORD_FILE", WORKER: "TUNER_WORKER_PASSWORD_FILE", VIEWER: "TUNER_VIEWER_PASSWORD_FILE",
+    OWNER: "TUNER_OWNER_PASSWORD_FILE",
+    WORKER: "TUNER_WORKER_PASSWORD_FILE",
+    VIEWER: "TUNER_VIEWER_PASSWORD_FILE",
 }
 _ROLE_OPTIONS = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 
@@ -76,8 +78,11 @@ def create_roles(url: str, passwords: dict[str, str]) -> str:
     engine = short_engine(url)
     try:
         with engine.begin() as conn:
-            existing = set(conn.execute(sqlalchemy.text(
-                "SELECT rolname FROM pg_roles WHERE rolname = ANY(:names)"), {"names": list(ROLES)}).scalars())
+            existing = set(
+                conn.execute(
+                    sqlalchemy.text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:names)"), {"names": list(ROLES)}
+                ).scalars()
+            )
             for role, statement in zip(ROLES, role_statements(), strict=False):
                 if role not in existing:
                     conn.exec_driver_sql(statement)
@@ -86,8 +91,10 @@ def create_roles(url: str, passwords: dict[str, str]) -> str:
             for statement in privilege_statements(database)[:5]:  # database and schema; tables below
                 conn.exec_driver_sql(statement)
     except sqlalchemy.exc.ProgrammingError as exc:  # insufficient_privilege and friends
-        raise StorageError(f"cannot create the roles in {mask_url(url)}: {_first_line(exc)} "
-                           "(connect as the server's superuser or a role with CREATEROLE)") from None
+        raise StorageError(
+            f"cannot create the roles in {mask_url(url)}: {_first_line(exc)} "
+            "(connect as the server's superuser or a role with CREATEROLE)"
+        ) from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise connection_error(exc, url) from None
     finally:
@@ -96,9 +103,10 @@ def create_roles(url: str, passwords: dict[str, str]) -> str:
     engine = short_engine(url)
     try:
         with engine.begin() as conn:
-            for (table,) in conn.execute(sqlalchemy.text(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tableowner <> :owner"),
-                    {"owner": OWNER}):
+            for (table,) in conn.execute(
+                sqlalchemy.text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tableowner <> :owner"),
+                {"owner": OWNER},
+            ):
                 # Tables made before the roles existed (by the superuser): the owner's from now on.
                 conn.exec_driver_sql(f"ALTER TABLE public.{_ident(table)} OWNER TO {OWNER}")
             for statement in privilege_statements(database)[5:]:
@@ -117,8 +125,9 @@ def can_write(url: str) -> bool:
     engine = short_engine(url)
     try:
         with engine.connect() as conn:
-            return bool(conn.execute(sqlalchemy.text(
-                "SELECT has_table_privilege('public.trials', 'INSERT')")).scalar_one())
+            return bool(
+                conn.execute(sqlalchemy.text("SELECT has_table_privilege('public.trials', 'INSERT')")).scalar_one()
+            )
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise connection_error(exc, url) from None
     finally:

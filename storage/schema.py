@@ -89,8 +89,7 @@ def init_schema(url: str, *, session_role: str | None = None) -> str:
         raise StorageError(f"{mask_url(url)}: {str(exc).splitlines()[0]}") from None
     except OSError as exc:  # the SQLite lock file beside the database (read-only directory)
         raise StorageError(
-            f"cannot create the database in {mask_url(url)}: {exc.strerror} "
-            "(is its directory writable?)"
+            f"cannot create the database in {mask_url(url)}: {exc.strerror} (is its directory writable?)"
         ) from None
     if make_url(url).get_backend_name() == "sqlite":
         _enable_wal(url)

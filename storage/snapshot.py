@@ -71,8 +71,16 @@ class SnapshotStorage(BaseStorage):
         return {}
 
     def get_all_studies(self) -> list[FrozenStudy]:
-        return [FrozenStudy(study_name=self._name, direction=None, directions=self._directions,
-                            user_attrs=dict(self._user_attrs), system_attrs={}, study_id=_STUDY_ID)]
+        return [
+            FrozenStudy(
+                study_name=self._name,
+                direction=None,
+                directions=self._directions,
+                user_attrs=dict(self._user_attrs),
+                system_attrs={},
+                study_id=_STUDY_ID,
+            )
+        ]
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
         self._check(study_id)

@@ -66,13 +66,18 @@ def study_names(engine: sqlalchemy.Engine) -> list[str]:
 def find_study(engine: sqlalchemy.Engine, name: str) -> StudyHead | None:
     """The study called ``name``, or ``None`` (2 queries)."""
     with engine.connect() as conn:
-        row = conn.execute(sqlalchemy.text("SELECT study_id FROM studies WHERE study_name = :name"),
-                           {"name": name}).first()
+        row = conn.execute(
+            sqlalchemy.text("SELECT study_id FROM studies WHERE study_name = :name"), {"name": name}
+        ).first()
         if row is None:
             return None
         sid = int(row[0])
-        attrs = {key: json.loads(value) for key, value in conn.execute(sqlalchemy.text(
-            "SELECT key, value_json FROM study_user_attributes WHERE study_id = :sid"), {"sid": sid})}
+        attrs = {
+            key: json.loads(value)
+            for key, value in conn.execute(
+                sqlalchemy.text("SELECT key, value_json FROM study_user_attributes WHERE study_id = :sid"), {"sid": sid}
+            )
+        }
     return StudyHead(study_id=sid, study_name=name, directions=study_directions(engine, sid), user_attrs=attrs)
 
 
@@ -91,8 +96,9 @@ class StudyOverview:
     apart: dict[TrialState, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(TrialState, 0))
 
 
-def study_overviews(engine: sqlalchemy.Engine, user_attr_keys: Collection[str] = (),
-                    apart_key: str | None = None) -> list[StudyOverview]:
+def study_overviews(
+    engine: sqlalchemy.Engine, user_attr_keys: Collection[str] = (), apart_key: str | None = None
+) -> list[StudyOverview]:
     """Every study in the database, with its counts per state and best finite value (5 queries).
 
     ``apart_key``: also count, per state, the trials carrying that user attribute (one more query).
@@ -100,15 +106,22 @@ def study_overviews(engine: sqlalchemy.Engine, user_attr_keys: Collection[str] =
     with engine.connect() as conn:
         names = conn.execute(sqlalchemy.text("SELECT study_id, study_name FROM studies")).all()
         directions: dict[int, list[tuple[int, StudyDirection]]] = defaultdict(list)
-        for sid, objective, direction in conn.execute(sqlalchemy.text(
-                "SELECT study_id, objective, direction FROM study_directions")):
+        for sid, objective, direction in conn.execute(
+            sqlalchemy.text("SELECT study_id, objective, direction FROM study_directions")
+        ):
             directions[sid].append((objective, as_direction(direction)))
         counts, first = _counts_and_first_start(conn)
-        extremes = {sid: (hi, lo) for sid, hi, lo in conn.execute(sqlalchemy.text(
-            "SELECT t.study_id, max(v.value), min(v.value) FROM trials t "
-            "JOIN trial_values v ON v.trial_id = t.trial_id "
-            "WHERE t.state = 'COMPLETE' AND v.objective = 0 AND v.value_type = 'FINITE' "
-            "GROUP BY t.study_id"))}
+        extremes = {
+            sid: (hi, lo)
+            for sid, hi, lo in conn.execute(
+                sqlalchemy.text(
+                    "SELECT t.study_id, max(v.value), min(v.value) FROM trials t "
+                    "JOIN trial_values v ON v.trial_id = t.trial_id "
+                    "WHERE t.state = 'COMPLETE' AND v.objective = 0 AND v.value_type = 'FINITE' "
+                    "GROUP BY t.study_id"
+                )
+            )
+        }
         apart = _counts_apart(conn, apart_key)
         attrs = _study_attrs(conn, user_attr_keys)
     overviews = []
@@ -118,11 +131,18 @@ def study_overviews(engine: sqlalchemy.Engine, user_attr_keys: Collection[str] =
         if dirs and sid in extremes:  # the first objective, whether or not others follow
             hi, lo = extremes[sid]
             best = hi if dirs[0] == StudyDirection.MAXIMIZE else lo
-        overviews.append(StudyOverview(
-            study_id=sid, name=name, directions=dirs, counts=dict(counts[sid]),
-            best_value=None if best is None else float(best), user_attrs=dict(attrs[sid]),
-            first_start=first.get(sid), apart=dict(apart[sid]),
-        ))
+        overviews.append(
+            StudyOverview(
+                study_id=sid,
+                name=name,
+                directions=dirs,
+                counts=dict(counts[sid]),
+                best_value=None if best is None else float(best),
+                user_attrs=dict(attrs[sid]),
+                first_start=first.get(sid),
+                apart=dict(apart[sid]),
+            )
+        )
     return overviews
 
 
@@ -132,8 +152,9 @@ def _counts_and_first_start(
     """Per study: trials per state (every state), and the earliest start of any trial (one query)."""
     counts: dict[int, dict[TrialState, int]] = defaultdict(lambda: dict.fromkeys(TrialState, 0))
     first: dict[int, datetime.datetime | None] = {}
-    for sid, state, n, started in conn.execute(sqlalchemy.text(
-            "SELECT study_id, state, count(*), min(datetime_start) FROM trials GROUP BY study_id, state")):
+    for sid, state, n, started in conn.execute(
+        sqlalchemy.text("SELECT study_id, state, count(*), min(datetime_start) FROM trials GROUP BY study_id, state")
+    ):
         counts[sid][as_state(state)] = int(n)
         started = as_datetime(started)
         earliest = first.get(sid)
@@ -146,9 +167,13 @@ def _counts_apart(conn: sqlalchemy.Connection, key: str | None) -> dict[int, dic
     """Per study and state, the trials carrying user attribute ``key`` (none without a key)."""
     apart: dict[int, dict[TrialState, int]] = defaultdict(lambda: dict.fromkeys(TrialState, 0))
     if key is not None:
-        for sid, state, n in conn.execute(sqlalchemy.text(
+        for sid, state, n in conn.execute(
+            sqlalchemy.text(
                 "SELECT t.study_id, t.state, count(*) FROM trials t JOIN trial_user_attributes a "
-                "ON a.trial_id = t.trial_id AND a.key = :key GROUP BY t.study_id, t.state"), {"key": key}):
+                "ON a.trial_id = t.trial_id AND a.key = :key GROUP BY t.study_id, t.state"
+            ),
+            {"key": key},
+        ):
             apart[sid][as_state(state)] = int(n)
     return apart
 
@@ -169,17 +194,22 @@ def count_states(engine: sqlalchemy.Engine, study_id: int) -> dict[TrialState, i
     """Trials per state (every state present, absent ones 0): one GROUP BY."""
     counts = dict.fromkeys(TrialState, 0)
     with engine.connect() as conn:
-        for state, n in conn.execute(sqlalchemy.text(
-                "SELECT state, count(*) FROM trials WHERE study_id = :sid GROUP BY state"), {"sid": study_id}):
+        for state, n in conn.execute(
+            sqlalchemy.text("SELECT state, count(*) FROM trials WHERE study_id = :sid GROUP BY state"),
+            {"sid": study_id},
+        ):
             counts[as_state(state)] = int(n)
     return counts
 
 
 def study_directions(engine: sqlalchemy.Engine, study_id: int) -> tuple[StudyDirection, ...]:
     with engine.connect() as conn:
-        rows = conn.execute(sqlalchemy.text(
-            "SELECT objective, direction FROM study_directions WHERE study_id = :sid ORDER BY objective"
-        ), {"sid": study_id}).all()
+        rows = conn.execute(
+            sqlalchemy.text(
+                "SELECT objective, direction FROM study_directions WHERE study_id = :sid ORDER BY objective"
+            ),
+            {"sid": study_id},
+        ).all()
     return tuple(as_direction(d) for _, d in rows)
 
 
@@ -200,13 +230,22 @@ def marked_trial_ids(engine: sqlalchemy.Engine, study_id: int, key: str) -> list
     """Ids of the trials carrying user attribute ``key``, whose value is another trial's number,
     and of the trials so named (``tuner confirm``'s runs and the trials they confirm): 2 queries."""
     with engine.connect() as conn:
-        rows = conn.execute(sqlalchemy.text(
-            "SELECT t.trial_id, a.value_json FROM trials t JOIN trial_user_attributes a "
-            "ON a.trial_id = t.trial_id AND a.key = :key WHERE t.study_id = :sid"), {"sid": study_id, "key": key}).all()
+        rows = conn.execute(
+            sqlalchemy.text(
+                "SELECT t.trial_id, a.value_json FROM trials t JOIN trial_user_attributes a "
+                "ON a.trial_id = t.trial_id AND a.key = :key WHERE t.study_id = :sid"
+            ),
+            {"sid": study_id, "key": key},
+        ).all()
         numbers = sorted({n for _, value in rows if isinstance(n := json.loads(value), int)})
         named = []
         if numbers:
             query = sqlalchemy.text("SELECT trial_id FROM trials WHERE study_id = :sid AND number IN :numbers")
-            named = [r[0] for r in conn.execute(query.bindparams(sqlalchemy.bindparam("numbers", expanding=True)),
-                                                {"sid": study_id, "numbers": numbers})]
+            named = [
+                r[0]
+                for r in conn.execute(
+                    query.bindparams(sqlalchemy.bindparam("numbers", expanding=True)),
+                    {"sid": study_id, "numbers": numbers},
+                )
+            ]
     return sorted({int(r[0]) for r in rows} | {int(i) for i in named})

@@ -51,13 +51,22 @@ def load_trials(
     trials = []
     for tid, number, state, start, complete in tables.heads:
         objective_values = tables.values.get(tid)
-        trials.append(FrozenTrial(
-            number=number, state=as_state(state), value=None,
-            values=[objective_values[k] for k in sorted(objective_values)] if objective_values else None,
-            datetime_start=as_datetime(start), datetime_complete=as_datetime(complete),
-            params=params_of[tid], distributions=dists_of[tid], user_attrs=tables.attrs[tid], system_attrs={},
-            intermediate_values=tables.steps[tid], trial_id=tid,
-        ))
+        trials.append(
+            FrozenTrial(
+                number=number,
+                state=as_state(state),
+                value=None,
+                values=[objective_values[k] for k in sorted(objective_values)] if objective_values else None,
+                datetime_start=as_datetime(start),
+                datetime_complete=as_datetime(complete),
+                params=params_of[tid],
+                distributions=dists_of[tid],
+                user_attrs=tables.attrs[tid],
+                system_attrs={},
+                intermediate_values=tables.steps[tid],
+                trial_id=tid,
+            )
+        )
     return sorted(trials, key=lambda t: t.number)
 
 
@@ -122,17 +131,23 @@ def _read_tables(
         apart = intermediate and engine.dialect.name == "postgresql"
         read_apart = pool.submit(_read_steps_apart, engine, rows) if apart else None
         with engine.connect() as conn:
-            heads = rows(conn, "SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials "
-                               "WHERE trial_id IN ({chosen})")
+            heads = rows(
+                conn,
+                "SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials "
+                "WHERE trial_id IN ({chosen})",
+            )
             if not heads:
                 return None
             values: dict[int, dict[int, float]] = defaultdict(dict)
             for tid, objective, value, kind in rows(
-                    conn, "SELECT trial_id, objective, value, value_type FROM trial_values "
-                          "WHERE trial_id IN ({chosen})"):
+                conn, "SELECT trial_id, objective, value, value_type FROM trial_values WHERE trial_id IN ({chosen})"
+            ):
                 values[tid][objective] = value if kind == "FINITE" else as_float(value, kind)
-            param_rows = rows(conn, "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
-                                    "WHERE trial_id IN ({chosen}) ORDER BY param_id")
+            param_rows = rows(
+                conn,
+                "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
+                "WHERE trial_id IN ({chosen}) ORDER BY param_id",
+            )
             _read_user_attrs(conn, rows, user_attr_keys, attrs)
             if intermediate and not apart:
                 _read_steps(conn, rows, steps)
@@ -189,15 +204,18 @@ def _read_steps(conn: sqlalchemy.Connection, rows: Any, steps: dict[int, dict[in
     table = "FROM trial_intermediate_values WHERE trial_id IN ({chosen})"
     if conn.dialect.name == "postgresql":
         for tid, numbers, values in rows(
-                conn, "SELECT trial_id, array_agg(step), "
-                      "array_agg(CASE WHEN intermediate_value_type = 'FINITE' THEN intermediate_value END) "
-                      f"{table} GROUP BY trial_id"):
+            conn,
+            "SELECT trial_id, array_agg(step), "
+            "array_agg(CASE WHEN intermediate_value_type = 'FINITE' THEN intermediate_value END) "
+            f"{table} GROUP BY trial_id",
+        ):
             steps[tid] = dict(zip(numbers, values, strict=False))
         for tid, step, kind in rows(
-                conn, f"SELECT trial_id, step, intermediate_value_type {table} "
-                      "AND intermediate_value_type <> 'FINITE'"):
+            conn, f"SELECT trial_id, step, intermediate_value_type {table} AND intermediate_value_type <> 'FINITE'"
+        ):
             steps[tid][step] = as_float(None, kind)
         return
     for tid, step, value, kind in rows(
-            conn, f"SELECT trial_id, step, intermediate_value, intermediate_value_type {table}"):
+        conn, f"SELECT trial_id, step, intermediate_value, intermediate_value_type {table}"
+    ):
         steps[tid][step] = value if kind == "FINITE" else as_float(value, kind)

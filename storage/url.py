@@ -67,8 +67,7 @@ def resolve_url(explicit: str | None = None) -> str:
         raw = "postgresql://" + raw[len("postgres://") :]
     if _authority(raw).count("@") > 1:
         raise StorageError(
-            f"storage URL {mask_url(raw)!r} has more than one '@': "
-            "percent-encode an '@' in the user or password as %40"
+            f"storage URL {mask_url(raw)!r} has more than one '@': percent-encode an '@' in the user or password as %40"
         )
     url = parse_url(raw)
     backend = url.get_backend_name()
@@ -80,8 +79,11 @@ def resolve_url(explicit: str | None = None) -> str:
     if url.drivername not in _DRIVERS[backend]:
         raise StorageError(
             f"driver {url.drivername!r} in {mask_url(raw)} is not installed with the tuner: "
-            + ("use postgresql:// (psycopg 3) or postgresql+psycopg2://" if backend == "postgresql"
-               else "use sqlite:// (the built-in sqlite3)")
+            + (
+                "use postgresql:// (psycopg 3) or postgresql+psycopg2://"
+                if backend == "postgresql"
+                else "use sqlite:// (the built-in sqlite3)"
+            )
         )
     if backend == "sqlite":
         _check_sqlite(url)

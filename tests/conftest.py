@@ -18,9 +18,7 @@ import psycopg2
 import pytest
 
 PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-PG_URL_TEMPLATE = os.environ.get(
-    "TEST_PG_URL_TEMPLATE", "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
-)
+PG_URL_TEMPLATE = os.environ.get("TEST_PG_URL_TEMPLATE", "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}")
 
 
 def _admin() -> psycopg2.extensions.connection:
@@ -175,7 +173,8 @@ def tuner_home(tmp_path, monkeypatch) -> Iterator[os.PathLike]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "npz(n, seed=0, **kwargs): the `npz` fixture's contract.synth.write_npz arguments for a "
+        "markers",
+        "npz(n, seed=0, **kwargs): the `npz` fixture's contract.synth.write_npz arguments for a "
         "module (its pytestmark; default: 24 images, seed 0)",
     )
 

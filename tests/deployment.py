@@ -188,10 +188,20 @@ E2E_TEARDOWN = (
 )
 E2E_SPACE = {
     "fixed": {
-        "model": "multipath", "depth": 2, "base_filters": 4, "conventional_filters": 8,
-        "residual_filters": 4, "multiscale_filters": 8, "context_filters": 4, "batch_size": 16,
-        "augment_flips": False, "validation_fraction": 0.25, "early_stopping_patience": 50,
-        "reduce_lr_patience": 50, "batchnorm_momentum": 0.9, "epochs": 3,
+        "model": "multipath",
+        "depth": 2,
+        "base_filters": 4,
+        "conventional_filters": 8,
+        "residual_filters": 4,
+        "multiscale_filters": 8,
+        "context_filters": 4,
+        "batch_size": 16,
+        "augment_flips": False,
+        "validation_fraction": 0.25,
+        "early_stopping_patience": 50,
+        "reduce_lr_patience": 50,
+        "batchnorm_momentum": 0.9,
+        "epochs": 3,
     },
     "params": {
         "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
@@ -245,8 +255,20 @@ def checkout(dest: Path) -> Path:
     """A copy of the repository as a user's checkout would have it (no venv, data or secrets)."""
     import shutil
 
-    skip = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", ".tuner", "*.egg-info",
-                                  "build", "data", "secrets", ".env", "artifacts", "bench")
+    skip = shutil.ignore_patterns(
+        ".git",
+        ".venv",
+        "__pycache__",
+        ".pytest_cache",
+        ".tuner",
+        "*.egg-info",
+        "build",
+        "data",
+        "secrets",
+        ".env",
+        "artifacts",
+        "bench",
+    )
     shutil.copytree(ROOT, dest, ignore=skip)
     return dest
 
@@ -259,8 +281,11 @@ def pip_build_secrets(where: Path) -> dict[str, str]:
         m = re.match(r"^[\w:.-]*?\.?(index-url|extra-index-url|trusted-host)='(.*)'$", line.strip())
         if m:
             settings.setdefault(m[1], []).extend(m[2].split())
-    pip_settings = (("index-url", "PIP_INDEX_URL"), ("extra-index-url", "PIP_EXTRA_INDEX_URL"),
-                    ("trusted-host", "PIP_TRUSTED_HOST"))
+    pip_settings = (
+        ("index-url", "PIP_INDEX_URL"),
+        ("extra-index-url", "PIP_EXTRA_INDEX_URL"),
+        ("trusted-host", "PIP_TRUSTED_HOST"),
+    )
     for key, var in pip_settings:
         if os.environ.get(var):
             settings[key] = os.environ[var].split()
@@ -285,13 +310,15 @@ class Project:
     def sh(self, line: str, *, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
         team_file = "docker compose -f docker-compose.workers.yml "
         if line.startswith(team_file):  # the CI override right after the documented file
-            line = f"{team_file}-f {self.override} {line[len(team_file):]}"
+            line = f"{team_file}-f {self.override} {line[len(team_file) :]}"
         elif line.startswith("docker compose "):
-            line = f"docker compose -f docker-compose.yml -f {self.override} {line[len('docker compose '):]}"
+            line = f"docker compose -f docker-compose.yml -f {self.override} {line[len('docker compose ') :]}"
         start = time.monotonic()
         result = subprocess.run(["bash", "-c", line], cwd=self.root, capture_output=True, text=True, timeout=timeout)
-        self.log.append(f"$ {line}  # {time.monotonic() - start:.0f}s rc={result.returncode}\n"
-                        f"{result.stdout[-3000:]}{result.stderr[-3000:]}")
+        self.log.append(
+            f"$ {line}  # {time.monotonic() - start:.0f}s rc={result.returncode}\n"
+            f"{result.stdout[-3000:]}{result.stderr[-3000:]}"
+        )
         if check:
             assert result.returncode == 0, self.log[-1]
         return result
@@ -311,8 +338,9 @@ def wait_for(predicate, timeout: float, what: str, log: list[str]):
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n" + "\n".join(log[-8:]))
 
 
-def tear_down(coord: Project, team_: Project, tag: str, *, timings: dict[str, float], started: float,
-              log: list[str]) -> None:
+def tear_down(
+    coord: Project, team_: Project, tag: str, *, timings: dict[str, float], started: float, log: list[str]
+) -> None:
     """The documented teardown of both projects (team first), the run's timings and last log lines."""
     for project, line in ((team_, E2E_TEARDOWN[1]), (coord, E2E_TEARDOWN[0])):
         if (project.root / ".env").exists():
@@ -332,6 +360,12 @@ def assert_nothing_left(tag: str) -> None:
 def leftovers(project: str) -> list[list[str]]:
     """Containers, volumes and networks still labelled with this compose project."""
     label = f"label=com.docker.compose.project={project}"
-    return [subprocess.run(["docker", kind, "ls", "-q", *(["-a"] if kind == "container" else []),
-                            "--filter", label], capture_output=True, text=True, timeout=60).stdout.split()
-            for kind in ("container", "volume", "network")]
+    return [
+        subprocess.run(
+            ["docker", kind, "ls", "-q", *(["-a"] if kind == "container" else []), "--filter", label],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.split()
+        for kind in ("container", "volume", "network")
+    ]

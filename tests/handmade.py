@@ -38,20 +38,20 @@ class Builder:
     """Adds trials to a study the way a worker would, remembering what it wrote."""
 
     def __init__(self, url: str, name: str, trials: int = 5) -> None:
-        create_study(name, CreateOptions(storage_url=url, data=None, fingerprint=FINGERPRINT,
-                                         space_path=None, trials=trials))
+        create_study(
+            name, CreateOptions(storage_url=url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=trials)
+        )
         self.url = url
         self.rdb = storage.open_storage(url, heartbeat_interval=None)
-        self.study = optuna.load_study(
-            study_name=name, storage=self.rdb, sampler=optuna.samplers.RandomSampler(seed=0)
-        )
+        self.study = optuna.load_study(study_name=name, storage=self.rdb, sampler=optuna.samplers.RandomSampler(seed=0))
         self.spec = StudySpec.of(self.study)
         self.rng = np.random.default_rng(0)
         self.completed: dict[int, tuple[float, dict[str, float | None]]] = {}
         self.reported: dict[int, tuple[int, float]] = {}
 
-    def ask(self, host: str = "node-a", pid: int = 101, gpu: int | None = None,
-            epochs: int = 0, record_config: bool = True) -> optuna.Trial:
+    def ask(
+        self, host: str = "node-a", pid: int = 101, gpu: int | None = None, epochs: int = 0, record_config: bool = True
+    ) -> optuna.Trial:
         trial = self.study.ask()
         config = self.spec.space.sample(trial)
         if record_config:

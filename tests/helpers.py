@@ -25,10 +25,19 @@ BIN = Path(sys.executable).parent
 #: a trial, most of it graph tracing. Modules set ``epochs`` (see :func:`tiny_space`).
 TINY_SPACE: dict[str, dict[str, Any]] = {
     "fixed": {
-        "model": "multipath", "depth": 2, "base_filters": 4, "conventional_filters": 8,
-        "residual_filters": 4, "multiscale_filters": 8, "context_filters": 4, "batch_size": 16,
-        "augment_flips": False, "validation_fraction": 0.25, "early_stopping_patience": 5,
-        "reduce_lr_patience": 5, "batchnorm_momentum": 0.9,
+        "model": "multipath",
+        "depth": 2,
+        "base_filters": 4,
+        "conventional_filters": 8,
+        "residual_filters": 4,
+        "multiscale_filters": 8,
+        "context_filters": 4,
+        "batch_size": 16,
+        "augment_flips": False,
+        "validation_fraction": 0.25,
+        "early_stopping_patience": 5,
+        "reduce_lr_patience": 5,
+        "batchnorm_momentum": 0.9,
     },
     "params": {
         "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
@@ -59,7 +68,11 @@ def run_cli(
     """Run ``tool`` (``tuner`` or ``worker``) to completion; ``env`` adds to ours (None removes)."""
     merged = {**os.environ, **(env or {})}
     return subprocess.run(
-        [str(BIN / tool), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+        [str(BIN / tool), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
         env={k: v for k, v in merged.items() if v is not None},
     )
 
@@ -142,8 +155,14 @@ def study_trials(url: str, study: str = "s") -> list[Any]:
         rdb.engine.dispose()
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, *, poll: float = 0.3,
-             detail: Callable[[], str] = lambda: "") -> None:
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str,
+    *,
+    poll: float = 0.3,
+    detail: Callable[[], str] = lambda: "",
+) -> None:
     """Poll ``predicate`` until it holds; after ``timeout`` seconds fail, naming ``what`` (and ``detail()``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

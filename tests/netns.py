@@ -63,9 +63,23 @@ class HostWorker:
     def __init__(self, net: Network, host: Host, url: str, npz: Path, *extra: str) -> None:
         self.host = host
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", host.ns, str(BIN / "worker"), "run", "--study", "s", "--data", str(npz),
-             "--quiet", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                "ip",
+                "netns",
+                "exec",
+                host.ns,
+                str(BIN / "worker"),
+                "run",
+                "--study",
+                "s",
+                "--data",
+                str(npz),
+                "--quiet",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             env={**os.environ, "TUNER_STORAGE": url},
         )  # `ip netns exec` execs the command: this pid is the worker's
         net.processes.append(self.proc)
@@ -114,8 +128,21 @@ class Network:
             _run("ip", "-n", ns, "link", "set", "lo", "up")
         for host in self.hosts:
             # Both ends are made inside their namespaces: the veth never exists in the machine's own.
-            _run("ip", "link", "add", host.ns, "netns", host.ns, "type", "veth",
-                 "peer", "name", host.veth_db, "netns", self.db_ns)
+            _run(
+                "ip",
+                "link",
+                "add",
+                host.ns,
+                "netns",
+                host.ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                host.veth_db,
+                "netns",
+                self.db_ns,
+            )
             _run("ip", "-n", host.ns, "addr", "add", f"10.77.{host.index}.2/24", "dev", host.ns)
             _run("ip", "-n", self.db_ns, "addr", "add", f"{host.db_address}/24", "dev", host.veth_db)
             _run("ip", "-n", host.ns, "link", "set", host.ns, "up")
@@ -124,10 +151,25 @@ class Network:
         # Its Unix socket in a directory of its own: the port is only taken inside the namespace.
         self.socket_dir.mkdir(mode=0o755, exist_ok=True)
         shutil.chown(self.socket_dir, "postgres")
-        _run("pg_createcluster", VERSION, self.cluster, "--port", str(PORT),
-             "-o", f"unix_socket_directories={self.socket_dir}",
-             "-o", "listen_addresses=*", "-o", "fsync=off", "-o", "synchronous_commit=off",
-             "-o", "full_page_writes=off", "-o", "max_connections=100")
+        _run(
+            "pg_createcluster",
+            VERSION,
+            self.cluster,
+            "--port",
+            str(PORT),
+            "-o",
+            f"unix_socket_directories={self.socket_dir}",
+            "-o",
+            "listen_addresses=*",
+            "-o",
+            "fsync=off",
+            "-o",
+            "synchronous_commit=off",
+            "-o",
+            "full_page_writes=off",
+            "-o",
+            "max_connections=100",
+        )
         Path(f"/etc/postgresql/{VERSION}/{self.cluster}/pg_hba.conf").write_text(
             "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all 10.77.0.0/16 trust\n"
         )
@@ -178,16 +220,29 @@ class Network:
         """Remove every rule :meth:`cut` added."""
         while self.rules:
             rule = self.rules.pop()
-            _run("ip", "netns", "exec", self.db_ns, "iptables", "-D", rule[0], *rule[1:], "-j", "DROP",
-                 check=False)
+            _run("ip", "netns", "exec", self.db_ns, "iptables", "-D", rule[0], *rule[1:], "-j", "DROP", check=False)
 
     def start_proxy(self, rtt_ms: float, stats: Path) -> None:
         """Put a proxy with ``rtt_ms`` round-trip delay in front of the database (see :meth:`url`)."""
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.db_ns, sys.executable, str(Path(__file__).with_name("netproxy.py")),
-             "--listen", f"0.0.0.0:{PROXY_PORT}", "--upstream", f"127.0.0.1:{PORT}",
-             "--delay-ms", str(rtt_ms / 2), "--stats", str(stats)],
-            stdout=subprocess.PIPE, text=True,
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.db_ns,
+                sys.executable,
+                str(Path(__file__).with_name("netproxy.py")),
+                "--listen",
+                f"0.0.0.0:{PROXY_PORT}",
+                "--upstream",
+                f"127.0.0.1:{PORT}",
+                "--delay-ms",
+                str(rtt_ms / 2),
+                "--stats",
+                str(stats),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self.processes.append(proc)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "listening"

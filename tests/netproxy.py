@@ -94,8 +94,9 @@ class ClientParser:
                 self.counts.add(self.client, _kind(body.split(b"\0", 2)[1]))
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float,
-                parser: ClientParser | None) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float, parser: ClientParser | None
+) -> None:
     queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
     async def send() -> None:

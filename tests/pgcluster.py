@@ -32,8 +32,7 @@ class Cluster:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
 
     def admin(self) -> psycopg2.extensions.connection:
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                                connect_timeout=5)
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", connect_timeout=5)
         conn.autocommit = True
         return conn
 
@@ -67,8 +66,7 @@ class Cluster:
 
 
 def _ctl(action: str, name: str, *extra: str) -> None:
-    subprocess.run(["pg_ctlcluster", VERSION, name, action, *extra], check=True, capture_output=True,
-                   timeout=60)
+    subprocess.run(["pg_ctlcluster", VERSION, name, action, *extra], check=True, capture_output=True, timeout=60)
 
 
 def _drop(name: str) -> None:
@@ -83,17 +81,28 @@ def pg_cluster() -> Iterator[Cluster]:
     name = f"tuner_faults_{PORT}"
     _drop(name)  # a leftover of an interrupted run
     subprocess.run(
-        ["pg_createcluster", VERSION, name, "--port", str(PORT),
-         "-o", "fsync=off", "-o", "synchronous_commit=off", "-o", "full_page_writes=off",
-         "-o", "max_connections=100"],
-        check=True, capture_output=True, timeout=120,
+        [
+            "pg_createcluster",
+            VERSION,
+            name,
+            "--port",
+            str(PORT),
+            "-o",
+            "fsync=off",
+            "-o",
+            "synchronous_commit=off",
+            "-o",
+            "full_page_writes=off",
+            "-o",
+            "max_connections=100",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     try:
         hba = Path(f"/etc/postgresql/{VERSION}/{name}/pg_hba.conf")
-        hba.write_text(
-            "local all all trust\n"
-            "host all all 127.0.0.1/32 trust\n"
-        )
+        hba.write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
         _ctl("start", name)
         yield Cluster(name, PORT)
     finally:

@@ -80,15 +80,30 @@ def render_in_chromium(report: Path, tmp_path: Path, screenshot: Path | None = N
     browser = chromium()
     page = tmp_path / "under-test.html"
     page.write_text(report.read_text().replace("<head>", "<head>" + _HOOK, 1))
-    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-              "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=20000",
-              f"--user-data-dir={tmp_path / 'chromium-profile'}"]
-    result = subprocess.run([*common, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
-                            capture_output=True, text=True, timeout=240)
+    common = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--virtual-time-budget=20000",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ]
+    result = subprocess.run(
+        [*common, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     problems = [line for line in result.stderr.splitlines() if "[report-test " in line]
     if screenshot is not None:
-        shot = subprocess.run([*common, "--window-size=1200,5000", f"--screenshot={screenshot}", page.as_uri()],
-                              capture_output=True, text=True, timeout=240)
+        shot = subprocess.run(
+            [*common, "--window-size=1200,5000", f"--screenshot={screenshot}", page.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert shot.returncode == 0 and screenshot.exists(), shot.stderr[-2000:]
     return result.stdout, problems

@@ -30,8 +30,9 @@ PORT = int(os.environ.get("TEST_SLURM_PORT", "56817"))
 NODE = "tuner-node"
 PARTITION = "tuner"
 #: Final job states: the job's processes are gone (a requeued task goes back to PENDING instead).
-DONE = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY",
-                  "BOOT_FAIL", "DEADLINE"})
+DONE = frozenset(
+    {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+)
 DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "scancel", "scontrol", "sinfo")
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_RUN = Path("/run/munge")
@@ -148,13 +149,14 @@ class SlurmCluster:
             if jobs and all(job.state in DONE for job in jobs):
                 return jobs
             time.sleep(1)
-        raise AssertionError(f"job {job_id} not done after {timeout:.0f}s{why}: "
-                             + "; ".join(f"{j.task} {j.state}" for j in self.jobs(job_id)))
+        raise AssertionError(
+            f"job {job_id} not done after {timeout:.0f}s{why}: "
+            + "; ".join(f"{j.task} {j.state}" for j in self.jobs(job_id))
+        )
 
     def cancel_all(self, timeout: float = 60) -> None:
         """Cancel every job and wait until Slurm has killed their processes."""
-        pending = {job.fields.get("ArrayJobId") or job.fields["JobId"] for job in self.jobs()
-                   if job.state not in DONE}
+        pending = {job.fields.get("ArrayJobId") or job.fields["JobId"] for job in self.jobs() if job.state not in DONE}
         if pending:
             self.run("scancel", *sorted(pending), check=False)
         deadline = time.monotonic() + timeout
@@ -188,8 +190,9 @@ def _start_munged(stack: contextlib.ExitStack, root: Path) -> None:
         stack.callback(shutil.rmtree, MUNGE_RUN, ignore_errors=True)
     log = open(root / "munged.log", "wb")  # noqa: SIM115 - closed by the stack
     stack.callback(log.close)
-    munged = subprocess.Popen(["munged", "--foreground"], user="munge", group="munge",
-                              stdout=log, stderr=subprocess.STDOUT)
+    munged = subprocess.Popen(
+        ["munged", "--foreground"], user="munge", group="munge", stdout=log, stderr=subprocess.STDOUT
+    )
     stack.callback(_stop, munged)
     _wait(_munge_works, 30, "munged to answer", munged)
 
@@ -237,8 +240,9 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         (root / "state").mkdir()
         (root / "spool").mkdir()
         host = socket.gethostname().split(".")[0]
-        (root / "slurm.conf").write_text(CONF.format(
-            host=host, port=PORT, slurmd_port=PORT + 1, root=root, node=NODE, partition=PARTITION))
+        (root / "slurm.conf").write_text(
+            CONF.format(host=host, port=PORT, slurmd_port=PORT + 1, root=root, node=NODE, partition=PARTITION)
+        )
         if not _munge_works():
             _start_munged(stack, root)
         cluster = SlurmCluster(root)
@@ -248,11 +252,16 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         # Registered jobs die before the daemons that track them (callbacks run last-in first-out).
         stack.callback(cluster.cancel_all)
         try:
-            _wait(lambda: cluster.run("sinfo", "--noheader", "--format=%T", check=False).stdout.strip() == "idle",
-                  60, "the node to be idle")
+            _wait(
+                lambda: cluster.run("sinfo", "--noheader", "--format=%T", check=False).stdout.strip() == "idle",
+                60,
+                "the node to be idle",
+            )
         except RuntimeError as exc:
-            raise RuntimeError(f"{exc}; slurmctld ({ctld.poll()}): {cluster.log('slurmctld')}\n"
-                               f"slurmd ({slurmd.poll()}): {cluster.log('slurmd')}") from None
+            raise RuntimeError(
+                f"{exc}; slurmctld ({ctld.poll()}): {cluster.log('slurmctld')}\n"
+                f"slurmd ({slurmd.poll()}): {cluster.log('slurmd')}"
+            ) from None
         yield cluster
 
 

@@ -55,10 +55,15 @@ print(json.dumps({
 def _run(backend: str, tmp_path: Path) -> dict:
     if backend == "jax":
         pytest.importorskip("jax")
-    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=str(ROOT),
-               TUNER_COMPILE_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "d.npz")], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=str(ROOT), TUNER_COMPILE_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "d.npz")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -31,8 +31,11 @@ def run(tool: str, *args: str, cwd: Path) -> Any:
     """``tool``'s command in-process, in ``cwd``; the embedded default under it, whatever
     TUNER_STORAGE the environment has."""
     with contextlib.chdir(cwd):
-        return invoke({"tuner": tuner_app, "worker": worker_app}[tool], *args,
-                      env={"TUNER_STORAGE": None, "TUNER_HOME": str(cwd / "tuner-home")})
+        return invoke(
+            {"tuner": tuner_app, "worker": worker_app}[tool],
+            *args,
+            env={"TUNER_STORAGE": None, "TUNER_HOME": str(cwd / "tuner-home")},
+        )
 
 
 # --- training config files (worker train --config) --------------------------------------------
@@ -99,13 +102,13 @@ def test_worker_train_bad_config_is_one_line(tmp_path: Path, npz: Path, content:
         (b"params: [1,\n", "line 2, column 1: expected the node content"),
     ],
 )
-def test_tuner_create_bad_space_is_one_line_and_writes_nothing(tmp_path: Path, npz: Path,
-                                                               content: bytes, message: str):
+def test_tuner_create_bad_space_is_one_line_and_writes_nothing(tmp_path: Path, npz: Path, content: bytes, message: str):
     space = tmp_path / "bad.yaml"
     space.write_bytes(content)
     db = tmp_path / "t.db"
-    result = run("tuner", "create", "s", "--data", str(npz), "--space", str(space),
-                 "--storage", f"sqlite:///{db}", cwd=tmp_path)
+    result = run(
+        "tuner", "create", "s", "--data", str(npz), "--space", str(space), "--storage", f"sqlite:///{db}", cwd=tmp_path
+    )
     assert message in one_cli_error(result)
     assert not db.exists()  # validated before touching the database
 
@@ -153,8 +156,10 @@ def _without(key: str):
         (_with("data_fingerprint", None), "data_fingerprint must be str, got None"),
         (_with("sampler", "cmaes"), "sampler must be one of tpe, random"),
         (_with("space", [1]), "space: a search space must be a mapping"),
-        (_with("space", {"params": {"epochs": {"type": "categorical", "choices": [1, 2]}}}),
-         "space: params.epochs: must be type int"),
+        (
+            _with("space", {"params": {"epochs": {"type": "categorical", "choices": [1, 2]}}}),
+            "space: params.epochs: must be type int",
+        ),
         (lambda spec: [spec], "expected a mapping, got list"),
     ],
 )

@@ -22,7 +22,10 @@ pytestmark = pytest.mark.slow
 def _run(script: str, out: Path, timeout: float) -> dict:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), "--smoke", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.exists(), "no JSON written"
@@ -59,8 +62,7 @@ def test_coordination_smoke(tmp_path):
     result = _run("coordination.py", tmp_path / "coord.json", timeout=180)
     assert result["benchmark"] == "coordination"
     workers = result["workers"]
-    assert {(r["mode"], r["workers"]) for r in workers} == {
-        ("project", 1), ("raw", 1), ("project", 2), ("raw", 2)}
+    assert {(r["mode"], r["workers"]) for r in workers} == {("project", 1), ("raw", 1), ("project", 2), ("raw", 2)}
     for row in workers:
         assert row["trials"] > 0 and _positive(row["trials_per_s"])
         for key in ("ask_ms", "tell_ms", "overhead_ms"):
@@ -75,8 +77,7 @@ def test_coordination_smoke(tmp_path):
             assert 1 <= row["db_connections_per_worker_peak"] <= 2
     history = result["history"]
     sizes = [str(s) for s in history["sizes"]]
-    assert set(history["variants"]) >= {"tpe_default", "tpe_default_project_ask", "random",
-                                        "tpe_default_grpc_proxy"}
+    assert set(history["variants"]) >= {"tpe_default", "tpe_default_project_ask", "random", "tpe_default_grpc_proxy"}
     for points in history["variants"].values():
         for size in sizes:
             assert points[size]["history"] >= int(size)
@@ -170,9 +171,14 @@ def test_gpu_bench_smoke_on_cpu(tmp_path):
     import os
 
     env = dict(os.environ, KERAS_BACKEND="jax", TUNER_COMPILE_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke",
-                           "--out-dir", str(tmp_path / "out")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke", "--out-dir", str(tmp_path / "out")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [r["reused_model"] for r in summary["sequence"]] == [False, True]
@@ -188,8 +194,15 @@ def test_parallel_search_smoke(tmp_path):
     table = result["tables"]["nb201"]
     cells = {(c["arm"], c["workers"]): c for c in table["cells"]}
     # liar_off is Optuna's default at N=1 (no other RUNNING trial), so it only runs at N=4.
-    assert set(cells) == {("tpe", 1), ("random", 1), ("warm", 1), ("tpe", 4), ("liar_off", 4),
-                          ("random", 4), ("warm", 4)}
+    assert set(cells) == {
+        ("tpe", 1),
+        ("random", 1),
+        ("warm", 1),
+        ("tpe", 4),
+        ("liar_off", 4),
+        ("random", 4),
+        ("warm", 4),
+    }
     k = str(result["trials"])
     for cell in cells.values():
         assert cell["seeds"] == result["seeds"]
@@ -201,7 +214,7 @@ def test_parallel_search_smoke(tmp_path):
     assert cells[("warm", 1)]["regret_at_trials"][k]["median"] <= table["warm_start"]["regret"] + 1e-9
     for run in table["runs"]["tpe@4"]:  # four workers start at once: the makespan is shorter
         assert _positive(run["makespan"])
-    assert (cells[("tpe", 4)]["makespan"]["median"] < cells[("tpe", 1)]["makespan"]["median"])
+    assert cells[("tpe", 4)]["makespan"]["median"] < cells[("tpe", 1)]["makespan"]["median"]
     hv = result["tables"]["nb201_size"]["cells"]
     assert {c["arm"] for c in hv} == {"tpe"}
     for cell in hv:
@@ -220,7 +233,9 @@ def test_predict_speed_smoke(tmp_path):
     assert [r["images"] for r in result["rss"]] == [20, 200]
     assert all(_positive(r["peak_rss_mib"]) for r in result["rss"])
     assert {(r["saved_on"], r["predicted_on"]) for r in result["round_trip"]} == {
-        ("tensorflow", "jax"), ("jax", "tensorflow")}
+        ("tensorflow", "jax"),
+        ("jax", "tensorflow"),
+    }
     for row in result["round_trip"]:
         assert row["max_abs_probability_diff"] < 1e-4 and row["images"] == 48
     assert len(result["verdict"]) == 2 and all("goal" in line for line in result["verdict"])
@@ -257,7 +272,14 @@ def test_many_workers_smoke(tmp_path):
     assert result["budget_exact"] and result["states"] == {"COMPLETE": result["args"]["trials"]}
     assert result["workers_ok"] == result["workers"] and result["connection_errors"] == []
     assert result["deadlocks"] == 0
-    for key in ("lock_wait_p50_ms", "lock_hold_p50_ms", "overhead_p50_s", "worker_cpu_per_trial_ms",
-                "db_cpu_per_trial_ms", "statements_per_trial", "server_tps"):
+    for key in (
+        "lock_wait_p50_ms",
+        "lock_hold_p50_ms",
+        "overhead_p50_s",
+        "worker_cpu_per_trial_ms",
+        "db_cpu_per_trial_ms",
+        "statements_per_trial",
+        "server_tps",
+    ):
         assert _positive(result[key]), (key, result[key])
     assert result["peak_client_connections"] > 0

@@ -113,8 +113,10 @@ def _lock_held(url: str, study_name: str) -> bool:
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
         with engine.connect() as conn:
-            query = sqlalchemy.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                                    "AND classid = :hi AND objid = :lo AND objsubid = 1")
+            query = sqlalchemy.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND classid = :hi AND objid = :lo AND objsubid = 1"
+            )
             return conn.execute(query, {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}).scalar_one() > 0
     finally:
         engine.dispose()
@@ -200,9 +202,11 @@ def test_training_workers_hold_one_connection_each(pg_schema_url):
     engine = sqlalchemy.create_engine(pg_schema_url, poolclass=sqlalchemy.pool.NullPool)
     try:
         assert all(r.wait(120) for r in ready)
-        query = sqlalchemy.text("SELECT application_name, count(*) FROM pg_stat_activity "
-                                "WHERE datname = :db AND application_name LIKE 'mars-tuner-worker@%' "
-                                "GROUP BY application_name")
+        query = sqlalchemy.text(
+            "SELECT application_name, count(*) FROM pg_stat_activity "
+            "WHERE datname = :db AND application_name LIKE 'mars-tuner-worker@%' "
+            "GROUP BY application_name"
+        )
         with engine.connect() as conn:
             for _ in range(40):  # 2 s of training, with 40 heartbeats per worker
                 for app, count in conn.execute(query, {"db": database}):

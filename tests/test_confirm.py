@@ -42,8 +42,18 @@ class Study:
 
     def __init__(self, url: str, trials: int, name: str = "c", **options) -> None:
         self.url, self.name = url, name
-        create_study(name, CreateOptions(storage_url=url, data=None, fingerprint=FINGERPRINT, space_path=None,
-                                         trials=trials, seed_config=False, **options))
+        create_study(
+            name,
+            CreateOptions(
+                storage_url=url,
+                data=None,
+                fingerprint=FINGERPRINT,
+                space_path=None,
+                trials=trials,
+                seed_config=False,
+                **options,
+            ),
+        )
         self.rdb = storage.open_storage(url)
         self.study = optuna.load_study(study_name=name, storage=self.rdb)
         self.spec = StudySpec.of(self.study)
@@ -207,8 +217,12 @@ def test_a_running_confirmation_keeps_workers_waiting(study):
 def test_bad_input_is_one_error_line(pg_schema_url, monkeypatch):
     monkeypatch.setenv("TUNER_STORAGE", pg_schema_url)
     runner = CliRunner()
-    create_study("e", CreateOptions(storage_url=pg_schema_url, data=None, fingerprint=FINGERPRINT, space_path=None,
-                                    trials=3, seed_config=False))
+    create_study(
+        "e",
+        CreateOptions(
+            storage_url=pg_schema_url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=3, seed_config=False
+        ),
+    )
     one_cli_error(runner.invoke(app, ["confirm", "nope"]), "no study 'nope'")
     one_cli_error(runner.invoke(app, ["confirm", "e", "--top", "2"]), "no complete search trial")
     for option in ("--top", "--seeds"):
@@ -301,6 +315,7 @@ def test_the_demo_refuses_the_confirmed_pick_before_it_writes_anything(tmp_path,
 
 # -- real workers racing -------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_four_racing_workers_finish_exactly_n_search_and_k_x_s_confirmation_trials_none_pruned(
     pg_url, tmp_path, synth_npz
@@ -319,8 +334,23 @@ def test_four_racing_workers_finish_exactly_n_search_and_k_x_s_confirmation_tria
     data = synth_npz(48, seed=3)
     space = tiny_space(tmp_path / "space.yaml", epochs=2)
     env = {"TUNER_STORAGE": pg_url}
-    created = run_cli("tuner", "create", "s", "--data", str(data), "--space", str(space), "--trials", str(n_search),
-                      "--pruner", "hyperband", "--min-epochs", "1", "--no-seed-config", env=env)
+    created = run_cli(
+        "tuner",
+        "create",
+        "s",
+        "--data",
+        str(data),
+        "--space",
+        str(space),
+        "--trials",
+        str(n_search),
+        "--pruner",
+        "hyperband",
+        "--min-epochs",
+        "1",
+        "--no-seed-config",
+        env=env,
+    )
     assert created.returncode == 0, created.stderr
     rdb = storage.open_storage(pg_url, heartbeat_interval=None)
     study = optuna.load_study(study_name="s", storage=rdb)
@@ -332,17 +362,31 @@ def test_four_racing_workers_finish_exactly_n_search_and_k_x_s_confirmation_tria
         trial_attrs.record_result(trial, FakeResult(miou))
         study.tell(trial, miou)
         by_hand.append(trial.number)
-    workers = [subprocess.Popen([str(BIN / "worker"), "run", "--study", "s", "--data", str(data), "--quiet"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, **env}) for _ in range(4)]
+    workers = [
+        subprocess.Popen(
+            [str(BIN / "worker"), "run", "--study", "s", "--data", str(data), "--quiet"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **env},
+        )
+        for _ in range(4)
+    ]
     try:
         deadline = time.monotonic() + 400
         while not any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
             assert time.monotonic() < deadline and all(w.poll() is None for w in workers), "no worker started"
             time.sleep(0.2)
-        coordinators = [subprocess.Popen([str(BIN / "tuner"), "confirm", "s", "--top", str(top), "--seeds", str(seeds)],
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                         env={**os.environ, **env}) for _ in range(2)]
+        coordinators = [
+            subprocess.Popen(
+                [str(BIN / "tuner"), "confirm", "s", "--top", str(top), "--seeds", str(seeds)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, **env},
+            )
+            for _ in range(2)
+        ]
         said = [c.communicate(timeout=120) for c in coordinators]
         assert [c.returncode for c in coordinators] == [0, 0], said
         outputs = [w.communicate(timeout=600)[0] for w in workers]
@@ -369,8 +413,9 @@ def test_four_racing_workers_finish_exactly_n_search_and_k_x_s_confirmation_tria
         assert len(trial.intermediate_values) == 2  # every epoch recorded ...
         assert not [k for k in trial.system_attrs if k.startswith("completed_rung")]  # ... none judged
     trained = [t for t in search if t.number not in by_hand]
-    assert len(trained) == n_search - 2 and all(any(k.startswith("completed_rung") for k in t.system_attrs)
-                                                for t in trained)
+    assert len(trained) == n_search - 2 and all(
+        any(k.startswith("completed_rung") for k in t.system_attrs) for t in trained
+    )
     assert "confirms trial" in "".join(outputs)
 
     again = run_cli("tuner", "confirm", "s", "--top", str(top), "--seeds", str(seeds), env=env)

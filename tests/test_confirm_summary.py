@@ -16,8 +16,14 @@ from contract.confirm import Confirmed, best, summarize, top_trials
 from contract.pareto import Pick, PickError
 
 
-def _trial(number: int, miou: float | None, state: TrialState = TrialState.COMPLETE,
-           confirms: int | None = None, seed: int = 0, per_class: dict | None = None) -> optuna.trial.FrozenTrial:
+def _trial(
+    number: int,
+    miou: float | None,
+    state: TrialState = TrialState.COMPLETE,
+    confirms: int | None = None,
+    seed: int = 0,
+    per_class: dict | None = None,
+) -> optuna.trial.FrozenTrial:
     attrs: dict = {}
     if confirms is not None:
         attrs = {trial_attrs.CONFIRMS: confirms, trial_attrs.CONFIRM_SEED: seed}
@@ -56,8 +62,7 @@ def test_summary_is_n_mean_sample_sd_min_and_per_class_means_of_the_confirmation
 
 
 def test_the_confirmed_pick_trades_mean_against_its_standard_error():
-    steady = Confirmed(number=1, search_miou=0.7, seeds=(1, 2, 3, 4), mious=(0.60, 0.60, 0.61, 0.61),
-                       per_class_iou={})
+    steady = Confirmed(number=1, search_miou=0.7, seeds=(1, 2, 3, 4), mious=(0.60, 0.60, 0.61, 0.61), per_class_iou={})
     wild = Confirmed(number=2, search_miou=0.8, seeds=(1, 2), mious=(0.50, 0.74), per_class_iou={})
     assert wild.mean > steady.mean
     assert best([wild, steady]) is steady  # 0.62 - 0.12 < 0.605 - 0.0029

@@ -34,8 +34,21 @@ def _load(url: str, name: str = "s") -> optuna.Study:
 
 @pytest.mark.slow
 def test_create_stores_spec_and_refuses_to_overwrite(pg_url, npz):
-    result = tuner_process("create", "s", "--data", str(npz), "--trials", "12", "--seed", "7",
-                   "--pruner", "median", "--min-epochs", "4", url=pg_url)
+    result = tuner_process(
+        "create",
+        "s",
+        "--data",
+        str(npz),
+        "--trials",
+        "12",
+        "--seed",
+        "7",
+        "--pruner",
+        "median",
+        "--min-epochs",
+        "4",
+        url=pg_url,
+    )
     assert result.returncode == 0, result.stderr
     assert "created study 's'" in result.stdout
     study = _load(pg_url)
@@ -111,11 +124,16 @@ def test_exactly_one_data_source_required(pg_url, npz):
 
 
 def test_exist_ok_with_other_data_is_refused(pg_schema_url, npz):
-    create_study("s", CreateOptions(storage_url=pg_schema_url, data=None, fingerprint="ab" * 32, space_path=None,
-                                    trials=1))
+    create_study(
+        "s", CreateOptions(storage_url=pg_schema_url, data=None, fingerprint="ab" * 32, space_path=None, trials=1)
+    )
     with pytest.raises(StudyError, match="different data fingerprint"):
-        create_study("s", CreateOptions(storage_url=pg_schema_url, data=npz, fingerprint=None, space_path=None,
-                                        trials=1, exist_ok=True))
+        create_study(
+            "s",
+            CreateOptions(
+                storage_url=pg_schema_url, data=npz, fingerprint=None, space_path=None, trials=1, exist_ok=True
+            ),
+        )
 
 
 def _pruned_epochs(spec: StudySpec) -> list[int]:
@@ -124,8 +142,9 @@ def _pruned_epochs(spec: StudySpec) -> list[int]:
     Several bad trials, because Hyperband spreads trials over brackets whose first rung is
     min_epochs, 3 x min_epochs, ...
     """
-    study = optuna.create_study(direction="maximize", pruner=spec.make_pruner(),
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        direction="maximize", pruner=spec.make_pruner(), sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     for i in range(20):
         trial = study.ask()
         for step in range(1, 10):
@@ -151,8 +170,6 @@ def test_min_epochs_is_where_pruning_may_start(pruner):
 
     space = SearchSpace.load(default_space_path())
     early = _pruned_epochs(StudySpec(space=space, data_fingerprint="f", n_trials=30, pruner=pruner))
-    late = _pruned_epochs(
-        StudySpec(space=space, data_fingerprint="f", n_trials=30, pruner=pruner, min_epochs=3)
-    )
+    late = _pruned_epochs(StudySpec(space=space, data_fingerprint="f", n_trials=30, pruner=pruner, min_epochs=3))
     assert early and min(early) == 1
     assert late and min(late) == 3

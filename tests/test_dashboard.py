@@ -116,7 +116,9 @@ def test_cli_dashboard_comes_up(pg_schema_url):
     port = _free_port()
     proc = subprocess.Popen(
         [str(TUNER), "dashboard", "mars", "--storage", pg_schema_url, "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 20

@@ -179,9 +179,7 @@ def test_truncated_zip_is_a_data_error(tmp_path, valid_file):
 def test_integer_dtype_file_is_accepted(tmp_path):
     ts = _training_set().astype(np.uint8)
     d = data.load_npz(_write(tmp_path / "u8.npz", training_set=ts))
-    assert d.fingerprint == data.load_npz(
-        _write(tmp_path / "f64.npz", training_set=_training_set())
-    ).fingerprint
+    assert d.fingerprint == data.load_npz(_write(tmp_path / "f64.npz", training_set=_training_set())).fingerprint
 
 
 def test_fingerprint_stable_and_sensitive(tmp_path, valid_file):
@@ -287,10 +285,7 @@ def test_class_pixel_shares():
 
 
 def test_data_and_synth_do_not_import_tensorflow():
-    code = (
-        "import sys, contract.data, contract.synth; "
-        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
-    )
+    code = "import sys, contract.data, contract.synth; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -339,11 +334,14 @@ def test_groups_loaded_and_follow_alien_removal_and_subset(tmp_path):
     assert data.load_npz(other).fingerprint != d.fingerprint
 
 
-@pytest.mark.parametrize("groups, message", [
-    (np.arange(11), r"'groups' has shape \(11,\), expected \(12,\)"),
-    (np.zeros((12, 2), dtype=np.int64), r"'groups' has shape \(12, 2\)"),
-    (np.linspace(0, 1, 12), "'groups' must hold integer ids"),
-])
+@pytest.mark.parametrize(
+    "groups, message",
+    [
+        (np.arange(11), r"'groups' has shape \(11,\), expected \(12,\)"),
+        (np.zeros((12, 2), dtype=np.int64), r"'groups' has shape \(12, 2\)"),
+        (np.linspace(0, 1, 12), "'groups' must hold integer ids"),
+    ],
+)
 def test_bad_groups_one_line(tmp_path, groups, message):
     path = _write(tmp_path / "bad.npz", training_set=_training_set(), groups=groups)
     with pytest.raises(DataError, match=message) as info:

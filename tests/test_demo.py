@@ -23,7 +23,11 @@ def test_demo_runs_a_local_search_and_prints_the_best_config(tmp_path):
     env.pop("TUNER_STORAGE", None)
     result = subprocess.run(
         [str(BIN / "tuner"), "demo", "--workers", "2", "--trials", "3", "--images", "48"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
@@ -51,7 +55,11 @@ def test_demo_never_replaces_a_study_it_did_not_create(tmp_path):
     env = {**os.environ, "TUNER_HOME": str(tmp_path / "home"), "TUNER_STORAGE": url}
     result = subprocess.run(
         [str(BIN / "tuner"), "demo", "--workers", "1", "--trials", "1", "--images", "16"],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
     )
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]

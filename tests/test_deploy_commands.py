@@ -70,8 +70,11 @@ def used_flags(rest: list[str]) -> set[str]:
 
 
 def compose_commands(compose: Mapping[str, Any]) -> dict[str, list[str]]:
-    return {name: [str(w) for w in svc["command"]] for name, svc in compose["services"].items()
-            if isinstance(svc.get("command"), list) and svc["command"][0] in ("tuner", "worker")}
+    return {
+        name: [str(w) for w in svc["command"]]
+        for name, svc in compose["services"].items()
+        if isinstance(svc.get("command"), list) and svc["command"][0] in ("tuner", "worker")
+    }
 
 
 def docs_commands() -> list[list[str]]:
@@ -165,7 +168,7 @@ def test_docs_name_only_real_compose_services_and_profiles():
                 if word == "--profile":
                     assert words[i + 1] in profiles | {"*"}, line  # '*': every profile
                 if word in ("up", "logs", "exec", "run", "cp") and i > 1:
-                    targets = [w.split(":")[0] for w in words[i + 1:] if not w.startswith("-") and "=" not in w]
+                    targets = [w.split(":")[0] for w in words[i + 1 :] if not w.startswith("-") and "=" not in w]
                     if word in ("up", "logs"):
                         assert set(targets) <= services, line
                     elif targets:

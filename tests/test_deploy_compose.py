@@ -121,7 +121,8 @@ def test_profile_gpusN_runs_one_worker_on_each_of_gpus_0_to_N_minus_1(load_file)
     services = workers(load_file())
     for n in range(1, 9):
         active = [
-            svc for name, svc in services.items()
+            svc
+            for name, svc in services.items()
             if name != "worker-cpu" and (not svc.get("profiles") or f"gpus{n}" in svc["profiles"])
         ]
         gpus = sorted(int(g) for svc in active for g in gpu_ids(svc))
@@ -217,8 +218,24 @@ def test_docker_compose_config_accepts_the_files(path, tmp_path):
     secret.write_text("x")
     env = {**os.environ, "TUNER_STORAGE": TEAM_URL, "POSTGRES_PASSWORD_FILE_HOST": str(secret)}
     result = subprocess.run(
-        ["docker", "compose", "-f", str(path), "--profile", "gpus8", "--profile", "cpu", "--profile", "pgbouncer",
-         "config", "-q"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
+        [
+            "docker",
+            "compose",
+            "-f",
+            str(path),
+            "--profile",
+            "gpus8",
+            "--profile",
+            "cpu",
+            "--profile",
+            "pgbouncer",
+            "config",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr

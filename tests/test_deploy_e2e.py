@@ -97,14 +97,27 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
         for line in E2E_SETUP:
             coord.sh(line)
         (coord.root / "data").mkdir()
-        subprocess.run([str(BIN / "worker"), "synth-data", str(coord.root / "data" / "synthetic.npz"),
-                        "--n", "48", "--seed", "3"], check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            [str(BIN / "worker"), "synth-data", str(coord.root / "data" / "synthetic.npz"), "--n", "48", "--seed", "3"],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         (coord.root / "data" / "space.yaml").write_text(yaml.safe_dump(E2E_SPACE))
         coord.env(
-            COMPOSE_PROJECT_NAME=tag, BASE_IMAGE=CI_BASE_IMAGE, POSTGRES_IMAGE=CI_POSTGRES_IMAGE,
-            TUNER_IMAGE=CI_TUNER_IMAGE, POSTGRES_PORT=pg_port, DASHBOARD_PORT=dash_port,
-            TUNER_STUDY=E2E_STUDY, TUNER_TRIALS=E2E_TRIALS, TUNER_PRUNER="none", SEARCH_SPACE="/data/space.yaml",
-            DATA_FILE="synthetic.npz", TUNER_HEARTBEAT_INTERVAL=2, TUNER_GRACE_PERIOD=10,
+            COMPOSE_PROJECT_NAME=tag,
+            BASE_IMAGE=CI_BASE_IMAGE,
+            POSTGRES_IMAGE=CI_POSTGRES_IMAGE,
+            TUNER_IMAGE=CI_TUNER_IMAGE,
+            POSTGRES_PORT=pg_port,
+            DASHBOARD_PORT=dash_port,
+            TUNER_STUDY=E2E_STUDY,
+            TUNER_TRIALS=E2E_TRIALS,
+            TUNER_PRUNER="none",
+            SEARCH_SPACE="/data/space.yaml",
+            DATA_FILE="synthetic.npz",
+            TUNER_HEARTBEAT_INTERVAL=2,
+            TUNER_GRACE_PERIOD=10,
             **pip_build_secrets(tmp_path),
         )
         start = time.monotonic()
@@ -140,9 +153,14 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
         import sqlalchemy
 
         with rdb.engine.connect() as conn:  # workers run as the worker role, nothing as a superuser
-            users = set(conn.execute(sqlalchemy.text(
-                "SELECT DISTINCT usename FROM pg_stat_activity "
-                "WHERE application_name LIKE 'mars-tuner-worker@%'")).scalars())
+            users = set(
+                conn.execute(
+                    sqlalchemy.text(
+                        "SELECT DISTINCT usename FROM pg_stat_activity "
+                        "WHERE application_name LIKE 'mars-tuner-worker@%'"
+                    )
+                ).scalars()
+            )
         assert users == {"tuner_worker"}, users
         container = victim.user_attrs[trial_attrs.WORKER]["host"]  # the container's hostname: its short id
         subprocess.run(["docker", "kill", container], check=True, capture_output=True, timeout=60)
@@ -158,9 +176,13 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
         shutil.copy(coord.root / "secrets" / "worker_password", team_.root / "secrets" / "worker_password")
         shutil.copytree(coord.root / "data", team_.root / "data")
         team_.env(
-            COMPOSE_PROJECT_NAME=f"{tag}-team", BASE_IMAGE=CI_BASE_IMAGE, TUNER_IMAGE=CI_TUNER_IMAGE,
-            TUNER_STORAGE=f"postgresql://tuner_worker@127.0.0.1:{pg_port}/optuna", TUNER_STUDY=E2E_STUDY,
-            DATA_FILE="synthetic.npz", **pip_build_secrets(tmp_path),
+            COMPOSE_PROJECT_NAME=f"{tag}-team",
+            BASE_IMAGE=CI_BASE_IMAGE,
+            TUNER_IMAGE=CI_TUNER_IMAGE,
+            TUNER_STORAGE=f"postgresql://tuner_worker@127.0.0.1:{pg_port}/optuna",
+            TUNER_STUDY=E2E_STUDY,
+            DATA_FILE="synthetic.npz",
+            **pip_build_secrets(tmp_path),
         )
         check = team_.sh(E2E_TEAM[0], timeout=300)  # tuner db check through the published port
         assert "password" not in check.stdout.lower() or "***" in check.stdout
@@ -196,17 +218,25 @@ def test_the_whole_deployment_for_real(docker_ready, tmp_path):
             studies = json.loads(response.read())
         # --- least privilege: each service as its role; the dashboard reads only ----------------
         with rdb.engine.connect() as conn:
-            users = dict(conn.execute(sqlalchemy.text(
-                "SELECT split_part(application_name, '@', 1), string_agg(DISTINCT usename, ',') "
-                "FROM pg_stat_activity WHERE application_name LIKE 'mars-tuner-%' GROUP BY 1")).all())
+            users = dict(
+                conn.execute(
+                    sqlalchemy.text(
+                        "SELECT split_part(application_name, '@', 1), string_agg(DISTINCT usename, ',') "
+                        "FROM pg_stat_activity WHERE application_name LIKE 'mars-tuner-%' GROUP BY 1"
+                    )
+                ).all()
+            )
         assert users.get("mars-tuner-dashboard") == "tuner_viewer", users
         refused = urllib.request.Request(f"http://127.0.0.1:{dash_port}/api/studies/1", method="DELETE")
         with pytest.raises(urllib.error.HTTPError) as denied:
             urllib.request.urlopen(refused, timeout=30)
         assert denied.value.code == 403 and b"read-only" in denied.value.read()
         with rdb.engine.connect() as conn:
-            owners = set(conn.execute(sqlalchemy.text(
-                "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")).scalars())
+            owners = set(
+                conn.execute(
+                    sqlalchemy.text("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")
+                ).scalars()
+            )
         assert owners == {"tuner_owner"}, owners
         names = [s.get("study_name") for s in studies.get("study_summaries", studies.get("studies", []))]
         assert E2E_STUDY in names, studies

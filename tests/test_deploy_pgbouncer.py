@@ -72,8 +72,12 @@ def pooler(env: dict[str, str] | None = None) -> dict:
 def test_pgbouncer_is_opt_in_and_only_on_the_coordinator():
     main = coordinator()
     assert pooler()["profiles"] == ["pgbouncer"]
-    for profiles, named in ((set(), set()), ({"cpu"}, set()), ({"gpus8"}, set()),
-                            (set(), {"postgres", "dashboard", "worker-cpu"})):
+    for profiles, named in (
+        (set(), set()),
+        ({"cpu"}, set()),
+        ({"gpus8"}, set()),
+        (set(), {"postgres", "dashboard", "worker-cpu"}),
+    ):
         assert "pgbouncer" not in active(main, profiles, named), (profiles, named)
     assert "pgbouncer" in active(main, {"pgbouncer"}) and "pgbouncer" in active(main, set(), {"pgbouncer"})
     assert "pgbouncer" not in team()["services"]
@@ -119,10 +123,13 @@ def test_tls_from_team_workers_only_when_a_certificate_is_named():
     assert env["PGBOUNCER_TLS_CERT_FILE"] == SECRET_DIR + "pgbouncer_tls_cert"
     assert env["PGBOUNCER_TLS_KEY_FILE"] == SECRET_DIR + "pgbouncer_tls_key"
     assert main["secrets"]["pgbouncer_tls_cert"] == main["secrets"]["pgbouncer_tls_key"] == {"file": "/dev/null"}
-    named = coordinator({"PGBOUNCER_TLS_CERT_FILE_HOST": "./secrets/pgb.crt",
-                         "PGBOUNCER_TLS_KEY_FILE_HOST": "./secrets/pgb.key"})["secrets"]
+    named = coordinator(
+        {"PGBOUNCER_TLS_CERT_FILE_HOST": "./secrets/pgb.crt", "PGBOUNCER_TLS_KEY_FILE_HOST": "./secrets/pgb.key"}
+    )["secrets"]
     assert (named["pgbouncer_tls_cert"], named["pgbouncer_tls_key"]) == (
-        {"file": "./secrets/pgb.crt"}, {"file": "./secrets/pgb.key"})
+        {"file": "./secrets/pgb.crt"},
+        {"file": "./secrets/pgb.key"},
+    )
 
 
 def test_pgbouncer_image_is_debians_package_on_bookworm_and_unprivileged():
@@ -153,7 +160,7 @@ def test_team_workers_point_at_pgbouncer_by_their_one_setting():
 # --- The entrypoint, without Docker ----------------------------------------------------------
 
 
-def _entrypoint(tmp_path: Path, password: str | None = "s3cr\"et", mode: int = 0o640, **env: str):
+def _entrypoint(tmp_path: Path, password: str | None = 's3cr"et', mode: int = 0o640, **env: str):
     """Run the entrypoint with a stand-in ``pgbouncer`` that prints the ini it was given."""
     fake = tmp_path / "bin"
     fake.mkdir(exist_ok=True)
@@ -166,10 +173,13 @@ def _entrypoint(tmp_path: Path, password: str | None = "s3cr\"et", mode: int = 0
         secret.write_text(password + "\n")
         secret.chmod(mode)
     values = {
-        "PATH": f"{fake}:{os.environ['PATH']}", "PGBOUNCER_RUN_DIR": str(run),
+        "PATH": f"{fake}:{os.environ['PATH']}",
+        "PGBOUNCER_RUN_DIR": str(run),
         **{k: v for k, v in service_env(pooler()).items() if k.startswith("PGBOUNCER_")},
-        "PGBOUNCER_PASSWORD_FILE": str(secret), "PGBOUNCER_TLS_CERT_FILE": "/dev/null",
-        "PGBOUNCER_TLS_KEY_FILE": "/dev/null", **env,
+        "PGBOUNCER_PASSWORD_FILE": str(secret),
+        "PGBOUNCER_TLS_CERT_FILE": "/dev/null",
+        "PGBOUNCER_TLS_KEY_FILE": "/dev/null",
+        **env,
     }
     return subprocess.run(["sh", str(ENTRYPOINT)], capture_output=True, text=True, env=values, timeout=30), run
 
@@ -204,12 +214,15 @@ def test_entrypoint_requires_tls_from_clients_with_a_certificate_and_key(tmp_pat
     assert half.returncode == 1 and half.stderr.startswith("error: TLS needs both")
 
 
-@pytest.mark.parametrize(("password", "mode", "message"), [
-    (None, 0o640, "is not a regular file"),
-    ("s3cret", 0o644, "readable or writable by other users"),
-    ("", 0o640, "is empty"),
-    ("two\nlines", 0o640, "alone on one line"),
-])
+@pytest.mark.parametrize(
+    ("password", "mode", "message"),
+    [
+        (None, 0o640, "is not a regular file"),
+        ("s3cret", 0o644, "readable or writable by other users"),
+        ("", 0o640, "is empty"),
+        ("two\nlines", 0o640, "alone on one line"),
+    ],
+)
 def test_entrypoint_refuses_a_bad_password_file_in_one_line(tmp_path, password, mode, message):
     result, run = _entrypoint(tmp_path, password, mode)
     assert result.returncode == 1 and result.stdout == ""
@@ -232,16 +245,55 @@ def docker_ready():
 
 def _tls_files(secrets: Path) -> Path:
     """A CA and PgBouncer's certificate for 127.0.0.1 (where team workers reach it here); the CA's path."""
+
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60, cwd=secrets)
 
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "postgres_ca.crt",
-            "-days", "2", "-subj", "/CN=mars-tuner e2e CA")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "pgbouncer.key", "-out", "pgbouncer.csr",
-            "-subj", "/CN=127.0.0.1")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "postgres_ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=mars-tuner e2e CA",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "pgbouncer.key",
+        "-out",
+        "pgbouncer.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
     (secrets / "san.ext").write_text("subjectAltName = IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "pgbouncer.csr", "-CA", "postgres_ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "pgbouncer.crt", "-days", "2", "-extfile", "san.ext")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "pgbouncer.csr",
+        "-CA",
+        "postgres_ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "pgbouncer.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    )
     (secrets / "pgbouncer.key").chmod(0o640)
     return secrets / "postgres_ca.crt"
 
@@ -275,18 +327,33 @@ def test_team_workers_through_the_pgbouncer_container_for_real(docker_ready, tmp
             coord.sh(line)
         ca = _tls_files(coord.root / "secrets")
         (coord.root / "data").mkdir()
-        subprocess.run([str(BIN / "worker"), "synth-data", str(coord.root / "data" / "synthetic.npz"),
-                        "--n", "32", "--seed", "3"], check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            [str(BIN / "worker"), "synth-data", str(coord.root / "data" / "synthetic.npz"), "--n", "32", "--seed", "3"],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         space = {**E2E_SPACE, "fixed": {**E2E_SPACE["fixed"], "epochs": 1}}
         (coord.root / "data" / "space.yaml").write_text(yaml.safe_dump(space))
         coord.env(
-            COMPOSE_PROJECT_NAME=tag, BASE_IMAGE=CI_BASE_IMAGE, POSTGRES_IMAGE=CI_POSTGRES_IMAGE,
-            TUNER_IMAGE=CI_TUNER_IMAGE, PGBOUNCER_IMAGE=CI_PGBOUNCER_IMAGE, PGBOUNCER_BASE_IMAGE=CI_DEBIAN_IMAGE,
-            POSTGRES_PORT=pg_port, DASHBOARD_PORT=dash_port, PGBOUNCER_PORT=bouncer_port,
+            COMPOSE_PROJECT_NAME=tag,
+            BASE_IMAGE=CI_BASE_IMAGE,
+            POSTGRES_IMAGE=CI_POSTGRES_IMAGE,
+            TUNER_IMAGE=CI_TUNER_IMAGE,
+            PGBOUNCER_IMAGE=CI_PGBOUNCER_IMAGE,
+            PGBOUNCER_BASE_IMAGE=CI_DEBIAN_IMAGE,
+            POSTGRES_PORT=pg_port,
+            DASHBOARD_PORT=dash_port,
+            PGBOUNCER_PORT=bouncer_port,
             PGBOUNCER_TLS_CERT_FILE_HOST="./secrets/pgbouncer.crt",
             PGBOUNCER_TLS_KEY_FILE_HOST="./secrets/pgbouncer.key",
-            TUNER_STUDY=STUDY, TUNER_TRIALS=TRIALS, TUNER_PRUNER="none", SEARCH_SPACE="/data/space.yaml",
-            DATA_FILE="synthetic.npz", TUNER_HEARTBEAT_INTERVAL=2, TUNER_GRACE_PERIOD=10,
+            TUNER_STUDY=STUDY,
+            TUNER_TRIALS=TRIALS,
+            TUNER_PRUNER="none",
+            SEARCH_SPACE="/data/space.yaml",
+            DATA_FILE="synthetic.npz",
+            TUNER_HEARTBEAT_INTERVAL=2,
+            TUNER_GRACE_PERIOD=10,
             **pip_build_secrets(tmp_path),
         )
         start = time.monotonic()
@@ -296,7 +363,11 @@ def test_team_workers_through_the_pgbouncer_container_for_real(docker_ready, tmp
         bouncer = coord.sh("docker compose ps -q pgbouncer").stdout.strip()
         bouncer_ip = subprocess.run(
             ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", bouncer],
-            check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.strip()
         assert bouncer_ip, bouncer
 
         # --- a team machine: only the worker's password and the CA; TUNER_STORAGE names PgBouncer
@@ -308,18 +379,25 @@ def test_team_workers_through_the_pgbouncer_container_for_real(docker_ready, tmp
         shutil.copy(ca, team_.root / "secrets" / "postgres_ca.crt")
         shutil.copytree(coord.root / "data", team_.root / "data")
         team_.env(
-            COMPOSE_PROJECT_NAME=f"{tag}-team", BASE_IMAGE=CI_BASE_IMAGE, TUNER_IMAGE=CI_TUNER_IMAGE,
+            COMPOSE_PROJECT_NAME=f"{tag}-team",
+            BASE_IMAGE=CI_BASE_IMAGE,
+            TUNER_IMAGE=CI_TUNER_IMAGE,
             TUNER_STORAGE=f"postgresql://{WORKER}@127.0.0.1:{bouncer_port}/optuna"
-                          "?sslmode=verify-full&sslrootcert=/run/secrets/postgres_ca",
-            POSTGRES_CA_FILE_HOST="./secrets/postgres_ca.crt", TUNER_STUDY=STUDY, DATA_FILE="synthetic.npz",
+            "?sslmode=verify-full&sslrootcert=/run/secrets/postgres_ca",
+            POSTGRES_CA_FILE_HOST="./secrets/postgres_ca.crt",
+            TUNER_STUDY=STUDY,
+            DATA_FILE="synthetic.npz",
             **pip_build_secrets(tmp_path),
         )
         start = time.monotonic()
         team_.sh(PGB_TEAM, timeout=600)
 
         password = (coord.root / "secrets" / "postgres_password").read_text().strip()
-        rdb = optuna.storages.RDBStorage(f"postgresql://postgres:{password}@127.0.0.1:{pg_port}/optuna",
-                                         skip_table_creation=True, skip_compatibility_check=True)
+        rdb = optuna.storages.RDBStorage(
+            f"postgresql://postgres:{password}@127.0.0.1:{pg_port}/optuna",
+            skip_table_creation=True,
+            skip_compatibility_check=True,
+        )
 
         def trials():
             return optuna.load_study(study_name=STUDY, storage=rdb).get_trials(deepcopy=False)
@@ -331,14 +409,19 @@ def test_team_workers_through_the_pgbouncer_container_for_real(docker_ready, tmp
 
         clients = wait_for(both_connected, 600, "both team workers connected and a trial running", log)
         with rdb.engine.connect() as conn:
-            backends = conn.execute(sqlalchemy.text(
-                "SELECT host(client_addr), application_name FROM pg_stat_activity WHERE usename = :u"),
-                {"u": WORKER}).all()
+            backends = conn.execute(
+                sqlalchemy.text("SELECT host(client_addr), application_name FROM pg_stat_activity WHERE usename = :u"),
+                {"u": WORKER},
+            ).all()
 
         def finished():
             ts = trials()
-            return ts if sum(t.state == TrialState.COMPLETE for t in ts) >= TRIALS and not any(
-                t.state == TrialState.RUNNING for t in ts) else None
+            return (
+                ts
+                if sum(t.state == TrialState.COMPLETE for t in ts) >= TRIALS
+                and not any(t.state == TrialState.RUNNING for t in ts)
+                else None
+            )
 
         wait_for(finished, 900, "the study to finish", log)
         timings["study"] = time.monotonic() - start
@@ -358,16 +441,19 @@ def test_team_workers_through_the_pgbouncer_container_for_real(docker_ready, tmp
         assert pools[("optuna", WORKER)]["pool_mode"] == "transaction", pools
         stats = {s["database"]: s for s in _console(coord, "SHOW STATS")}
         assert int(stats["optuna"]["total_xact_count"]) > 10 * TRIALS, stats
-        health = subprocess.run(["docker", "inspect", "-f", "{{.State.Health.Status}}", bouncer],
-                                capture_output=True, text=True, timeout=60).stdout.strip()
+        health = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Health.Status}}", bouncer], capture_output=True, text=True, timeout=60
+        ).stdout.strip()
         assert health == "healthy", health
         # --- no password in any log ---------------------------------------------------------------
         logs = coord.sh("docker compose --profile '*' logs").stdout + team_log
         for name in ("postgres", "owner", "worker", "viewer"):
             secret = (coord.root / "secrets" / f"{name}_password").read_text().strip()
             assert secret not in logs, f"{name}'s password is in the logs"
-        log.append(f"backends {sorted(set(backends))}; {len(clients)} clients at PgBouncer; "
-                   f"{stats['optuna']['total_xact_count']} transactions")
+        log.append(
+            f"backends {sorted(set(backends))}; {len(clients)} clients at PgBouncer; "
+            f"{stats['optuna']['total_xact_count']} transactions"
+        )
     finally:
         if rdb is not None:
             rdb.engine.dispose()

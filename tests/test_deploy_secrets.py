@@ -74,11 +74,12 @@ def test_password_only_travels_as_a_secret_file(load_file):
         for key, value in env.items():
             if re.search(r"PASSWORD|SECRET|TOKEN", key):
                 assert key.endswith("_FILE") and value.startswith(SECRET_DIR), f"{name}: {key}={value}"
-        password_files = [v for k, v in env.items()
-                          if k in (ENV_PASSWORD_FILE, "POSTGRES_PASSWORD_FILE", "PGBOUNCER_PASSWORD_FILE")]
+        password_files = [
+            v for k, v in env.items() if k in (ENV_PASSWORD_FILE, "POSTGRES_PASSWORD_FILE", "PGBOUNCER_PASSWORD_FILE")
+        ]
         assert password_files, f"{name} has no way to get the password"
         for path in password_files:
-            assert path[len(SECRET_DIR):] in svc["secrets"], f"{name}: {path} is not a mounted secret"
+            assert path[len(SECRET_DIR) :] in svc["secrets"], f"{name}: {path} is not a mounted secret"
 
 
 def test_no_plaintext_password_in_compose_files_or_dockerfile():
@@ -101,8 +102,11 @@ def test_no_plaintext_password_in_compose_files_or_dockerfile():
 # where an older recipe left `secrets/` and the file open to everyone.
 
 RECIPE_DOCS = {
-    "README.md": ROOT / "README.md", "docs/deployment.md": DOCS, ".env.example": ENV_EXAMPLE,
-    "docker-compose.yml": MAIN, "docker-compose.workers.yml": WORKERS,
+    "README.md": ROOT / "README.md",
+    "docs/deployment.md": DOCS,
+    ".env.example": ENV_EXAMPLE,
+    "docker-compose.yml": MAIN,
+    "docker-compose.workers.yml": WORKERS,
 }
 
 
@@ -131,8 +135,14 @@ def recipes(path: Path) -> list[list[str]]:
 def _run_recipe(lines: list[str], where: Path, coordinator_copy: Path) -> None:
     script = "\n".join(lines).replace("scp coordinator.example.org:mars-tuner/", f"cp {coordinator_copy}/")
     script = script.replace("scp coordinator:mars-tuner/", f"cp {coordinator_copy}/")
-    subprocess.run(["bash", "-euc", script], cwd=where, check=True, capture_output=True, timeout=60,
-                   env={**os.environ, "HOME": str(where)})
+    subprocess.run(
+        ["bash", "-euc", script],
+        cwd=where,
+        check=True,
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "HOME": str(where)},
+    )
 
 
 ROLE_SECRETS = ("postgres_password", "owner_password", "worker_password", "viewer_password")

@@ -110,8 +110,14 @@ def test_describe_without_device_detects_this_cpu() -> None:
 
 @pytest.mark.parametrize(
     "kind, mode, expected",
-    [("GPU", "auto", True), ("GPU", "on", True), ("GPU", "off", False),
-     ("CPU", "auto", False), ("CPU", "on", False), ("CPU", "off", False)],
+    [
+        ("GPU", "auto", True),
+        ("GPU", "on", True),
+        ("GPU", "off", False),
+        ("CPU", "auto", False),
+        ("CPU", "on", False),
+        ("CPU", "off", False),
+    ],
 )
 def test_with_precision_applies_a_configs_mode_to_the_configured_device(kind, mode, expected):
     device = DeviceInfo(kind=kind, name="x", index=0 if kind == "GPU" else None, mixed_precision=kind == "GPU")

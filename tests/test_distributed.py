@@ -46,14 +46,14 @@ def _create(url: str, tmp_path: Path, npz: Path, *, trials: int, epochs: int = 2
 def _worker(url: str, npz: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [str(BIN / "worker"), "run", "--study", "s", "--data", str(npz), "--quiet", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, "TUNER_STORAGE": url},
     )
 
 
-def test_three_workers_share_budget_exactly_and_survive_dropped_connections(
-    pg_url, tmp_path, npz, drop_connections
-):
+def test_three_workers_share_budget_exactly_and_survive_dropped_connections(pg_url, tmp_path, npz, drop_connections):
     budget = 7
     _create(pg_url, tmp_path, npz, trials=budget, epochs=3)
     workers = [_worker(pg_url, npz) for _ in range(3)]
@@ -84,8 +84,17 @@ def test_three_workers_share_budget_exactly_and_survive_dropped_connections(
 
 
 def test_sigkilled_worker_trial_is_failed_and_retried(pg_url, tmp_path, npz):
-    _create(pg_url, tmp_path, npz, trials=1, epochs=40, heartbeat_interval="1", grace_period="4",
-            max_retry="1", pruner="none")
+    _create(
+        pg_url,
+        tmp_path,
+        npz,
+        trials=1,
+        epochs=40,
+        heartbeat_interval="1",
+        grace_period="4",
+        max_retry="1",
+        pruner="none",
+    )
     victim = _worker(pg_url, npz)
     wait_for(lambda: any(t.intermediate_values for t in study_trials(pg_url)), 180, "the first epoch")
     victim.send_signal(signal.SIGKILL)
@@ -124,15 +133,27 @@ def test_sigterm_fails_trial_cleanly_and_requeues_it(pg_url, tmp_path, npz):
 
 
 def test_worker_frozen_past_the_grace_period_drops_its_result_and_carries_on(pg_url, tmp_path, npz):
-    _create(pg_url, tmp_path, npz, trials=1, epochs=40, heartbeat_interval="1", grace_period="4",
-            max_retry="1", pruner="none")
+    _create(
+        pg_url,
+        tmp_path,
+        npz,
+        trials=1,
+        epochs=40,
+        heartbeat_interval="1",
+        grace_period="4",
+        max_retry="1",
+        pruner="none",
+    )
     frozen = _worker(pg_url, npz)
     wait_for(lambda: any(t.intermediate_values for t in study_trials(pg_url)), 180, "the first epoch")
     frozen.send_signal(signal.SIGSTOP)  # e.g. a VM paused, or a network partition
     try:
         rescuer = _worker(pg_url, npz)
-        wait_for(lambda: [t.state for t in study_trials(pg_url)][:1] == [TrialState.FAIL], 120,
-                  "the frozen worker's trial to be failed as stale")
+        wait_for(
+            lambda: [t.state for t in study_trials(pg_url)][:1] == [TrialState.FAIL],
+            120,
+            "the frozen worker's trial to be failed as stale",
+        )
     finally:
         frozen.send_signal(signal.SIGCONT)
     out, _ = frozen.communicate(timeout=600)
@@ -175,15 +196,36 @@ def test_worker_on_unknown_study_is_one_line(pg_url, npz):
 def test_export_retrains_to_the_same_score(pg_url, tmp_path, npz):
     _create(pg_url, tmp_path, npz, trials=2, epochs=2, pruner="none")
     artifacts = tmp_path / "artifacts"
-    run = _cli("worker", "run", "--study", "s", "--data", str(npz), "--quiet",
-               "--artifact-dir", str(artifacts), url=pg_url, timeout=600)
+    run = _cli(
+        "worker",
+        "run",
+        "--study",
+        "s",
+        "--data",
+        str(npz),
+        "--quiet",
+        "--artifact-dir",
+        str(artifacts),
+        url=pg_url,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     best = max((t for t in study_trials(pg_url) if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert trial_attrs.MODEL_ARTIFACT in best.user_attrs  # each new best model is uploaded
 
     model = tmp_path / "best.keras"
-    fetched = _cli("tuner", "export", "s", "--artifact-dir", str(artifacts), "--model", str(model),
-                   "-o", str(tmp_path / "with-model.yaml"), url=pg_url)
+    fetched = _cli(
+        "tuner",
+        "export",
+        "s",
+        "--artifact-dir",
+        str(artifacts),
+        "--model",
+        str(model),
+        "-o",
+        str(tmp_path / "with-model.yaml"),
+        url=pg_url,
+    )
     assert fetched.returncode == 0, fetched.stderr
     with zipfile.ZipFile(model) as archive:  # a Keras v3 model file
         assert "config.json" in archive.namelist()
@@ -197,12 +239,23 @@ def test_export_retrains_to_the_same_score(pg_url, tmp_path, npz):
     result = _cli("tuner", "export", "s", "-o", str(exported), url=pg_url)
     assert result.returncode == 0, result.stderr
     # what the trial trained, plus the learning rate of each epoch up to its best (for --all-data)
-    schedule = best.user_attrs[trial_attrs.LEARNING_RATES][:best.user_attrs[trial_attrs.BEST_EPOCH]]
+    schedule = best.user_attrs[trial_attrs.LEARNING_RATES][: best.user_attrs[trial_attrs.BEST_EPOCH]]
     assert yaml.safe_load(exported.read_text()) == {**best.user_attrs[trial_attrs.CONFIG], "lr_schedule": schedule}
 
     out = tmp_path / "result.json"
-    retrain = _cli("worker", "train", "--config", str(exported), "--data", str(npz), "--quiet",
-                   "--result", str(out), url=pg_url, timeout=600)
+    retrain = _cli(
+        "worker",
+        "train",
+        "--config",
+        str(exported),
+        "--data",
+        str(npz),
+        "--quiet",
+        "--result",
+        str(out),
+        url=pg_url,
+        timeout=600,
+    )
     assert retrain.returncode == 0, retrain.stdout + retrain.stderr
     # Seeded, deterministic ops on CPU: the retrained winner scores what its trial scored.
     assert json.loads(out.read_text())["best_miou"] == pytest.approx(best.value, abs=1e-6)

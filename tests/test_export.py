@@ -108,7 +108,8 @@ def test_export_model_downloads_the_uploaded_artifact(pg_schema_url, tmp_path):
     (tmp_path / "trial.keras").write_bytes(model_bytes)
     trial = b.ask(epochs=1)
     artifact_id = upload_artifact(
-        artifact_store=FileSystemArtifactStore(str(artifacts)), file_path=str(tmp_path / "trial.keras"),
+        artifact_store=FileSystemArtifactStore(str(artifacts)),
+        file_path=str(tmp_path / "trial.keras"),
         study_or_trial=trial,
     )
     trial.set_user_attr(trial_attrs.MODEL_ARTIFACT, artifact_id)
@@ -117,8 +118,9 @@ def test_export_model_downloads_the_uploaded_artifact(pg_schema_url, tmp_path):
 
     model = tmp_path / "out" / "best.keras"
     model.parent.mkdir()
-    export.export_best("withmodel", storage=pg_schema_url, output=tmp_path / "c.yaml", model=model,
-                       artifact_dir=artifacts)
+    export.export_best(
+        "withmodel", storage=pg_schema_url, output=tmp_path / "c.yaml", model=model, artifact_dir=artifacts
+    )
     assert model.read_bytes() == model_bytes
     assert [p.name for p in model.parent.iterdir()] == ["best.keras"]
 
@@ -129,15 +131,21 @@ def test_export_model_downloads_the_uploaded_artifact(pg_schema_url, tmp_path):
     with pytest.raises(StudyError, match=r"name it \*\.keras"):
         export.export_best("withmodel", storage=pg_schema_url, model=tmp_path / "m2.h5", artifact_dir=artifacts)
     with pytest.raises(ArtifactDirError, match="is a file, not a directory"):
-        export.export_best("withmodel", storage=pg_schema_url, model=tmp_path / "m2.keras",
-                           artifact_dir=tmp_path / "trial.keras")
+        export.export_best(
+            "withmodel", storage=pg_schema_url, model=tmp_path / "m2.keras", artifact_dir=tmp_path / "trial.keras"
+        )
 
     # The config cannot be written: the model is not left behind either.
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(StudyError, match="cannot write .*is a file, not a directory"):
-        export.export_best("withmodel", storage=pg_schema_url, output=blocker / "c.yaml",
-                           model=tmp_path / "m3.keras", artifact_dir=artifacts)
+        export.export_best(
+            "withmodel",
+            storage=pg_schema_url,
+            output=blocker / "c.yaml",
+            model=tmp_path / "m3.keras",
+            artifact_dir=artifacts,
+        )
     assert not (tmp_path / "m3.keras").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m3.keras")]
     b.close()

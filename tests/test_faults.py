@@ -37,13 +37,24 @@ EPOCHS = 8
 
 def _space(tmp_path: Path, epochs: int) -> Path:
     """The tiny space, without early stopping: a trial runs ``epochs`` epochs."""
-    return tiny_space(tmp_path / f"space-long-{epochs}.yaml", epochs=epochs, early_stopping_patience=epochs,
-                      reduce_lr_patience=epochs)
+    return tiny_space(
+        tmp_path / f"space-long-{epochs}.yaml", epochs=epochs, early_stopping_patience=epochs, reduce_lr_patience=epochs
+    )
 
 
 def _create(url: str, tmp_path: Path, npz: Path, *, trials: int, epochs: int, **options: str | bool) -> None:
-    args = ["create", "s", "--data", str(npz), "--space", str(_space(tmp_path, epochs)),
-            "--trials", str(trials), "--pruner", "none"]
+    args = [
+        "create",
+        "s",
+        "--data",
+        str(npz),
+        "--space",
+        str(_space(tmp_path, epochs)),
+        "--trials",
+        str(trials),
+        "--pruner",
+        "none",
+    ]
     for key, value in options.items():
         args += [f"--{key.replace('_', '-')}", value] if value is not True else [f"--{key.replace('_', '-')}"]
     result = run_cli("tuner", *args, env={"TUNER_STORAGE": url})
@@ -58,14 +69,18 @@ class Live:
     def __init__(self, url: str, npz: Path, *extra: str) -> None:
         self.proc = subprocess.Popen(
             [str(BIN / "worker"), "run", "--study", "s", "--data", str(npz), "--quiet", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, "TUNER_STORAGE": url},
         )
         Live.running.append(self.proc)
         self.out: list[str] = []
         self.err: list[str] = []
-        self._readers = [threading.Thread(target=self._read, args=(s, buf), daemon=True)
-                         for s, buf in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        self._readers = [
+            threading.Thread(target=self._read, args=(s, buf), daemon=True)
+            for s, buf in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        ]
         for reader in self._readers:
             reader.start()
 
@@ -75,8 +90,9 @@ class Live:
             buf.append(line.rstrip("\n"))
 
     def wait_line(self, pattern: str, timeout: float, count: int = 1) -> None:
-        wait_for(lambda: sum(pattern in line for line in self.out) >= count or self.proc.poll() is not None,
-                  timeout, pattern)
+        wait_for(
+            lambda: sum(pattern in line for line in self.out) >= count or self.proc.poll() is not None, timeout, pattern
+        )
         assert sum(pattern in line for line in self.out) >= count, self.text()
 
     def finish(self, timeout: float) -> int:
@@ -107,6 +123,7 @@ def _first_epoch(url: str) -> bool:
 
 # -- 1, 17: an outage shorter than the grace period loses nothing ---------------------------------
 
+
 @pytest.mark.slow
 def test_outage_shorter_than_grace_period_loses_nothing(pg_cluster, tmp_path, npz):  # noqa: F811
     """Grace 30 s, server down for 22 s mid-trial: the old retry gave up after 15 s (FAIL)."""
@@ -134,13 +151,15 @@ def test_outage_shorter_than_grace_period_loses_nothing(pg_cluster, tmp_path, np
 
 # -- 4: longer than the grace period: one line, non-zero, trial left to the heartbeat -----------
 
+
 @pytest.mark.slow
 def test_outage_longer_than_grace_period_stops_with_one_line_and_trial_is_recovered(
-    pg_cluster, tmp_path, npz  # noqa: F811
+    pg_cluster,  # noqa: F811
+    tmp_path,
+    npz,
 ):
     url = pg_cluster.new_database()
-    _create(url, tmp_path, npz, trials=1, epochs=EPOCHS, heartbeat_interval="2", grace_period="8",
-            max_retry="1")
+    _create(url, tmp_path, npz, trials=1, epochs=EPOCHS, heartbeat_interval="2", grace_period="8", max_retry="1")
     worker = Live(url, npz)
     try:
         wait_for(lambda: _first_epoch(url), FIRST_EPOCH_S, "the first epoch")
@@ -166,6 +185,7 @@ def test_outage_longer_than_grace_period_stops_with_one_line_and_trial_is_recove
 
 
 # -- 5: --wait-for-db ---------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_worker_waits_for_the_database_at_start(pg_cluster, tmp_path, npz):  # noqa: F811
@@ -213,8 +233,12 @@ with budget_lock(study, rdb, url) as held:
 def test_frozen_lock_holder_loses_the_lock_and_waiting_is_logged_and_interruptible(cluster_url, tmp_path, npz):  # noqa: F811
     grace = 15
     _create(cluster_url, tmp_path, npz, trials=1, epochs=2, heartbeat_interval="2", grace_period=str(grace))
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, cluster_url, str(grace)], stdout=subprocess.PIPE,
-                              text=True, env=os.environ.copy())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, cluster_url, str(grace)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         stuck, waiter = Live(cluster_url, npz), Live(cluster_url, npz)
@@ -238,6 +262,7 @@ def test_frozen_lock_holder_loses_the_lock_and_waiting_is_logged_and_interruptib
 
 # -- 2: killed connections never crash a worker ------------------------------------------------
 
+
 @pytest.mark.slow
 def test_workers_survive_connections_killed_every_fraction_of_a_second(pg_cluster, cluster_url, tmp_path, npz):  # noqa: F811
     budget = 4
@@ -245,8 +270,13 @@ def test_workers_survive_connections_killed_every_fraction_of_a_second(pg_cluste
     _create(cluster_url, tmp_path, npz, trials=budget, epochs=3, heartbeat_interval="2", grace_period="60")
     workers = [Live(cluster_url, npz) for _ in range(3)]
     # Start-up is not retried (a worker that cannot join says so): kill once all are in the loop.
-    wait_for(lambda: all(any("started" in line or "budget" in line for line in w.out) or w.proc.poll() is not None
-                          for w in workers), FIRST_EPOCH_S, "every worker's first trial")
+    wait_for(
+        lambda: all(
+            any("started" in line or "budget" in line for line in w.out) or w.proc.poll() is not None for w in workers
+        ),
+        FIRST_EPOCH_S,
+        "every worker's first trial",
+    )
     stop = threading.Event()
     killed = []
 
@@ -274,14 +304,26 @@ def test_workers_survive_connections_killed_every_fraction_of_a_second(pg_cluste
 
 # -- 6: a tell whose reply was lost -----------------------------------------------------------
 
+
 def _link(url: str, tmp_path: Path, npz: Path):
     """What a joined worker's trials talk to the study through (worker.study_link)."""
     from tuner.study import CreateOptions, create_study
     from worker.joining import read_spec
     from worker.study_link import StudyLink
 
-    create_study("s", CreateOptions(storage_url=url, data=npz, fingerprint=None, space_path=_space(tmp_path, 2),
-                                    trials=2, pruner="none", heartbeat_interval=1, grace_period=5))
+    create_study(
+        "s",
+        CreateOptions(
+            storage_url=url,
+            data=npz,
+            fingerprint=None,
+            space_path=_space(tmp_path, 2),
+            trials=2,
+            pruner="none",
+            heartbeat_interval=1,
+            grace_period=5,
+        ),
+    )
     spec = read_spec(url, "s")
     rdb = storage.open_storage(url, heartbeat_interval=1, grace_period=5)
     return StudyLink(optuna.load_study(study_name="s", storage=rdb), rdb, url, spec.grace_period, print)
@@ -316,6 +358,7 @@ def test_interrupted_trial_whose_fail_reply_was_lost_is_still_requeued_once(pg_s
 
 
 # -- 7: studies replaced under running workers; concurrent creation ----------------------------
+
 
 @pytest.mark.slow
 def test_overwrite_while_a_worker_runs_stops_it_with_one_line(cluster_url, tmp_path, npz):  # noqa: F811
@@ -354,9 +397,12 @@ def test_concurrent_create_exist_ok_makes_one_study_and_never_shows_a_half_made_
     def create(errors: list[BaseException], barrier: threading.Barrier) -> None:
         barrier.wait()
         try:
-            create_study("s", CreateOptions(storage_url=pg_schema_url, data=npz, fingerprint=None,
-                                            space_path=space, trials=1,
-                                            exist_ok=True))
+            create_study(
+                "s",
+                CreateOptions(
+                    storage_url=pg_schema_url, data=npz, fingerprint=None, space_path=space, trials=1, exist_ok=True
+                ),
+            )
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -394,6 +440,7 @@ def _names(url: str) -> list[str]:
 
 # -- 8: a failed model upload is a warning ------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_full_artifact_disk_keeps_the_result_and_leaves_no_partial_file(cluster_url, tmp_path, npz):  # noqa: F811
     if os.geteuid() != 0:
@@ -416,4 +463,3 @@ def test_full_artifact_disk_keeps_the_result_and_leaves_no_partial_file(cluster_
         assert list(full.iterdir()) == []  # no partial artifact
     finally:
         subprocess.run(["umount", str(full)], check=False)
-

@@ -54,8 +54,11 @@ def test_query_string_password_is_masked_in_cli_lines(pg_schema_url):
     line = one_cli_error(invoke(tuner_app, "db", "check", "--storage", unreachable), "password=***")
     assert SECRET not in line
     # The worker's lines go through the same mask: "no study" comes before TensorFlow loads.
-    one_cli_error(invoke(worker_app, "run", "--study", "nope", "--data", "x.npz", "--storage", url),
-              "no study 'nope'", "password=***")
+    one_cli_error(
+        invoke(worker_app, "run", "--study", "nope", "--data", "x.npz", "--storage", url),
+        "no study 'nope'",
+        "password=***",
+    )
 
 
 # --- 11. tuner demo hands its workers the password file, not the password ---------------------
@@ -75,8 +78,7 @@ def test_demo_workers_get_the_password_file_not_the_secret(tuner_home, tmp_path,
 
     def recording_popen(args, **kwargs):  # a real (trivial) child, with the env demo built
         seen.append(dict(kwargs["env"]))
-        return real_popen([sys.executable, "-c", "pass"], stdout=kwargs["stdout"],
-                          stderr=kwargs["stderr"], text=True)
+        return real_popen([sys.executable, "-c", "pass"], stdout=kwargs["stdout"], stderr=kwargs["stderr"], text=True)
 
     monkeypatch.setattr(demo.subprocess, "Popen", recording_popen)
     assert demo._run_workers(2, "s", tmp_path / "d.npz", url) == [0, 0]
@@ -193,12 +195,18 @@ def test_path_like_artifact_ids_are_refused(tuner_home, tmp_path, npz, artifact_
     store = tmp_path / "store"
     store.mkdir()
     study = optuna.load_study(study_name="s", storage=url)
-    study.add_trial(optuna.trial.create_trial(
-        value=0.5, user_attrs={trial_attrs.CONFIG: TrainConfig().to_dict(), trial_attrs.MODEL_ARTIFACT: artifact_id},
-    ))
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=0.5,
+            user_attrs={trial_attrs.CONFIG: TrainConfig().to_dict(), trial_attrs.MODEL_ARTIFACT: artifact_id},
+        )
+    )
     model = tmp_path / "out" / "best.keras"
-    one_cli_error(invoke(tuner_app, "export", "s", "--model", model, "--artifact-dir", store, "--storage", url),
-              "--model", "not an artifact id")
+    one_cli_error(
+        invoke(tuner_app, "export", "s", "--model", model, "--artifact-dir", store, "--storage", url),
+        "--model",
+        "not an artifact id",
+    )
     assert not model.exists()
 
 
@@ -210,16 +218,18 @@ def test_worker_processes_print_no_native_tensorflow_error_lines(tmp_path):
     # After the worker CLI is imported (what `worker run/train` do first), TensorFlow's native
     # ERROR lines stay off stderr. Without a GPU, the first device query logs one
     # ("E0000 ... failed call to cuInit"), as a tf.data NodeDef mismatch does mid-training.
-    script = (
-        "import worker.cli\n"
-        "import tensorflow as tf\n"
-        "tf.config.list_physical_devices('GPU')\n"
-    )
+    script = "import worker.cli\nimport tensorflow as tf\ntf.config.list_physical_devices('GPU')\n"
 
     def stderr(env_extra: dict[str, str]) -> str:
         env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TUNER_TF_VERBOSE")}
-        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                              timeout=300, env={**env, **env_extra}, cwd=tmp_path).stderr
+        return subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**env, **env_extra},
+            cwd=tmp_path,
+        ).stderr
 
     assert "E0000" not in stderr({"TF_CPP_MIN_LOG_LEVEL": "1"})  # the Docker image's setting
     verbose = stderr({"TUNER_TF_VERBOSE": "1"})

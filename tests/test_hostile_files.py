@@ -120,8 +120,9 @@ def _specials(tmp_path: Path) -> dict[str, Path]:
 
 def _unchanged(path: Path, kind: str, tmp_path: Path) -> None:
     mode = os.lstat(path).st_mode
-    assert {"symlink": stat.S_ISLNK, "fifo": stat.S_ISFIFO, "directory": stat.S_ISDIR,
-            "device": stat.S_ISCHR}[kind](mode), f"{path} was replaced"
+    assert {"symlink": stat.S_ISLNK, "fifo": stat.S_ISFIFO, "directory": stat.S_ISDIR, "device": stat.S_ISCHR}[kind](
+        mode
+    ), f"{path} was replaced"
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
@@ -189,8 +190,9 @@ def test_save_name_too_long_fails_before_training(tmp_path, npz):
     config = tmp_path / "c.yaml"
     config.write_text("epochs: 1\n")
     save = tmp_path / ("m" * 250 + ".keras")
-    one_cli_error(invoke(worker_app, "train", "--config", config, "--data", npz, "--save", save),
-              "--save", "at most 255")
+    one_cli_error(
+        invoke(worker_app, "train", "--config", config, "--data", npz, "--save", save), "--save", "at most 255"
+    )
 
 
 def test_a_name_that_just_fits_gets_a_temporary_name_that_fits(tmp_path):
@@ -225,9 +227,23 @@ def test_full_disk_on_save_keeps_the_result_and_is_one_line(tmp_path, npz):
     save, result_json = tmp_path / "out" / "model.keras", tmp_path / "result.json"
     (tmp_path / "out").mkdir()
     proc = subprocess.run(
-        [str(BIN / "worker"), "train", "--config", str(config), "--data", str(npz), "--quiet",
-         "--save", str(save), "--result", str(result_json)],
-        capture_output=True, text=True, timeout=600, preexec_fn=_limit_file_size,
+        [
+            str(BIN / "worker"),
+            "train",
+            "--config",
+            str(config),
+            "--data",
+            str(npz),
+            "--quiet",
+            "--save",
+            str(save),
+            "--result",
+            str(result_json),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=_limit_file_size,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr

@@ -100,8 +100,14 @@ def test_the_internals_check_sees_what_it_looks_for():
     )
     assert len(_internals_used(planted, sql=True)) == 7
     assert len(_internals_used(planted, sql=False)) == 6
-    assert _internals_used("study.study_name; storage.open_storage(url); 'SELECT 1 FROM trials'\n"
-                           "from optuna.artifacts import upload_artifact\nimport optuna_dashboard", sql=True) == []
+    assert (
+        _internals_used(
+            "study.study_name; storage.open_storage(url); 'SELECT 1 FROM trials'\n"
+            "from optuna.artifacts import upload_artifact\nimport optuna_dashboard",
+            sql=True,
+        )
+        == []
+    )
 
 
 # bench/ may write Optuna's tables (bench/status_speed.py bulk-builds a 5,000-trial study), but

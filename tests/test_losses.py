@@ -38,11 +38,9 @@ def test_focal_loss_matches_the_numpy_reference(gamma: float) -> None:
 def test_labels_with_a_trailing_channel_axis_give_the_same_loss() -> None:
     labels, probs = _random_batch(2)
     loss = focal_loss(0.5, SEED_WEIGHTS)
-    np.testing.assert_allclose(_value(loss, labels[..., None], probs),
-                               _value(loss, labels, probs), rtol=1e-6)
+    np.testing.assert_allclose(_value(loss, labels[..., None], probs), _value(loss, labels, probs), rtol=1e-6)
     # Keras hands labels to losses as float32; that must not change anything either.
-    np.testing.assert_allclose(_value(loss, labels.astype(np.float32), probs),
-                               _value(loss, labels, probs), rtol=1e-6)
+    np.testing.assert_allclose(_value(loss, labels.astype(np.float32), probs), _value(loss, labels, probs), rtol=1e-6)
 
 
 def test_gamma_zero_is_weighted_cross_entropy() -> None:
@@ -51,8 +49,7 @@ def test_gamma_zero_is_weighted_cross_entropy() -> None:
     pixel_weights = weights[labels]
     # Independent implementations: Keras' own sparse cross-entropy with per-pixel weights
     # (mean over all pixels), and a direct numpy gather.
-    keras_ce = keras.losses.SparseCategoricalCrossentropy()(labels, probs,
-                                                           sample_weight=pixel_weights)
+    keras_ce = keras.losses.SparseCategoricalCrossentropy()(labels, probs, sample_weight=pixel_weights)
     p_true = np.take_along_axis(probs.astype(np.float64), labels[..., None], axis=-1)[..., 0]
     numpy_ce = float(np.mean(pixel_weights * -np.log(p_true)))
     got = _value(focal_loss(0.0, weights), labels, probs)

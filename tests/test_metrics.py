@@ -32,9 +32,7 @@ def _keras_miou(batches) -> tuple[float, MeanIoUForeground]:
 
 
 def _hand_made() -> np.ndarray:
-    return np.array([[[0, 0, 1, 1],
-                      [0, 2, 2, 1],
-                      [3, 3, 4, 1]]], dtype=np.int32)
+    return np.array([[[0, 0, 1, 1], [0, 2, 2, 1], [3, 3, 4, 1]]], dtype=np.int32)
 
 
 def test_perfect_prediction_is_one() -> None:
@@ -153,7 +151,7 @@ def test_keras_metric_equals_numpy_on_random_data() -> None:
 
     metric = MeanIoUForeground()
     for start in range(0, 12, 5):  # uneven batches: 5, 5, 2
-        metric.update_state(y[start:start + 5], probs[start:start + 5])
+        metric.update_state(y[start : start + 5], probs[start : start + 5])
     expected = mean_iou(y, pred)
     assert 0.1 < expected < 0.9
     np.testing.assert_allclose(float(metric.result()), expected, rtol=1e-6)
@@ -206,11 +204,13 @@ def test_metric_inside_model_fit_with_jit_compile() -> None:
     hidden = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
     outputs = keras.layers.Conv2D(5, 1, activation="softmax")(hidden)
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=focal_loss(0.5, [0.0, 1.0, 1.0, 1.0, 1.0]),
-                  metrics=[MeanIoUForeground()], jit_compile=True)
-    history = model.fit(x[:12], y[:12], validation_data=(x[12:], y[12:]), batch_size=4,
-                        epochs=2, verbose=0)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=focal_loss(0.5, [0.0, 1.0, 1.0, 1.0, 1.0]),
+        metrics=[MeanIoUForeground()],
+        jit_compile=True,
+    )
+    history = model.fit(x[:12], y[:12], validation_data=(x[12:], y[12:]), batch_size=4, epochs=2, verbose=0)
     for key in ("miou", "val_miou", "loss"):
         assert key in history.history
         assert all(np.isfinite(v) for v in history.history[key]), key
@@ -230,8 +230,7 @@ def test_compiled_model_with_loss_and_metric_saves_and_loads(tmp_path) -> None:
     y = rng.integers(0, 5, (4, 8, 8)).astype(np.int32)
     inputs = keras.Input((8, 8, 1))
     model = keras.Model(inputs, keras.layers.Conv2D(5, 1, activation="softmax")(inputs))
-    model.compile(optimizer="adam", loss=focal_loss(0.5, [0.0, 1.0, 2.0, 3.0, 4.0]),
-                  metrics=[MeanIoUForeground()])
+    model.compile(optimizer="adam", loss=focal_loss(0.5, [0.0, 1.0, 2.0, 3.0, 4.0]), metrics=[MeanIoUForeground()])
     model.fit(x, y, epochs=1, verbose=0)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")  # finds both registered classes

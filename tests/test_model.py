@@ -9,8 +9,7 @@ import pytest
 from contract.config import TrainConfig
 from worker.training.model import build_model, build_multipath_unet, build_unet
 
-TINY = dict(base_filters=4, conventional_filters=8, residual_filters=8, multiscale_filters=8,
-            context_filters=8)
+TINY = dict(base_filters=4, conventional_filters=8, residual_filters=8, multiscale_filters=8, context_filters=8)
 SEED_PARAMS = 6_067_049  # reported in worker/training/model.py's docstring
 
 
@@ -55,14 +54,17 @@ def test_the_four_bottleneck_paths_exist_and_are_concatenated(seed_model) -> Non
         assert any(n.startswith(f"bottleneck_{path}_") for n in names), path
     assert {"bottleneck_residual_shortcut", "bottleneck_residual_add"} <= names
     assert {f"bottleneck_multiscale_d{d}_conv" for d in (1, 2, 4)} <= names
-    rates = {seed_model.get_layer(f"bottleneck_multiscale_d{d}_conv").dilation_rate
-             for d in (1, 2, 4)}
+    rates = {seed_model.get_layer(f"bottleneck_multiscale_d{d}_conv").dilation_rate for d in (1, 2, 4)}
     assert rates == {(1, 1), (2, 2), (4, 4)}
     assert {"bottleneck_context_gap", "bottleneck_context_dense"} <= names
     concat = seed_model.get_layer("bottleneck_concat")
     inbound = {t._keras_history.operation.name for t in concat.input}
-    assert inbound == {"bottleneck_conventional_2_relu", "bottleneck_residual_relu",
-                       "bottleneck_multiscale_sum", "bottleneck_context_broadcast"}
+    assert inbound == {
+        "bottleneck_conventional_2_relu",
+        "bottleneck_residual_relu",
+        "bottleneck_multiscale_sum",
+        "bottleneck_context_broadcast",
+    }
 
 
 def test_tiny_multipath_outputs_probabilities_in_float32() -> None:
@@ -76,8 +78,9 @@ def test_tiny_multipath_outputs_probabilities_in_float32() -> None:
 
 
 def test_se_bottleneck_width_is_at_least_one() -> None:
-    model = build_multipath_unet(base_filters=2, conventional_filters=2, residual_filters=2,
-                                 multiscale_filters=2, context_filters=2)  # concat = 8 < 16
+    model = build_multipath_unet(
+        base_filters=2, conventional_filters=2, residual_filters=2, multiscale_filters=2, context_filters=2
+    )  # concat = 8 < 16
     assert model.get_layer("fusion_se_reduce").units == 1
 
 
@@ -152,8 +155,9 @@ def test_saved_model_loads_and_predicts_the_same(tmp_path) -> None:
     path = tmp_path / "tiny.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(np.asarray(loaded(x, training=False)),
-                               np.asarray(model(x, training=False)), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False)), rtol=1e-6, atol=1e-7
+    )
 
 
 def test_batchnorm_momentum_comes_from_the_config() -> None:

@@ -34,8 +34,13 @@ def _study(net: Network, tmp_path: Path, npz: Path, **options: str) -> tuple[str
 
 def _running_on(local: str, worker: HostWorker) -> list[int]:
     """Numbers of the trials ``worker``'s process is running with an epoch reported."""
-    return [t.number for t in study_trials(local) if t.state == TrialState.RUNNING and t.intermediate_values
-            and t.user_attrs.get(trial_attrs.WORKER, {}).get("pid") == worker.proc.pid]
+    return [
+        t.number
+        for t in study_trials(local)
+        if t.state == TrialState.RUNNING
+        and t.intermediate_values
+        and t.user_attrs.get(trial_attrs.WORKER, {}).get("pid") == worker.proc.pid
+    ]
 
 
 def _budget_exact(local: str, budget: int) -> list:
@@ -46,6 +51,7 @@ def _budget_exact(local: str, budget: int) -> list:
 
 
 # -- latency ------------------------------------------------------------------------------------
+
 
 def test_search_finishes_over_100ms_links_and_counts_its_round_trips(net, tmp_path, npz):  # noqa: F811
     budget, epochs, rtt_ms = 4, 2, 100
@@ -67,9 +73,11 @@ def test_search_finishes_over_100ms_links_and_counts_its_round_trips(net, tmp_pa
         for key, n in c.items():
             word = key.split(":", 1)[-1].split(" ", 1)[0]
             kinds[word] = kinds.get(word, 0) + n
-    print(f"\n{rtt_ms} ms RTT, {len(hosts)} hosts, {budget} trials of {epochs} epochs in {wall:.0f}s: "
-          f"{round_trips} round trips ({per_trial:.1f} per trial = {per_trial * rtt_ms / 1000:.1f}s per trial "
-          f"at this RTT); {kinds}")
+    print(
+        f"\n{rtt_ms} ms RTT, {len(hosts)} hosts, {budget} trials of {epochs} epochs in {wall:.0f}s: "
+        f"{round_trips} round trips ({per_trial:.1f} per trial = {per_trial * rtt_ms / 1000:.1f}s per trial "
+        f"at this RTT); {kinds}"
+    )
     assert {f"10.77.{h.index}.2" for h in hosts} <= set(counts)
     # 240 before storage.roundtrips (one statement per attribute, pings only after idling); 161 after.
     assert 0 < per_trial < 200
@@ -77,9 +85,11 @@ def test_search_finishes_over_100ms_links_and_counts_its_round_trips(net, tmp_pa
 
 # -- a blackhole: the database host vanishes for one worker --------------------------------------
 
+
 def test_blackholed_worker_notices_within_its_timeouts_and_stops_with_one_line(net, tmp_path, npz):  # noqa: F811
-    database, local = _study(net, tmp_path, npz, trials=1, epochs=8, heartbeat_interval="1",
-                             grace_period="4", max_retry="1")
+    database, local = _study(
+        net, tmp_path, npz, trials=1, epochs=8, heartbeat_interval="1", grace_period="4", max_retry="1"
+    )
     host = net.hosts[0]
     worker = net.worker(host, database, npz)
     wait_for(lambda: _running_on(local, worker) or worker.proc.poll() is not None, START_S, "the first epoch")
@@ -102,21 +112,31 @@ def test_blackholed_worker_notices_within_its_timeouts_and_stops_with_one_line(n
 
 # -- partitions: one host cut off, for longer and for shorter than the grace period ---------------
 
+
 def test_host_cut_off_past_the_grace_period_loses_its_trial_to_another_and_carries_on(net, tmp_path, npz):  # noqa: F811
     grace, budget = 5, 2
-    database, local = _study(net, tmp_path, npz, trials=budget, epochs=8, heartbeat_interval="1",
-                             grace_period=str(grace), max_retry="1")
+    database, local = _study(
+        net, tmp_path, npz, trials=budget, epochs=8, heartbeat_interval="1", grace_period=str(grace), max_retry="1"
+    )
     workers = [net.worker(h, database, npz) for h in net.hosts[:2]]
-    wait_for(lambda: any(_running_on(local, w) for w in workers) or any(w.proc.poll() is not None for w in workers),
-              START_S, "the first epoch")
+    wait_for(
+        lambda: any(_running_on(local, w) for w in workers) or any(w.proc.poll() is not None for w in workers),
+        START_S,
+        "the first epoch",
+    )
     cut_off = next(w for w in workers if _running_on(local, w))
     other = next(w for w in workers if w is not cut_off)
     (lost,) = _running_on(local, cut_off)
     net.cut(cut_off.host)
     cut_at = time.monotonic()
     # The other host fails the silent trial as stale and runs its retry while the link is down.
-    wait_for(lambda: any(t.system_attrs.get("failed_trial") == lost and t.state != TrialState.WAITING
-                          for t in study_trials(local)), 300, "the cut-off host's trial to be retried elsewhere")
+    wait_for(
+        lambda: any(
+            t.system_attrs.get("failed_trial") == lost and t.state != TrialState.WAITING for t in study_trials(local)
+        ),
+        300,
+        "the cut-off host's trial to be retried elsewhere",
+    )
     assert time.monotonic() - cut_at >= grace - 1  # stale since its last beat, up to 1 s before the cut
     net.heal()
     healed_at = time.monotonic()
@@ -124,11 +144,16 @@ def test_host_cut_off_past_the_grace_period_loses_its_trial_to_another_and_carri
     text = cut_off.text()
     assert codes == [0, 0], "\n".join(w.text() for w in workers)
     assert "Traceback" not in text + other.text()
-    about = [line for t, line in cut_off.lines if t >= healed_at and f"trial {lost} " in line
-             and "warning: heartbeat" not in line]  # a beat may fail as the link comes back
+    about = [
+        line
+        for t, line in cut_off.lines
+        if t >= healed_at and f"trial {lost} " in line and "warning: heartbeat" not in line
+    ]  # a beat may fail as the link comes back
     told = cut_off.first("finished elsewhere", healed_at)
-    print(f"\npartition: healed {healed_at - cut_at:.1f}s after the cut; the cut-off worker said so "
-          f"{(told or healed_at) - healed_at:.1f}s after the link returned")
+    print(
+        f"\npartition: healed {healed_at - cut_at:.1f}s after the cut; the cut-off worker said so "
+        f"{(told or healed_at) - healed_at:.1f}s after the link returned"
+    )
     assert len(about) == 1 and "finished elsewhere" in about[0] and "dropped" in about[0], text
     assert f"retry of trial {lost}" in other.text()
     assert "done:" in text and "1 dropped" in text  # back in the loop after it, not stopped
@@ -145,8 +170,9 @@ def test_host_cut_off_for_less_than_the_grace_period_rides_it_out(net, tmp_path,
     import storage
 
     grace = 20
-    database, local = _study(net, tmp_path, npz, trials=1, epochs=8, heartbeat_interval="1",
-                             grace_period=str(grace), max_retry="1")
+    database, local = _study(
+        net, tmp_path, npz, trials=1, epochs=8, heartbeat_interval="1", grace_period=str(grace), max_retry="1"
+    )
     worker = net.worker(net.hosts[0], database, npz)
     wait_for(lambda: _running_on(local, worker) or worker.proc.poll() is not None, START_S, "the first epoch")
     net.cut(net.hosts[0])
@@ -169,13 +195,18 @@ def test_host_cut_off_for_less_than_the_grace_period_rides_it_out(net, tmp_path,
 
 # -- the database host unreachable for every worker at once -------------------------------------
 
+
 def test_database_unreachable_for_every_host_at_once_loses_nothing_within_the_grace_period(net, tmp_path, npz):  # noqa: F811
     grace, budget = 20, 2
-    database, local = _study(net, tmp_path, npz, trials=budget, epochs=8, heartbeat_interval="1",
-                             grace_period=str(grace), max_retry="1")
+    database, local = _study(
+        net, tmp_path, npz, trials=budget, epochs=8, heartbeat_interval="1", grace_period=str(grace), max_retry="1"
+    )
     workers = [net.worker(h, database, npz) for h in net.hosts[:2]]
-    wait_for(lambda: all(_running_on(local, w) for w in workers) or any(w.proc.poll() is not None for w in workers),
-              START_S, "both hosts' first epochs")
+    wait_for(
+        lambda: all(_running_on(local, w) for w in workers) or any(w.proc.poll() is not None for w in workers),
+        START_S,
+        "both hosts' first epochs",
+    )
     net.cut(*net.hosts[:2])
     time.sleep(grace / 2)
     net.heal()

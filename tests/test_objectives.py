@@ -58,13 +58,24 @@ def test_spec_objectives_default_round_trip_and_old_specs():
 
 def test_nsga2_and_tpe_run_a_two_objective_study_in_process(pg_schema_url):
     for sampler in ("nsga2", "tpe"):
-        create_study(sampler, CreateOptions(storage_url=pg_schema_url, data=None, fingerprint=FINGERPRINT,
-                                            space_path=None, trials=6,
-                                            objectives="miou,params", sampler=sampler, seed_config=False))
+        create_study(
+            sampler,
+            CreateOptions(
+                storage_url=pg_schema_url,
+                data=None,
+                fingerprint=FINGERPRINT,
+                space_path=None,
+                trials=6,
+                objectives="miou,params",
+                sampler=sampler,
+                seed_config=False,
+            ),
+        )
         rdb = storage.open_storage(pg_schema_url, heartbeat_interval=None)
         spec = StudySpec.of(optuna.load_study(study_name=sampler, storage=rdb))
-        study = optuna.load_study(study_name=sampler, storage=rdb, sampler=spec.make_sampler("w1"),
-                                  pruner=spec.make_pruner())
+        study = optuna.load_study(
+            study_name=sampler, storage=rdb, sampler=spec.make_sampler("w1"), pruner=spec.make_pruner()
+        )
         for i in range(6):
             trial = study.ask()
             config = spec.space.sample(trial)
@@ -73,16 +84,19 @@ def test_nsga2_and_tpe_run_a_two_objective_study_in_process(pg_schema_url):
         rdb.engine.dispose()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"objectives": ("miou", "params")}, "pruner 'hyperband' cannot prune a study with several objectives"),
-    ({"objectives": ("params",), "pruner": "none"}, "must start with miou"),
-    ({"objectives": ("miou", "params", "latency"), "pruner": "none"}, "at most one cost"),
-    ({"objectives": ("miou", "miou"), "pruner": "none"}, "repeats an objective"),
-    ({"objectives": ("miou", "flops"), "pruner": "none"}, "unknown objective 'flops'"),
-    ({"objectives": ["miou", 3], "pruner": "none"}, "unknown objective 3"),
-    ({"objectives": "miou"}, "objectives must be tuple"),
-    ({"sampler": "nsga2"}, "sampler nsga2 is for several objectives"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"objectives": ("miou", "params")}, "pruner 'hyperband' cannot prune a study with several objectives"),
+        ({"objectives": ("params",), "pruner": "none"}, "must start with miou"),
+        ({"objectives": ("miou", "params", "latency"), "pruner": "none"}, "at most one cost"),
+        ({"objectives": ("miou", "miou"), "pruner": "none"}, "repeats an objective"),
+        ({"objectives": ("miou", "flops"), "pruner": "none"}, "unknown objective 'flops'"),
+        ({"objectives": ["miou", 3], "pruner": "none"}, "unknown objective 3"),
+        ({"objectives": "miou"}, "objectives must be tuple"),
+        ({"sampler": "nsga2"}, "sampler nsga2 is for several objectives"),
+    ],
+)
 def test_spec_refuses_bad_objectives(kwargs, message):
     with pytest.raises(SpecError, match=message.replace("(", r"\(")):
         _spec(**kwargs)
@@ -96,8 +110,18 @@ def _load(url: str, name: str = "s") -> optuna.Study:
 
 
 def test_create_two_objectives_stores_directions_and_no_pruner(pg_schema_url):
-    result = invoke("create", "s", "--fingerprint", FINGERPRINT, "--objectives", "miou,params", "--trials", "4",
-                    "--storage", pg_schema_url)
+    result = invoke(
+        "create",
+        "s",
+        "--fingerprint",
+        FINGERPRINT,
+        "--objectives",
+        "miou,params",
+        "--trials",
+        "4",
+        "--storage",
+        pg_schema_url,
+    )
     assert result.exit_code == 0, result.stderr
     assert "objectives miou (max), params (min)" in result.stdout and "pruner none" in result.stdout
     study = _load(pg_schema_url)
@@ -106,8 +130,20 @@ def test_create_two_objectives_stores_directions_and_no_pruner(pg_schema_url):
     assert spec.objectives == ("miou", "params") and spec.pruner == "none" and spec.sampler == "tpe"
     assert isinstance(spec.make_pruner(), optuna.pruners.NopPruner)
 
-    result = invoke("create", "l", "--fingerprint", FINGERPRINT, "--objectives", "miou,latency", "--sampler", "nsga2",
-                    "--pruner", "none", "--storage", pg_schema_url)
+    result = invoke(
+        "create",
+        "l",
+        "--fingerprint",
+        FINGERPRINT,
+        "--objectives",
+        "miou,latency",
+        "--sampler",
+        "nsga2",
+        "--pruner",
+        "none",
+        "--storage",
+        pg_schema_url,
+    )
     assert result.exit_code == 0, result.stderr
     assert StudySpec.of(_load(pg_schema_url, "l")).objectives == ("miou", "latency")
     # --exist-ok with other objectives is not "the same study".
@@ -119,26 +155,32 @@ def test_create_two_objectives_stores_directions_and_no_pruner(pg_schema_url):
     assert single.directions == [StudyDirection.MAXIMIZE] and StudySpec.of(single).pruner == "hyperband"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--objectives", "miou,params", "--pruner", "hyperband"], "cannot prune a study with several objectives"),
-    (["--objectives", "miou,latency", "--pruner", "median"], "cannot prune a study with several objectives"),
-    (["--objectives", "params,miou"], "must start with miou"),
-    (["--objectives", "miou,params,latency"], "at most one cost"),
-    (["--objectives", "miou,miou"], "repeats an objective"),
-    (["--objectives", "miou,flops"], "unknown objective 'flops'"),
-    (["--sampler", "nsga2"], "sampler nsga2 is for several objectives"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--objectives", "miou,params", "--pruner", "hyperband"], "cannot prune a study with several objectives"),
+        (["--objectives", "miou,latency", "--pruner", "median"], "cannot prune a study with several objectives"),
+        (["--objectives", "params,miou"], "must start with miou"),
+        (["--objectives", "miou,params,latency"], "at most one cost"),
+        (["--objectives", "miou,miou"], "repeats an objective"),
+        (["--objectives", "miou,flops"], "unknown objective 'flops'"),
+        (["--sampler", "nsga2"], "sampler nsga2 is for several objectives"),
+    ],
+)
 def test_create_refuses_bad_combinations_in_one_line(pg_url, args, message):
     result = invoke("create", "s", "--fingerprint", FINGERPRINT, *args, "--storage", pg_url)
     one_cli_error(result, message)
     assert storage.current_revision(pg_url) is None  # validated before touching the database
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--objectives", "miou,flops"], "unknown objective 'flops'"),
-    (["--pick", "smallest-within 0.01"], "needs a study with two objectives"),
-    (["--objectives", "miou,params", "--pick", "largest"], "is not a pick rule"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--objectives", "miou,flops"], "unknown objective 'flops'"),
+        (["--pick", "smallest-within 0.01"], "needs a study with two objectives"),
+        (["--objectives", "miou,params", "--pick", "largest"], "is not a pick rule"),
+    ],
+)
 def test_demo_refuses_bad_objectives_and_picks_before_writing(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TUNER_HOME", str(tmp_path / "home"))
@@ -151,8 +193,18 @@ def test_demo_refuses_bad_objectives_and_picks_before_writing(tmp_path, monkeypa
 
 def _filled(url: str, values=VALUES, objectives: str = "miou,params") -> optuna.Study:
     """A study with COMPLETE trials of known values (and the config a worker records)."""
-    create_study("s", CreateOptions(storage_url=url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=10,
-                                    objectives=objectives, seed_config=False))
+    create_study(
+        "s",
+        CreateOptions(
+            storage_url=url,
+            data=None,
+            fingerprint=FINGERPRINT,
+            space_path=None,
+            trials=10,
+            objectives=objectives,
+            seed_config=False,
+        ),
+    )
     rdb = storage.open_storage(url, heartbeat_interval=None)
     study = optuna.load_study(study_name="s", storage=rdb, sampler=optuna.samplers.RandomSampler(seed=0))
     spec = StudySpec.of(study)
@@ -185,8 +237,7 @@ def test_status_shows_the_front_and_the_picked_trial(filled):
     text = _status(url)
     assert "front:    3 of 5 complete trials on the Pareto front" in text
     assert "pick:     best-miou -> trial 0: miou 0.7000, params 1,000" in text
-    assert "pick:     smallest-within 0.01 -> trial 1: miou 0.6950, params 200;" in _status(
-        url, "smallest-within 0.01")
+    assert "pick:     smallest-within 0.01 -> trial 1: miou 0.6950, params 200;" in _status(url, "smallest-within 0.01")
     assert "-> trial 2:" in _status(url, "smallest-within=0.2")
 
     from storage.summaries import find_study, open_reader
@@ -227,13 +278,16 @@ def test_export_writes_the_picked_trials_config(filled, tmp_path):
         assert yaml.safe_load(text) == by_number[number].user_attrs[attrs.CONFIG]
         assert f"# Pareto pick ({Pick.parse(pick)}) of study 's'" in text and f"# trial: {number}\n" in text
         assert f"# params: {VALUES[number][1]!r}" in text
-    one_cli_error(invoke("export", "s", "--pick", "smallest-within -1", "--storage", url),
-                  "is not a pick rule")
+    one_cli_error(invoke("export", "s", "--pick", "smallest-within -1", "--storage", url), "is not a pick rule")
 
 
 def test_one_objective_takes_only_the_default_pick(pg_schema_url, tmp_path):
-    create_study("s", CreateOptions(storage_url=pg_schema_url, data=None, fingerprint=FINGERPRINT, space_path=None,
-                                    trials=3, seed_config=False))
+    create_study(
+        "s",
+        CreateOptions(
+            storage_url=pg_schema_url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=3, seed_config=False
+        ),
+    )
     study = _load(pg_schema_url)
     trial = study.ask()
     attrs.record_start(trial, StudySpec.of(study).space.sample(trial), {}, {})
@@ -256,14 +310,16 @@ def test_report_draws_the_front_and_uses_the_pick(filled, tmp_path):
     tuner_report.write_report("s", storage_url=url, output=out, pick="smallest-within 0.01")
     text = out.read_text()
     assert [i for i in parse(text).ids if i in SECTION_IDS] == SECTION_IDS  # Pareto front included
-    pareto = text[text.index('<section id="pareto">'):text.index('<section id="history">')]
+    pareto = text[text.index('<section id="pareto">') : text.index('<section id="history">')]
     assert "Pareto front: validation mIoU against parameters (3 of 5 complete trials)" in pareto
     assert "picked (smallest-within 0.01)" in pareto and '"symbol":"star"' in pareto.replace(" ", "")
-    for fact in ("objectives</th><td>miou (maximize), params (minimize)",
-                 "Pareto front</th><td>3 of 5 complete trials; best = pick smallest-within 0.01",
-                 "best</th><td>trial 1: validation mIoU 0.6950, params 200 (pick smallest-within 0.01)"):
+    for fact in (
+        "objectives</th><td>miou (maximize), params (minimize)",
+        "Pareto front</th><td>3 of 5 complete trials; best = pick smallest-within 0.01",
+        "best</th><td>trial 1: validation mIoU 0.6950, params 200 (pick smallest-within 0.01)",
+    ):
         assert fact in text, fact
-    best_section = text[text.index('<section id="best">'):]
+    best_section = text[text.index('<section id="best">') :]
     assert "<p>trial 1: validation mIoU 0.6950" in best_section
     config = {t.number: t for t in study.get_trials()}[1].user_attrs[attrs.CONFIG]
     assert "# trial: 1\n" in best_section and "# params: 200.0" in best_section
@@ -274,8 +330,18 @@ def test_a_two_value_tell_whose_reply_was_lost_is_not_dropped(pg_schema_url, tmp
     """A retried tell finds the trial COMPLETE with both values: it had worked."""
     from worker.study_link import StudyLink
 
-    create_study("s", CreateOptions(storage_url=pg_schema_url, data=None, fingerprint=FINGERPRINT, space_path=None,
-                                    trials=2, objectives="miou,params", seed_config=False))
+    create_study(
+        "s",
+        CreateOptions(
+            storage_url=pg_schema_url,
+            data=None,
+            fingerprint=FINGERPRINT,
+            space_path=None,
+            trials=2,
+            objectives="miou,params",
+            seed_config=False,
+        ),
+    )
     rdb = storage.open_storage(pg_schema_url, heartbeat_interval=None)
     study = optuna.load_study(study_name="s", storage=rdb)
     link = StudyLink(study, rdb, pg_schema_url, StudySpec.of(study).grace_period, print)
@@ -309,12 +375,37 @@ def test_worker_tells_miou_and_latency_and_records_the_costs(pg_url, tmp_path, s
     npz = synth_npz(48, seed=3)
     space = tiny_space(tmp_path / "space.yaml", params=OBJECTIVES_PARAMS, epochs=2)
     env = {"TUNER_STORAGE": pg_url}
-    created = run_cli("tuner", "create", "s", "--data", str(npz), "--space", str(space), "--trials", "3",
-                      "--objectives", "miou,latency", "--no-seed-config", env=env, timeout=120)
+    created = run_cli(
+        "tuner",
+        "create",
+        "s",
+        "--data",
+        str(npz),
+        "--space",
+        str(space),
+        "--trials",
+        "3",
+        "--objectives",
+        "miou,latency",
+        "--no-seed-config",
+        env=env,
+        timeout=120,
+    )
     assert created.returncode == 0, created.stderr
     artifacts = tmp_path / "artifacts"
-    worker = run_cli("worker", "run", "--study", "s", "--data", str(npz), "--quiet", "--artifact-dir", str(artifacts),
-                     env=env, timeout=600)
+    worker = run_cli(
+        "worker",
+        "run",
+        "--study",
+        "s",
+        "--data",
+        str(npz),
+        "--quiet",
+        "--artifact-dir",
+        str(artifacts),
+        env=env,
+        timeout=600,
+    )
     assert worker.returncode == 0, worker.stdout + worker.stderr
     assert "NotImplementedError" not in worker.stdout + worker.stderr
 
@@ -340,8 +431,21 @@ def test_worker_tells_miou_and_latency_and_records_the_costs(pg_url, tmp_path, s
     assert on_front and all(attrs.MODEL_ARTIFACT in t.user_attrs for t in on_front)
 
     out, model = tmp_path / "pick.yaml", tmp_path / "pick.keras"
-    exported = run_cli("tuner", "export", "s", "--pick", "smallest-within 0.01", "-o", str(out), "--model", str(model),
-                       "--artifact-dir", str(artifacts), env=env, timeout=120)
+    exported = run_cli(
+        "tuner",
+        "export",
+        "s",
+        "--pick",
+        "smallest-within 0.01",
+        "-o",
+        str(out),
+        "--model",
+        str(model),
+        "--artifact-dir",
+        str(artifacts),
+        env=env,
+        timeout=120,
+    )
     assert exported.returncode == 0, exported.stderr
     assert TrainConfig.load(out).epochs == 2 and "# latency: " in out.read_text()
     assert model.stat().st_size > 0
@@ -356,6 +460,6 @@ def test_two_objective_report_renders_in_chromium_without_console_errors(filled,
     tuner_report.write_report("s", storage_url=url, output=out, pick="smallest-within 0.01")
     dom, problems = render_in_chromium(out, tmp_path)
     assert problems == []
-    pareto = dom[dom.index('<section id="pareto">'):dom.index('<section id="history">')]
+    pareto = dom[dom.index('<section id="pareto">') : dom.index('<section id="history">')]
     assert 'class="main-svg"' in pareto  # plotly drew the front
     assert "picked (smallest-within 0.01)" in pareto  # the legend entry of the starred pick

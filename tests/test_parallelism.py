@@ -25,7 +25,7 @@ def _s(start=None, end=None, **params):
 
 def test_near_within_one_percent_of_the_range_log_scale_for_log_parameters():
     # lr is log: 1% of log(1e-2 / 1e-4) is a factor of 10 ** 0.02 (~1.047).
-    inside, outside = 1e-3 * 10 ** 0.019, 1e-3 * 10 ** 0.021
+    inside, outside = 1e-3 * 10**0.019, 1e-3 * 10**0.021
     assert near_duplicates([_s(), _s(lr=inside)]).near.tolist() == [False, True]
     assert near_duplicates([_s(), _s(lr=outside)]).near.tolist() == [False, False]
     assert not near_duplicates([_s(), _s(lr=inside)]).exact.any()
@@ -48,11 +48,16 @@ def test_only_the_later_one_counts_and_a_missing_parameter_differs():
 
 
 def test_concurrent_when_the_earlier_twin_was_still_running():
-    dup = near_duplicates([
-        _s(0, 10), _s(5, 15),            # started while the first ran: concurrent
-        _s(20, None), _s(30, 40),        # the first is still running (no end): concurrent
-        _s(50, 60, model="multipath"), _s(60, 70, model="multipath"),  # started as the twin ended: not
-    ])
+    dup = near_duplicates(
+        [
+            _s(0, 10),
+            _s(5, 15),  # started while the first ran: concurrent
+            _s(20, None),
+            _s(30, 40),  # the first is still running (no end): concurrent
+            _s(50, 60, model="multipath"),
+            _s(60, 70, model="multipath"),  # started as the twin ended: not
+        ]
+    )
     assert dup.near.tolist() == [False, True, True, True, False, True]
     assert dup.concurrent.tolist() == [False, True, False, True, False, False]
 
@@ -61,10 +66,14 @@ def test_matches_a_brute_force_reference():
     rng = random.Random(3)
     # A crowded sample (values from a few clusters), so that many pairs are within reach.
     suggestions = [
-        _s(lr=10 ** rng.choice([-3.0, -2.5]) * (1 + rng.uniform(-0.03, 0.03)),
-           gamma=rng.choice([1.0, 4.0]) + rng.uniform(-0.1, 0.1),
-           width=rng.choice([16, 32]), model=rng.choice(["unet", "multipath"]),
-           start=float(i), end=float(i) + rng.uniform(0, 8))
+        _s(
+            lr=10 ** rng.choice([-3.0, -2.5]) * (1 + rng.uniform(-0.03, 0.03)),
+            gamma=rng.choice([1.0, 4.0]) + rng.uniform(-0.1, 0.1),
+            width=rng.choice([16, 32]),
+            model=rng.choice(["unet", "multipath"]),
+            start=float(i),
+            end=float(i) + rng.uniform(0, 8),
+        )
         for i in range(300)
     ]
 

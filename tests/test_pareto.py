@@ -20,8 +20,11 @@ def test_front_keeps_what_nothing_beats_on_both_and_equal_points():
 
     rng = random.Random(0)
     many = [Point(i, rng.choice([0.1, 0.2, 0.3, 0.4]), rng.choice([1.0, 2.0, 3.0])) for i in range(60)]
-    slow = [p for p in many if not any(
-        q.miou >= p.miou and q.cost <= p.cost and (q.miou > p.miou or q.cost < p.cost) for q in many)]
+    slow = [
+        p
+        for p in many
+        if not any(q.miou >= p.miou and q.cost <= p.cost and (q.miou > p.miou or q.cost < p.cost) for q in many)
+    ]
     assert sorted(p.number for p in front(many)) == sorted(p.number for p in slow)
 
 
@@ -34,19 +37,35 @@ def test_pick_rules_choose_from_the_front():
     assert Pick().choose([]) is None
 
 
-@pytest.mark.parametrize("text, rule, within", [
-    ("best-miou", PickRule.BEST_MIOU, None), ("  BEST-MIOU ", PickRule.BEST_MIOU, None),
-    ("smallest-within 0.01", PickRule.SMALLEST_WITHIN, 0.01), ("smallest-within=0.01", PickRule.SMALLEST_WITHIN, 0.01),
-    ("smallest-within 0", PickRule.SMALLEST_WITHIN, 0.0),
-])
+@pytest.mark.parametrize(
+    "text, rule, within",
+    [
+        ("best-miou", PickRule.BEST_MIOU, None),
+        ("  BEST-MIOU ", PickRule.BEST_MIOU, None),
+        ("smallest-within 0.01", PickRule.SMALLEST_WITHIN, 0.01),
+        ("smallest-within=0.01", PickRule.SMALLEST_WITHIN, 0.01),
+        ("smallest-within 0", PickRule.SMALLEST_WITHIN, 0.0),
+    ],
+)
 def test_pick_parses_both_spellings(text, rule, within):
     pick = Pick.parse(text)
     assert (pick.rule, pick.within) == (rule, within)
     assert Pick.parse(str(pick)) == pick
 
 
-@pytest.mark.parametrize("text", ["", "best", "smallest-within", "smallest-within -0.1", "smallest-within nan",
-                                  "smallest-within inf", "smallest-within 0.01 0.02", "smallest-within x"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "best",
+        "smallest-within",
+        "smallest-within -0.1",
+        "smallest-within nan",
+        "smallest-within inf",
+        "smallest-within 0.01 0.02",
+        "smallest-within x",
+    ],
+)
 def test_pick_refuses_anything_else_in_one_message(text):
     with pytest.raises(PickError, match="is not a pick rule: use best-miou or 'smallest-within D'"):
         Pick.parse(text)

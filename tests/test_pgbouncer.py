@@ -46,8 +46,12 @@ def test_session_settings_and_repeated_statements_hold_on_every_pooled_transacti
         wanted = {name: str(value) for name, value in server_settings().items() if "keepalive" not in name}
         with rdb.engine.connect() as conn:
             for _ in range(12):  # > psycopg 3's prepare threshold, across server connections
-                got = {name: conn.execute(sqlalchemy.text(f"SELECT setting FROM pg_settings WHERE name = '{name}'"))
-                       .scalar() for name in wanted}
+                got = {
+                    name: conn.execute(
+                        sqlalchemy.text(f"SELECT setting FROM pg_settings WHERE name = '{name}'")
+                    ).scalar()
+                    for name in wanted
+                }
                 conn.commit()
                 assert got == wanted
     finally:

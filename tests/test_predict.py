@@ -20,10 +20,22 @@ from contract.data_format import DataError
 from contract.npz_stream import NpzWriter, open_array
 
 TINY = TrainConfig(
-    model="multipath", base_filters=4, depth=2, conventional_filters=8, residual_filters=8,
-    multiscale_filters=8, context_filters=8, batch_size=8, epochs=2, early_stopping_patience=10,
-    reduce_lr_patience=10, validation_fraction=0.25, augment_flips=False, mixed_precision="off",
-    tta=True, seed=3,
+    model="multipath",
+    base_filters=4,
+    depth=2,
+    conventional_filters=8,
+    residual_filters=8,
+    multiscale_filters=8,
+    context_filters=8,
+    batch_size=8,
+    epochs=2,
+    early_stopping_patience=10,
+    reduce_lr_patience=10,
+    validation_fraction=0.25,
+    augment_flips=False,
+    mixed_precision="off",
+    tta=True,
+    seed=3,
 )
 
 
@@ -43,7 +55,7 @@ def test_npz_stream_round_trip_matches_numpy(tmp_path):
     with NpzWriter(path) as writer:
         with writer.stream("probabilities", whole.shape, np.float16) as sink:
             for start in range(0, 23, 7):
-                sink.write(whole[start:start + 7])
+                sink.write(whole[start : start + 7])
         writer.array("masks", np.arange(6, dtype=np.uint8).reshape(2, 3))
     with np.load(path) as npz:
         np.testing.assert_array_equal(npz["probabilities"], whole)
@@ -82,25 +94,32 @@ def keras_file(tmp_path) -> Path:
 @pytest.fixture
 def test_npz(tmp_path) -> Path:
     path = tmp_path / "d.npz"
-    np.savez(path, training_set=np.zeros((2, 2, 64, 128)), test_set=np.zeros((3, 64, 128)),
-             empty=np.zeros((0, 64, 128)), small=np.zeros((3, 32, 32)))
+    np.savez(
+        path,
+        training_set=np.zeros((2, 2, 64, 128)),
+        test_set=np.zeros((3, 64, 128)),
+        empty=np.zeros((0, 64, 128)),
+        small=np.zeros((3, 32, 32)),
+    )
     return path
 
 
-@pytest.mark.parametrize("case, needles", [
-    ("text model", ("not a Keras model file", "not a zip")),
-    ("zip model", ("not a Keras model file", "no config.json")),
-    ("missing model", ("model file not found",)),
-    ("missing set", ("no 'test_set' in the file", "keys found: training_set")),
-    ("small images", ("images are 32x32", "the models take 64x128")),
-    ("empty set", ("'empty' is empty",)),
-    ("output dir", ("is a directory",)),
-    ("output device", ("/dev/null", "a character device")),
-    ("output suffix", ("name it *.npz",)),
-    ("png file", ("--png", "not a directory")),
-])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, keras_file, test_npz, case, needles,
-                                                  monkeypatch):
+@pytest.mark.parametrize(
+    "case, needles",
+    [
+        ("text model", ("not a Keras model file", "not a zip")),
+        ("zip model", ("not a Keras model file", "no config.json")),
+        ("missing model", ("model file not found",)),
+        ("missing set", ("no 'test_set' in the file", "keys found: training_set")),
+        ("small images", ("images are 32x32", "the models take 64x128")),
+        ("empty set", ("'empty' is empty",)),
+        ("output dir", ("is a directory",)),
+        ("output device", ("/dev/null", "a character device")),
+        ("output suffix", ("name it *.npz",)),
+        ("png file", ("--png", "not a directory")),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, keras_file, test_npz, case, needles, monkeypatch):
     import worker.predict as predict
 
     out = tmp_path / "out" / "p.npz"
@@ -174,8 +193,9 @@ def test_predict_scores_a_set_exactly_as_its_trial_was_scored(trained, tmp_path)
     root, result = trained
     assert json.loads(zipfile.ZipFile(root / "best.keras").read("mars_tuner.json"))["config"]["tta"] is True
     out = tmp_path / "val_pred.npz"
-    run = predict_cli("--model", str(root / "best.keras"), "--data", str(root / "val.npz"),
-                      "--set", "training_set", "-o", str(out))
+    run = predict_cli(
+        "--model", str(root / "best.keras"), "--data", str(root / "val.npz"), "--set", "training_set", "-o", str(out)
+    )
     assert run.exit_code == 0, run.stderr
     assert "flip TTA on" in run.stdout
     assert f"mean IoU (classes 1-4): {result.best_miou:.4f}" in run.stdout
@@ -198,10 +218,18 @@ def test_predict_test_set_streams_ensembles_and_writes_pngs(trained, tmp_path):
 
     root, _ = trained
     model = root / "best.keras"
-    one = predict_file([model], root / "mars.npz", tmp_path / "one.npz", probabilities=True, batch=64,
-                       png_dir=tmp_path / "sheet")
-    two = predict_file([model, model], root / "mars.npz", tmp_path / "two.npz", probabilities=True,
-                       batch=16, png_dir=tmp_path / "each", tta=False)
+    one = predict_file(
+        [model], root / "mars.npz", tmp_path / "one.npz", probabilities=True, batch=64, png_dir=tmp_path / "sheet"
+    )
+    two = predict_file(
+        [model, model],
+        root / "mars.npz",
+        tmp_path / "two.npz",
+        probabilities=True,
+        batch=16,
+        png_dir=tmp_path / "each",
+        tta=False,
+    )
     assert one.tta == (True,) and two.tta == (False, False) and one.n_images == 70
     with np.load(tmp_path / "one.npz") as a, np.load(tmp_path / "two.npz") as b:
         probs = a["probabilities"].astype(np.float32)
@@ -209,13 +237,13 @@ def test_predict_test_set_streams_ensembles_and_writes_pngs(trained, tmp_path):
         np.testing.assert_allclose(probs.sum(axis=-1), 1.0, atol=3e-3)
         assert a["masks"].dtype == np.uint8 and a["masks"].max() <= 4
         assert not np.array_equal(a["probabilities"], b["probabilities"])  # TTA off differs
-    no_tta = predict_file([model], root / "mars.npz", tmp_path / "three.npz", probabilities=True,
-                          batch=7, tta=False)
+    no_tta = predict_file([model], root / "mars.npz", tmp_path / "three.npz", probabilities=True, batch=7, tta=False)
     assert no_tta.n_images == 70
     with np.load(tmp_path / "two.npz") as b, np.load(tmp_path / "three.npz") as c:
         np.testing.assert_array_equal(b["masks"], c["masks"])  # mean of one model twice; batch 16 vs 7
-        np.testing.assert_allclose(b["probabilities"].astype(np.float32), c["probabilities"].astype(np.float32),
-                                   atol=1e-3)
+        np.testing.assert_allclose(
+            b["probabilities"].astype(np.float32), c["probabilities"].astype(np.float32), atol=1e-3
+        )
     assert [p.name for p in one.pngs] == ["contact_sheet.png"]  # 70 > 64 images
     assert len(two.pngs) == 1
     small = tmp_path / "small.npz"
@@ -239,8 +267,9 @@ def test_model_of_another_shape_is_one_line(trained, tmp_path):
         inputs = keras.Input(shape)
         model = keras.Model(inputs, keras.layers.Conv2D(classes, 1, activation="softmax")(inputs))
         save_model(model, tmp_path / f"{name}.keras")
-        result = predict_cli("--model", str(tmp_path / f"{name}.keras"), "--data", str(root / "mars.npz"),
-                             "-o", str(tmp_path / "p.npz"))
+        result = predict_cli(
+            "--model", str(tmp_path / f"{name}.keras"), "--data", str(root / "mars.npz"), "-o", str(tmp_path / "p.npz")
+        )
         line = one_cli_error(result, f"{name}.keras")
         assert ("(32, 32, 1)" in line) if name == "shape" else ("(64, 128, 3)" in line), line
     assert not (tmp_path / "p.npz").exists()
@@ -254,8 +283,9 @@ def test_a_model_saved_before_the_record_still_loads(trained, tmp_path):
         for item in src.infolist():
             if item.filename != "mars_tuner.json":
                 dst.writestr(item, src.read(item))
-    result = run_cli("worker", "predict", "--model", str(old), "--data", str(root / "mars.npz"),
-                     "-o", str(tmp_path / "p.npz"))
+    result = run_cli(
+        "worker", "predict", "--model", str(old), "--data", str(root / "mars.npz"), "-o", str(tmp_path / "p.npz")
+    )
     assert result.returncode == 0, result.stderr
     assert "records no TTA setting" in result.stderr and "flip TTA off" in result.stdout
 
@@ -290,8 +320,13 @@ def test_a_model_saved_on_one_backend_predicts_on_the_other(trained, tmp_path):
     data, jax_model = root / "mars.npz", tmp_path / "jax.keras"
     env = {**os.environ, "KERAS_BACKEND": "jax", "TUNER_COMPILE_CACHE": "off"}
     code = _ON_JAX.format(config=TINY.to_dict())
-    done = subprocess.run([sys.executable, "-c", code, str(root / "best.keras"), str(jax_model), str(data),
-                           str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root / "best.keras"), str(jax_model), str(data), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "jax"
     for model, tag in ((root / "best.keras", "tf"), (jax_model, "jax")):

@@ -25,10 +25,21 @@ SECTION = "## From search to predictions"
 N_TEST = 12
 SPACE = {
     "fixed": {
-        "model": "multipath", "depth": 2, "base_filters": 4, "conventional_filters": 8,
-        "residual_filters": 4, "multiscale_filters": 8, "context_filters": 4, "batch_size": 16,
-        "augment_flips": False, "validation_fraction": 0.25, "early_stopping_patience": 5,
-        "reduce_lr_patience": 1, "reduce_lr_factor": 0.5, "batchnorm_momentum": 0.9, "epochs": 4,
+        "model": "multipath",
+        "depth": 2,
+        "base_filters": 4,
+        "conventional_filters": 8,
+        "residual_filters": 4,
+        "multiscale_filters": 8,
+        "context_filters": 4,
+        "batch_size": 16,
+        "augment_flips": False,
+        "validation_fraction": 0.25,
+        "early_stopping_patience": 5,
+        "reduce_lr_patience": 1,
+        "reduce_lr_factor": 0.5,
+        "batchnorm_momentum": 0.9,
+        "epochs": 4,
         "tta": True,
     },
     "params": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
@@ -38,17 +49,25 @@ SPACE = {
 def readme_commands() -> list[str]:
     """The commands of the section's bash block, comments stripped, in order."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index(SECTION):]
-    section = section[:section.index("\n## ", len(SECTION))]
+    section = text[text.index(SECTION) :]
+    section = section[: section.index("\n## ", len(SECTION))]
     block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
     return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
 
 
 def run_two_workers(cwd: Path, env: dict[str, str]) -> int:
     """Two workers with their usual command until the study has nothing left; trials they completed."""
-    workers = [subprocess.Popen([str(BIN / "worker"), "run", "--study", "mars", "--data", "mars_for_students.npz",
-                                 "--quiet"], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    workers = [
+        subprocess.Popen(
+            [str(BIN / "worker"), "run", "--study", "mars", "--data", "mars_for_students.npz", "--quiet"],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     logs = [w.communicate(timeout=900)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], "\n".join(logs)
     return sum(log.count(" complete: mIoU") for log in logs)
@@ -58,18 +77,43 @@ def test_readme_from_search_to_predictions(pg_url, tmp_path):
     env = {**os.environ, "TUNER_STORAGE": pg_url, "TUNER_COMPILE_CACHE": "off"}
     write_npz(tmp_path / "mars_for_students.npz", 48, seed=3, n_test=N_TEST)
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    created = run_cli("tuner", "create", "mars", "--data", "mars_for_students.npz", "--space", "space.yaml",
-                      "--trials", "3", "--pruner", "none", env=env, cwd=tmp_path)
+    created = run_cli(
+        "tuner",
+        "create",
+        "mars",
+        "--data",
+        "mars_for_students.npz",
+        "--space",
+        "space.yaml",
+        "--trials",
+        "3",
+        "--pruner",
+        "none",
+        env=env,
+        cwd=tmp_path,
+    )
     assert created.returncode == 0, created.stderr
     assert run_two_workers(tmp_path, env) == 3  # the search
 
     commands = readme_commands()
-    assert [c.split()[:2] for c in commands] == [["tuner", "confirm"], ["tuner", "export"], ["worker", "train"],
-                                                 ["worker", "predict"], ["ls", "pngs"]]
+    assert [c.split()[:2] for c in commands] == [
+        ["tuner", "confirm"],
+        ["tuner", "export"],
+        ["worker", "train"],
+        ["worker", "predict"],
+        ["ls", "pngs"],
+    ]
     outputs = []
     for command in commands:
-        done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                              env={**env, "PATH": f"{BIN}:{env['PATH']}"})
+        done = subprocess.run(
+            command,
+            shell=True,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**env, "PATH": f"{BIN}:{env['PATH']}"},
+        )
         assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
         outputs.append(done.stdout)
         if command.startswith("tuner confirm"):  # the search had ended: workers again, same command

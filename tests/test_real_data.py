@@ -51,8 +51,7 @@ def test_genuine_repeated_masks_are_not_taken_for_aliens(raw):
     # on > 5 images) removed 133 genuine tiles. They must stay, and none of them is structured.
     masks = raw["masks"]
     flat = masks.reshape(len(masks), -1)
-    _, first, inverse, counts = np.unique(flat, axis=0, return_index=True, return_inverse=True,
-                                          return_counts=True)
+    _, first, inverse, counts = np.unique(flat, axis=0, return_index=True, return_inverse=True, return_counts=True)
     repeated = counts[inverse.ravel()] > aliens.ALIEN_MIN_REPEATS
     assert repeated.sum() == 133
     assert not any(aliens.is_structured_mask(masks[i]) for i in first[counts > aliens.ALIEN_MIN_REPEATS])
@@ -68,8 +67,13 @@ def test_genuine_repeated_masks_are_not_taken_for_aliens(raw):
 
 @pytest.mark.slow
 def test_inspect_data_cli(real):
-    proc = subprocess.run([sys.executable, "-m", "worker", "inspect-data", str(REAL)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "inspect-data", str(REAL)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"images:       {N_ROWS} (aliens removed: 0)" in proc.stdout
     assert f"fingerprint:  {real.fingerprint}" in proc.stdout
@@ -101,10 +105,22 @@ def test_short_training_beats_the_best_constant_predictor():
     from worker.training.train import train
 
     config = TrainConfig(
-        model="multipath", base_filters=4, conventional_filters=16, residual_filters=8,
-        multiscale_filters=16, context_filters=8, batchnorm_momentum=0.9, batch_size=16,
-        learning_rate=3e-3, epochs=6, early_stopping_patience=6, reduce_lr_patience=6,
-        augment_flips=False, validation_fraction=0.25, max_images=320, seed=0,
+        model="multipath",
+        base_filters=4,
+        conventional_filters=16,
+        residual_filters=8,
+        multiscale_filters=16,
+        context_filters=8,
+        batchnorm_momentum=0.9,
+        batch_size=16,
+        learning_rate=3e-3,
+        epochs=6,
+        early_stopping_patience=6,
+        reduce_lr_patience=6,
+        augment_flips=False,
+        validation_fraction=0.25,
+        max_images=320,
+        seed=0,
     )
     loaded = data.load_npz(REAL, load_test=False, max_images=config.max_images, seed=config.seed)
     _, val = splitting.split(loaded.masks, config.validation_fraction, config.seed, loaded.groups)

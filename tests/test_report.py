@@ -41,8 +41,9 @@ FINGERPRINT = "ab" * 32
 
 
 def _study(url: str, name: str = "mars", trials: int = 13) -> tuple[optuna.Study, StudySpec, RDBStorage]:
-    create_study(name, CreateOptions(storage_url=url, data=None, fingerprint=FINGERPRINT,
-                                     space_path=None, trials=trials))
+    create_study(
+        name, CreateOptions(storage_url=url, data=None, fingerprint=FINGERPRINT, space_path=None, trials=trials)
+    )
     rdb = storage.open_storage(url, heartbeat_interval=None)
     study = optuna.load_study(study_name=name, storage=rdb, sampler=optuna.samplers.RandomSampler(seed=0))
     return study, StudySpec.of(study), rdb
@@ -82,12 +83,14 @@ def _fill(study: optuna.Study, spec: StudySpec, n_complete: int = 11, *, artifac
 
             # Bands that differ per trial: each trial's PNG is its own, and quick to compress (noise is not).
             rows = np.broadcast_to(np.arange(64)[None, :, None], (3, 64, 128))
-            sample = preview.PreviewSample(images=(rows + i) / 80, truth=(rows // 16 + i) % 5,
-                                           prediction=(rows // 8 + i) % 5)
+            sample = preview.PreviewSample(
+                images=(rows + i) / 80, truth=(rows // 16 + i) % 5, prediction=(rows // 8 + i) % 5
+            )
             png = preview.write_png(sample, artifacts.parent / f"preview-{i}.png")
             previews[trial.number] = png.read_bytes()
-            trial.set_user_attr(attrs.PREVIEW_ARTIFACT,
-                                upload_artifact(artifact_store=store, file_path=str(png), study_or_trial=trial))
+            trial.set_user_attr(
+                attrs.PREVIEW_ARTIFACT, upload_artifact(artifact_store=store, file_path=str(png), study_or_trial=trial)
+            )
         study.tell(trial, miou)
     return previews
 
@@ -118,13 +121,22 @@ def test_report_is_self_contained_with_every_section(pg_schema_url, tmp_path):
     assert int(re.search(r'data-figures="(\d+)"', text).group(1)) == text.count('class="plotly-graph-div"')
 
     # Header facts.
-    for fact in ("budget</th><td>13/13 finished", "sampler</th><td>tpe (seed 0)", FINGERPRINT,
-                 "complete 11", "pruned 2", "fail 1", "running 1", "device-hours", "6 processes on 3 hosts",
-                 "node-0 (5 trials)"):
+    for fact in (
+        "budget</th><td>13/13 finished",
+        "sampler</th><td>tpe (seed 0)",
+        FINGERPRINT,
+        "complete 11",
+        "pruned 2",
+        "fail 1",
+        "running 1",
+        "device-hours",
+        "6 processes on 3 hosts",
+        "node-0 (5 trials)",
+    ):
         assert fact in text, fact
     # Per-class IoU of the 10 best, best first.
-    table = text[text.index('<table class="iou">'):]
-    rows = re.findall(r"<tr><td>(\d+)</td><td>([\d.]+)</td>", table[:table.index("</table>")])
+    table = text[text.index('<table class="iou">') :]
+    rows = re.findall(r"<tr><td>(\d+)</td><td>([\d.]+)</td>", table[: table.index("</table>")])
     ranked = sorted((t for t in study.get_trials() if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
     assert [int(n) for n, _ in rows] == [t.number for t in ranked[:10]]
     # The best trial's images are the worker's PNG, embedded.
@@ -152,8 +164,9 @@ def test_report_without_artifact_dir_says_where_the_images_are(pg_schema_url, tm
 def test_report_of_two_objectives_draws_the_pareto_front(pg_schema_url, tmp_path):
     storage.init_schema(pg_schema_url)
     rdb = storage.open_storage(pg_schema_url, heartbeat_interval=None)
-    study = optuna.create_study(study_name="mo", storage=rdb, directions=["maximize", "minimize"],
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        study_name="mo", storage=rdb, directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     for i in range(8):
         trial = study.ask()
         x = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
@@ -198,8 +211,9 @@ def test_preview_grid_shows_image_truth_and_prediction(tmp_path):
 
     png = preview.write_png(sample, tmp_path / "p.png")
     assert Image.open(io.BytesIO(png.read_bytes())).size == (grid.shape[1], grid.shape[0])
-    picked = preview.sample(np.arange(10)[:, None, None] * np.ones((10, 4, 4)), np.zeros((10, 4, 4), int),
-                            np.zeros((10, 4, 4), int), n=3)
+    picked = preview.sample(
+        np.arange(10)[:, None, None] * np.ones((10, 4, 4)), np.zeros((10, 4, 4), int), np.zeros((10, 4, 4), int), n=3
+    )
     assert [int(v) for v in picked.images[:, 0, 0]] == [0, 4, 9]  # spread over the split
 
 
@@ -229,13 +243,16 @@ def test_browser_check_catches_console_errors(tmp_path):
     """The check above could fail: a page with an error and a network load is caught."""
     chromium()
     bad = tmp_path / "bad.html"
-    bad.write_text('<html><head></head><body><script>console.error("boom");</script>'
-                   '<img src="https://cdn.example.org/x.png"></body></html>')
+    bad.write_text(
+        '<html><head></head><body><script>console.error("boom");</script>'
+        '<img src="https://cdn.example.org/x.png"></body></html>'
+    )
     _, problems = render_in_chromium(bad, tmp_path)
     assert any("boom" in p for p in problems) and any("cdn.example.org" in p for p in problems), problems
 
 
 # -- end to end, with a real worker ---------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_worker_saves_confusion_matrix_and_images_that_the_report_embeds(pg_url, tmp_path, synth_npz):
@@ -246,8 +263,9 @@ def test_worker_saves_confusion_matrix_and_images_that_the_report_embeds(pg_url,
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=600, env=env)
 
-    created = cli("tuner", "create", "s", "--data", str(npz), "--space", str(space), "--trials", "1",
-                  "--pruner", "none")
+    created = cli(
+        "tuner", "create", "s", "--data", str(npz), "--space", str(space), "--trials", "1", "--pruner", "none"
+    )
     assert created.returncode == 0, created.stderr
     artifacts = tmp_path / "artifacts"
     run = cli("worker", "run", "--study", "s", "--data", str(npz), "--quiet", "--artifact-dir", str(artifacts))
@@ -279,8 +297,9 @@ def test_importance_of_two_objectives_explains_high_miou_not_low():
         lr, noise = float(rng.random()), float(rng.random())
         # Only the best mIoU values depend on lr (a threshold): the worst ones are pure noise.
         miou = 0.9 if lr > 0.9 else 0.5 * noise
-        trials.append(optuna.trial.create_trial(values=[miou, 1.0], params={"lr": lr, "noise": noise},
-                                                distributions=dists))
+        trials.append(
+            optuna.trial.create_trial(values=[miou, 1.0], params={"lr": lr, "noise": noise}, distributions=dists)
+        )
     for number, trial in enumerate(trials):
         trial.number, trial._trial_id = number, number
     directions = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
@@ -311,8 +330,9 @@ def test_parallel_coordinates_take_a_choice_the_search_space_no_longer_has():
 
     trials = []
     for number, (value, choices) in enumerate([(8, (8, 16)), (32, (16, 32)), (16, (8, 16))]):
-        trial = optuna.trial.create_trial(value=0.1 * number, params={"filters": value},
-                                          distributions={"filters": CategoricalDistribution(choices)})
+        trial = optuna.trial.create_trial(
+            value=0.1 * number, params={"filters": value}, distributions={"filters": CategoricalDistribution(choices)}
+        )
         trial.number = number
         trials.append(trial)
     fig = figs.parallel(trials, ["filters"], True, 3)
@@ -325,8 +345,12 @@ def _three_objectives(url: str, out: Path) -> Path:
     """A report of a study with three objectives (not made by `tuner create`)."""
     storage.init_schema(url)
     rdb = storage.open_storage(url, heartbeat_interval=None)
-    study = optuna.create_study(study_name="three", storage=rdb, directions=["maximize", "minimize", "minimize"],
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        study_name="three",
+        storage=rdb,
+        directions=["maximize", "minimize", "minimize"],
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
     for i in range(6):
         trial = study.ask()
         x = trial.suggest_float("lr", 1e-4, 1e-2, log=True)

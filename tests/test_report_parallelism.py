@@ -16,17 +16,26 @@ from tuner import report as tuner_report
 from tuner import report_parallelism
 
 T0 = datetime.datetime(2026, 12, 1, 8, 0, 0)
-SPACE = {"learning_rate": FloatDistribution(1e-4, 1e-2, log=True),
-         "model": CategoricalDistribution(["multipath", "unet"])}
+SPACE = {
+    "learning_rate": FloatDistribution(1e-4, 1e-2, log=True),
+    "model": CategoricalDistribution(["multipath", "unet"]),
+}
 
 
 def _trial(number, start, end, lr, model="unet", state=TrialState.COMPLETE):
     """A trial that ran from ``start`` to ``end`` minutes after T0 (``end`` None: still running)."""
     return FrozenTrial(
-        number=number, trial_id=number, state=state, value=0.5 + 0.01 * number if end is not None else None,
-        values=None, datetime_start=T0 + datetime.timedelta(minutes=start),
+        number=number,
+        trial_id=number,
+        state=state,
+        value=0.5 + 0.01 * number if end is not None else None,
+        values=None,
+        datetime_start=T0 + datetime.timedelta(minutes=start),
         datetime_complete=None if end is None else T0 + datetime.timedelta(minutes=end),
-        params={"learning_rate": lr, "model": model}, distributions=SPACE, user_attrs={}, system_attrs={},
+        params={"learning_rate": lr, "model": model},
+        distributions=SPACE,
+        user_attrs={},
+        system_attrs={},
         intermediate_values={},
     )
 
@@ -35,7 +44,7 @@ def _trials():
     """Three workers: 0-3 overlap; 1 repeats 0 while it runs; 4 repeats 2 after it ended; 5 runs on."""
     return [
         _trial(0, 0, 30, 1e-3),
-        _trial(1, 0, 20, 1.01e-3),            # near 0, which still ran: concurrent
+        _trial(1, 0, 20, 1.01e-3),  # near 0, which still ran: concurrent
         _trial(2, 10, 40, 5e-3, "multipath"),
         _trial(3, 20, 50, 2e-4),
         _trial(4, 40, 60, 5e-3, "multipath"),  # exact repeat of 2, which had finished at 40
@@ -58,16 +67,29 @@ def test_summary_counts_overlap_and_duplicates():
     assert text["near-duplicates"].startswith("2 (33%)")
     assert text["while the twin ran"].startswith("1 (17%)")
     fig = report_parallelism.figure(view)
-    assert [t["name"] for t in fig["data"]] == ["trials in flight", "near-duplicate",
-                                                "near-duplicate while its twin ran"]
+    assert [t["name"] for t in fig["data"]] == [
+        "trials in flight",
+        "near-duplicate",
+        "near-duplicate while its twin ran",
+    ]
     assert fig["data"][2]["text"] == ["trial 1"] and fig["data"][1]["text"] == ["trial 4"]
 
 
 def test_summary_of_trials_never_started_is_none():
-    waiting = FrozenTrial(number=0, trial_id=0, state=TrialState.WAITING, value=None, values=None,
-                          datetime_start=None, datetime_complete=None, params={"learning_rate": 1e-3},
-                          distributions={"learning_rate": SPACE["learning_rate"]}, user_attrs={},
-                          system_attrs={}, intermediate_values={})
+    waiting = FrozenTrial(
+        number=0,
+        trial_id=0,
+        state=TrialState.WAITING,
+        value=None,
+        values=None,
+        datetime_start=None,
+        datetime_complete=None,
+        params={"learning_rate": 1e-3},
+        distributions={"learning_rate": SPACE["learning_rate"]},
+        user_attrs={},
+        system_attrs={},
+        intermediate_values={},
+    )
     assert report_parallelism.summarize([waiting], T0) is None
 
 
@@ -81,13 +103,13 @@ def test_parallelism_view_renders_in_chromium(tmp_path):
     out = tmp_path / "report.html"
     tuner_report.write_report("par", storage_url=url, output=out)
     text = out.read_text()
-    section = text[text.index('<section id="parallelism">'):]
-    section = section[:section.index("</section>")]
+    section = text[text.index('<section id="parallelism">') :]
+    section = section[: section.index("</section>")]
     assert "peak 3" in section and "2 (33%)" in section and "plotly-graph-div" in section
 
     dom, problems = render_in_chromium(out, tmp_path)
     assert problems == []
-    drawn = dom[dom.index('<section id="parallelism">'):]
-    drawn = drawn[:drawn.index("</section>")]
+    drawn = dom[dom.index('<section id="parallelism">') :]
+    drawn = drawn[: drawn.index("</section>")]
     assert re.search(r'class="[^"]*plotly-graph-div js-plotly-plot', drawn)  # plotly drew it
     assert "trials in flight over wall-clock time" in drawn and "near-duplicate while its twin ran" in drawn

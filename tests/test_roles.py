@@ -36,13 +36,20 @@ class TlsCluster:
     secrets: Path
 
     def url(self, role: str, database: str, *, ca: Path | None = None) -> str:
-        return (f"postgresql://{role}@localhost:{self.port}/{database}"
-                f"?sslmode=verify-full&sslrootcert={ca or self.ca}")
+        return f"postgresql://{role}@localhost:{self.port}/{database}?sslmode=verify-full&sslrootcert={ca or self.ca}"
 
     def connect(self, role: str, database: str) -> psycopg2.extensions.connection:
         password = None if role == "postgres" else (self.secrets / role).read_text().strip()
-        conn = psycopg2.connect(host="localhost", port=self.port, user=role, password=password, dbname=database,
-                                sslmode="verify-full", sslrootcert=str(self.ca), connect_timeout=5)
+        conn = psycopg2.connect(
+            host="localhost",
+            port=self.port,
+            user=role,
+            password=password,
+            dbname=database,
+            sslmode="verify-full",
+            sslrootcert=str(self.ca),
+            connect_timeout=5,
+        )
         conn.autocommit = True
         return conn
 
@@ -53,16 +60,46 @@ class TlsCluster:
 
 def _certificates(where: Path) -> tuple[Path, Path, Path]:
     """A CA, and a server certificate it signed for localhost / 127.0.0.1."""
+
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=where, check=True, capture_output=True, timeout=60)
 
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=mars-tuner test CA",
-            "-keyout", "ca.key", "-out", "ca.crt")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
-            "-out", "server.csr")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=mars-tuner test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr"
+    )
     (where / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-extfile", "san.ext", "-out", "server.crt")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    )
     return where / "ca.crt", where / "server.crt", where / "server.key"
 
 
@@ -71,8 +108,12 @@ def tls_cluster(tmp_path_factory) -> Iterator[TlsCluster]:
     if os.geteuid() != 0 or shutil.which("pg_createcluster") is None or shutil.which("openssl") is None:
         pytest.skip("needs root, pg_createcluster and openssl for a throw-away TLS cluster")
     _drop(NAME)
-    subprocess.run(["pg_createcluster", VERSION, NAME, "--port", str(PORT), "-o", "fsync=off",
-                    "-o", "max_connections=60"], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        ["pg_createcluster", VERSION, NAME, "--port", str(PORT), "-o", "fsync=off", "-o", "max_connections=60"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     try:
         conf = Path(f"/etc/postgresql/{VERSION}/{NAME}")
         ca, cert, key = _certificates(tmp_path_factory.mktemp("tls"))
@@ -81,8 +122,10 @@ def tls_cluster(tmp_path_factory) -> Iterator[TlsCluster]:
             shutil.chown(conf / source.name, "postgres", "postgres")
         (conf / "server.key").chmod(0o600)
         with (conf / "postgresql.conf").open("a") as handle:
-            handle.write(f"ssl = on\nssl_cert_file = '{conf / 'server.crt'}'\nssl_key_file = '{conf / 'server.key'}'\n"
-                         "password_encryption = 'scram-sha-256'\n")
+            handle.write(
+                f"ssl = on\nssl_cert_file = '{conf / 'server.crt'}'\nssl_key_file = '{conf / 'server.key'}'\n"
+                "password_encryption = 'scram-sha-256'\n"
+            )
         (conf / "pg_hba.conf").write_text(
             "local all all trust\n"
             "hostssl all postgres 127.0.0.1/32 trust\n"
@@ -111,8 +154,22 @@ def study_db(tls_cluster, npz, tmp_path_factory) -> str:
     result = run_cli("tuner", "db", "init", "--roles", "--storage", tls_cluster.url("postgres", database), env=env)
     assert result.returncode == 0, result.stderr
     space = tiny_space(tmp_path_factory.mktemp("space") / "space.yaml", epochs=1)
-    result = run_cli("tuner", "create", "s", "--data", str(npz), "--space", str(space), "--trials", "2",
-                     "--pruner", "none", "--storage", tls_cluster.url(OWNER, database), env=tls_cluster.env(OWNER))
+    result = run_cli(
+        "tuner",
+        "create",
+        "s",
+        "--data",
+        str(npz),
+        "--space",
+        str(space),
+        "--trials",
+        "2",
+        "--pruner",
+        "none",
+        "--storage",
+        tls_cluster.url(OWNER, database),
+        env=tls_cluster.env(OWNER),
+    )
     assert result.returncode == 0, result.stderr
     return database
 
@@ -125,8 +182,14 @@ def _in_child(code: str, url: str, **env: str) -> str:
     dashboard process never holds both, so the child is what users run.
     """
     child_env = {k: v for k, v in os.environ.items() if k not in ("TUNER_STORAGE", "TUNER_DB_PASSWORD_FILE")}
-    done = subprocess.run([sys.executable, "-c", code, url], env={**child_env, **env}, capture_output=True,
-                          text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", code, url],
+        env={**child_env, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -186,30 +249,62 @@ def test_worker_role_cannot_change_the_schema_run_programs_or_read_elsewhere(tls
     admin.cursor().execute("DROP ROLE IF EXISTS stranger; CREATE ROLE stranger LOGIN PASSWORD 'stranger'")
     admin.close()
     with pytest.raises(psycopg2.OperationalError, match="permission denied for database"):
-        psycopg2.connect(host="localhost", port=tls_cluster.port, user="stranger", password="stranger",
-                         dbname=study_db, sslmode="verify-full", sslrootcert=str(tls_cluster.ca), connect_timeout=5)
+        psycopg2.connect(
+            host="localhost",
+            port=tls_cluster.port,
+            user="stranger",
+            password="stranger",
+            dbname=study_db,
+            sslmode="verify-full",
+            sslrootcert=str(tls_cluster.ca),
+            connect_timeout=5,
+        )
 
 
 @pytest.mark.slow
 def test_a_whole_search_runs_under_the_worker_role_with_verify_full_tls(tls_cluster, study_db, npz):
     url = tls_cluster.url(WORKER, study_db)
-    result = run_cli("worker", "run", "--study", "s", "--data", str(npz), "--quiet", "--storage", url,
-                     env=tls_cluster.env(WORKER), timeout=900)
+    result = run_cli(
+        "worker",
+        "run",
+        "--study",
+        "s",
+        "--data",
+        str(npz),
+        "--quiet",
+        "--storage",
+        url,
+        env=tls_cluster.env(WORKER),
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Traceback" not in result.stdout + result.stderr
-    read = ("import optuna,sys; s=optuna.storages.RDBStorage(sys.argv[1], skip_compatibility_check=True, "
-            "skip_table_creation=True); print(','.join(t.state.name for t in "
-            "optuna.load_study(study_name='s', storage=s).get_trials(deepcopy=False)))")
+    read = (
+        "import optuna,sys; s=optuna.storages.RDBStorage(sys.argv[1], skip_compatibility_check=True, "
+        "skip_table_creation=True); print(','.join(t.state.name for t in "
+        "optuna.load_study(study_name='s', storage=s).get_trials(deepcopy=False)))"
+    )
     states = _in_child(read, tls_cluster.url("postgres", study_db))
     assert states.strip() == "COMPLETE,COMPLETE", states
     # Viewers read it; the same worker with a CA that did not sign the server's certificate is refused.
-    status = run_cli("tuner", "status", "s", "--storage", tls_cluster.url(VIEWER, study_db),
-                     env=tls_cluster.env(VIEWER))
+    status = run_cli(
+        "tuner", "status", "s", "--storage", tls_cluster.url(VIEWER, study_db), env=tls_cluster.env(VIEWER)
+    )
     assert status.returncode == 0 and "COMPLETE" in status.stdout.upper(), status.stderr
     wrong_ca = tls_cluster.ca.with_name("other-ca.crt")
     shutil.copy("/etc/ssl/certs/ca-certificates.crt", wrong_ca)
-    refused = run_cli("worker", "run", "--study", "s", "--data", str(npz), "--storage",
-                      tls_cluster.url(WORKER, study_db, ca=wrong_ca), env=tls_cluster.env(WORKER), timeout=300)
+    refused = run_cli(
+        "worker",
+        "run",
+        "--study",
+        "s",
+        "--data",
+        str(npz),
+        "--storage",
+        tls_cluster.url(WORKER, study_db, ca=wrong_ca),
+        env=tls_cluster.env(WORKER),
+        timeout=300,
+    )
     assert "certificate verify failed" in one_error_line(refused.stdout + refused.stderr, refused.returncode)
 
 
@@ -230,8 +325,9 @@ for method, path in (("GET", "/api/studies"), ("DELETE", "/api/studies/1")):
 @pytest.mark.slow
 def test_dashboard_as_viewer_refuses_writes_with_a_reason(tls_cluster, study_db):
     # In a child process, for the reason in _in_child.
-    out = _in_child(_DASHBOARD_CALLS, tls_cluster.url(VIEWER, study_db),
-                    TUNER_DB_PASSWORD_FILE=str(tls_cluster.secrets / VIEWER))
+    out = _in_child(
+        _DASHBOARD_CALLS, tls_cluster.url(VIEWER, study_db), TUNER_DB_PASSWORD_FILE=str(tls_cluster.secrets / VIEWER)
+    )
     (get_status, get_body), (delete_status, delete_body) = (ast.literal_eval(line) for line in out.splitlines())
     assert get_status.startswith("200") and b'"s"' in get_body
     assert delete_status.startswith("403") and b"read-only" in delete_body and b"DASHBOARD_ROLE" in delete_body
@@ -259,8 +355,10 @@ def test_db_init_roles_needs_postgresql_and_the_three_password_files(tuner_home,
 
 @pytest.mark.slow
 def test_db_init_roles_as_a_role_that_may_not_create_roles_is_one_line(tls_cluster, study_db):
-    env = {"TUNER_DB_PASSWORD_FILE": str(tls_cluster.secrets / WORKER),
-           **{PASSWORD_FILE_ENV[r]: str(tls_cluster.secrets / r) for r in ROLES}}
+    env = {
+        "TUNER_DB_PASSWORD_FILE": str(tls_cluster.secrets / WORKER),
+        **{PASSWORD_FILE_ENV[r]: str(tls_cluster.secrets / r) for r in ROLES},
+    }
     result = run_cli("tuner", "db", "init", "--roles", "--storage", tls_cluster.url(WORKER, study_db), env=env)
     line = one_error_line(result.stderr, result.returncode)
     assert "cannot create the roles" in line and "superuser" in line, line

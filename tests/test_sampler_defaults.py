@@ -39,8 +39,9 @@ def test_worker_seeds_differ_per_worker_and_an_empty_key_keeps_the_study_seed():
 
 def test_tuner_create_records_the_workers_hint(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    result = CliRunner().invoke(app, ["create", "s", "--fingerprint", "ab" * 32, "--trials", "20",
-                                      "--workers-hint", "16", "--storage", url])
+    result = CliRunner().invoke(
+        app, ["create", "s", "--fingerprint", "ab" * 32, "--trials", "20", "--workers-hint", "16", "--storage", url]
+    )
     assert result.exit_code == 0, result.output
     assert "16 workers expected" in result.output and "fewer than 3 waves" in result.output
     rdb = storage.open_storage(url, heartbeat_interval=None)
@@ -51,8 +52,7 @@ def test_tuner_create_records_the_workers_hint(tmp_path):
     assert isinstance(sampler, optuna.samplers.TPESampler)
     assert sampler._n_startup_trials == tpe_options(16)["n_startup_trials"] == 10
 
-    bad = CliRunner().invoke(app, ["create", "t", "--fingerprint", "ab" * 32, "--workers-hint", "0",
-                                   "--storage", url])
+    bad = CliRunner().invoke(app, ["create", "t", "--fingerprint", "ab" * 32, "--workers-hint", "0", "--storage", url])
     assert bad.exit_code == 2 and "--workers-hint" in bad.output
 
 
@@ -72,6 +72,12 @@ def test_one_worker_gets_optunas_tpe_defaults():
     ours = _spec().make_sampler()
     for attr in ("_constant_liar", "_n_startup_trials", "_multivariate", "_n_ei_candidates"):
         assert getattr(ours, attr) == getattr(default, attr), attr
-    two = StudySpec(space=SPACE, data_fingerprint="0" * 64, n_trials=10, pruner="none",
-                    objectives=("miou", "params"), workers_hint=32).make_sampler()
+    two = StudySpec(
+        space=SPACE,
+        data_fingerprint="0" * 64,
+        n_trials=10,
+        pruner="none",
+        objectives=("miou", "params"),
+        workers_hint=32,
+    ).make_sampler()
     assert two._n_startup_trials == 10 and two._constant_liar is True

@@ -49,8 +49,20 @@ def test_db_check_does_not_say_ok_with_a_pool_setting_typo(study_url, monkeypatc
 @pytest.mark.slow
 def test_worker_does_not_wait_for_the_database_on_a_pool_setting_typo(study_url, npz):
     start = time.monotonic()
-    result = run_cli("worker", "run", "--study", "s", "--data", str(npz), "--storage", study_url,
-                     "--wait-for-db", "60", env={"TUNER_POOL_SIZE": "2x"}, timeout=120)
+    result = run_cli(
+        "worker",
+        "run",
+        "--study",
+        "s",
+        "--data",
+        str(npz),
+        "--storage",
+        study_url,
+        "--wait-for-db",
+        "60",
+        env={"TUNER_POOL_SIZE": "2x"},
+        timeout=120,
+    )
     line = one_error_line(result.stdout + result.stderr, result.returncode)
     assert "TUNER_POOL_SIZE" in line
     assert time.monotonic() - start < 30, "the typo was waited on as if the database were down"
@@ -69,14 +81,25 @@ def test_bad_password_file_is_one_line_at_once(tuner_home, tmp_path, kind):
     else:
         text = {"empty": "", "blank": " \n\n"}.get(kind, "hunter2\n")
         _secret(path, text, {"world-readable": 0o644, "world-writable": 0o602}.get(kind, 0o600))
-    needle = {"fifo": "not a regular file", "directory": "not a regular file", "empty": "is empty",
-              "blank": "is empty"}.get(kind, "other users")
+    needle = {
+        "fifo": "not a regular file",
+        "directory": "not a regular file",
+        "empty": "is empty",
+        "blank": "is empty",
+    }.get(kind, "other users")
     with pytest.raises(storage.StorageError, match=needle):
         read_password_file(path, "TUNER_DB_PASSWORD_FILE")
     # As a user meets it: a real process, which must neither hang nor try to connect.
     start = time.monotonic()
-    result = run_cli("tuner", "db", "check", "--storage", "postgresql://u@127.0.0.1:1/d",
-                     env={"TUNER_DB_PASSWORD_FILE": str(path)}, timeout=60)
+    result = run_cli(
+        "tuner",
+        "db",
+        "check",
+        "--storage",
+        "postgresql://u@127.0.0.1:1/d",
+        env={"TUNER_DB_PASSWORD_FILE": str(path)},
+        timeout=60,
+    )
     line = one_error_line(result.stderr, result.returncode)
     assert f"TUNER_DB_PASSWORD_FILE={path}" in line and needle in line, line
     assert "hunter2" not in result.stdout + result.stderr
@@ -95,9 +118,18 @@ def test_password_file_readable_by_its_group_is_used(tuner_home, tmp_path, monke
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan", "-1", "1e999"])
 def test_wait_for_db_must_be_a_finite_number_of_seconds(tmp_path, value):
     start = time.monotonic()
-    result = run_cli("worker", "run", "--study", "s", "--data", str(tmp_path / "x.npz"),
-                     "--storage", f"sqlite:///{tmp_path / 'none.db'}", env={"TUNER_WAIT_FOR_DB": value},
-                     timeout=60)
+    result = run_cli(
+        "worker",
+        "run",
+        "--study",
+        "s",
+        "--data",
+        str(tmp_path / "x.npz"),
+        "--storage",
+        f"sqlite:///{tmp_path / 'none.db'}",
+        env={"TUNER_WAIT_FOR_DB": value},
+        timeout=60,
+    )
     line = one_error_line(result.stdout + result.stderr, result.returncode, expected=2)
     assert "--wait-for-db" in line and "finite number of seconds" in line, line
     assert "infs left" not in result.stdout

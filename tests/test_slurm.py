@@ -48,23 +48,46 @@ class Site:
         (where / "deploy" / "slurm").mkdir(parents=True)
         shutil.copy2(ROOT / SCRIPT, where / SCRIPT)
         self.env = {
-            **os.environ, **cluster.env,
+            **os.environ,
+            **cluster.env,
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the venv, as if activated
-            "TUNER_STORAGE": url, "TUNER_STUDY": STUDY, "TUNER_DATA": str(npz),
-            "TUNER_ARTIFACT_DIR": str(where / "artifacts"), "TUNER_COMPILE_CACHE": str(where / "cache"),
+            "TUNER_STORAGE": url,
+            "TUNER_STUDY": STUDY,
+            "TUNER_DATA": str(npz),
+            "TUNER_ARTIFACT_DIR": str(where / "artifacts"),
+            "TUNER_COMPILE_CACHE": str(where / "cache"),
         }
 
     def create(self, *, trials: int, epochs: int) -> None:
-        space = tiny_space(self.where / "space.yaml", epochs=epochs, early_stopping_patience=1000,
-                           reduce_lr_patience=1000)
-        result = run_cli("tuner", "create", STUDY, "--data", str(self.npz), "--space", str(space),
-                         "--trials", str(trials), "--pruner", "none", env={"TUNER_STORAGE": self.url})
+        space = tiny_space(
+            self.where / "space.yaml", epochs=epochs, early_stopping_patience=1000, reduce_lr_patience=1000
+        )
+        result = run_cli(
+            "tuner",
+            "create",
+            STUDY,
+            "--data",
+            str(self.npz),
+            "--space",
+            str(space),
+            "--trials",
+            str(trials),
+            "--pruner",
+            "none",
+            env={"TUNER_STORAGE": self.url},
+        )
         assert result.returncode == 0, result.stderr
 
     def sh(self, line: str, **variables: str) -> subprocess.CompletedProcess[str]:
         """Run one documented command line in bash, as a user would type it."""
-        result = subprocess.run(["bash", "-c", line], cwd=self.where, capture_output=True, text=True,
-                                timeout=120, env={**self.env, **variables})
+        result = subprocess.run(
+            ["bash", "-c", line],
+            cwd=self.where,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**self.env, **variables},
+        )
         assert result.returncode == 0, f"$ {line}\n{result.stdout}{result.stderr}"
         return result
 
@@ -77,8 +100,10 @@ class Site:
         return study_trials(self.url, STUDY)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
-                         for p in sorted(self.where.glob("mars-tuner-*.out")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+            for p in sorted(self.where.glob("mars-tuner-*.out"))
+        )
 
     def log(self, task: str) -> str:
         return (self.where / f"mars-tuner-{task}.out").read_text(errors="replace")
@@ -88,6 +113,7 @@ class Site:
 
     def task_mid_trial(self) -> tuple[str, FrozenTrial]:
         """Wait until trial 0 runs and has reported an epoch; the Slurm task running it, and it."""
+
         def running() -> list[FrozenTrial]:
             return [t for t in self.trials() if t.state == TrialState.RUNNING and t.intermediate_values]
 
@@ -158,7 +184,8 @@ def test_an_array_of_three_workers_finishes_the_budget_exactly(site):
     jobs = site.done(job_id)
     assert sorted(jobs) == [f"{job_id}_{i}" for i in range(3)]
     assert {task: (job.state, job.fields["ExitCode"]) for task, job in jobs.items()} == {
-        task: ("COMPLETED", "0:0") for task in jobs}, site.logs()
+        task: ("COMPLETED", "0:0") for task in jobs
+    }, site.logs()
     trials = site.trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * budget, site.logs()
     ran = {t.user_attrs[trial_attrs.WORKER]["slurm"] for t in trials}

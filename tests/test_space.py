@@ -71,10 +71,17 @@ def test_sampling_respects_ranges_and_round_trips():
         ({"params": {"batch_size": {"type": "int", "low": 0, "high": 8}}}, "batch_size must be > 0"),
         ({"params": {"batch_size": {"type": "categorical", "choices": []}}}, "non-empty list"),
         ({"params": {"batch_size": {"type": "int", "low": 1, "high": 8, "choices": [1]}}}, "unknown key(s) choices"),
-        ({"fixed": {}, "params": {"model": {"type": "categorical", "choices": ["multipath", "resnet"]}}},
-         "model must be one of"),
-        ({"fixed": {"epochs": 5, "learning_rate": 0.1},
-          "params": GOOD["params"] | {"learning_rate": GOOD["params"]["learning_rate"]}}, "both fixed and searched"),
+        (
+            {"fixed": {}, "params": {"model": {"type": "categorical", "choices": ["multipath", "resnet"]}}},
+            "model must be one of",
+        ),
+        (
+            {
+                "fixed": {"epochs": 5, "learning_rate": 0.1},
+                "params": GOOD["params"] | {"learning_rate": GOOD["params"]["learning_rate"]},
+            },
+            "both fixed and searched",
+        ),
         ({"fixed": {"epochs": -1}}, "fixed: epochs must be > 0"),
         ({"fixed": {"bogus": 1}}, "fixed.bogus: not a training config field"),
         ({"extra": 1}, "unknown top-level key"),
@@ -89,11 +96,15 @@ def test_sampling_respects_ranges_and_round_trips():
         ({"params": {None: {"type": "bool"}}}, "params: key None is not a name"),
         ({"fixed": {1: 2}}, "fixed: key 1 is not a name"),
         ({"params": {"tta": {"type": "bool", 1: 2}}}, "params.tta: key 1 is not a name"),
-        ({"fixed": {}, "params": {"epochs": {"type": "categorical", "choices": [1, 2]}}},
-         "params.epochs: must be type int (it is the pruner's epoch budget)"),
+        (
+            {"fixed": {}, "params": {"epochs": {"type": "categorical", "choices": [1, 2]}}},
+            "params.epochs: must be type int (it is the pruner's epoch budget)",
+        ),
         ({"fixed": {}, "params": {"epochs": {"type": "bool"}}}, "params.epochs: must be type int"),
-        ({"fixed": {}, "params": {"epochs": {"type": "float", "low": 1, "high": 5}}},
-         "params.epochs: must be type int"),
+        (
+            {"fixed": {}, "params": {"epochs": {"type": "float", "low": 1, "high": 5}}},
+            "params.epochs: must be type int",
+        ),
         ({"params": {"learning_rate": {"type": "float", "low": 1, "high": 10**400}}}, "must be finite numbers"),
         ({"fixed": {"weight_decay": 10**400}}, "weight_decay must be finite"),
     ],
@@ -129,8 +140,7 @@ def test_parse_errors_name_the_problem_and_its_position(tmp_path: Path):
     with pytest.raises(SpaceError) as info:
         SearchSpace.load(bad)
     assert str(info.value) == (
-        f"cannot parse search space {bad}: line 2, column 1: "
-        "expected the node content, but found '<stream end>'"
+        f"cannot parse search space {bad}: line 2, column 1: expected the node content, but found '<stream end>'"
     )
     bad.write_text("params:\n  learning_rate: {type: float, low: 1: 2}\n")
     with pytest.raises(SpaceError, match=r"line 2, column 38: expected ',' or '}', but got ':'$"):

@@ -83,6 +83,7 @@ def killer(monkeypatch) -> Iterator[Killer]:
         def wrapper(*args, **kwargs):
             with kill.during(phase):
                 return call(*args, **kwargs)
+
         return wrapper
 
     monkeypatch.setattr(joining, "read_spec", phased("spec", read_spec))
@@ -97,8 +98,11 @@ def killer(monkeypatch) -> Iterator[Killer]:
 
 def _start(url: str, study: str, npz, wait_for_db_s: float = 0.0) -> optuna.trial.FrozenTrial:
     """What `worker run` does up to its first trial; returns that trial."""
-    session = WorkerSession(join(WorkerOptions(study_name=study, data_path=npz, storage_url=url,
-                                               verbose=False, wait_for_db_s=wait_for_db_s)))
+    session = WorkerSession(
+        join(
+            WorkerOptions(study_name=study, data_path=npz, storage_url=url, verbose=False, wait_for_db_s=wait_for_db_s)
+        )
+    )
     try:
         with SignalGuard() as guard:
             trial = session.next_trial(guard)
@@ -116,8 +120,19 @@ def _spread(total: int, k: int) -> list[int]:
 
 
 def _statements_per_phase(url: str, npz, space, killer: Killer) -> dict[str, int]:
-    create_study("probe", CreateOptions(storage_url=url, data=npz, fingerprint=None, space_path=space, trials=2,
-                                        heartbeat_interval=1, grace_period=30, seed_config=False))
+    create_study(
+        "probe",
+        CreateOptions(
+            storage_url=url,
+            data=npz,
+            fingerprint=None,
+            space_path=space,
+            trials=2,
+            heartbeat_interval=1,
+            grace_period=30,
+            seed_config=False,
+        ),
+    )
     _start(url, "probe", npz)
     counts = dict(killer.seen)
     assert set(counts) == set(PHASES), counts
@@ -126,14 +141,30 @@ def _statements_per_phase(url: str, npz, space, killer: Killer) -> dict[str, int
 
 @pytest.mark.slow
 def test_a_connection_killed_at_any_statement_of_start_up_does_not_crash_the_worker(
-    tuner_home, pg_url, npz, space, killer, capsys,
+    tuner_home,
+    pg_url,
+    npz,
+    space,
+    killer,
+    capsys,
 ):
     counts = _statements_per_phase(pg_url, npz, space, killer)
     targets = [(phase, n) for phase in PHASES for n in _spread(counts[phase], KILLS_PER_PHASE)]
     for i, target in enumerate(targets):
         name = f"s{i}"
-        create_study(name, CreateOptions(storage_url=pg_url, data=npz, fingerprint=None, space_path=space, trials=2,
-                                         heartbeat_interval=1, grace_period=30, seed_config=False))
+        create_study(
+            name,
+            CreateOptions(
+                storage_url=pg_url,
+                data=npz,
+                fingerprint=None,
+                space_path=space,
+                trials=2,
+                heartbeat_interval=1,
+                grace_period=30,
+                seed_config=False,
+            ),
+        )
         killer.seen, killer.target, before = {}, target, len(killer.killed)
         try:
             trial = _start(pg_url, name, npz)  # --wait-for-db 0, the CLI's default

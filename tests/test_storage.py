@@ -259,9 +259,13 @@ def _delete_while_a_worker_reports(pg_url: str, delete) -> list[str]:
                 while not stop.is_set():
                     step += 1
                     try:
-                        conn.execute(sqlalchemy.text(
-                            "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
-                            "intermediate_value_type) VALUES (:t, :s, 0.5, 'FINITE')"), {"t": trial_id, "s": step})
+                        conn.execute(
+                            sqlalchemy.text(
+                                "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
+                                "intermediate_value_type) VALUES (:t, :s, 0.5, 'FINITE')"
+                            ),
+                            {"t": trial_id, "s": step},
+                        )
                         conn.commit()
                     except sqlalchemy.exc.IntegrityError:  # the trial is gone: the worker would stop here
                         conn.rollback()
@@ -292,6 +296,5 @@ def test_deleting_a_study_under_a_reporting_worker_really_deletes_it(pg_url):
 def test_plain_optuna_delete_can_leave_the_study_under_a_reporting_worker(pg_url):
     # The race the test above guards against is real here: at least once in ten, Optuna's own
     # delete leaves the study (if this ever passes with [], Optuna fixed it: drop the workaround).
-    left = _delete_while_a_worker_reports(
-        pg_url, lambda rdb, name: optuna.delete_study(study_name=name, storage=rdb))
+    left = _delete_while_a_worker_reports(pg_url, lambda rdb, name: optuna.delete_study(study_name=name, storage=rdb))
     assert left, "optuna.delete_study no longer leaves the study behind"

@@ -73,8 +73,9 @@ def two_studies(request, tmp_path):
         url = f"sqlite:///{tmp_path / 'studies.db'}"
     storage.init_schema(url)
     rdb = storage.open_storage(url, heartbeat_interval=None, role="coordinator")
-    study = optuna.create_study(study_name="a", storage=rdb, direction="maximize",
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        study_name="a", storage=rdb, direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     study.set_user_attr("created", {"at": "2026-11-26T10:00:00+00:00"})
     _objective_trials(study)
     other = optuna.create_study(study_name="b", storage=rdb, directions=["minimize", "maximize"])
@@ -100,16 +101,22 @@ def test_load_trials_equals_optunas_get_trials(two_studies):
         running = load_trials(engine, head.study_id, states=(TrialState.RUNNING,), user_attr_keys=("phase",))
         assert [t.number for t in running] == [5] and running[0].user_attrs == {"phase": "training"}
         assert len(running[0].intermediate_values) == 5
-        some = load_trials(engine, head.study_id, trial_ids=[theirs[2]._trial_id], intermediate=False,
-                           user_attr_keys=())
+        some = load_trials(
+            engine, head.study_id, trial_ids=[theirs[2]._trial_id], intermediate=False, user_attr_keys=()
+        )
         assert [t.number for t in some] == [2] and some[0].intermediate_values == {} and some[0].user_attrs == {}
         assert load_trials(engine, head.study_id, states=()) == []
         # The best finite value wins; the trial with value inf does not.
         assert best_trial_id(engine, head.study_id, StudyDirection.MAXIMIZE) == theirs[3]._trial_id
         assert best_trial_id(engine, head.study_id, StudyDirection.MINIMIZE) == theirs[0]._trial_id
         counts = count_states(engine, head.study_id)
-        assert counts == {TrialState.COMPLETE: 3, TrialState.PRUNED: 1, TrialState.FAIL: 1,
-                          TrialState.RUNNING: 1, TrialState.WAITING: 1}
+        assert counts == {
+            TrialState.COMPLETE: 3,
+            TrialState.PRUNED: 1,
+            TrialState.FAIL: 1,
+            TrialState.RUNNING: 1,
+            TrialState.WAITING: 1,
+        }
         assert study_names(engine) == ["a", "b"] and find_study(engine, "nosuch") is None
     finally:
         engine.dispose()
@@ -137,8 +144,10 @@ def test_snapshot_serves_optuna_readers_and_refuses_writes(two_studies):
     snap = SnapshotStorage("a", [StudyDirection.MAXIMIZE], trials).study()
     assert snap.best_trial.number == study.best_trial.number
     assert [t.number for t in snap.get_trials(states=(TrialState.PRUNED,))] == [2]
-    assert optuna.importance.get_param_importances(
-        snap, evaluator=optuna.importance.PedAnovaImportanceEvaluator()) is not None
+    assert (
+        optuna.importance.get_param_importances(snap, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+        is not None
+    )
     with pytest.raises(NotImplementedError):
         snap.set_user_attr("x", 1)
     with pytest.raises(NotImplementedError):

@@ -65,8 +65,13 @@ def first_run(data, tmp_path_factory: pytest.TempPathFactory):
     save_dir = tmp_path_factory.mktemp("model")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        result = train(TINY, data, epoch_callback=lambda e, m: calls.append((e, m)),
-                       verbose=True, save_path=save_dir / "best.keras")
+        result = train(
+            TINY,
+            data,
+            epoch_callback=lambda e, m: calls.append((e, m)),
+            verbose=True,
+            save_path=save_dir / "best.keras",
+        )
     return result, calls, save_dir, out.getvalue()
 
 
@@ -140,11 +145,13 @@ def test_class_weights_come_from_the_training_split_only(first_run, data) -> Non
 
     result, _, _, _ = first_run
     train_idx, _ = _val_split(data, TINY)
-    expected = class_weights_from_masks(data.masks[train_idx], scheme=TINY.class_weights,
-                                        background_weight=TINY.background_weight)
+    expected = class_weights_from_masks(
+        data.masks[train_idx], scheme=TINY.class_weights, background_weight=TINY.background_weight
+    )
     np.testing.assert_allclose(result.class_weights, expected, rtol=0, atol=0)
-    everything = class_weights_from_masks(data.masks, scheme=TINY.class_weights,
-                                          background_weight=TINY.background_weight)
+    everything = class_weights_from_masks(
+        data.masks, scheme=TINY.class_weights, background_weight=TINY.background_weight
+    )
     assert not np.allclose(result.class_weights, everything)
 
 
@@ -157,11 +164,18 @@ def test_to_dict_is_strict_json(first_run) -> None:
 
 
 def test_to_dict_turns_nan_into_null() -> None:
-    result = TrainResult(best_miou=math.nan, per_class_iou={1: 0.5, 4: math.nan}, epochs_run=1,
-                         best_epoch=0, wall_time_s=1.0,
-                         history=[{"loss": 1.0, "val_loss": math.inf, "val_miou": math.nan,
-                                   "lr": 1e-3}],
-                         n_train=3, n_val=1, class_weights=[0.0, np.float32(1.5)], device={})
+    result = TrainResult(
+        best_miou=math.nan,
+        per_class_iou={1: 0.5, 4: math.nan},
+        epochs_run=1,
+        best_epoch=0,
+        wall_time_s=1.0,
+        history=[{"loss": 1.0, "val_loss": math.inf, "val_miou": math.nan, "lr": 1e-3}],
+        n_train=3,
+        n_val=1,
+        class_weights=[0.0, np.float32(1.5)],
+        device={},
+    )
     values = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     assert values["best_miou"] is None
     assert values["per_class_iou"] == {"1": 0.5, "4": None}
@@ -174,9 +188,7 @@ def test_seeded_runs_repeat_exactly(first_run, data) -> None:
     again = train(TINY, data, verbose=False)
     assert again.best_miou == result.best_miou
     assert [row["loss"] for row in again.history] == [row["loss"] for row in result.history]
-    assert [row["val_miou"] for row in again.history] == [
-        row["val_miou"] for row in result.history
-    ]
+    assert [row["val_miou"] for row in again.history] == [row["val_miou"] for row in result.history]
 
 
 class _Stop(Exception):
@@ -217,8 +229,9 @@ def test_max_images_subset_batch_clamp_and_tta(npz_path: Path, data) -> None:
     # The subset equals what load_npz(max_images=..., seed=...) picks at load time.
     subset = load_npz(npz_path, max_images=12, seed=config.seed)
     train_idx, _ = split(subset.masks, config.validation_fraction, config.seed)
-    expected = class_weights_from_masks(subset.masks[train_idx], scheme=config.class_weights,
-                                        background_weight=config.background_weight)
+    expected = class_weights_from_masks(
+        subset.masks[train_idx], scheme=config.class_weights, background_weight=config.background_weight
+    )
     np.testing.assert_allclose(result.class_weights, expected, rtol=0, atol=0)
 
 

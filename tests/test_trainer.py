@@ -18,12 +18,19 @@ from contract.data import load_npz
 pytestmark = pytest.mark.slow
 
 TINY = TrainConfig(
-    model="unet", base_filters=4, depth=2, batch_size=8, epochs=2, early_stopping_patience=10,
-    reduce_lr_patience=10, validation_fraction=0.25, augment_flips=False, mixed_precision="off",
+    model="unet",
+    base_filters=4,
+    depth=2,
+    batch_size=8,
+    epochs=2,
+    early_stopping_patience=10,
+    reduce_lr_patience=10,
+    validation_fraction=0.25,
+    augment_flips=False,
+    mixed_precision="off",
     seed=3,
 )
-OTHER = TINY.replace(learning_rate=3e-4, weight_decay=5e-2, focal_gamma=2.0,
-                     class_weights="uniform")
+OTHER = TINY.replace(learning_rate=3e-4, weight_decay=5e-2, focal_gamma=2.0, class_weights="uniform")
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +82,17 @@ def test_hyperparameters_are_not_frozen_into_the_traced_step(reused) -> None:
 def test_phases_are_reported_in_order_and_compiling_only_when_new(reused) -> None:
     _, _, phases = reused
     assert set(phases) <= set(trial_attrs.PHASES)
-    assert phases == ["loading data", "building", "compiling", "training", "evaluating",
-                      "loading data", "building", "training", "evaluating"]
+    assert phases == [
+        "loading data",
+        "building",
+        "compiling",
+        "training",
+        "evaluating",
+        "loading data",
+        "building",
+        "training",
+        "evaluating",
+    ]
 
 
 def test_another_architecture_builds_a_new_model(reused, data) -> None:
@@ -107,8 +123,7 @@ def test_worker_callbacks_keep_keras_asynchronous_dispatch(data, monkeypatch) ->
 
     monkeypatch.setattr(keras.Model, "fit", spy)
     phases: list[str] = []
-    Trainer().train(TINY, data, verbose=False, epoch_callback=lambda epoch, miou: None,
-                    phase_callback=phases.append)
+    Trainer().train(TINY, data, verbose=False, epoch_callback=lambda epoch, miou: None, phase_callback=phases.append)
     assert len(seen) >= 4
     base = keras.callbacks.Callback
     for callback in seen:

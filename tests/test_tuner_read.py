@@ -60,8 +60,7 @@ def test_summarize_counts_best_and_running(mixed):  # noqa: F811 - the fixture
     assert [r.phase for r in summary.running] == ["training", None]  # node-b's worker wrote none
 
     # Ages follow the given "now".
-    later = status.summarize(_read(b), b.spec,
-                             now=after + datetime.timedelta(hours=2))
+    later = status.summarize(_read(b), b.spec, now=after + datetime.timedelta(hours=2))
     assert later.counts == summary.counts
     for run in later.running:
         assert 7200 <= run.age_s <= 7200 + (after - before).total_seconds() + 1.0
@@ -79,7 +78,11 @@ def test_summarize_without_completed_trial(pg_schema_url):
 
 def test_format_age():
     assert [status.format_age(s) for s in (None, 5, 65, 3 * 3600 + 120, 2 * 86400 + 4 * 3600)] == [
-        "-", "5s", "1m05s", "3h02m", "2d04h"
+        "-",
+        "5s",
+        "1m05s",
+        "3h02m",
+        "2d04h",
     ]
 
 
@@ -102,14 +105,34 @@ def test_print_status_shows_counts_best_and_running_hosts(mixed):  # noqa: F811 
 
 
 def test_render_status_fits_a_narrow_terminal():
-    params = {"learning_rate": 0.000123456, "class_weights": "sqrt_inverse_frequency",
-              "conventional_filters": 384, "multiscale_filters": 384, "early_stopping_patience": 31}
+    params = {
+        "learning_rate": 0.000123456,
+        "class_weights": "sqrt_inverse_frequency",
+        "conventional_filters": 384,
+        "multiscale_filters": 384,
+        "early_stopping_patience": 31,
+    }
     summary = status.StatusSummary(
-        name="foreign", budget=None, sampler=None, pruner=None, fingerprint=None,
+        name="foreign",
+        budget=None,
+        sampler=None,
+        pruner=None,
+        fingerprint=None,
         counts={"COMPLETE": 1, "PRUNED": 0, "RUNNING": 1, "WAITING": 0, "FAIL": 2},
         best=status.BestTrial(number=0, value=0.5, per_class_iou={"1": 0.5, "4": None}, params=params),
-        running=[status.RunningTrial(number=3, host="gpu-node-17", pid=4242, gpu=None, age_s=3725.0,
-                                     phase="compiling", epoch=0, last_value=None, params=params)],
+        running=[
+            status.RunningTrial(
+                number=3,
+                host="gpu-node-17",
+                pid=4242,
+                gpu=None,
+                age_s=3725.0,
+                phase="compiling",
+                epoch=0,
+                last_value=None,
+                params=params,
+            )
+        ],
     )
     console = Console(record=True, width=80)
     status.render_status(summary, "sqlite:///x.db", console)
@@ -187,4 +210,3 @@ def test_cli_status_list_export(pg_schema_url, tmp_path):
     assert done.returncode == 1
     expected = f"error: no study 'nosuch' in {storage.mask_url(pg_schema_url)} (studies: mars)"
     assert done.stderr.strip().splitlines() == [expected]
-

@@ -28,8 +28,9 @@ def _hostile_text_study(url: str) -> None:
     and as a categorical choice (both reach the figures' data)."""
     import optuna
 
-    study = optuna.create_study(study_name="s", storage=url, direction="maximize",
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        study_name="s", storage=url, direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     choices = [HOSTILE_TEXT, "</script><script>alert(1)</script>", "a & b"]
     for _ in range(8):
         trial = study.ask()
@@ -74,7 +75,8 @@ def test_report_with_script_text_in_a_study_keeps_every_section(tmp_path):
     assert [i for i in ids if i in expected] == expected
     n_figures = int(document.find("body").get("data-figures"))
     assert n_figures >= 6 and [i for i in ids if i.startswith("figure-")] == [
-        f"figure-{k}" for k in range(1, n_figures + 1)]
+        f"figure-{k}" for k in range(1, n_figures + 1)
+    ]
     scripts = [e.text or "" for e in document.iter("script")]
     assert sum("Plotly.newPlot" in s for s in scripts[1:]) == n_figures  # each script is whole (0: plotly.js)
     assert not any(HOSTILE_TEXT in s for s in scripts[1:])  # the text travels escaped
@@ -103,9 +105,12 @@ def _plain_study(url: str, case: str) -> None:
     import optuna
 
     n_objectives = {"inf value": 1, "3 objectives": 3, "4 objectives": 4}[case]
-    study = optuna.create_study(study_name="plain", storage=url,
-                                directions=["maximize"] + ["minimize"] * (n_objectives - 1),
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        study_name="plain",
+        storage=url,
+        directions=["maximize"] + ["minimize"] * (n_objectives - 1),
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
     for i in range(6):
         trial = study.ask()
         x = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
@@ -148,8 +153,9 @@ def test_export_picks_the_best_finite_trial_as_status_does(tuner_home, tmp_path,
     from tuner.study import CreateOptions, create_study
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    create_study("s", CreateOptions(storage_url=url, data=npz, fingerprint=None, space_path=None, trials=3,
-                                    seed_config=False))
+    create_study(
+        "s", CreateOptions(storage_url=url, data=npz, fingerprint=None, space_path=None, trials=3, seed_config=False)
+    )
     study = optuna.load_study(study_name="s", storage=url)
     for value in (0.5, float("inf")):  # inf: a hand edit, or plain Optuna's tell
         study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"config": TrainConfig().to_dict()}))
@@ -177,8 +183,9 @@ def test_hand_edited_trial_attributes_are_gaps_not_tracebacks(tuner_home, tmp_pa
     from tuner.study import CreateOptions, create_study
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    create_study("s", CreateOptions(storage_url=url, data=npz, fingerprint=None, space_path=None, trials=3,
-                                    seed_config=False))
+    create_study(
+        "s", CreateOptions(storage_url=url, data=npz, fingerprint=None, space_path=None, trials=3, seed_config=False)
+    )
     study = optuna.load_study(study_name="s", storage=url)
     edited = {"config": TrainConfig().to_dict(), "phase": "training", **HAND_EDITS[case]}
     study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs=edited))
@@ -213,8 +220,11 @@ def test_phase_and_created_at_reach_the_terminal_escaped(tuner_home, tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     study = optuna.create_study(study_name="s", storage=url)  # anyone with database access
     study.set_user_attr("created", {"at": ESCAPES, "by": ESCAPES})
-    study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={
-        "phase": ESCAPES, "worker": {"host": ESCAPES, "pid": 1, "gpu": 0}}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.RUNNING, user_attrs={"phase": ESCAPES, "worker": {"host": ESCAPES, "pid": 1, "gpu": 0}}
+        )
+    )
     for args in (("list",), ("status", "s")):
         result = invoke(tuner_app, *args, "--storage", url, env={"COLUMNS": "400"})
         assert result.exit_code == 0, (result.stderr, result.exception)
@@ -238,8 +248,9 @@ def test_importance_warning_of_equal_values_is_a_note_not_stderr(tmp_path):
     from tuner import report as tuner_report
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    study = optuna.create_study(study_name="flat", storage=url, direction="maximize",
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        study_name="flat", storage=url, direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     for _ in range(6):  # every trial scores the same: PED-ANOVA cannot tell its quantiles apart
         trial = study.ask()
         trial.suggest_float("lr", 0.1, 0.2)
@@ -260,7 +271,7 @@ def test_importance_warning_of_equal_values_is_a_note_not_stderr(tmp_path):
 
 def _whiteness(colour: str) -> int:
     """The darkest channel of ``#rrggbb``: 255 is white."""
-    return min(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    return min(int(colour[i : i + 2], 16) for i in (1, 3, 5))
 
 
 def test_report_figures_show_every_trial_with_whole_number_ticks():
@@ -269,22 +280,28 @@ def test_report_figures_show_every_trial_with_whole_number_ticks():
     from tuner import report_figures as figs
     from tuner import report_params
 
-    dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
-             "gamma": optuna.distributions.FloatDistribution(0, 3)}
+    dists = {
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+        "gamma": optuna.distributions.FloatDistribution(0, 3),
+    }
     trials = []
     for number, (lr, gamma, value) in enumerate([(1e-3, 0.5, 0.40), (5e-3, 2.2, 0.50), (5e-4, 0.8, 0.41)]):
-        trial = optuna.trial.create_trial(value=value, params={"lr": lr, "gamma": gamma}, distributions=dists,
-                                          intermediate_values={1: value / 3, 2: value / 2, 3: value})
+        trial = optuna.trial.create_trial(
+            value=value,
+            params={"lr": lr, "gamma": gamma},
+            distributions=dists,
+            intermediate_values={1: value / 3, 2: value / 2, 3: value},
+        )
         trial.number = number
         trials.append(trial)
     # The worst trial is drawn in a colour that shows on white (slices and parallel coordinates).
     parallel = report_params.parallel(trials, ["lr", "gamma"], True, 3)
     lines = [t["line"]["color"] for t in parallel["data"] if t["mode"] == "lines"]
-    assert len(lines) == 3 and max(_whiteness(c) for c in lines) < 0xe0, lines
+    assert len(lines) == 3 and max(_whiteness(c) for c in lines) < 0xE0, lines
     slices = report_params.slices(trials, ["lr", "gamma"])
     for trace in slices["data"]:
-        assert _whiteness(trace["marker"]["colorscale"][0][1]) < 0xe0
-    assert _whiteness(parallel["data"][-1]["marker"]["colorscale"][0][1]) < 0xe0  # its colour bar
+        assert _whiteness(trace["marker"]["colorscale"][0][1]) < 0xE0
+    assert _whiteness(parallel["data"][-1]["marker"]["colorscale"][0][1]) < 0xE0  # its colour bar
     # Learning curves of a few trials are not a faint haze.
     curves = figs.learning_curves(trials)
     assert curves["data"][0]["opacity"] >= 0.6
@@ -302,8 +319,10 @@ def test_report_header_counts_epochs_in_english(tmp_path):
     from tuner.study import CreateOptions, create_study
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    create_study("s", CreateOptions(storage_url=url, data=None, fingerprint="ab" * 32, space_path=None, trials=3,
-                                    seed_config=False))  # the default minimum: 1 epoch before a trial can be pruned
+    create_study(
+        "s",
+        CreateOptions(storage_url=url, data=None, fingerprint="ab" * 32, space_path=None, trials=3, seed_config=False),
+    )  # the default minimum: 1 epoch before a trial can be pruned
     out = tmp_path / "r.html"
     tuner_report.write_report("s", storage_url=url, output=out)
     assert "hyperband (min 1 epoch)" in out.read_text()

@@ -36,15 +36,25 @@ def _enqueue_file(tmp_path: Path, case: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case, reason", [
-    ("fifo", "not a regular file"), ("device", "not a regular file"), ("over 1 MiB", "larger than 1024 KiB"),
-    ("deep nesting", "nested too deeply"), ("5000-digit integer", "digits"), ("alias", "YAML aliases"),
-])
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("fifo", "not a regular file"),
+        ("device", "not a regular file"),
+        ("over 1 MiB", "larger than 1024 KiB"),
+        ("deep nesting", "nested too deeply"),
+        ("5000-digit integer", "digits"),
+        ("alias", "YAML aliases"),
+    ],
+)
 def test_hostile_enqueue_files_are_one_short_line(tuner_home, tmp_path, npz, case, reason):
     path = _enqueue_file(tmp_path, case)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    one_cli_error(invoke(tuner_app, "create", "s", "--data", npz, "--enqueue", path, "--storage", url),
-                  f"--enqueue {path}", reason)
+    one_cli_error(
+        invoke(tuner_app, "create", "s", "--data", npz, "--enqueue", path, "--storage", url),
+        f"--enqueue {path}",
+        reason,
+    )
     assert not (tmp_path / "db.sqlite").exists()
 
 
@@ -60,8 +70,9 @@ def _artifact_study(tmp_path: Path, npz: Path, attrs: dict) -> str:
     from tuner.study import CreateOptions, create_study
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    create_study("s", CreateOptions(storage_url=url, data=npz, fingerprint=None, space_path=None, trials=1,
-                                    seed_config=False))
+    create_study(
+        "s", CreateOptions(storage_url=url, data=npz, fingerprint=None, space_path=None, trials=1, seed_config=False)
+    )
     study = optuna.load_study(study_name="s", storage=url)
     study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"config": TrainConfig().to_dict(), **attrs}))
     return url
@@ -108,9 +119,22 @@ def test_export_model_refuses_a_planted_artifact(tuner_home, tmp_path, npz, kind
     url = _artifact_study(tmp_path, npz, {"model_artifact_id": ARTIFACT_ID})
     _planted(tmp_path / "store", kind)
     model = tmp_path / "out.keras"
-    one_cli_error(invoke(tuner_app, "export", "s", "-o", tmp_path / "best.yaml", "--model", model,
-                         "--artifact-dir", tmp_path / "store", "--storage", url),
-                  "symbolic link" if kind == "symlink" else "not a regular file")
+    one_cli_error(
+        invoke(
+            tuner_app,
+            "export",
+            "s",
+            "-o",
+            tmp_path / "best.yaml",
+            "--model",
+            model,
+            "--artifact-dir",
+            tmp_path / "store",
+            "--storage",
+            url,
+        ),
+        "symbolic link" if kind == "symlink" else "not a regular file",
+    )
     assert not model.exists() and list(tmp_path.glob("*.keras*")) == []
 
 
@@ -149,13 +173,22 @@ def test_bad_compile_cache_is_one_warning_and_no_cache(tmp_path):
     pytest.importorskip("jax")
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
-    cases = {"a file": tmp_path / "a-file", "under a file": tmp_path / "a-file" / "cache",
-             "a symlink loop": tmp_path / "loop", "fine": tmp_path / "cache"}
+    cases = {
+        "a file": tmp_path / "a-file",
+        "under a file": tmp_path / "a-file" / "cache",
+        "a symlink loop": tmp_path / "loop",
+        "fine": tmp_path / "cache",
+    }
     if os.geteuid() != 0:  # root writes anywhere
         (tmp_path / "ro").mkdir(mode=0o500)
         cases["an unwritable directory"] = tmp_path / "ro"
-    proc = subprocess.run([sys.executable, "-c", _CACHE_SCRIPT, json.dumps({k: str(v) for k, v in cases.items()})],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"})
+    proc = subprocess.run(
+        [sys.executable, "-c", _CACHE_SCRIPT, json.dumps({k: str(v) for k, v in cases.items()})],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "KERAS_BACKEND": "jax"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     directories = json.loads(proc.stdout.strip().splitlines()[-1])
     said: dict[str, list[str]] = {}
@@ -181,12 +214,35 @@ def test_worker_with_a_bad_compile_cache_warns_once_and_completes_its_trial(tune
     npz = synth_npz(32, seed=3)
     space = tiny_space(tmp_path / "space.yaml", params=LEARNING_RATE_ONLY, epochs=1)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    created = run_cli("tuner", "create", "s", "--data", str(npz), "--space", str(space), "--trials", "1",
-                      "--pruner", "none", "--storage", url)
+    created = run_cli(
+        "tuner",
+        "create",
+        "s",
+        "--data",
+        str(npz),
+        "--space",
+        str(space),
+        "--trials",
+        "1",
+        "--pruner",
+        "none",
+        "--storage",
+        url,
+    )
     assert created.returncode == 0, created.stderr
     (tmp_path / "a-file").write_text("x")
-    run = run_cli("worker", "run", "--study", "s", "--data", str(npz), "--quiet", "--storage", url,
-                  env={"KERAS_BACKEND": "jax", "TUNER_COMPILE_CACHE": str(tmp_path / "a-file")})
+    run = run_cli(
+        "worker",
+        "run",
+        "--study",
+        "s",
+        "--data",
+        str(npz),
+        "--quiet",
+        "--storage",
+        url,
+        env={"KERAS_BACKEND": "jax", "TUNER_COMPILE_CACHE": str(tmp_path / "a-file")},
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
     assert len([line for line in run.stdout.splitlines() if "warning: compile cache" in line]) == 1, run.stdout

@@ -73,8 +73,9 @@ def test_psycopg2_form_still_works(pg_url, tuner_home):
 @pytest.mark.slow
 def test_plain_url_works_with_the_optuna_cli(plain_study):
     url, name = plain_study
-    result = subprocess.run([str(BIN / "optuna"), "studies", "--storage", url, "-f", "json"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(BIN / "optuna"), "studies", "--storage", url, "-f", "json"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert [row["name"] for row in json.loads(result.stdout)] == [name]
 
@@ -84,7 +85,9 @@ def test_plain_url_works_with_optuna_dashboard(plain_study):
     url, name = plain_study
     proc = subprocess.Popen(
         [str(BIN / "optuna-dashboard"), url, "--host", "127.0.0.1", "--port", str(DASHBOARD_PORT)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         body = None

@@ -56,8 +56,19 @@ def test_seed_config_fits_the_default_space_and_matches_the_reference():
 
 def test_create_enqueues_seed_and_files_exactly_once(pg_schema_url, npz, tmp_path):
     extra = _write(tmp_path / "known.yaml", {"learning_rate": 3e-4, "batch_size": 64, "tta": True})
-    result = tuner("create", "s", "--data", str(npz), "--trials", "5", "--enqueue", str(extra),
-                   "--enqueue", str(extra), url=pg_schema_url)
+    result = tuner(
+        "create",
+        "s",
+        "--data",
+        str(npz),
+        "--trials",
+        "5",
+        "--enqueue",
+        str(extra),
+        "--enqueue",
+        str(extra),
+        url=pg_schema_url,
+    )
     assert result.exit_code == 0, result.stderr
     assert "enqueued 2 configuration(s): known.yaml, seed_config" in result.stdout
     # Re-running an init job (--exist-ok) enqueues nothing more.
@@ -67,7 +78,10 @@ def test_create_enqueues_seed_and_files_exactly_once(pg_schema_url, npz, tmp_pat
     waiting = _waiting(study)
     assert [t.user_attrs["enqueued_from"] for t in waiting] == ["known.yaml", "seed_config"]
     assert waiting[0].params == {} and waiting[0].system_attrs["fixed_params"] == {
-        "learning_rate": 3e-4, "batch_size": 64, "tta": True}
+        "learning_rate": 3e-4,
+        "batch_size": 64,
+        "tta": True,
+    }
     # A worker's budgeted ask gets them first, with their values; the rest is sampled.
     spec = StudySpec.of(study)
     worker_study = optuna.load_study(study_name="s", storage=rdb, sampler=spec.make_sampler("w"))
@@ -84,13 +98,16 @@ def test_create_enqueues_seed_and_files_exactly_once(pg_schema_url, npz, tmp_pat
     assert len(_load(pg_schema_url)[0].trials) == 0
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"learning_rate": 0.5}, r"learning_rate=0.5 is outside the study's search space \(range"),
-    ({"batch_size": 100}, r"batch_size=100 is outside .*choices \[64, 128, 256\]"),
-    ({"epochs": 10}, "the study fixes epochs=200"),
-    ({"jit_compile": True}, "neither searched nor fixed"),
-    ({"learnig_rate": 1e-3}, "unknown config key"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"learning_rate": 0.5}, r"learning_rate=0.5 is outside the study's search space \(range"),
+        ({"batch_size": 100}, r"batch_size=100 is outside .*choices \[64, 128, 256\]"),
+        ({"epochs": 10}, "the study fixes epochs=200"),
+        ({"jit_compile": True}, "neither searched nor fixed"),
+        ({"learnig_rate": 1e-3}, "unknown config key"),
+    ],
+)
 def test_config_that_does_not_fit_is_one_line_and_writes_nothing(pg_url, npz, tmp_path, values, message):
     bad = _write(tmp_path / "bad.yaml", values)
     result = tuner("create", "s", "--data", str(npz), "--enqueue", str(bad), url=pg_url)
@@ -104,26 +121,45 @@ def test_config_that_does_not_fit_is_one_line_and_writes_nothing(pg_url, npz, tm
 def test_more_configs_than_budget_refused(pg_schema_url, npz, tmp_path):
     extra = _write(tmp_path / "known.yaml", {"learning_rate": 3e-4})
     with pytest.raises(Exception, match="exceed the budget of 1 trials"):
-        create_study("s", CreateOptions(storage_url=pg_schema_url, data=npz, fingerprint=None, space_path=None,
-                                        trials=1, enqueue=[extra]))
+        create_study(
+            "s",
+            CreateOptions(
+                storage_url=pg_schema_url, data=npz, fingerprint=None, space_path=None, trials=1, enqueue=[extra]
+            ),
+        )
 
 
 def test_default_seed_config_skipped_when_the_space_cannot_hold_it(pg_schema_url, npz):
-    summary = create_study("s", CreateOptions(storage_url=pg_schema_url, data=npz, fingerprint=None,
-                                              space_path=demo_space_path(), trials=3))
+    summary = create_study(
+        "s",
+        CreateOptions(storage_url=pg_schema_url, data=npz, fingerprint=None, space_path=demo_space_path(), trials=3),
+    )
     assert "seed configuration not enqueued (base_filters=32 is outside" in summary
     assert len(_load(pg_schema_url)[0].trials) == 0
     with pytest.raises(WarmStartError, match="--enqueue .*seed_config.yaml: base_filters=32"):
-        create_study("t", CreateOptions(storage_url=pg_schema_url, data=npz, fingerprint=None,
-                                        space_path=demo_space_path(), trials=3, enqueue=[seed_config_path()]))
+        create_study(
+            "t",
+            CreateOptions(
+                storage_url=pg_schema_url,
+                data=npz,
+                fingerprint=None,
+                space_path=demo_space_path(),
+                trials=3,
+                enqueue=[seed_config_path()],
+            ),
+        )
 
 
 def test_keep_aliens_recorded_in_spec(pg_schema_url, tmp_path):
     path = tmp_path / "aliens.npz"
     write_npz(path, 60, seed=2)  # default: 6 aliens
     create_study("a", CreateOptions(storage_url=pg_schema_url, data=path, fingerprint=None, space_path=None, trials=2))
-    create_study("k", CreateOptions(storage_url=pg_schema_url, data=path, fingerprint=None, space_path=None, trials=2,
-                                    remove_aliens=False))
+    create_study(
+        "k",
+        CreateOptions(
+            storage_url=pg_schema_url, data=path, fingerprint=None, space_path=None, trials=2, remove_aliens=False
+        ),
+    )
     removed, kept = StudySpec.of(_load(pg_schema_url, "a")[0]), StudySpec.of(_load(pg_schema_url, "k")[0])
     assert removed.remove_aliens and not kept.remove_aliens
     assert removed.data_fingerprint != kept.data_fingerprint

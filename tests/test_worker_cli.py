@@ -87,12 +87,24 @@ def test_train_bad_data_and_paths(tmp_path, npz):
     # Output paths are checked before training, not after it: nothing is written.
     save, blocker = tmp_path / "best.keras", tmp_path / "a-file"
     blocker.write_text("")
-    line = _one_error_line(worker("train", "--config", str(config), "--data", str(npz), "--save", str(save),
-                                  "--result", str(blocker / "r.json")))
+    line = _one_error_line(
+        worker(
+            "train",
+            "--config",
+            str(config),
+            "--data",
+            str(npz),
+            "--save",
+            str(save),
+            "--result",
+            str(blocker / "r.json"),
+        )
+    )
     assert line.startswith(f"error: --result {blocker / 'r.json'}: {blocker} is a file")
     assert not save.exists()
-    line = _one_error_line(worker("train", "--config", str(config), "--data", str(npz),
-                                  "--save", str(blocker / "m.keras")))
+    line = _one_error_line(
+        worker("train", "--config", str(config), "--data", str(npz), "--save", str(blocker / "m.keras"))
+    )
     assert "--save" in line and "is a file, not a directory" in line
 
 

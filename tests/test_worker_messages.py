@@ -74,8 +74,9 @@ def test_outage_lines_name_the_database_error(pg_cluster, caplog):  # noqa: F811
     try:
         lines: list[str] = []
         with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises once the grace is spent
-            with_db_retry(lambda: study.trials, what="reading trials", max_wait_s=0.5, first_delay_s=0.2,
-                          on_retry=lines.append)
+            with_db_retry(
+                lambda: study.trials, what="reading trials", max_wait_s=0.5, first_delay_s=0.2, on_retry=lines.append
+            )
         with caplog.at_level(logging.WARNING, logger="storage"):
             with storage.Heartbeat(rdb, trial._trial_id, interval=60):
                 pass

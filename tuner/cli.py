@@ -30,11 +30,12 @@ app.add_typer(db_app, name="db")
 PickOpt = Annotated[
     str,
     typer.Option(
-        "--pick", metavar="RULE",
+        "--pick",
+        metavar="RULE",
         help="Which trial counts as best. Any study: best-miou (the highest single run) or confirmed (of the "
-             "configurations `tuner confirm` re-ran, the highest mean mIoU minus one standard error over "
-             "their confirmation seeds; needs 2 complete runs). Two-objective studies also: 'smallest-within D' "
-             "(the Pareto front's smallest cost whose mIoU is at most D below the best, e.g. 0.01).",
+        "configurations `tuner confirm` re-ran, the highest mean mIoU minus one standard error over "
+        "their confirmation seeds; needs 2 complete runs). Two-objective studies also: 'smallest-within D' "
+        "(the Pareto front's smallest cost whose mIoU is at most D below the best, e.g. 0.01).",
     ),
 ]
 
@@ -65,7 +66,9 @@ def main(
 DataOpt = Annotated[
     Path | None,
     typer.Option(
-        "--data", envvar="TUNER_DATA", show_envvar=True,
+        "--data",
+        envvar="TUNER_DATA",
+        show_envvar=True,
         help="The challenge .npz; its fingerprint is recorded so workers with other data are refused.",
     ),
 ]
@@ -76,10 +79,13 @@ SamplerOpt = Annotated[Sampler, typer.Option(case_sensitive=False, help="How wor
 SeedOpt = Annotated[int, typer.Option(help="Sampler seed (each worker derives its own from it).")]
 PrunerOpt = Annotated[
     Pruner | None,
-    typer.Option(case_sensitive=False, show_default=False,
-                 help="Early stopping of unpromising trials (resource: epochs). "
-                      f"Default: {StudySpec.pruner}; none with several objectives "
-                      "(nothing else is allowed there)."),
+    typer.Option(
+        case_sensitive=False,
+        show_default=False,
+        help="Early stopping of unpromising trials (resource: epochs). "
+        f"Default: {StudySpec.pruner}; none with several objectives "
+        "(nothing else is allowed there).",
+    ),
 ]
 MinEpochsOpt = Annotated[
     int, typer.Option(min=1, help="Epochs a trial trains before it can be pruned (Hyperband's min resource).")
@@ -95,8 +101,11 @@ ExistOkOpt = Annotated[
 ]
 EnqueueOpt = Annotated[
     list[Path] | None,
-    typer.Option("--enqueue", metavar="FILE.yaml",
-                 help="Enqueue this training config as a first trial (repeatable); it must fit the space."),
+    typer.Option(
+        "--enqueue",
+        metavar="FILE.yaml",
+        help="Enqueue this training config as a first trial (repeatable); it must fit the space.",
+    ),
 ]
 SeedConfigOpt = Annotated[
     bool, typer.Option("--seed-config/--no-seed-config", help="Enqueue the seed team's best configuration.")
@@ -106,16 +115,22 @@ KeepAliensOpt = Annotated[
 ]
 ObjectivesOpt = Annotated[
     str,
-    typer.Option(metavar="LIST",
-                 help="What to optimise: miou, or accuracy against cost: miou,params (parameter count) or "
-                      "miou,latency (inference ms per image on the worker's device). Two objectives: "
-                      "a Pareto front, no pruning; --sampler tpe or nsga2."),
+    typer.Option(
+        metavar="LIST",
+        help="What to optimise: miou, or accuracy against cost: miou,params (parameter count) or "
+        "miou,latency (inference ms per image on the worker's device). Two objectives: "
+        "a Pareto front, no pruning; --sampler tpe or nsga2.",
+    ),
 ]
 DEFAULT_OBJECTIVES = ",".join(StudySpec.objectives)
 WorkersHintOpt = Annotated[
-    int, typer.Option(min=1, metavar="N",
-                      help="Workers you expect to run at once (recorded; warns when --trials is under 3 waves) "
-                           "(docs/benchmarks.md, 'Parallel search quality').")
+    int,
+    typer.Option(
+        min=1,
+        metavar="N",
+        help="Workers you expect to run at once (recorded; warns when --trials is under 3 waves) "
+        "(docs/benchmarks.md, 'Parallel search quality').",
+    ),
 ]
 
 
@@ -145,14 +160,30 @@ def create(
     """Create a study from a search-space file (schema is created if missing)."""
     from tuner.study import create_study
 
-    summary = create_study(name, CreateOptions(
-        storage_url=storage, data=data, fingerprint=fingerprint, space_path=space, trials=trials,
-        sampler=sampler.value, seed=seed, pruner=pruner.value if pruner is not None else None,
-        min_epochs=min_epochs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-        max_retry=max_retry, overwrite=overwrite, exist_ok=exist_ok, enqueue=tuple(enqueue or ()),
-        seed_config=seed_config, remove_aliens=not keep_aliens, objectives=objectives,
-        workers_hint=workers_hint,
-    ))
+    summary = create_study(
+        name,
+        CreateOptions(
+            storage_url=storage,
+            data=data,
+            fingerprint=fingerprint,
+            space_path=space,
+            trials=trials,
+            sampler=sampler.value,
+            seed=seed,
+            pruner=pruner.value if pruner is not None else None,
+            min_epochs=min_epochs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            max_retry=max_retry,
+            overwrite=overwrite,
+            exist_ok=exist_ok,
+            enqueue=tuple(enqueue or ()),
+            seed_config=seed_config,
+            remove_aliens=not keep_aliens,
+            objectives=objectives,
+            workers_hint=workers_hint,
+        ),
+    )
     typer.echo(summary)
 
 
@@ -201,8 +232,15 @@ def export(
     """
     from tuner.export import export_best
 
-    export_best(name, storage=storage, fmt=format.value if format else None, output=output, model=model,
-                artifact_dir=artifact_dir, pick=Pick.parse(pick))
+    export_best(
+        name,
+        storage=storage,
+        fmt=format.value if format else None,
+        output=output,
+        model=model,
+        artifact_dir=artifact_dir,
+        pick=Pick.parse(pick),
+    )
 
 
 @app.command()
@@ -264,8 +302,15 @@ def demo(
     """
     from tuner.demo import run_demo
 
-    code = run_demo(study=study, workers=workers, trials=trials, images=images, storage_url=storage,
-                    objectives=objectives, pick=Pick.parse(pick))
+    code = run_demo(
+        study=study,
+        workers=workers,
+        trials=trials,
+        images=images,
+        storage_url=storage,
+        objectives=objectives,
+        pick=Pick.parse(pick),
+    )
     raise typer.Exit(code)
 
 

@@ -36,7 +36,10 @@ def db_check(storage: StorageOpt = None) -> None:
 
 def _role_password_option(role: str) -> typer.models.OptionInfo:
     return typer.Option(
-        f"--{role}-password-file", envvar=f"TUNER_{role.upper()}_PASSWORD_FILE", show_envvar=True, metavar="FILE",
+        f"--{role}-password-file",
+        envvar=f"TUNER_{role.upper()}_PASSWORD_FILE",
+        show_envvar=True,
+        metavar="FILE",
         help=f"With --roles: the password of the tuner_{role} role.",
     )
 
@@ -45,8 +48,12 @@ def _role_password_option(role: str) -> typer.models.OptionInfo:
 def db_init(
     storage: StorageOpt = None,
     roles: Annotated[
-        bool, typer.Option("--roles", help="PostgreSQL, as a superuser: also create or update the owner, worker "
-                                           "and viewer roles (docs/roles.md); the tables become the owner's."),
+        bool,
+        typer.Option(
+            "--roles",
+            help="PostgreSQL, as a superuser: also create or update the owner, worker "
+            "and viewer roles (docs/roles.md); the tables become the owner's.",
+        ),
     ] = False,
     owner_password_file: Annotated[Path | None, _role_password_option("owner")] = None,
     worker_password_file: Annotated[Path | None, _role_password_option("worker")] = None,

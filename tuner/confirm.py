@@ -64,24 +64,30 @@ def confirm(name: str, *, storage_url: str | None, top: int, seeds: int) -> list
     try:
         spec = StudySpec.of(study)
         if "seed" in spec.space.params:
-            raise ConfirmError(f"study {name!r} searches the training seed itself; confirmation runs vary the "
-                               "seed, so its space must leave seed fixed")
+            raise ConfirmError(
+                f"study {name!r} searches the training seed itself; confirmation runs vary the "
+                "seed, so its space must leave seed fixed"
+            )
         study_id = rdb.get_study_id_from_name(name)
         ranked = _ranked(rdb, study, study_id, top)
         with budget_lock(rdb, url, name, grace_period=float(spec.grace_period)):
             # Read inside the lock's transaction: what another coordinator queued is seen or waited for.
             have = {(a, b) for a, b in user_attr_pairs(rdb, study_id, trial_attrs.CONFIRMS, trial_attrs.CONFIRM_SEED)}
             confirmed_before = {number for number, _ in have}
-            chosen = ([t for t in ranked if t.number in confirmed_before]
-                      + [t for t in ranked if t.number not in confirmed_before])[:top]
+            chosen = (
+                [t for t in ranked if t.number in confirmed_before]
+                + [t for t in ranked if t.number not in confirmed_before]
+            )[:top]
             passed_over = tuple(t for t in ranked[:top] if t.number not in {c.number for c in chosen})
             done = []
             for trial in chosen:
                 wanted_seeds = tuple(seeds_for(_base_seed(trial, spec), seeds))
                 added = tuple(s for s in wanted_seeds if (trial.number, s) not in have)
                 for seed in added:
-                    study.enqueue_trial(dict(trial.params),
-                                        user_attrs={trial_attrs.CONFIRMS: trial.number, trial_attrs.CONFIRM_SEED: seed})
+                    study.enqueue_trial(
+                        dict(trial.params),
+                        user_attrs={trial_attrs.CONFIRMS: trial.number, trial_attrs.CONFIRM_SEED: seed},
+                    )
                 done.append(Queued(trial=trial, seeds=wanted_seeds, added=added, passed_over=passed_over))
         return done
     finally:
@@ -91,15 +97,21 @@ def confirm(name: str, *, storage_url: str | None, top: int, seeds: int) -> list
 def _ranked(rdb: RDBStorage, study: optuna.Study, study_id: int, top: int) -> list[FrozenTrial]:
     """The complete search trials, best first (:func:`top_trials`); at least ``top`` of them."""
     name = study.study_name
-    complete = load_trials(rdb.engine, study_id, states=(TrialState.COMPLETE,), intermediate=False,
-                           user_attr_keys=(trial_attrs.CONFIRMS, trial_attrs.CONFIRM_SEED, trial_attrs.CONFIG,
-                                           trial_attrs.MIOU))
+    complete = load_trials(
+        rdb.engine,
+        study_id,
+        states=(TrialState.COMPLETE,),
+        intermediate=False,
+        user_attr_keys=(trial_attrs.CONFIRMS, trial_attrs.CONFIRM_SEED, trial_attrs.CONFIG, trial_attrs.MIOU),
+    )
     ranked = top_trials(complete, study.directions, len(complete))
     if not ranked:
         raise ConfirmError(f"no complete search trial yet in study {name!r}: nothing to confirm")
     if len(ranked) < top:
-        raise ConfirmError(f"--top {top}: study {name!r} has only {len(ranked)} complete search trial(s); "
-                           f"wait for more, or use --top {len(ranked)}")
+        raise ConfirmError(
+            f"--top {top}: study {name!r} has only {len(ranked)} complete search trial(s); "
+            f"wait for more, or use --top {len(ranked)}"
+        )
     return ranked
 
 
@@ -110,15 +122,18 @@ def describe(name: str, done: list[Queued]) -> str:
         values = item.trial.values or []
         cost = f", cost {values[1]:.6g}" if len(values) > 1 else ""
         seeds = ", ".join(map(str, item.seeds))
-        state = (f"queued {len(item.added)} new" if item.added else "nothing new") + \
-            (f", {len(item.seeds) - len(item.added)} queued or run before" if len(item.added) < len(item.seeds) else "")
+        state = (f"queued {len(item.added)} new" if item.added else "nothing new") + (
+            f", {len(item.seeds) - len(item.added)} queued or run before" if len(item.added) < len(item.seeds) else ""
+        )
         lines.append(f"trial {item.trial.number} (mIoU {values[0]:.4f}{cost}): seeds {seeds}: {state}")
     added = sum(len(i.added) for i in done)
     passed_over = done[0].passed_over if done else ()
     if passed_over:
         better = ", ".join(f"trial {t.number} ({t.values[0]:.4f})" for t in passed_over)
-        lines.append(f"note: {better} now rank(s) in the top {len(done)} but the configurations confirmed before "
-                     f"stay chosen; --top {len(done) + len(passed_over)} confirms it too")
+        lines.append(
+            f"note: {better} now rank(s) in the top {len(done)} but the configurations confirmed before "
+            f"stay chosen; --top {len(done) + len(passed_over)} confirms it too"
+        )
     lines.append(
         f"queued {added} confirmation trial(s) in study {name!r}; they take no slot of the search budget "
         "and are never pruned. Running workers take them next; if none is running, start workers with "

@@ -90,9 +90,12 @@ def dashboard_app(rdb: optuna.storages.RDBStorage, url: str, artifact_store: Any
     app = optuna_dashboard.wsgi(rdb, artifact_store=artifact_store)
     if can_write(url):
         return app
-    return ReadOnly(app, f"this dashboard is read-only: its database role ({make_url(url).username}) may not "
-                         "write. To change studies from the dashboard, set DASHBOARD_ROLE=worker in .env "
-                         "(docs/roles.md)")
+    return ReadOnly(
+        app,
+        f"this dashboard is read-only: its database role ({make_url(url).username}) may not "
+        "write. To change studies from the dashboard, set DASHBOARD_ROLE=worker in .env "
+        "(docs/roles.md)",
+    )
 
 
 class ReadOnly:
@@ -148,4 +151,3 @@ def _artifact_store(artifact_dir: Path | None) -> Any:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-

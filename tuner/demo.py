@@ -34,8 +34,16 @@ DEMO_SEED = 0
 DEMO_ATTR = "tuner_demo"
 
 
-def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url: str | None,
-             objectives: str = ",".join(StudySpec.objectives), pick: Pick = Pick()) -> int:
+def run_demo(
+    *,
+    study: str,
+    workers: int,
+    trials: int,
+    images: int,
+    storage_url: str | None,
+    objectives: str = ",".join(StudySpec.objectives),
+    pick: Pick = Pick(),
+) -> int:
     """Run the local search; return 0 when at least one trial completed.
 
     With two ``objectives`` the study has no pruner and the exported configuration is the
@@ -53,9 +61,18 @@ def run_demo(*, study: str, workers: int, trials: int, images: int, storage_url:
         print(f"generating {images} synthetic Mars images -> {data}", flush=True)
         write_npz(data, images, seed=DEMO_SEED)
     options = CreateOptions(
-        storage_url=url, data=data, fingerprint=None, space_path=demo_space_path(), trials=trials, seed=DEMO_SEED,
-        pruner="hyperband" if len(goal) == 1 else None, heartbeat_interval=5, grace_period=30, max_retry=1,
-        overwrite=True, objectives=goal,
+        storage_url=url,
+        data=data,
+        fingerprint=None,
+        space_path=demo_space_path(),
+        trials=trials,
+        seed=DEMO_SEED,
+        pruner="hyperband" if len(goal) == 1 else None,
+        heartbeat_interval=5,
+        grace_period=30,
+        max_retry=1,
+        overwrite=True,
+        objectives=goal,
         seed_config=False,  # the seed team's configuration does not fit the demo's tiny space
     )
     print(create_study(study, options), flush=True)
@@ -77,8 +94,10 @@ def _check_arguments(study: str, objectives: str, pick: Pick) -> tuple[str, ...]
     goal = parse_objectives(objectives)
     check_pick(pick, len(goal), study)
     if pick.confirmed:  # it would fail at the end, after the whole search
-        raise StudyError("--pick confirmed needs `tuner confirm` runs, which the demo does not make; run the demo, "
-                         f"then `tuner confirm {study}`, workers, and `tuner export {study} --pick confirmed`")
+        raise StudyError(
+            "--pick confirmed needs `tuner confirm` runs, which the demo does not make; run the demo, "
+            f"then `tuner confirm {study}`, workers, and `tuner export {study} --pick confirmed`"
+        )
     return goal
 
 
@@ -113,8 +132,10 @@ def _write_report(study: str, url: str, output: Path, pick: Pick) -> None:
     except TunerError as exc:  # the search itself succeeded: say why there is no page, go on
         print(f"no report: {exc}", file=sys.stderr)
         return
-    print(f"report with figures (open it in a browser): {output}\n"
-          f"  write it again, e.g. while workers run: tuner report {study} -o {output.name}")
+    print(
+        f"report with figures (open it in a browser): {output}\n"
+        f"  write it again, e.g. while workers run: tuner report {study} -o {output.name}"
+    )
 
 
 def _check_replaceable(study: str, url: str) -> None:
@@ -153,7 +174,10 @@ def _run_workers(n: int, study: str, data: Path, url: str) -> list[int]:
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "worker", "run", "--study", study, "--data", str(data)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
         )
         for _ in range(n)
     ]

@@ -76,14 +76,22 @@ def export_best(
     confirmations, chosen = _confirmed(url, name, pick)
     best = chosen or best_trial(study, pick)
     config = config_of(best, spec)
-    text = render(config, fmt, study_name=name, trial=best, pick=pick, objectives=spec.objectives,
-                  confirmed=summarize(confirmations))
+    text = render(
+        config,
+        fmt,
+        study_name=name,
+        trial=best,
+        pick=pick,
+        objectives=spec.objectives,
+        confirmed=summarize(confirmations),
+    )
     _write_outputs(text, output, best, model, artifact_dir)
     return config
 
 
-def _write_outputs(text: str, output: Path | None, best: FrozenTrial, model: Path | None,
-                   artifact_dir: Path | None) -> None:
+def _write_outputs(
+    text: str, output: Path | None, best: FrozenTrial, model: Path | None, artifact_dir: Path | None
+) -> None:
     """The config (and with ``model`` the trial's model): the model lands only if the config was
     written too, so a failed export leaves neither."""
     if model is None:
@@ -112,8 +120,10 @@ def _emit(text: str, output: Path | None, best: FrozenTrial) -> None:
         return
     write_atomic(output, text)
     values = ", ".join(f"{v:.6g}" for v in best.values[1:])
-    _say(f"wrote the config of trial {best.number} (value {best.values[0]:.4f}{', ' + values if values else ''}) "
-         f"to {output}")
+    _say(
+        f"wrote the config of trial {best.number} (value {best.values[0]:.4f}{', ' + values if values else ''}) "
+        f"to {output}"
+    )
 
 
 def best_trial(study: optuna.Study, pick: Pick = Pick()) -> FrozenTrial:
@@ -135,8 +145,11 @@ def best_trial(study: optuna.Study, pick: Pick = Pick()) -> FrozenTrial:
         return picked
     # The best finite first value (mIoU), lowest number on ties, as `tuner status` and `list` rank:
     # Optuna's best_trial would pick a hand-written inf, and refuses more than one objective.
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if t.values and all(math.isfinite(v) for v in t.values)]
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.values and all(math.isfinite(v) for v in t.values)
+    ]
     if not done:
         raise StudyError(f"no completed trial yet in study {study.study_name!r}")
     sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
@@ -178,8 +191,16 @@ def config_of(trial: FrozenTrial, spec: StudySpec) -> TrainConfig:
     return config if schedule is None else config.replace(lr_schedule=schedule)
 
 
-def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial, pick: Pick | None = None,
-           objectives: tuple[str, ...] = (), confirmed: list[Confirmed] | None = None) -> str:
+def render(
+    config: TrainConfig,
+    fmt: str,
+    *,
+    study_name: str,
+    trial: FrozenTrial,
+    pick: Pick | None = None,
+    objectives: tuple[str, ...] = (),
+    confirmed: list[Confirmed] | None = None,
+) -> str:
     """The config text; YAML gets a comment header, JSON stays pure (``load`` rejects extra keys).
 
     A trial with two values (mIoU and a cost) gets the cost and the pick rule in its header;
@@ -205,8 +226,10 @@ def render(config: TrainConfig, fmt: str, *, study_name: str, trial: FrozenTrial
         ]
     header += [f"# IoU per class: {_per_class_text(trial)}"]
     if pick is not None and pick.confirmed:
-        header[0] = (f"# Confirmed pick of study {study_name!r} (highest mean mIoU minus one standard error "
-                     "over its confirmation seeds), exported by `tuner export`.")
+        header[0] = (
+            f"# Confirmed pick of study {study_name!r} (highest mean mIoU minus one standard error "
+            "over its confirmation seeds), exported by `tuner export`."
+        )
     if confirmed:
         header.append("# Confirmed configurations (tuner confirm; n, mean, sd, min over the confirmation seeds):")
         header += [f"#   {c.line()}" for c in confirmed]
@@ -235,9 +258,7 @@ def downloaded_model(trial: FrozenTrial, path: Path, artifact_dir: Path) -> Iter
 
     artifact_id = trial.user_attrs.get(trial_attrs.MODEL_ARTIFACT)
     if not artifact_id:
-        raise StudyError(
-            f"best trial {trial.number} has no saved model; run workers with --artifact-dir"
-        )
+        raise StudyError(f"best trial {trial.number} has no saved model; run workers with --artifact-dir")
     if not is_artifact_id(artifact_id):
         raise StudyError(
             f"--model: trial {trial.number}'s model artifact id {short_repr(artifact_id)} is not "

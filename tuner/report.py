@@ -45,8 +45,9 @@ SECTIONS = (
 )
 
 
-def write_report(name: str, *, storage_url: str | None, output: Path, artifact_dir: Path | None = None,
-                 pick: Pick | str = Pick()) -> Path:
+def write_report(
+    name: str, *, storage_url: str | None, output: Path, artifact_dir: Path | None = None, pick: Pick | str = Pick()
+) -> Path:
     """Read study ``name`` and write its report to ``output`` (atomically).
 
     Raises:
@@ -101,7 +102,8 @@ def _page(data: ReportData, body: dict[str, str], n_figures: int) -> str:
     nav = " · ".join(f'<a href="#{sid}">{html.escape(title)}</a>' for sid, title in SECTIONS if sid in body)
     sections = "\n".join(
         f'<section id="{sid}"><h2>{html.escape(title)}</h2>\n{body[sid]}\n</section>'
-        for sid, title in SECTIONS if sid in body
+        for sid, title in SECTIONS
+        if sid in body
     )
     title = f"tuner report: {data.head.study_name}"
     return f"""<!DOCTYPE html>

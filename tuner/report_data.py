@@ -80,9 +80,20 @@ def read_report(name: str, storage_url: str | None, artifact_dir: Path | None, p
         engine.dispose()
     best = full[picked.number] if picked is not None else top[0] if top else None
     preview, note = _preview(best, artifact_dir)
-    return ReportData(head=head, spec=spec, masked_url=storage.mask_url(url), trials=trials, top=top, best=best,
-                      preview_png=preview, preview_note=note, now=utc_now(), pick=pick, front=front,
-                      confirmed=summarize_confirmed(confirmations))
+    return ReportData(
+        head=head,
+        spec=spec,
+        masked_url=storage.mask_url(url),
+        trials=trials,
+        top=top,
+        best=best,
+        preview_png=preview,
+        preview_note=note,
+        now=utc_now(),
+        pick=pick,
+        front=front,
+        confirmed=summarize_confirmed(confirmations),
+    )
 
 
 def best_first(trials: list[FrozenTrial], directions: tuple[StudyDirection, ...]) -> list[FrozenTrial]:

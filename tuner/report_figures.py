@@ -42,8 +42,9 @@ METRIC = "validation mIoU"
 def complete(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     """The COMPLETE trials whose values are all finite numbers: what is ranked and drawn (plain
     Optuna stores ``inf``, which no axis or colour scale can place)."""
-    return [t for t in trials if t.state == TrialState.COMPLETE and t.values
-            and all(math.isfinite(v) for v in t.values)]
+    return [
+        t for t in trials if t.state == TrialState.COMPLETE and t.values and all(math.isfinite(v) for v in t.values)
+    ]
 
 
 # -- history and learning curves ----------------------------------------------------------------
@@ -59,10 +60,10 @@ def history_by_number(trials: Sequence[FrozenTrial], maximize: bool) -> Figure:
 
 def history_by_time(trials: Sequence[FrozenTrial], maximize: bool) -> Figure:
     """Each COMPLETE trial's value at the time it finished, and the best so far."""
-    done = sorted((t for t in complete(trials) if t.datetime_complete),
-                  key=lambda t: t.datetime_complete)  # type: ignore[arg-type, return-value]
-    fig = _history(done, [t.datetime_complete for t in done], maximize, "finished at (UTC)",
-                   "best so far, over wall-clock time")
+    done = sorted((t for t in complete(trials) if t.datetime_complete), key=lambda t: t.datetime_complete)  # type: ignore[arg-type, return-value]
+    fig = _history(
+        done, [t.datetime_complete for t in done], maximize, "finished at (UTC)", "best so far, over wall-clock time"
+    )
     fig["layout"]["xaxis"]["type"] = "date"
     return fig
 
@@ -74,12 +75,29 @@ def _history(done: Sequence[FrozenTrial], x: Any, maximize: bool, x_title: str, 
     for v in values:
         so_far = max(so_far, v) if maximize else min(so_far, v)
         best.append(so_far)
-    return new_figure([
-        {"type": "scatter", "x": x, "y": numbers(values), "mode": "markers", "name": METRIC,
-         "marker": {"size": marker_size(len(done)), "opacity": 0.6, "color": COLORS[TrialState.COMPLETE]}},
-        {"type": "scatter", "x": x, "y": numbers(best), "mode": "lines", "name": "best so far",
-         "line": {"shape": "hv", "color": "#ff7f0e"}},
-    ], title, x_title, METRIC)
+    return new_figure(
+        [
+            {
+                "type": "scatter",
+                "x": x,
+                "y": numbers(values),
+                "mode": "markers",
+                "name": METRIC,
+                "marker": {"size": marker_size(len(done)), "opacity": 0.6, "color": COLORS[TrialState.COMPLETE]},
+            },
+            {
+                "type": "scatter",
+                "x": x,
+                "y": numbers(best),
+                "mode": "lines",
+                "name": "best so far",
+                "line": {"shape": "hv", "color": "#ff7f0e"},
+            },
+        ],
+        title,
+        x_title,
+        METRIC,
+    )
 
 
 def learning_curves(trials: Sequence[FrozenTrial]) -> Figure:
@@ -107,15 +125,32 @@ def learning_curves(trials: Sequence[FrozenTrial]) -> Figure:
         if not ends:
             continue
         label = "complete" if state == TrialState.COMPLETE else "pruned"
-        traces.append({"type": "scatter", "x": numbers(xs, "f4"), "y": numbers(ys, "f4"), "mode": "lines",
-                       "name": label, "line": {"width": 1.5, "color": COLORS[state]}, "opacity": opacity,
-                       "hoverinfo": "skip", "connectgaps": False})
+        traces.append(
+            {
+                "type": "scatter",
+                "x": numbers(xs, "f4"),
+                "y": numbers(ys, "f4"),
+                "mode": "lines",
+                "name": label,
+                "line": {"width": 1.5, "color": COLORS[state]},
+                "opacity": opacity,
+                "hoverinfo": "skip",
+                "connectgaps": False,
+            }
+        )
         if state == TrialState.PRUNED:
-            traces.append({
-                "type": "scatter", "x": numbers(e[0] for e in ends), "y": numbers(e[1] for e in ends),
-                "mode": "markers", "name": "pruned here", "marker": {"symbol": "x", "size": 6, "color": COLORS[state]},
-                "text": [f"trial {e[2]} pruned after epoch {e[0]}" for e in ends], "hoverinfo": "text",
-            })
+            traces.append(
+                {
+                    "type": "scatter",
+                    "x": numbers(e[0] for e in ends),
+                    "y": numbers(e[1] for e in ends),
+                    "mode": "markers",
+                    "name": "pruned here",
+                    "marker": {"symbol": "x", "size": 6, "color": COLORS[state]},
+                    "text": [f"trial {e[2]} pruned after epoch {e[0]}" for e in ends],
+                    "hoverinfo": "text",
+                }
+            )
     epochs = [s for t in drawn for s in (min(t.intermediate_values), max(t.intermediate_values))]
     return new_figure(traces, "learning curves", "epoch", METRIC, xaxis=counting(epochs))
 
@@ -123,13 +158,18 @@ def learning_curves(trials: Sequence[FrozenTrial]) -> Figure:
 # -- several objectives -------------------------------------------------------------------------
 
 #: Axis titles of the cost objectives (``contract.study_spec.Objective``).
-COST_TITLES = {"params": "parameters", "latency": "inference ms per image", "minimize": "objective 1",
-               "maximize": "objective 1"}
+COST_TITLES = {
+    "params": "parameters",
+    "latency": "inference ms per image",
+    "minimize": "objective 1",
+    "maximize": "objective 1",
+}
 _HOVER = "%{{text}}<br>" + METRIC + " %{{y:.4f}}<br>{0} %{{x:,.4g}}<extra></extra>"
 
 
-def pareto(trials: Sequence[FrozenTrial], cost: str, front: Sequence[FrozenTrial],
-           picked: FrozenTrial | None, pick: str) -> Figure:
+def pareto(
+    trials: Sequence[FrozenTrial], cost: str, front: Sequence[FrozenTrial], picked: FrozenTrial | None, pick: str
+) -> Figure:
     """mIoU against cost: every COMPLETE trial, the Pareto front as a step line, the pick starred.
 
     Built here rather than with Optuna's ``plot_pareto_front`` so the front reads as a frontier
@@ -142,22 +182,41 @@ def pareto(trials: Sequence[FrozenTrial], cost: str, front: Sequence[FrozenTrial
     hover = _HOVER.format(title)
 
     def xy(group: Sequence[FrozenTrial]) -> dict[str, Any]:
-        return {"x": numbers(t.values[1] for t in group), "y": numbers(t.values[0] for t in group),
-                "text": [f"trial {t.number}" for t in group], "hovertemplate": hover, "type": "scatter"}
+        return {
+            "x": numbers(t.values[1] for t in group),
+            "y": numbers(t.values[0] for t in group),
+            "text": [f"trial {t.number}" for t in group],
+            "hovertemplate": hover,
+            "type": "scatter",
+        }
 
     traces = [
-        {**xy(rest), "mode": "markers", "name": "dominated",
-         "marker": {"size": marker_size(len(done)), "opacity": 0.5, "color": "#9ecae1"}},
-        {**xy(front), "mode": "lines+markers", "name": "Pareto front",
-         "line": {"shape": "hv", "color": COLORS[TrialState.COMPLETE]},
-         "marker": {"size": marker_size(len(done)) + 2, "color": COLORS[TrialState.COMPLETE]}},
+        {
+            **xy(rest),
+            "mode": "markers",
+            "name": "dominated",
+            "marker": {"size": marker_size(len(done)), "opacity": 0.5, "color": "#9ecae1"},
+        },
+        {
+            **xy(front),
+            "mode": "lines+markers",
+            "name": "Pareto front",
+            "line": {"shape": "hv", "color": COLORS[TrialState.COMPLETE]},
+            "marker": {"size": marker_size(len(done)) + 2, "color": COLORS[TrialState.COMPLETE]},
+        },
     ]
     if picked is not None:
-        traces.append({**xy([picked]), "mode": "markers", "name": f"picked ({pick})",
-                       "marker": {"symbol": "star", "size": 16, "color": "#ff7f0e",
-                                  "line": {"width": 1, "color": "#333"}}})
-    fig = new_figure(traces, f"Pareto front: {METRIC} against {title} ({len(front)} of {len(done)} complete trials)",
-                  title, METRIC)
+        traces.append(
+            {
+                **xy([picked]),
+                "mode": "markers",
+                "name": f"picked ({pick})",
+                "marker": {"symbol": "star", "size": 16, "color": "#ff7f0e", "line": {"width": 1, "color": "#333"}},
+            }
+        )
+    fig = new_figure(
+        traces, f"Pareto front: {METRIC} against {title} ({len(front)} of {len(done)} complete trials)", title, METRIC
+    )
     if cost == "params" and done and min(t.values[1] for t in done) > 0:
         fig["layout"]["xaxis"]["type"] = "log"  # parameter counts span orders of magnitude
     return fig
@@ -187,8 +246,15 @@ def per_class_iou(trials: Sequence[FrozenTrial]) -> Figure:
     for c in (1, 2, 3, 4):
         values = [p.get(str(c)) for p in per_class]
         bars.append({"type": "bar", "x": labels, "y": numbers(values), "name": CLASS_NAMES[c]})
-    return new_figure(bars, f"IoU per class, {len(trials)} best trials", "trial (best first)", "IoU",
-                   barmode="group", xaxis={"type": "category"}, yaxis={"range": [0, 1]})
+    return new_figure(
+        bars,
+        f"IoU per class, {len(trials)} best trials",
+        "trial (best first)",
+        "IoU",
+        barmode="group",
+        xaxis={"type": "category"},
+        yaxis={"range": [0, 1]},
+    )
 
 
 def confusion(matrix: list[list[float]], trial_number: int) -> Figure:
@@ -200,9 +266,23 @@ def confusion(matrix: list[list[float]], trial_number: int) -> Figure:
         shares.append([n / total if total else None for n in row])
     text = [[f"{s:.2f}" if s is not None else "" for s in row] for row in shares]
     return new_figure(
-        [{"type": "heatmap", "z": shares, "x": names, "y": names, "colorscale": BLUE_SCALE, "zmin": 0, "zmax": 1,
-          "text": text, "texttemplate": "%{text}", "customdata": matrix,
-          "hovertemplate": "true %{y}, predicted %{x}: %{customdata} pixels<extra></extra>"}],
-        f"confusion matrix of trial {trial_number} (share of each true class)", "predicted", "true",
+        [
+            {
+                "type": "heatmap",
+                "z": shares,
+                "x": names,
+                "y": names,
+                "colorscale": BLUE_SCALE,
+                "zmin": 0,
+                "zmax": 1,
+                "text": text,
+                "texttemplate": "%{text}",
+                "customdata": matrix,
+                "hovertemplate": "true %{y}, predicted %{x}: %{customdata} pixels<extra></extra>",
+            }
+        ],
+        f"confusion matrix of trial {trial_number} (share of each true class)",
+        "predicted",
+        "true",
         yaxis={"autorange": "reversed"},
     )

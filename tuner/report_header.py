@@ -35,16 +35,26 @@ def header_rows(data: ReportData) -> Rows:
     rows += _spec_rows(data.spec, finished=search[TrialState.COMPLETE] + search[TrialState.PRUNED])
     if data.confirmed:
         n_confirming = len(trials) - sum(search.values())
-        rows.append(("confirmation", f"{n_confirming} trials of "
-                                     f"`tuner confirm` (outside the budget), {len(data.confirmed)} configurations"))
-    rows.append(("trials per state", ", ".join(f"{s.name.lower()} {counts[s]}" for s in TrialState if counts[s])
-                 or "none"))
+        rows.append(
+            (
+                "confirmation",
+                f"{n_confirming} trials of `tuner confirm` (outside the budget), {len(data.confirmed)} configurations",
+            )
+        )
+    rows.append(
+        ("trials per state", ", ".join(f"{s.name.lower()} {counts[s]}" for s in TrialState if counts[s]) or "none")
+    )
     rows += _time_rows(trials, data.now)
     rows += _worker_rows(trials)
     odd = counts[TrialState.COMPLETE] - len(complete_trials(trials))
     if odd:
-        rows.append(("not drawn", f"{_count(odd, 'complete trial')} with a value that is not a finite "
-                                  "number (inf, nan): left out of ranking and figures"))
+        rows.append(
+            (
+                "not drawn",
+                f"{_count(odd, 'complete trial')} with a value that is not a finite "
+                "number (inf, nan): left out of ranking and figures",
+            )
+        )
     if data.best is not None:
         rows.append(("best", f"trial {data.best.number}: {best_values(data)}"))
     return rows
@@ -58,8 +68,10 @@ def best_values(data: ReportData) -> str:
     text = f"{METRIC_NAME} {data.best.values[0]:.4f}"
     picked = next((c for c in data.confirmed if c.number == data.best.number), None) if data.pick.confirmed else None
     if picked is not None:
-        text += (f" (search run); confirmed pick: mean {picked.mean:.4f}, sd {picked.sd:.4f}, "
-                 f"min {picked.minimum:.4f} over {picked.n} seeds")
+        text += (
+            f" (search run); confirmed pick: mean {picked.mean:.4f}, sd {picked.sd:.4f}, "
+            f"min {picked.minimum:.4f} over {picked.n} seeds"
+        )
     if len(data.best.values) == 2:
         text += f", {data.objectives[1]} {format_cost(data.best.values[1])} (pick {data.pick})"
     return text
@@ -85,8 +97,12 @@ def _spec_rows(spec: StudySpec | None, finished: int) -> Rows:
     return [
         ("budget", f"{finished}/{spec.n_trials} finished (complete + pruned)"),
         ("sampler", f"{spec.sampler} (seed {spec.seed})"),
-        ("pruner", f"{spec.pruner} (min {_count(spec.min_epochs, 'epoch')})" if not spec.multi_objective
-                   else f"{spec.pruner} (two objectives: nothing prunes them)"),
+        (
+            "pruner",
+            f"{spec.pruner} (min {_count(spec.min_epochs, 'epoch')})"
+            if not spec.multi_objective
+            else f"{spec.pruner} (two objectives: nothing prunes them)",
+        ),
         ("data fingerprint", spec.data_fingerprint),
     ]
 
@@ -97,14 +113,21 @@ def _time_rows(trials: list[FrozenTrial], now: datetime.datetime) -> Rows:
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete or now for t in trials if t.datetime_start]
     if starts:
-        rows.append(("wall time", f"{_duration((max(ends) - min(starts)).total_seconds())} "
-                                  f"({min(starts):%Y-%m-%d %H:%M} to {max(ends):%Y-%m-%d %H:%M} UTC)"))
-    seconds = sum(((t.datetime_complete or now) - t.datetime_start).total_seconds()
-                  for t in trials if t.datetime_start)
-    gpu = any(isinstance(p := t.user_attrs.get(attrs.PROVENANCE), dict) and p.get("device") == "gpu"
-              for t in trials)
-    rows.append(("GPU-hours" if gpu else "device-hours",
-                 f"{seconds / 3600:.1f} (sum of trial durations{'' if gpu else '; no trial ran on a GPU'})"))
+        rows.append(
+            (
+                "wall time",
+                f"{_duration((max(ends) - min(starts)).total_seconds())} "
+                f"({min(starts):%Y-%m-%d %H:%M} to {max(ends):%Y-%m-%d %H:%M} UTC)",
+            )
+        )
+    seconds = sum(((t.datetime_complete or now) - t.datetime_start).total_seconds() for t in trials if t.datetime_start)
+    gpu = any(isinstance(p := t.user_attrs.get(attrs.PROVENANCE), dict) and p.get("device") == "gpu" for t in trials)
+    rows.append(
+        (
+            "GPU-hours" if gpu else "device-hours",
+            f"{seconds / 3600:.1f} (sum of trial durations{'' if gpu else '; no trial ran on a GPU'})",
+        )
+    )
     return rows
 
 

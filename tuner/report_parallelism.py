@@ -20,8 +20,10 @@ from optuna.trial import FrozenTrial
 from contract.parallelism import NEAR_FRACTION, Duplicates, Suggestion, in_flight, mean_in_flight, near_duplicates
 from tuner.report_plotly import Figure, marker_size, new_figure, numbers
 
-DEFINITION = (f"same categorical choices and every number within {NEAR_FRACTION:.0%} of its range "
-              "(log scale for a log parameter) of an earlier trial's")
+DEFINITION = (
+    f"same categorical choices and every number within {NEAR_FRACTION:.0%} of its range "
+    "(log scale for a log parameter) of an earlier trial's"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +65,20 @@ def summarize(trials: Sequence[FrozenTrial], now: datetime.datetime) -> Parallel
     last = max(x for pair in intervals for x in pair if x is not None)
     times, counts = in_flight(intervals, now=max(seconds(now), last))  # type: ignore[arg-type, type-var]
     sampled = [t for t in started if t.params]
-    duplicates = near_duplicates([
-        Suggestion(t.params, t.distributions, seconds(t.datetime_start), seconds(t.datetime_complete)) for t in sampled
-    ])
-    return Parallelism(origin=origin, times=times, counts=counts, numbers=[t.number for t in sampled],
-                       starts=np.array([seconds(t.datetime_start) for t in sampled], dtype=float),
-                       duplicates=duplicates)
+    duplicates = near_duplicates(
+        [
+            Suggestion(t.params, t.distributions, seconds(t.datetime_start), seconds(t.datetime_complete))
+            for t in sampled
+        ]
+    )
+    return Parallelism(
+        origin=origin,
+        times=times,
+        counts=counts,
+        numbers=[t.number for t in sampled],
+        starts=np.array([seconds(t.datetime_start) for t in sampled], dtype=float),
+        duplicates=duplicates,
+    )
 
 
 def rows(view: Parallelism) -> list[tuple[str, str]]:
@@ -84,29 +94,49 @@ def rows(view: Parallelism) -> list[tuple[str, str]]:
         ("suggestions", f"{n} started trials with parameters"),
         ("near-duplicates", f"{share(dup.n_near)}: {DEFINITION}"),
         ("of which exact", share(dup.n_exact)),
-        ("while the twin ran", f"{share(dup.n_concurrent)}: the earlier trial had no result yet "
-                               "(workers asking at once got the same suggestion)"),
+        (
+            "while the twin ran",
+            f"{share(dup.n_concurrent)}: the earlier trial had no result yet "
+            "(workers asking at once got the same suggestion)",
+        ),
     ]
 
 
 def figure(view: Parallelism) -> Figure:
     """Trials in flight over wall-clock time (a step line), near-duplicate suggestions marked where they started."""
+
     def when(seconds: np.ndarray) -> list[datetime.datetime]:
         return [view.origin + datetime.timedelta(seconds=float(s)) for s in seconds]
 
     dup = view.duplicates
-    traces = [{"type": "scatter", "x": when(view.times), "y": numbers(view.counts), "mode": "lines",
-               "name": "trials in flight", "line": {"shape": "hv", "color": "#1f77b4"}}]
-    for mask, name, colour in ((dup.near & ~dup.concurrent, "near-duplicate", "#ff7f0e"),
-                               (dup.concurrent, "near-duplicate while its twin ran", "#d62728")):
+    traces = [
+        {
+            "type": "scatter",
+            "x": when(view.times),
+            "y": numbers(view.counts),
+            "mode": "lines",
+            "name": "trials in flight",
+            "line": {"shape": "hv", "color": "#1f77b4"},
+        }
+    ]
+    for mask, name, colour in (
+        (dup.near & ~dup.concurrent, "near-duplicate", "#ff7f0e"),
+        (dup.concurrent, "near-duplicate while its twin ran", "#d62728"),
+    ):
         if mask.any():
             starts = view.starts[mask]
-            traces.append({
-                "type": "scatter", "x": when(starts), "y": numbers(view.at(starts)), "mode": "markers",
-                "name": name, "text": [f"trial {view.numbers[i]}" for i in np.nonzero(mask)[0]],
-                "hovertemplate": "%{text}<extra></extra>",
-                "marker": {"size": marker_size(int(mask.sum())), "color": colour, "symbol": "x"},
-            })
+            traces.append(
+                {
+                    "type": "scatter",
+                    "x": when(starts),
+                    "y": numbers(view.at(starts)),
+                    "mode": "markers",
+                    "name": name,
+                    "text": [f"trial {view.numbers[i]}" for i in np.nonzero(mask)[0]],
+                    "hovertemplate": "%{text}<extra></extra>",
+                    "marker": {"size": marker_size(int(mask.sum())), "color": colour, "symbol": "x"},
+                }
+            )
     fig = new_figure(traces, "trials in flight over wall-clock time", "UTC", "trials running")
     fig["layout"]["xaxis"]["type"] = "date"
     fig["layout"]["yaxis"]["rangemode"] = "tozero"

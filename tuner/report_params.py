@@ -40,12 +40,24 @@ def importance(importances: dict[str, float], evaluator_name: str) -> Figure:
     names = list(reversed(importances))
     values = [importances[n] for n in names]
     return new_figure(
-        [{"type": "bar", "orientation": "h", "x": numbers(values), "y": names,
-          "text": [f"{v:.2f}" if v >= 0.01 else "<0.01" for v in values], "textposition": "outside",
-          "cliponaxis": False, "marker": {"color": COLORS[TrialState.COMPLETE]},
-          "hovertemplate": "%{y}: %{x:.4f}<extra></extra>"}],
-        f"parameter importance ({evaluator_name})", f"importance for {METRIC}", "parameter",
-        yaxis={"type": "category"}, showlegend=False,
+        [
+            {
+                "type": "bar",
+                "orientation": "h",
+                "x": numbers(values),
+                "y": names,
+                "text": [f"{v:.2f}" if v >= 0.01 else "<0.01" for v in values],
+                "textposition": "outside",
+                "cliponaxis": False,
+                "marker": {"color": COLORS[TrialState.COMPLETE]},
+                "hovertemplate": "%{y}: %{x:.4f}<extra></extra>",
+            }
+        ],
+        f"parameter importance ({evaluator_name})",
+        f"importance for {METRIC}",
+        "parameter",
+        yaxis={"type": "category"},
+        showlegend=False,
     )
 
 
@@ -63,17 +75,39 @@ def slices(trials: Sequence[FrozenTrial], params: list[str]) -> Figure:
         left = i * (width + gap)
         having = [t for t in done if name in t.params]
         x, layout["xaxis" if i == 0 else f"xaxis{i + 1}"] = _slice_x(having, name, [left, left + width])
-        traces.append({
-            "type": "scatter", "x": x, "y": numbers(t.values[0] for t in having), "mode": "markers",
-            "name": name, "xaxis": "x" if i == 0 else f"x{i + 1}", "yaxis": "y",
-            "text": [f"trial {t.number}" for t in having],
-            "marker": {"size": marker_size(len(having)), "opacity": 0.6, "color": numbers(t.number for t in having),
-                       "colorscale": TRIAL_SCALE, "showscale": i == 0,
-                       "colorbar": {"title": {"text": "trial"}, **counting(t.number for t in done)}},
-        })
-        layout["annotations"].append({"text": name, "x": left + width / 2, "y": 1.0, "xref": "paper",
-                                      "yref": "paper", "xanchor": "center", "yanchor": "bottom",
-                                      "showarrow": False, "font": {"size": 14}})
+        traces.append(
+            {
+                "type": "scatter",
+                "x": x,
+                "y": numbers(t.values[0] for t in having),
+                "mode": "markers",
+                "name": name,
+                "xaxis": "x" if i == 0 else f"x{i + 1}",
+                "yaxis": "y",
+                "text": [f"trial {t.number}" for t in having],
+                "marker": {
+                    "size": marker_size(len(having)),
+                    "opacity": 0.6,
+                    "color": numbers(t.number for t in having),
+                    "colorscale": TRIAL_SCALE,
+                    "showscale": i == 0,
+                    "colorbar": {"title": {"text": "trial"}, **counting(t.number for t in done)},
+                },
+            }
+        )
+        layout["annotations"].append(
+            {
+                "text": name,
+                "x": left + width / 2,
+                "y": 1.0,
+                "xref": "paper",
+                "yref": "paper",
+                "xanchor": "center",
+                "yanchor": "bottom",
+                "showarrow": False,
+                "font": {"size": 14},
+            }
+        )
     return new_figure(traces, "slices of the most important parameters (complete trials)", "", METRIC, **layout)
 
 
@@ -105,50 +139,96 @@ def parallel(trials: Sequence[FrozenTrial], params: list[str], maximize: bool, o
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
     traces = [*_parallel_lines(shown, axes, values, maximize), _colour_bar(low, high, maximize)]
     return new_figure(
-        traces, f"parallel coordinates of the {len(shown)} best of {of} complete trials",
-        xaxis={"tickmode": "array", "tickvals": list(range(len(axes))), "ticktext": [a["label"] for a in axes],
-               "range": [-0.3, len(axes) - 0.7], "showgrid": False, "zeroline": False},
+        traces,
+        f"parallel coordinates of the {len(shown)} best of {of} complete trials",
+        xaxis={
+            "tickmode": "array",
+            "tickvals": list(range(len(axes))),
+            "ticktext": [a["label"] for a in axes],
+            "range": [-0.3, len(axes) - 0.7],
+            "showgrid": False,
+            "zeroline": False,
+        },
         yaxis={"range": [-0.1, 1.1], "visible": False, "fixedrange": True},
-        shapes=[{"type": "line", "x0": i, "x1": i, "y0": 0, "y1": 1, "line": {"color": "#888", "width": 1},
-                 "layer": "below"} for i in range(len(axes))],
-        annotations=_axis_ends(axes), hovermode="closest",
+        shapes=[
+            {
+                "type": "line",
+                "x0": i,
+                "x1": i,
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": "#888", "width": 1},
+                "layer": "below",
+            }
+            for i in range(len(axes))
+        ],
+        annotations=_axis_ends(axes),
+        hovermode="closest",
     )
 
 
-def _parallel_lines(shown: Sequence[FrozenTrial], axes: list[dict[str, Any]], values: list[float],
-                    maximize: bool) -> list[dict[str, Any]]:
+def _parallel_lines(
+    shown: Sequence[FrozenTrial], axes: list[dict[str, Any]], values: list[float], maximize: bool
+) -> list[dict[str, Any]]:
     """A line per trial through ``axes``, darker the better, the worst first so the best are drawn
     on top."""
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
     traces: list[dict[str, Any]] = []
     for k in sorted(range(len(shown)), key=lambda k: values[k], reverse=not maximize):
         share = (values[k] - low) / (high - low) if high > low else 1.0
-        traces.append({
-            "type": "scatter", "x": list(range(len(axes))), "y": [a["scaled"][k] for a in axes], "mode": "lines",
-            "line": {"color": _blue(share if maximize else 1 - share), "width": 1.5},
-            "opacity": 0.8 if len(shown) <= 20 else 0.5,
-            "showlegend": False, "customdata": [[a["label"], a["text"][k]] for a in axes],
-            "hovertemplate": f"trial {shown[k].number}<br>%{{customdata[0]}}: %{{customdata[1]}}<extra></extra>",
-        })
+        traces.append(
+            {
+                "type": "scatter",
+                "x": list(range(len(axes))),
+                "y": [a["scaled"][k] for a in axes],
+                "mode": "lines",
+                "line": {"color": _blue(share if maximize else 1 - share), "width": 1.5},
+                "opacity": 0.8 if len(shown) <= 20 else 0.5,
+                "showlegend": False,
+                "customdata": [[a["label"], a["text"][k]] for a in axes],
+                "hovertemplate": f"trial {shown[k].number}<br>%{{customdata[0]}}: %{{customdata[1]}}<extra></extra>",
+            }
+        )
     return traces
 
 
 def _colour_bar(low: float, high: float, maximize: bool) -> dict[str, Any]:
     """A trace with no points that shows the colour scale of the lines' values."""
     return {
-        "type": "scatter", "x": [None, None], "y": [None, None], "mode": "markers", "showlegend": False,
-        "hoverinfo": "skip", "marker": {"color": [low, high], "cmin": low, "cmax": high, "colorscale": TRIAL_SCALE,
-                                        "reversescale": not maximize, "showscale": True,
-                                        "colorbar": {"title": {"text": METRIC}}},
+        "type": "scatter",
+        "x": [None, None],
+        "y": [None, None],
+        "mode": "markers",
+        "showlegend": False,
+        "hoverinfo": "skip",
+        "marker": {
+            "color": [low, high],
+            "cmin": low,
+            "cmax": high,
+            "colorscale": TRIAL_SCALE,
+            "reversescale": not maximize,
+            "showscale": True,
+            "colorbar": {"title": {"text": METRIC}},
+        },
     }
 
 
 def _axis_ends(axes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each axis's top and bottom value, written at its ends."""
-    return [{"x": i, "y": y, "text": text, "showarrow": False, "xref": "x", "yref": "y",
-             "yanchor": anchor, "font": {"size": 10, "color": "#555"}}
-            for i, a in enumerate(axes)
-            for y, text, anchor in ((1.0, a["top"], "bottom"), (0.0, a["bottom"], "top"))]
+    return [
+        {
+            "x": i,
+            "y": y,
+            "text": text,
+            "showarrow": False,
+            "xref": "x",
+            "yref": "y",
+            "yanchor": anchor,
+            "font": {"size": 10, "color": "#555"},
+        }
+        for i, a in enumerate(axes)
+        for y, text, anchor in ((1.0, a["top"], "bottom"), (0.0, a["bottom"], "top"))
+    ]
 
 
 def _value_axis(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
@@ -165,8 +245,13 @@ def _param_axis(trials: Sequence[FrozenTrial], name: str) -> dict[str, Any]:
         order += sorted({str(v) for v in raw} - set(order))  # a choice the space had earlier
         index = {c: i for i, c in enumerate(order)}
         span = max(len(order) - 1, 1)
-        return {"label": name, "scaled": [index[str(v)] / span for v in raw], "text": [str(v) for v in raw],
-                "top": order[-1], "bottom": order[0]}
+        return {
+            "label": name,
+            "scaled": [index[str(v)] / span for v in raw],
+            "text": [str(v) for v in raw],
+            "top": order[-1],
+            "bottom": order[0],
+        }
     log = isinstance(dist, (FloatDistribution, IntDistribution)) and dist.log
     position = [math.log10(float(v)) if log else float(v) for v in raw]
     return _numeric_axis(name, [float(v) for v in raw], position, lambda v: f"{v:.3g}")
@@ -175,8 +260,13 @@ def _param_axis(trials: Sequence[FrozenTrial], name: str) -> dict[str, Any]:
 def _numeric_axis(label: str, raw: list[float], position: list[float], fmt: Any) -> dict[str, Any]:
     low, high = (min(position), max(position)) if position else (0.0, 1.0)
     scaled = [(p - low) / (high - low) if high > low else 0.5 for p in position]
-    return {"label": label, "scaled": scaled, "text": [fmt(v) for v in raw],
-            "top": fmt(max(raw)) if raw else "", "bottom": fmt(min(raw)) if raw else ""}
+    return {
+        "label": label,
+        "scaled": scaled,
+        "text": [fmt(v) for v in raw],
+        "top": fmt(max(raw)) if raw else "",
+        "bottom": fmt(min(raw)) if raw else "",
+    }
 
 
 def _blue(share: float) -> str:

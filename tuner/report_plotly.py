@@ -40,9 +40,11 @@ def to_div(fig: Figure, div_id: str) -> str:
     """A ``<div>`` and the script that draws ``fig`` into it (plotly.js must be loaded before)."""
     data = _json(fig["data"])
     layout = _json(fig["layout"])
-    return (f'<div id="{div_id}" class="plotly-graph-div" style="height:{HEIGHT}; width:100%;"></div>'
-            f'<script type="text/javascript">Plotly.newPlot("{div_id}", {data}, {layout}, {_json(CONFIG)});'
-            "</script>")
+    return (
+        f'<div id="{div_id}" class="plotly-graph-div" style="height:{HEIGHT}; width:100%;"></div>'
+        f'<script type="text/javascript">Plotly.newPlot("{div_id}", {data}, {layout}, {_json(CONFIG)});'
+        "</script>"
+    )
 
 
 #: Characters that mean something to the HTML parser inside a ``<script>`` (``</script``, ``<!--``
@@ -75,13 +77,16 @@ def numbers(values: Iterable[float | None], dtype: str = "f8") -> dict[str, str]
 _DTYPES = {"f8": "<f8", "f4": "<f4"}
 
 
-def new_figure(data: list[dict[str, Any]], title: str, x_title: str = "", y_title: str = "",
-               **layout: Any) -> Figure:
+def new_figure(data: list[dict[str, Any]], title: str, x_title: str = "", y_title: str = "", **layout: Any) -> Figure:
     """The report's look: white, light grid, the title on top; ``layout`` overrides."""
     base: dict[str, Any] = {
-        "title": {"text": title}, "plot_bgcolor": "white", "paper_bgcolor": "white",
-        "margin": {"l": 60, "r": 20, "t": 50, "b": 50}, "font": {"family": "system-ui, sans-serif"},
-        "xaxis": {**AXIS, "title": {"text": x_title}}, "yaxis": {**AXIS, "title": {"text": y_title}},
+        "title": {"text": title},
+        "plot_bgcolor": "white",
+        "paper_bgcolor": "white",
+        "margin": {"l": 60, "r": 20, "t": 50, "b": 50},
+        "font": {"family": "system-ui, sans-serif"},
+        "xaxis": {**AXIS, "title": {"text": x_title}},
+        "yaxis": {**AXIS, "title": {"text": y_title}},
     }
     for key, value in layout.items():
         base[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
@@ -112,6 +117,17 @@ def marker_size(n: int) -> int:
 
 
 __all__ = [
-    "AXIS", "BLUE_SCALE", "COLORS", "TRIAL_BLUES", "TRIAL_SCALE", "Figure", "counting", "curve_opacity",
-    "finite_or_none", "marker_size", "new_figure", "numbers", "to_div",
+    "AXIS",
+    "BLUE_SCALE",
+    "COLORS",
+    "TRIAL_BLUES",
+    "TRIAL_SCALE",
+    "Figure",
+    "counting",
+    "curve_opacity",
+    "finite_or_none",
+    "marker_size",
+    "new_figure",
+    "numbers",
+    "to_div",
 ]

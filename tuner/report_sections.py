@@ -59,18 +59,30 @@ def bodies(data: ReportData, figure: Figures) -> dict[str, str]:
     pareto = _pareto_section(data, study, bool(complete), figure)
     if pareto is not None:
         body["pareto"] = pareto
-    body["history"] = (figure(figs.history_by_number(trials, maximize)) + figure(figs.history_by_time(trials, maximize))
-                       if complete else note(_NOT_YET))
+    body["history"] = (
+        figure(figs.history_by_number(trials, maximize)) + figure(figs.history_by_time(trials, maximize))
+        if complete
+        else note(_NOT_YET)
+    )
     body["parallelism"] = _parallelism_section(data, figure)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    body["curves"] = (figure(figs.learning_curves(trials)) if any(t.intermediate_values for t in finished)
-                      else note("no epoch values reported yet"))
+    body["curves"] = (
+        figure(figs.learning_curves(trials))
+        if any(t.intermediate_values for t in finished)
+        else note("no epoch values reported yet")
+    )
     body["importance"], body["params"] = _parameter_sections(study, trials, complete, maximize, figure)
-    body["per-class"] = (figure(figs.per_class_iou(data.top)) + _per_class_table(data.top)
-                         if data.top else note(_NOT_YET))
-    body["confirmed"] = (_confirmed_table(data.confirmed) if data.confirmed else
-                         note(f"no configuration confirmed yet: `tuner confirm {head.study_name} --top K --seeds S` "
-                              "re-runs the best ones with more seeds"))
+    body["per-class"] = (
+        figure(figs.per_class_iou(data.top)) + _per_class_table(data.top) if data.top else note(_NOT_YET)
+    )
+    body["confirmed"] = (
+        _confirmed_table(data.confirmed)
+        if data.confirmed
+        else note(
+            f"no configuration confirmed yet: `tuner confirm {head.study_name} --top K --seeds S` "
+            "re-runs the best ones with more seeds"
+        )
+    )
     body["best"] = _best_section(data, figure)
     body["config"] = _config_section(data)
     return body
@@ -114,19 +126,25 @@ def _pareto_section(data: ReportData, study: Any, any_complete: bool, figure: Fi
     """Two objectives: mIoU against cost with the pick; three: Optuna's plot; more: a note."""
     n = len(data.head.directions)
     if n == 2:
-        return (figure(figs.pareto(data.trials, data.objectives[1], data.front, data.best, str(data.pick)))
-                if any_complete else note(_NOT_YET))
+        return (
+            figure(figs.pareto(data.trials, data.objectives[1], data.front, data.best, str(data.pick)))
+            if any_complete
+            else note(_NOT_YET)
+        )
     if n == 3:
         names = [figs.METRIC] + [f"objective {i}" for i in range(1, n)]
         return figure(figs.pareto_optuna(study, names)) if any_complete else note(_NOT_YET)
     if n > 3:
-        return note(f"a front of {n} objectives is not drawn (2 or 3 can be); "
-                    f"the figures below show the first objective, {figs.METRIC}")
+        return note(
+            f"a front of {n} objectives is not drawn (2 or 3 can be); "
+            f"the figures below show the first objective, {figs.METRIC}"
+        )
     return None
 
 
-def _parameter_sections(study: Any, trials: list[FrozenTrial], complete: list[FrozenTrial], maximize: bool,
-                        figure: Figures) -> tuple[str, str]:
+def _parameter_sections(
+    study: Any, trials: list[FrozenTrial], complete: list[FrozenTrial], maximize: bool, figure: Figures
+) -> tuple[str, str]:
     """(importance, top parameters): the importance bars, then slices and parallel coordinates
     of the most important parameters; one note for both when importance is not computable."""
     values, why = importances(study, len(complete))
@@ -134,9 +152,10 @@ def _parameter_sections(study: Any, trials: list[FrozenTrial], complete: list[Fr
         return note(why), note(why)
     top = list(values)
     importance = figure(param_figs.importance(values, "PED-ANOVA")) + (note(why) if why else "")
-    best = sorted(complete, key=lambda t: t.values[0], reverse=maximize)[:param_figs.PARALLEL_BEST]
-    params = (figure(param_figs.slices(trials, top[:TOP_SLICES]))
-              + figure(param_figs.parallel(best, top[:TOP_PARALLEL], maximize, len(complete))))
+    best = sorted(complete, key=lambda t: t.values[0], reverse=maximize)[: param_figs.PARALLEL_BEST]
+    params = figure(param_figs.slices(trials, top[:TOP_SLICES])) + figure(
+        param_figs.parallel(best, top[:TOP_PARALLEL], maximize, len(complete))
+    )
     return importance, params
 
 
@@ -158,8 +177,7 @@ def _per_class_table(trials: list[FrozenTrial]) -> str:
             f"<td>{'n/a' if per_class.get(str(c)) is None else f'{per_class[str(c)]:.4f}'}</td>" for c in (1, 2, 3, 4)
         )
         rows.append(f"<tr><td>{trial.number}</td><td>{trial.values[0]:.4f}</td>{cells}</tr>")
-    return (f'<table class="iou"><tr><th>trial</th><th>{METRIC_NAME}</th>{head}</tr>'
-            + "".join(rows) + "</table>")
+    return f'<table class="iou"><tr><th>trial</th><th>{METRIC_NAME}</th>{head}</tr>' + "".join(rows) + "</table>"
 
 
 def _confirmed_table(confirmed: list[Confirmed]) -> str:
@@ -172,16 +190,24 @@ def _confirmed_table(confirmed: list[Confirmed]) -> str:
     names = "".join(f"<th>{CLASS_NAMES[c]} (mean)</th>" for c in (1, 2, 3, 4))
     rows = []
     for c in confirmed:
-        per_class = "".join(f"<td>{'n/a' if c.per_class_iou.get(str(k)) is None else v(c.per_class_iou[str(k)])}</td>"
-                            for k in (1, 2, 3, 4))
-        rows.append(f"<tr><td>{c.number}</td><td>{v(c.search_miou)}</td><td>{c.n}</td><td>{v(c.mean)}</td>"
-                    f"<td>{v(c.sd)}</td><td>{v(c.minimum)}</td><td>{v(c.score)}</td><td>{c.pending}</td>"
-                    f"<td>{c.failed}</td>{per_class}</tr>")
-    text = note("Statistics over each configuration's confirmation seeds (tuner confirm); the search run is "
-                "shown apart, as it was chosen for scoring high. --pick confirmed takes the highest mean "
-                "minus one standard error (sd / sqrt(n)).")
-    return (text + '<table class="iou"><tr><th>trial</th><th>search run</th><th>n</th><th>mean</th><th>sd</th>'
-            f"<th>min</th><th>mean - SE</th><th>pending</th><th>failed</th>{names}</tr>" + "".join(rows) + "</table>")
+        per_class = "".join(
+            f"<td>{'n/a' if c.per_class_iou.get(str(k)) is None else v(c.per_class_iou[str(k)])}</td>"
+            for k in (1, 2, 3, 4)
+        )
+        rows.append(
+            f"<tr><td>{c.number}</td><td>{v(c.search_miou)}</td><td>{c.n}</td><td>{v(c.mean)}</td>"
+            f"<td>{v(c.sd)}</td><td>{v(c.minimum)}</td><td>{v(c.score)}</td><td>{c.pending}</td>"
+            f"<td>{c.failed}</td>{per_class}</tr>"
+        )
+    text = note(
+        "Statistics over each configuration's confirmation seeds (tuner confirm); the search run is "
+        "shown apart, as it was chosen for scoring high. --pick confirmed takes the highest mean "
+        "minus one standard error (sd / sqrt(n))."
+    )
+    return (
+        text + '<table class="iou"><tr><th>trial</th><th>search run</th><th>n</th><th>mean</th><th>sd</th>'
+        f"<th>min</th><th>mean - SE</th><th>pending</th><th>failed</th>{names}</tr>" + "".join(rows) + "</table>"
+    )
 
 
 def _best_section(data: ReportData, figure: Figures) -> str:
@@ -198,9 +224,11 @@ def _best_section(data: ReportData, figure: Figures) -> str:
         parts.append(note("no confusion matrix recorded for this trial (older worker)"))
     if data.preview_png is not None:
         encoded = base64.b64encode(data.preview_png).decode("ascii")
-        parts.append('<figure><img class="preview" alt="validation images: image, truth, prediction" '
-                     f'src="data:image/png;base64,{encoded}"><figcaption>validation images of trial '
-                     f"{best.number}: image, truth, prediction. {_legend()}</figcaption></figure>")
+        parts.append(
+            '<figure><img class="preview" alt="validation images: image, truth, prediction" '
+            f'src="data:image/png;base64,{encoded}"><figcaption>validation images of trial '
+            f"{best.number}: image, truth, prediction. {_legend()}</figcaption></figure>"
+        )
     else:
         parts.append(note(f"validation images: {data.preview_note}"))
     return "\n".join(parts)
@@ -230,9 +258,10 @@ def _config_section(data: ReportData) -> str:
             return note("no recorded config and no search space to rebuild it from")
     except ConfigError as exc:
         return note(str(exc))
-    text = render_config(config, "yaml", study_name=data.head.study_name, trial=best, pick=data.pick,
-                         objectives=data.objectives)
-    return f"<pre class=\"config\">{html.escape(text)}</pre>"
+    text = render_config(
+        config, "yaml", study_name=data.head.study_name, trial=best, pick=data.pick, objectives=data.objectives
+    )
+    return f'<pre class="config">{html.escape(text)}</pre>'
 
 
 __all__ = ["Figures", "bodies", "importances", "note", "table"]

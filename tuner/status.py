@@ -52,8 +52,14 @@ def print_study_list(storage_url: str | None, console: Console | None = None) ->
         console.print(f"no studies in {storage.mask_url(url)}", markup=False, highlight=False)
         return
     table = Table(title=Text(printable(f"studies in {storage.mask_url(url)}")), title_justify="left")
-    for column, justify in (("study", "left"), ("finished/budget", "right"), ("running", "right"),
-                            ("failed", "right"), ("best", "right"), ("created (UTC)", "left")):
+    for column, justify in (
+        ("study", "left"),
+        ("finished/budget", "right"),
+        ("running", "right"),
+        ("failed", "right"),
+        ("best", "right"),
+        ("created (UTC)", "left"),
+    ):
         table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in rows:
         table.add_row(
@@ -67,8 +73,7 @@ def print_study_list(storage_url: str | None, console: Console | None = None) ->
     console.print(table)
 
 
-def print_status(name: str, storage_url: str | None, console: Console | None = None,
-                 pick: Pick | str = Pick()) -> None:
+def print_status(name: str, storage_url: str | None, console: Console | None = None, pick: Pick | str = Pick()) -> None:
     """Render ``tuner status NAME``.
 
     Raises:
@@ -131,8 +136,10 @@ def _study_lines(summary: StatusSummary, masked_url: str, line: Callable[[str], 
     line(f"progress: {summary.finished}/{budget} finished (complete + pruned)")
     if summary.confirmed:
         total = sum(summary.confirming.values())
-        line(f"confirm:  {summary.confirming.get('COMPLETE', 0)}/{total} confirmation trials complete "
-             f"(outside the budget; `tuner confirm`)")
+        line(
+            f"confirm:  {summary.confirming.get('COMPLETE', 0)}/{total} confirmation trials complete "
+            f"(outside the budget; `tuner confirm`)"
+        )
 
 
 def _best_lines(summary: StatusSummary, width: int, line: Callable[[str], None]) -> None:
@@ -150,24 +157,36 @@ def _best_lines(summary: StatusSummary, width: int, line: Callable[[str], None])
 
 
 def _best_line(best: BestTrial, front: Front | None, picked: Confirmed | None) -> str:
-    per_class = " ".join(
-        f"{c}={'n/a' if v is None else _value(v)}" for c, v in sorted(best.per_class_iou.items())
-    ) or "-"
+    per_class = (
+        " ".join(f"{c}={'n/a' if v is None else _value(v)}" for c, v in sorted(best.per_class_iou.items())) or "-"
+    )
     if picked is not None:
-        return (f"pick:     confirmed -> trial {best.number}: mean {_value(picked.mean)} - SE "
-                f"{_value(picked.stderr)} = {_value(picked.score)} over {picked.n} confirmation runs "
-                f"(search run {_value(best.value)})")
+        return (
+            f"pick:     confirmed -> trial {best.number}: mean {_value(picked.mean)} - SE "
+            f"{_value(picked.stderr)} = {_value(picked.score)} over {picked.n} confirmation runs "
+            f"(search run {_value(best.value)})"
+        )
     if front is not None:
-        return (f"pick:     {front.pick} -> trial {best.number}: {front.objectives[0]} {_value(best.value)}, "
-                f"{front.objectives[1]} {format_cost(best.cost)}; IoU per class: {per_class}")
+        return (
+            f"pick:     {front.pick} -> trial {best.number}: {front.objectives[0]} {_value(best.value)}, "
+            f"{front.objectives[1]} {format_cost(best.cost)}; IoU per class: {per_class}"
+        )
     return f"best:     {_value(best.value)} (trial {best.number}); IoU per class: {per_class}"
 
 
 def _running_table(running: list[RunningTrial], wide: bool) -> Table:
     """One row per running trial: where, how long, what phase, its epochs; ``wide``: its parameters."""
     table = Table(title="running trials", title_justify="left")
-    for column, justify in (("trial", "right"), ("host", "left"), ("pid", "right"), ("gpu", "right"),
-                            ("age", "right"), ("phase", "left"), ("epoch", "right"), ("val mIoU", "right")):
+    for column, justify in (
+        ("trial", "right"),
+        ("host", "left"),
+        ("pid", "right"),
+        ("gpu", "right"),
+        ("age", "right"),
+        ("phase", "left"),
+        ("epoch", "right"),
+        ("val mIoU", "right"),
+    ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     if wide:
         table.add_column("params", ratio=1)
@@ -189,14 +208,26 @@ def _running_table(running: list[RunningTrial], wide: bool) -> Table:
 def confirmed_table(confirmed: list[Confirmed]) -> Table:
     """Per confirmed configuration: its search run, then n, mean, sd, min, mean - SE and the
     per-class means over its confirmation runs (the search run left out: it was selected)."""
-    table = Table(title="confirmed configurations (over confirmation seeds; --pick confirmed ranks by mean - SE)",
-                  title_justify="left")
+    table = Table(
+        title="confirmed configurations (over confirmation seeds; --pick confirmed ranks by mean - SE)",
+        title_justify="left",
+    )
     for column in ("trial", "search", "n", "mean", "sd", "min", "mean-SE", "pending", "failed", "IoU per class (mean)"):
         table.add_column(column, justify="left" if column.startswith("IoU") else "right")
     for c in confirmed:
         per_class = " ".join(f"{k}={'n/a' if v is None else _value(v)}" for k, v in c.per_class_iou.items()) or "-"
-        table.add_row(str(c.number), _value(c.search_miou), str(c.n), _value(c.mean), _value(c.sd),
-                      _value(c.minimum), _value(c.score), str(c.pending), str(c.failed), per_class)
+        table.add_row(
+            str(c.number),
+            _value(c.search_miou),
+            str(c.n),
+            _value(c.mean),
+            _value(c.sd),
+            _value(c.minimum),
+            _value(c.score),
+            str(c.pending),
+            str(c.failed),
+            per_class,
+        )
     return table
 
 
@@ -208,9 +239,7 @@ def printable(text: str) -> str:
     the other half: cells are passed as ``Text`` and lines with ``markup=False``.
     """
     return "".join(
-        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in ("Cc", "Cf")
-        else ch
-        for ch in text
+        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in text
     )
 
 
@@ -241,8 +270,14 @@ def _when(iso: str | None) -> str:
 
 def _wrap(text: str, width: int, indent: int, hang: int = 0) -> str:
     pad = " " * indent
-    return textwrap.fill(text, width=max(40, width), initial_indent=pad, subsequent_indent=pad + " " * hang,
-                         break_long_words=False, break_on_hyphens=False)
+    return textwrap.fill(
+        text,
+        width=max(40, width),
+        initial_indent=pad,
+        subsequent_indent=pad + " " * hang,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def _value(value: float | None) -> str:
@@ -257,7 +292,22 @@ def _params(params: Mapping[str, Any]) -> str:
 
 
 __all__ = [
-    "FINISHED", "STATES", "WIDE", "BestTrial", "Front", "RunningTrial", "StatusData", "StatusSummary", "StudyRow",
-    "confirmed_table", "format_age", "list_studies", "print_status", "print_study_list", "printable", "read_status",
-    "render_status", "summarize",
+    "FINISHED",
+    "STATES",
+    "WIDE",
+    "BestTrial",
+    "Front",
+    "RunningTrial",
+    "StatusData",
+    "StatusSummary",
+    "StudyRow",
+    "confirmed_table",
+    "format_age",
+    "list_studies",
+    "print_status",
+    "print_study_list",
+    "printable",
+    "read_status",
+    "render_status",
+    "summarize",
 ]

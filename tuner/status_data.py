@@ -143,15 +143,17 @@ def list_studies(url: str) -> list[StudyRow]:
         if created_at is None and overview.first_start is not None:
             created_at = overview.first_start.isoformat(timespec="seconds")
         counts = overview.counts
-        rows.append(StudyRow(
-            name=overview.name,
-            finished=sum(counts[s] - overview.apart[s] for s in FINISHED),  # search trials: the budget's
-            budget=_count_or_none(spec_attr.get("n_trials")) if isinstance(spec_attr, dict) else None,
-            running=counts[TrialState.RUNNING],
-            failed=counts[TrialState.FAIL],
-            best_value=overview.best_value,
-            created=created_at,
-        ))
+        rows.append(
+            StudyRow(
+                name=overview.name,
+                finished=sum(counts[s] - overview.apart[s] for s in FINISHED),  # search trials: the budget's
+                budget=_count_or_none(spec_attr.get("n_trials")) if isinstance(spec_attr, dict) else None,
+                running=counts[TrialState.RUNNING],
+                failed=counts[TrialState.FAIL],
+                best_value=overview.best_value,
+                created=created_at,
+            )
+        )
     return sorted(rows, key=lambda r: r.name)
 
 
@@ -180,19 +182,29 @@ def read_status(engine: sqlalchemy.Engine, head: StudyHead, pick: Pick = Pick())
         if best_id is not None:
             best = load_trials(engine, head.study_id, trial_ids=[best_id], intermediate=False)[0]
     elif len(head.directions) == 2:
-        complete = load_trials(engine, head.study_id, states=(TrialState.COMPLETE,), user_attr_keys=(),
-                               intermediate=False)
+        complete = load_trials(
+            engine, head.study_id, states=(TrialState.COMPLETE,), user_attr_keys=(), intermediate=False
+        )
         n_complete = len(complete)
         front = front_trials(complete, head.directions)
         picked = None if pick.confirmed else pick_trial(complete, head.directions, pick)
         if picked is not None:
             best = load_trials(engine, head.study_id, trial_ids=[trial_id(picked)], intermediate=False)[0]
-    running = load_trials(engine, head.study_id, states=(TrialState.RUNNING,),
-                          user_attr_keys=(trial_attrs.WORKER, trial_attrs.PHASE))
-    return StatusData(name=head.study_name, n_objectives=len(head.directions),
-                      counts=count_states(engine, head.study_id), best=best, running=running,
-                      front=front, n_complete=n_complete, pick=pick, directions=head.directions,
-                      confirmations=confirmations)
+    running = load_trials(
+        engine, head.study_id, states=(TrialState.RUNNING,), user_attr_keys=(trial_attrs.WORKER, trial_attrs.PHASE)
+    )
+    return StatusData(
+        name=head.study_name,
+        n_objectives=len(head.directions),
+        counts=count_states(engine, head.study_id),
+        best=best,
+        running=running,
+        front=front,
+        n_complete=n_complete,
+        pick=pick,
+        directions=head.directions,
+        confirmations=confirmations,
+    )
 
 
 def summarize(data: StatusData, spec: StudySpec | None, *, now: datetime.datetime | None = None) -> StatusSummary:
@@ -214,8 +226,12 @@ def summarize(data: StatusData, spec: StudySpec | None, *, now: datetime.datetim
         )
     front = None
     if data.front is not None:
-        front = Front(objectives=objective_names(spec, data.directions), size=len(data.front), complete=data.n_complete,
-                      pick=str(data.pick))
+        front = Front(
+            objectives=objective_names(spec, data.directions),
+            size=len(data.front),
+            complete=data.n_complete,
+            pick=str(data.pick),
+        )
     confirmed = summarize_confirmed(data.confirmations)
     confirming = {s.name: 0 for s in STATES}
     for trial in data.confirmations:
@@ -269,6 +285,15 @@ def _count_or_none(value: Any) -> int | None:
 
 
 __all__ = [
-    "FINISHED", "STATES", "BestTrial", "Front", "RunningTrial", "StatusData", "StatusSummary", "StudyRow",
-    "list_studies", "read_status", "summarize",
+    "FINISHED",
+    "STATES",
+    "BestTrial",
+    "Front",
+    "RunningTrial",
+    "StatusData",
+    "StatusSummary",
+    "StudyRow",
+    "list_studies",
+    "read_status",
+    "summarize",
 ]

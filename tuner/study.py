@@ -99,8 +99,9 @@ def _hint(spec: StudySpec) -> str:
         return ""
     text = f", {spec.workers_hint} workers expected"
     if spec.n_trials < 3 * spec.workers_hint:
-        text += (f"; {spec.n_trials} trials are fewer than 3 waves of them: most start before results "
-                 "exist (raise --trials)")
+        text += (
+            f"; {spec.n_trials} trials are fewer than 3 waves of them: most start before results exist (raise --trials)"
+        )
     return text
 
 
@@ -122,10 +123,18 @@ def _plan(name: str, options: CreateOptions) -> tuple[StudySpec, list[dict], str
         assert options.data is not None
         fingerprint = _data_fingerprint(options.data, options.remove_aliens)
     spec = StudySpec(
-        space=space, data_fingerprint=fingerprint, n_trials=options.trials, sampler=options.sampler,
-        seed=options.seed, pruner=pruner, min_epochs=options.min_epochs,
-        heartbeat_interval=options.heartbeat_interval, grace_period=options.grace_period,
-        max_retry=options.max_retry, remove_aliens=options.remove_aliens, objectives=objectives,
+        space=space,
+        data_fingerprint=fingerprint,
+        n_trials=options.trials,
+        sampler=options.sampler,
+        seed=options.seed,
+        pruner=pruner,
+        min_epochs=options.min_epochs,
+        heartbeat_interval=options.heartbeat_interval,
+        grace_period=options.grace_period,
+        max_retry=options.max_retry,
+        remove_aliens=options.remove_aliens,
+        objectives=objectives,
         workers_hint=options.workers_hint,
     )
     queued, queue_note = warm_start.plan(space, list(options.enqueue), seed_config=options.seed_config)
@@ -168,14 +177,11 @@ def _check_same(name: str, spec: StudySpec, existing: StudySpec) -> None:
         )
     if existing.objectives != spec.objectives:
         raise StudyError(
-            f"study {name!r} exists with objectives {','.join(existing.objectives)}, "
-            f"not {','.join(spec.objectives)}"
+            f"study {name!r} exists with objectives {','.join(existing.objectives)}, not {','.join(spec.objectives)}"
         )
 
 
-def _create_complete(
-    rdb: RDBStorage, name: str, spec: StudySpec, queued: list[dict], *, replace: bool
-) -> None:
+def _create_complete(rdb: RDBStorage, name: str, spec: StudySpec, queued: list[dict], *, replace: bool) -> None:
     """Create the study with its spec, visible under ``name`` only once it is whole.
 
     Optuna creates a study and sets its attributes in separate transactions, so a worker could
@@ -185,19 +191,25 @@ def _create_complete(
     """
     building = f"{BUILDING_PREFIX}{uuid.uuid4().hex}"
     study = optuna.create_study(
-        storage=rdb, study_name=building, directions=spec.directions,
-        sampler=spec.make_sampler(), pruner=spec.make_pruner(),
+        storage=rdb,
+        study_name=building,
+        directions=spec.directions,
+        sampler=spec.make_sampler(),
+        pruner=spec.make_pruner(),
     )
     from tuner import __version__
 
     try:
         study.set_user_attr(SPEC_ATTR, spec.to_attr())
-        study.set_user_attr("created", {
-            "by": socket.gethostname(),
-            "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "tuner_version": __version__,
-            "optuna_version": optuna.__version__,
-        })
+        study.set_user_attr(
+            "created",
+            {
+                "by": socket.gethostname(),
+                "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "tuner_version": __version__,
+                "optuna_version": optuna.__version__,
+            },
+        )
         for item in queued:  # exactly once, here: workers never enqueue
             study.enqueue_trial(item["params"], user_attrs={"enqueued_from": item["source"]})
         if replace:

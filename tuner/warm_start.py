@@ -29,9 +29,7 @@ from contract.errors import TunerError
 from contract.space import Param, SearchSpace
 from contract.textfile import load_failure, load_file
 
-_DEFAULTS = {
-    f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING
-}
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 
 class WarmStartError(TunerError, ValueError):
@@ -68,8 +66,7 @@ def plan(space: SearchSpace, files: list[Path], *, seed_config: bool) -> tuple[l
             continue
         queued.append({"params": params, "source": "seed_config" if not explicit else path.name})
     if queued:
-        notes.insert(0, f"enqueued {len(queued)} configuration(s): "
-                        + ", ".join(q["source"] for q in queued))
+        notes.insert(0, f"enqueued {len(queued)} configuration(s): " + ", ".join(q["source"] for q in queued))
     return queued, "; ".join(notes)
 
 

@@ -47,8 +47,13 @@ class Counts:
 
 
 def ask_within_budget(
-    study: optuna.Study, rdb: optuna.storages.RDBStorage, url: str, n_trials: int,
-    *, on_wait: Callable[[float], None] | None = None, on_log: Callable[[str], None] | None = None,
+    study: optuna.Study,
+    rdb: optuna.storages.RDBStorage,
+    url: str,
+    n_trials: int,
+    *,
+    on_wait: Callable[[float], None] | None = None,
+    on_log: Callable[[str], None] | None = None,
 ) -> tuple[optuna.Trial | None, Counts]:
     """Return a new (or queued) trial if the budget allows, else ``None``; plus the counts.
 
@@ -73,13 +78,16 @@ def ask_within_budget(
     # The slot is taken (committed): a connection lost while loading the trial retries the load,
     # never the reservation, which would take a second slot and orphan this one.
     grace = float(rdb.grace_period or StudySpec.grace_period)
-    trial = with_db_retry(lambda: _trial(study, trial_id, queued=queued), what="loading the trial just taken",
-                          max_wait_s=grace)
+    trial = with_db_retry(
+        lambda: _trial(study, trial_id, queued=queued), what="loading the trial just taken", max_wait_s=grace
+    )
     return trial, counts
 
 
 def _reserve(
-    study: optuna.Study, rdb: optuna.storages.RDBStorage, n_trials: int,
+    study: optuna.Study,
+    rdb: optuna.storages.RDBStorage,
+    n_trials: int,
 ) -> tuple[int | None, bool, Counts]:
     """Under the budget lock: settle dead workers' trials, count, take a slot.
 
@@ -135,8 +143,12 @@ def _trial(study: optuna.Study, trial_id: int, *, queued: bool) -> optuna.Trial:
 
 @contextlib.contextmanager
 def budget_lock(
-    study: optuna.Study, rdb: optuna.storages.RDBStorage, url: str,
-    *, on_wait: Callable[[float], None] | None = None, on_log: Callable[[str], None] | None = None,
+    study: optuna.Study,
+    rdb: optuna.storages.RDBStorage,
+    url: str,
+    *,
+    on_wait: Callable[[float], None] | None = None,
+    on_log: Callable[[str], None] | None = None,
 ) -> Iterator[HeldLock]:
     """The lock under which a study's trials are counted and their states change budget-wise.
 

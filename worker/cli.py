@@ -44,7 +44,9 @@ app = typer.Typer(
 DataOpt = Annotated[
     Path,
     typer.Option(
-        "--data", envvar="TUNER_DATA", show_envvar=True,
+        "--data",
+        envvar="TUNER_DATA",
+        show_envvar=True,
         help="The challenge .npz (training_set (N,2,64,128)).",
     ),
 ]
@@ -53,7 +55,10 @@ PredictSet = enum.Enum("PredictSet", {name: name for name in PREDICT_SETS}, type
 GpuOpt = Annotated[
     int | None,
     typer.Option(
-        "--gpu", envvar="TUNER_GPU", show_envvar=True, min=0,
+        "--gpu",
+        envvar="TUNER_GPU",
+        show_envvar=True,
+        min=0,
         help="Pin this process to one GPU index. Default: first GPU if any, else CPU.",
     ),
 ]
@@ -112,10 +117,15 @@ def train(
     result_json: Annotated[Path | None, typer.Option("--result", help="Write the result as JSON here.")] = None,
     gpu: GpuOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-epoch progress.")] = False,
-    all_data: Annotated[bool, typer.Option(
-        "--all-data", help="Train on training + validation images together (needs --save): the "
-                           "final model. Epochs and learning rates replay the trial (lr_schedule, "
-                           "written by tuner export). Such a model has no validation score.")] = False,
+    all_data: Annotated[
+        bool,
+        typer.Option(
+            "--all-data",
+            help="Train on training + validation images together (needs --save): the "
+            "final model. Epochs and learning rates replay the trial (lr_schedule, "
+            "written by tuner export). Such a model has no validation score.",
+        ),
+    ] = False,
 ) -> None:
     """Train one configuration and print its validation mean IoU (classes 1-4)."""
     from worker.cli_train import check_train_outputs, report_result, run_all_data, trainable
@@ -131,8 +141,14 @@ def train(
         run_all_data(cfg, loaded, save, result_json, device, quiet)
         return
     try:
-        run_training(cfg, loaded, verbose=not quiet, save_path=save, device=device,
-                     on_result=lambda result: report_result(result, result_json))
+        run_training(
+            cfg,
+            loaded,
+            verbose=not quiet,
+            save_path=save,
+            device=device,
+            on_result=lambda result: report_result(result, result_json),
+        )
     except OSError as exc:
         if save is None:
             raise
@@ -149,23 +165,40 @@ def _finite_seconds(value: float) -> float:
 
 
 # `worker predict`'s options, named here so that its signature reads as a list.
-ModelsOpt = Annotated[list[Path], typer.Option(
-    "--model", help="A saved model (.keras from worker train --save, worker run --artifact-dir or "
-                    "tuner export --model); repeat it for an ensemble (mean of the softmax).")]
+ModelsOpt = Annotated[
+    list[Path],
+    typer.Option(
+        "--model",
+        help="A saved model (.keras from worker train --save, worker run --artifact-dir or "
+        "tuner export --model); repeat it for an ensemble (mean of the softmax).",
+    ),
+]
 MasksOutOpt = Annotated[Path, typer.Option("-o", "--output", help="Write the masks here (.npz, key 'masks').")]
 SetOpt = Annotated[
     PredictSet, typer.Option("--set", help="The set of --data to predict; a labelled set is also scored.")
 ]
-PngOpt = Annotated[Path | None, typer.Option(
-    "--png", metavar="DIR", help=f"Also write PNGs (image | prediction): one per image up to "
-                                 f"{PNG_EACH_MAX} images, else a contact sheet of the first "
-                                 f"{PNG_EACH_MAX}.")]
-TtaOpt = Annotated[bool | None, typer.Option(
-    "--tta/--no-tta", help="Flip test-time augmentation. Default: as each model's trial was scored "
-                           "(recorded in the model file).", show_default=False)]
+PngOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--png",
+        metavar="DIR",
+        help=f"Also write PNGs (image | prediction): one per image up to "
+        f"{PNG_EACH_MAX} images, else a contact sheet of the first "
+        f"{PNG_EACH_MAX}.",
+    ),
+]
+TtaOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--tta/--no-tta",
+        help="Flip test-time augmentation. Default: as each model's trial was scored (recorded in the model file).",
+        show_default=False,
+    ),
+]
 BatchOpt = Annotated[int, typer.Option("--batch", min=1, help="Images per forward pass.")]
-ProbabilitiesOpt = Annotated[bool, typer.Option(
-    "--probabilities", help="Also write the mean probabilities (N, 64, 128, 5) as float16.")]
+ProbabilitiesOpt = Annotated[
+    bool, typer.Option("--probabilities", help="Also write the mean probabilities (N, 64, 128, 5) as float16.")
+]
 
 
 @app.command()
@@ -183,26 +216,41 @@ def predict(
     """Predict masks for the test set (or a labelled set, with its score) with saved models."""
     from worker.predict import predict_file
 
-    summary = predict_file(model, data, output, set_name=set_name.value, tta=tta, batch=batch,
-                           probabilities=probabilities, png_dir=png, gpu=gpu, progress=True,
-                           say=lambda line: typer.echo(line, err=True))
+    summary = predict_file(
+        model,
+        data,
+        output,
+        set_name=set_name.value,
+        tta=tta,
+        batch=batch,
+        probabilities=probabilities,
+        png_dir=png,
+        gpu=gpu,
+        progress=True,
+        say=lambda line: typer.echo(line, err=True),
+    )
     _print_predicted(summary, set_name.value, len(model), output, png, probabilities)
 
 
-def _print_predicted(summary: Summary, set_name: str, n_models: int, output: Path, png: Path | None,
-                     probabilities: bool) -> None:
+def _print_predicted(
+    summary: Summary, set_name: str, n_models: int, output: Path, png: Path | None, probabilities: bool
+) -> None:
     """What ``worker predict`` did: speed, score (labelled sets), the files written."""
     from worker.predict_terminal import render_score
 
     tta_text = ", ".join("on" if t else "off" for t in summary.tta)
     rate = summary.n_images / summary.seconds if summary.seconds > 0 else float("inf")
-    typer.echo(f"predicted {summary.n_images} images of '{set_name}' with {n_models} model(s), "
-               f"flip TTA {tta_text}: {summary.seconds:.1f}s ({rate:.0f} images/s)")
+    typer.echo(
+        f"predicted {summary.n_images} images of '{set_name}' with {n_models} model(s), "
+        f"flip TTA {tta_text}: {summary.seconds:.1f}s ({rate:.0f} images/s)"
+    )
     if summary.score is not None:
         for line in render_score(summary.score, summary.scored_images, summary.n_images):
             typer.echo(line)
-    typer.echo(f"wrote {output}: masks ({summary.n_images}, 64, 128) uint8"
-               + (", probabilities float16" if probabilities else ""))
+    typer.echo(
+        f"wrote {output}: masks ({summary.n_images}, 64, 128) uint8"
+        + (", probabilities float16" if probabilities else "")
+    )
     if summary.pngs:
         where = summary.pngs[0] if len(summary.pngs) == 1 else f"{png}/ ({len(summary.pngs)} files)"
         typer.echo(f"PNGs: {where}")
@@ -210,18 +258,26 @@ def _print_predicted(summary: Summary, set_name: str, n_models: int, output: Pat
 
 # `worker run`'s longer options.
 WaitForDbOpt = Annotated[
-    float, typer.Option(
-        "--wait-for-db", envvar="TUNER_WAIT_FOR_DB", show_envvar=True, metavar="SECONDS",
+    float,
+    typer.Option(
+        "--wait-for-db",
+        envvar="TUNER_WAIT_FOR_DB",
+        show_envvar=True,
+        metavar="SECONDS",
         callback=_finite_seconds,
         help="At start-up, wait up to this long for the database (and the study) to appear, "
-             "printing a line every few seconds. 0: fail at once.",
+        "printing a line every few seconds. 0: fail at once.",
     ),
 ]
 CompileCacheOpt = Annotated[
-    str | None, typer.Option(
-        "--compile-cache", envvar=ENV_COMPILE_CACHE, show_envvar=True, metavar="DIR",
+    str | None,
+    typer.Option(
+        "--compile-cache",
+        envvar=ENV_COMPILE_CACHE,
+        show_envvar=True,
+        metavar="DIR",
         help=f"Keep compiled XLA programs here (Keras on JAX), so a restarted worker does not "
-             f"compile again; 'off' disables it. Default: {DEFAULT_COMPILE_CACHE}.",
+        f"compile again; 'off' disables it. Default: {DEFAULT_COMPILE_CACHE}.",
     ),
 ]
 

@@ -55,9 +55,7 @@ def report_result(result: TrainResult, result_json: Path | None) -> None:
 
     from contract.atomic import replacing
 
-    per_class = ", ".join(
-        f"{c}:{v:.4f}" if v == v else f"{c}:n/a" for c, v in result.per_class_iou.items()
-    )
+    per_class = ", ".join(f"{c}:{v:.4f}" if v == v else f"{c}:n/a" for c, v in result.per_class_iou.items())
     typer.echo(f"mean IoU (classes 1-4): {result.best_miou:.4f}  per class: {per_class}")
     typer.echo(f"epochs: {result.epochs_run} (best {result.best_epoch + 1})  wall time: {result.wall_time_s:.1f}s")
     if result_json is not None:
@@ -81,13 +79,19 @@ def run_all_data(cfg, loaded, save, result_json, device, quiet) -> None:  # type
         result = train_all_data(cfg, loaded, save_path=save, verbose=not quiet, device=device)
     except OSError as exc:
         raise _fail(f"--save {save}: cannot save the model: {exc.strerror or first_line(exc, limit=200)}") from None
-    typer.echo(f"trained on all {result.n_images} images (training + validation) for {result.epochs} epochs "
-               f"in {result.wall_time_s:.1f}s; final training loss {result.losses[-1]:.4f}")
-    typer.echo("no validation score: no image was held out. The trial's validation mIoU (in the "
-               "exported config's header) is the estimate for this configuration.")
+    typer.echo(
+        f"trained on all {result.n_images} images (training + validation) for {result.epochs} epochs "
+        f"in {result.wall_time_s:.1f}s; final training loss {result.losses[-1]:.4f}"
+    )
+    typer.echo(
+        "no validation score: no image was held out. The trial's validation mIoU (in the "
+        "exported config's header) is the estimate for this configuration."
+    )
     if not result.replayed:
-        typer.echo(f"note: the config has no lr_schedule: {result.epochs} epochs (its 'epochs') at learning "
-                   f"rate {cfg.learning_rate:g}; `tuner export` writes the trial's")
+        typer.echo(
+            f"note: the config has no lr_schedule: {result.epochs} epochs (its 'epochs') at learning "
+            f"rate {cfg.learning_rate:g}; `tuner export` writes the trial's"
+        )
     if result_json is not None:
         try:
             with replacing(result_json) as tmp:

@@ -17,8 +17,9 @@ class StudyGone(RunnerError):
     """The study was deleted or replaced (``tuner create --overwrite``) while this worker ran."""
 
     def __init__(self, study_name: str) -> None:
-        super().__init__(f"study {study_name!r} was replaced or deleted "
-                         "(`tuner create --overwrite`?); stopping this worker")
+        super().__init__(
+            f"study {study_name!r} was replaced or deleted (`tuner create --overwrite`?); stopping this worker"
+        )
 
 
 class DatabaseLost(RunnerError):

@@ -112,8 +112,10 @@ def _load_data(options: WorkerOptions, spec: StudySpec, say: Callable[[str], Non
             f"refusing to join study {options.study_name!r}: local data {options.data_path} has fingerprint "
             f"{data.fingerprint[:12]}, the study was created for {spec.data_fingerprint[:12]}"
         )
-    say(f"data {options.data_path}: {len(data)} images (aliens removed: {data.aliens_removed}), "
-        f"fingerprint {data.fingerprint[:12]} matches the study")
+    say(
+        f"data {options.data_path}: {len(data)} images (aliens removed: {data.aliens_removed}), "
+        f"fingerprint {data.fingerprint[:12]} matches the study"
+    )
     return data
 
 
@@ -132,7 +134,11 @@ def _device(options: WorkerOptions, url: str, say: Callable[[str], None]) -> tup
 
 
 def open_study(
-    url: str, options: WorkerOptions, spec: StudySpec, sampler_key: str, say: Callable[[str], None],
+    url: str,
+    options: WorkerOptions,
+    spec: StudySpec,
+    sampler_key: str,
+    say: Callable[[str], None],
 ) -> tuple[optuna.storages.RDBStorage, optuna.Study]:
     """The worker's storage and its study, with the spec's sampler (seeded by ``sampler_key``) and pruner.
 
@@ -142,12 +148,18 @@ def open_study(
         StudyGone: the study was deleted since its spec was read.
         DatabaseLost: the database stayed away for the grace period.
     """
+
     def attempt() -> tuple[optuna.storages.RDBStorage, optuna.Study]:
-        rdb = storage.open_storage(url, heartbeat_interval=spec.heartbeat_interval,
-                                   grace_period=spec.grace_period, max_retry=spec.max_retry)
+        rdb = storage.open_storage(
+            url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period, max_retry=spec.max_retry
+        )
         try:
-            return rdb, optuna.load_study(study_name=options.study_name, storage=rdb,
-                                          sampler=spec.make_sampler(sampler_key), pruner=spec.make_pruner())
+            return rdb, optuna.load_study(
+                study_name=options.study_name,
+                storage=rdb,
+                sampler=spec.make_sampler(sampler_key),
+                pruner=spec.make_pruner(),
+            )
         except BaseException:
             rdb.engine.dispose()
             raise
@@ -186,8 +198,10 @@ def wait_for_spec(url: str, study_name: str, wait_s: float, say: Callable[[str],
                 deadline = max(deadline, now + StudySpec.grace_period)
             if now >= deadline:
                 if lost:
-                    raise DatabaseLost(f"database connection lost while reading study {study_name!r} "
-                                       f"for {now - lost_since:.0f}s ({describe_db_error(exc)})") from None
+                    raise DatabaseLost(
+                        f"database connection lost while reading study {study_name!r} "
+                        f"for {now - lost_since:.0f}s ({describe_db_error(exc)})"
+                    ) from None
                 raise
             if lost:
                 say(f"database connection lost while reading the study ({describe_db_error(exc)}); retrying")

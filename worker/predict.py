@@ -111,8 +111,18 @@ def predict_file(
         loaded = _load_models(models)
         if tta is None:
             _note_unrecorded_tta(models, infos, say)
-        return _run(loaded, use_tta, reader, labelled, output, batch=batch,
-                    probabilities=probabilities, png_dir=png_dir, progress=progress, say=say)
+        return _run(
+            loaded,
+            use_tta,
+            reader,
+            labelled,
+            output,
+            batch=batch,
+            probabilities=probabilities,
+            png_dir=png_dir,
+            progress=progress,
+            say=say,
+        )
 
 
 def _check_options(set_name: str, batch: int) -> None:
@@ -126,8 +136,10 @@ def _note_unrecorded_tta(models: Sequence[Path], infos: Sequence[ModelInfo], say
     """Models saved before the TTA setting was recorded predict without it: say so."""
     for path, info in zip(models, infos, strict=False):
         if info.tta is None:
-            say(f"note: {path} records no TTA setting (saved by an older version): predicting "
-                "without flip TTA; --tta turns it on")
+            say(
+                f"note: {path} records no TTA setting (saved by an older version): predicting "
+                "without flip TTA; --tta turns it on"
+            )
 
 
 def _check_outputs(output: Path, png_dir: Path | None) -> None:
@@ -152,12 +164,16 @@ def _check_set(reader: ArrayReader, set_name: str) -> bool:
     elif len(shape) == 3:
         labelled, image_shape = False, shape[1:]
     else:
-        raise PredictError(f"{reader.path}: '{set_name}' has shape {shape}; expected (N, {IMAGE_SHAPE[0]}, "
-                           f"{IMAGE_SHAPE[1]}) images or (N, 2, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}) "
-                           "image and mask pairs")
+        raise PredictError(
+            f"{reader.path}: '{set_name}' has shape {shape}; expected (N, {IMAGE_SHAPE[0]}, "
+            f"{IMAGE_SHAPE[1]}) images or (N, 2, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}) "
+            "image and mask pairs"
+        )
     if tuple(image_shape) != IMAGE_SHAPE:
-        raise PredictError(f"{reader.path}: '{set_name}' images are {image_shape[0]}x{image_shape[1]}; "
-                           f"the models take {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}")
+        raise PredictError(
+            f"{reader.path}: '{set_name}' images are {image_shape[0]}x{image_shape[1]}; "
+            f"the models take {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}"
+        )
     if len(reader) == 0:
         raise PredictError(f"{reader.path}: '{set_name}' is empty: no image to predict")
     return labelled
@@ -172,22 +188,37 @@ def _load_models(paths: Sequence[Path]) -> list[keras.Model]:
     for path in paths:
         model = load_model(path)
         if isinstance(model.input_shape, list) or isinstance(model.output_shape, list):
-            raise PredictError(f"--model {path}: it has several inputs or outputs; a segmentation "
-                               f"model takes one image and predicts one mask")
+            raise PredictError(
+                f"--model {path}: it has several inputs or outputs; a segmentation "
+                f"model takes one image and predicts one mask"
+            )
         shape_in, shape_out = tuple(model.input_shape), tuple(model.output_shape)
         if shape_in != expected_in:
-            raise PredictError(f"--model {path}: it takes inputs of shape {shape_in[1:]}; "
-                               f"the images are {expected_in[1:]}")
+            raise PredictError(
+                f"--model {path}: it takes inputs of shape {shape_in[1:]}; the images are {expected_in[1:]}"
+            )
         if shape_out != expected_out:
-            raise PredictError(f"--model {path}: it predicts {shape_out[1:]} (classes last); "
-                               f"expected {expected_out[1:]}, {NUM_CLASSES} classes")
+            raise PredictError(
+                f"--model {path}: it predicts {shape_out[1:]} (classes last); "
+                f"expected {expected_out[1:]}, {NUM_CLASSES} classes"
+            )
         models.append(model)
     return models
 
 
-def _run(models: list[keras.Model], use_tta: tuple[bool, ...], reader: ArrayReader, labelled: bool,
-         output: Path, *, batch: int, probabilities: bool, png_dir: Path | None, progress: bool,
-         say: Callable[[str], None]) -> Summary:
+def _run(
+    models: list[keras.Model],
+    use_tta: tuple[bool, ...],
+    reader: ArrayReader,
+    labelled: bool,
+    output: Path,
+    *,
+    batch: int,
+    probabilities: bool,
+    png_dir: Path | None,
+    progress: bool,
+    say: Callable[[str], None],
+) -> Summary:
     n = len(reader)
     masks = np.empty((n, *IMAGE_SHAPE), dtype=np.uint8)
     truth = np.empty((n, *IMAGE_SHAPE), dtype=np.uint8) if labelled else None
@@ -195,19 +226,21 @@ def _run(models: list[keras.Model], use_tta: tuple[bool, ...], reader: ArrayRead
     ensemble = _ensemble([_forward(model, batch) for model in models], use_tta)
     started = time.perf_counter()
     try:
-        with replacing(output, suffix=".npz") as tmp, NpzWriter(tmp) as writer, \
-                ProgressBar(n, progress) as advance:
-            sink_cm = (writer.stream("probabilities", (n, *IMAGE_SHAPE, NUM_CLASSES), np.float16)
-                       if probabilities else contextlib.nullcontext())
+        with replacing(output, suffix=".npz") as tmp, NpzWriter(tmp) as writer, ProgressBar(n, progress) as advance:
+            sink_cm = (
+                writer.stream("probabilities", (n, *IMAGE_SHAPE, NUM_CLASSES), np.float16)
+                if probabilities
+                else contextlib.nullcontext()
+            )
             with sink_cm as sink:
                 start = 0
                 for rows in reader.slices(batch):
                     images = _images(rows, labelled, reader, start)
                     if truth is not None:
-                        truth[start:start + len(rows)] = _labels(rows, reader, start)
+                        truth[start : start + len(rows)] = _labels(rows, reader, start)
                     x = normalise(images)[..., None]
                     mean = ensemble(x)
-                    masks[start:start + len(rows)] = np.argmax(mean, axis=-1)
+                    masks[start : start + len(rows)] = np.argmax(mean, axis=-1)
                     if sink is not None:
                         sink.write(mean.astype(np.float16))
                     if len(firsts) * batch < PNG_EACH_MAX:
@@ -223,8 +256,9 @@ def _run(models: list[keras.Model], use_tta: tuple[bool, ...], reader: ArrayRead
     return Summary(n, seconds, use_tta, score, scored, tuple(pngs))
 
 
-def _ensemble(forwards: list[Callable[[np.ndarray], np.ndarray]],
-              use_tta: tuple[bool, ...]) -> Callable[[np.ndarray], np.ndarray]:
+def _ensemble(
+    forwards: list[Callable[[np.ndarray], np.ndarray]], use_tta: tuple[bool, ...]
+) -> Callable[[np.ndarray], np.ndarray]:
     """``x -> mean probabilities`` of the models, each with flip TTA or not."""
     from worker.training.batches import flip_tta
 
@@ -273,8 +307,7 @@ def _labels(rows: np.ndarray, reader: ArrayReader, start: int) -> np.ndarray:
     return labels.astype(np.uint8)
 
 
-def _check_range(values: np.ndarray, top: int, reader: ArrayReader, start: int, what: str, *,
-                 whole: bool) -> None:
+def _check_range(values: np.ndarray, top: int, reader: ArrayReader, start: int, what: str, *, whole: bool) -> None:
     """Refuse NaN, values outside 0..top and (``whole``) fractions, naming the first bad image."""
     bad = ~np.isfinite(values) | (values < 0) | (values > top)
     if whole:
@@ -282,19 +315,18 @@ def _check_range(values: np.ndarray, top: int, reader: ArrayReader, start: int, 
     if bad.any():
         at = start + int(np.argmax(bad.reshape(len(values), -1).any(axis=1)))
         kind = "whole numbers " if whole else ""
-        raise DataError(f"{reader.path}: '{reader.key}' {what} values must be {kind}in 0..{top} "
-                        f"(first bad image {at})")
+        raise DataError(f"{reader.path}: '{reader.key}' {what} values must be {kind}in 0..{top} (first bad image {at})")
 
 
-def _write_pngs(png_dir: Path, images: np.ndarray, masks: np.ndarray, truth: np.ndarray | None,
-                n: int) -> list[Path]:
+def _write_pngs(png_dir: Path, images: np.ndarray, masks: np.ndarray, truth: np.ndarray | None, n: int) -> list[Path]:
     """One PNG per image (image | [truth |] prediction) up to :data:`PNG_EACH_MAX` images; for
     more, one contact sheet of the first :data:`PNG_EACH_MAX`."""
     from worker.training.preview import PreviewSample, write_png
 
     def sample(index: slice) -> PreviewSample:
-        return PreviewSample(images=images[index], truth=None if truth is None else truth[index],
-                             prediction=masks[index])
+        return PreviewSample(
+            images=images[index], truth=None if truth is None else truth[index], prediction=masks[index]
+        )
 
     try:
         if n > PNG_EACH_MAX:

@@ -26,9 +26,13 @@ class ProgressBar:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(
-            TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
+            TextColumn("predicting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
         )
         self._progress.start()
         task = self._progress.add_task("predict", total=self.total, rate="")
@@ -53,9 +57,11 @@ def render_score(score: Score, scored: int, n: int) -> list[str]:
 
     per_class = ", ".join(f"{c}:{v:.4f}" if v == v else f"{c}:n/a" for c, v in score.per_class.items())
     left_out = f" ({n - scored} repeated-mask aliens left out, as in training)" if scored < n else ""
-    lines = [f"scored {scored} images{left_out}",
-             f"mean IoU (classes 1-4): {score.miou:.4f}  per class: {per_class}",
-             "confusion matrix (pixels; rows true class, columns predicted class 0-4):"]
+    lines = [
+        f"scored {scored} images{left_out}",
+        f"mean IoU (classes 1-4): {score.miou:.4f}  per class: {per_class}",
+        "confusion matrix (pixels; rows true class, columns predicted class 0-4):",
+    ]
     width = max(len(str(int(v))) for v in score.confusion.ravel())
     for c, row in enumerate(score.confusion):
         lines.append(f"  {c} {CLASS_NAMES[c]:<10} " + " ".join(f"{int(v):>{width}d}" for v in row))

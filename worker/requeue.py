@@ -26,7 +26,11 @@ def fail(link: StudyLink, trial: optuna.Trial, line: str) -> None:
 
 
 def requeue(
-    link: StudyLink, trial: optuna.Trial, *, interrupted: str | None = None, error: str | None = None,
+    link: StudyLink,
+    trial: optuna.Trial,
+    *,
+    interrupted: str | None = None,
+    error: str | None = None,
     patient: bool = True,
 ) -> None:
     """Fail the trial and queue the same parameters again for any worker.
@@ -57,8 +61,10 @@ def requeue(
                 # (its retry is Optuna's to queue), or completed. Not ours to fail or queue.
                 raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} finished elsewhere")
             if not _has_retry(study, trial.number):  # a confirmation's retry stays one
-                study.enqueue_trial(trial.params, user_attrs={
-                    trial_attrs.RETRY_OF: trial.number, **trial_attrs.confirmation_attrs(trial.user_attrs)})
+                study.enqueue_trial(
+                    trial.params,
+                    user_attrs={trial_attrs.RETRY_OF: trial.number, **trial_attrs.confirmation_attrs(trial.user_attrs)},
+                )
 
     if patient:
         link.call(fail_and_requeue, "failing and re-queueing the trial")
@@ -106,9 +112,11 @@ def retry_of_trial(rdb: optuna.storages.RDBStorage, trial: optuna.Trial) -> int 
 def _marked(stored: optuna.trial.FrozenTrial, *, interrupted: str | None, error: str | None) -> bool:
     """Whether a FAIL stored for this trial is this worker's own (written with its marks, in one
     transaction, by :func:`requeue`: a retry after a lost reply finds them)."""
-    return ((interrupted is None or stored.user_attrs.get(trial_attrs.INTERRUPTED) == interrupted)
-            and (error is None or stored.user_attrs.get(trial_attrs.ERROR) == error)
-            and (interrupted is not None or error is not None))
+    return (
+        (interrupted is None or stored.user_attrs.get(trial_attrs.INTERRUPTED) == interrupted)
+        and (error is None or stored.user_attrs.get(trial_attrs.ERROR) == error)
+        and (interrupted is not None or error is not None)
+    )
 
 
 def _has_retry(study: optuna.Study, number: int) -> bool:
@@ -116,8 +124,10 @@ def _has_retry(study: optuna.Study, number: int) -> bool:
     for other in study.get_trials(deepcopy=False):
         if other.number == number:
             continue
-        if (number in other.system_attrs.get("retry_history", ())
-                or other.user_attrs.get(trial_attrs.RETRY_OF) == number):
+        if (
+            number in other.system_attrs.get("retry_history", ())
+            or other.user_attrs.get(trial_attrs.RETRY_OF) == number
+        ):
             return True
     return False
 

@@ -93,8 +93,9 @@ def call_within_grace(call: Callable[[], T], what: str, grace_period: float, say
         raise
 
 
-def _holds(stored: optuna.trial.FrozenTrial, *, state: TrialState | None = None,
-           values: float | list[float] | None = None) -> bool:
+def _holds(
+    stored: optuna.trial.FrozenTrial, *, state: TrialState | None = None, values: float | list[float] | None = None
+) -> bool:
     """Whether a finished trial holds what ``study.tell(state=..., values=...)`` would have stored."""
     if values is not None:
         wanted = values if isinstance(values, list) else [values]

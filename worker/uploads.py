@@ -62,8 +62,10 @@ class Uploader:
             if is_transient(exc) or self.link.replaced():
                 raise
             reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
-            self.link.say(f"warning: trial {trial.number}: model upload to {self.artifact_dir} failed "
-                          f"({reason}); the trial's result is kept, its model is not")
+            self.link.say(
+                f"warning: trial {trial.number}: model upload to {self.artifact_dir} failed "
+                f"({reason}); the trial's result is kept, its model is not"
+            )
             return False
         self.link.say(f"trial {trial.number}: new best, model uploaded as artifact {artifact_id}")
         return True
@@ -77,8 +79,9 @@ class Uploader:
         try:
             png = write_png(preview, path.with_suffix(".png"))
             preview_id = upload_artifact(artifact_store=store, file_path=str(png), study_or_trial=trial)
-            self.link.call(lambda: trial.set_user_attr(trial_attrs.PREVIEW_ARTIFACT, preview_id),
-                           "recording the preview")
+            self.link.call(
+                lambda: trial.set_user_attr(trial_attrs.PREVIEW_ARTIFACT, preview_id), "recording the preview"
+            )
         except Exception as exc:  # noqa: BLE001 - a picture is worth less than the trial
             store.discard()
             if is_transient(exc) or self.link.replaced():

@@ -68,11 +68,18 @@ def train_all_data(
     device = device or detect(config.mixed_precision)
     replayed = config.lr_schedule is not None
     schedule = list(config.lr_schedule or [config.learning_rate] * config.epochs)
-    images, masks = subsample(np.asarray(data.images), np.asarray(data.masks), data.groups,
-                              config.max_images, config.seed)[:2]
-    say(out, f"data: all {len(images)} images train (no validation split); {len(schedule)} epochs, "
-             + ("the trial's learning rate per epoch" if replayed else
-                f"learning rate {config.learning_rate:g} throughout (the config has no lr_schedule)"))
+    images, masks = subsample(
+        np.asarray(data.images), np.asarray(data.masks), data.groups, config.max_images, config.seed
+    )[:2]
+    say(
+        out,
+        f"data: all {len(images)} images train (no validation split); {len(schedule)} epochs, "
+        + (
+            "the trial's learning rate per epoch"
+            if replayed
+            else f"learning rate {config.learning_rate:g} throughout (the config has no lr_schedule)"
+        ),
+    )
     keras.utils.clear_session()
     previous_policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(device.policy)
@@ -81,12 +88,24 @@ def train_all_data(
         _build_fit_save(config, images, masks, schedule, log, save_path)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    return AllDataResult(n_images=len(images), epochs=len(schedule), learning_rates=log.rates,
-                         losses=log.losses, wall_time_s=time.perf_counter() - started, replayed=replayed)
+    return AllDataResult(
+        n_images=len(images),
+        epochs=len(schedule),
+        learning_rates=log.rates,
+        losses=log.losses,
+        wall_time_s=time.perf_counter() - started,
+        replayed=replayed,
+    )
 
 
-def _build_fit_save(config: TrainConfig, images: np.ndarray, masks: np.ndarray, schedule: list[float],
-                    log: EpochLog, save_path: str | Path) -> None:
+def _build_fit_save(
+    config: TrainConfig,
+    images: np.ndarray,
+    masks: np.ndarray,
+    schedule: list[float],
+    log: EpochLog,
+    save_path: str | Path,
+) -> None:
     """Build the model (seeded), fit it on every image, save it with the run's record; class
     weights come from all the images' masks."""
     import keras
@@ -94,19 +113,30 @@ def _build_fit_save(config: TrainConfig, images: np.ndarray, masks: np.ndarray, 
     from worker.training.backend import set_determinism
     from worker.training.losses import class_weights_from_masks
 
-    weights = np.asarray(class_weights_from_masks(masks, scheme=config.class_weights,
-                                                  background_weight=config.background_weight))
+    weights = np.asarray(
+        class_weights_from_masks(masks, scheme=config.class_weights, background_weight=config.background_weight)
+    )
     set_determinism(not config.jit_compile)
     keras.utils.set_random_seed(config.seed)
     compiled = CompiledModel.build(config)
     compiled.reset(config, weights)
     _fit(compiled.model, config, images, masks, min(config.batch_size, len(images)), schedule, log)
-    save_model(compiled.portable(config, weights), save_path,
-               ModelInfo(config=config.to_dict(), all_data=True, validation_miou=None))
+    save_model(
+        compiled.portable(config, weights),
+        save_path,
+        ModelInfo(config=config.to_dict(), all_data=True, validation_miou=None),
+    )
 
 
-def _fit(model: keras.Model, config: TrainConfig, images: np.ndarray, masks: np.ndarray,
-         batch_size: int, schedule: list[float], log: EpochLog) -> None:
+def _fit(
+    model: keras.Model,
+    config: TrainConfig,
+    images: np.ndarray,
+    masks: np.ndarray,
+    batch_size: int,
+    schedule: list[float],
+    log: EpochLog,
+) -> None:
     """Fit every image for ``len(schedule)`` epochs at the scheduled learning rates, seeded and
     flip-augmented as a trial's fit."""
     import keras
@@ -118,12 +148,12 @@ def _fit(model: keras.Model, config: TrainConfig, images: np.ndarray, masks: np.
     if is_tensorflow():
         from worker.training.pipeline import make_train_dataset
 
-        dataset = make_train_dataset(images, masks, batch_size, seed=config.seed,
-                                     augment_flips=config.augment_flips, shuffle=True)
+        dataset = make_train_dataset(
+            images, masks, batch_size, seed=config.seed, augment_flips=config.augment_flips, shuffle=True
+        )
         model.fit(dataset, epochs=len(schedule), callbacks=callbacks, verbose=0, shuffle=False)
     else:
         from worker.training.batches import flipped
 
         x, y = flipped(images, masks, config.augment_flips)
-        model.fit(x, y, batch_size=batch_size, epochs=len(schedule), shuffle=True,
-                  callbacks=callbacks, verbose=0)
+        model.fit(x, y, batch_size=batch_size, epochs=len(schedule), shuffle=True, callbacks=callbacks, verbose=0)

@@ -110,8 +110,9 @@ def enable_compile_cache(warn: Callable[[str], None] | None = None) -> str | Non
         return None
     problem = compile_cache_problem(directory)
     if problem is not None:
-        (warn or _warn_stderr)(f"warning: compile cache {directory} ({ENV_COMPILE_CACHE}) {problem}; "
-                               "running without it")
+        (warn or _warn_stderr)(
+            f"warning: compile cache {directory} ({ENV_COMPILE_CACHE}) {problem}; running without it"
+        )
         return None
     import jax
 

@@ -17,8 +17,7 @@ N_FLIPS = 4  # none, horizontal, vertical, both
 FLIP_AXES = ((), (2,), (1,), (1, 2))  # on (N, H, W[, C]) arrays
 
 
-def flipped(images: np.ndarray, masks: np.ndarray, augment_flips: bool
-            ) -> tuple[np.ndarray, np.ndarray]:
+def flipped(images: np.ndarray, masks: np.ndarray, augment_flips: bool) -> tuple[np.ndarray, np.ndarray]:
     """``x`` float32 (kN, 64, 128, 1) and ``y`` uint8 (kN, 64, 128); k = 4 with flips, else 1."""
     x = np.asarray(images, dtype=np.float32)[..., None]
     y = np.asarray(masks, dtype=np.uint8)

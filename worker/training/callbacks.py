@@ -48,9 +48,12 @@ class History(keras.callbacks.Callback):
         row["lr"] = self._lr
         self.rows.append(row)
         self.seconds.append(time.perf_counter() - self._t0)
-        say(self.out, f"epoch {epoch + 1}/{self.epochs}  loss {row['loss']:.4f}  "
-                      f"val_loss {row['val_loss']:.4f}  val_miou {fmt(row[MONITOR])}  "
-                      f"lr {row['lr']:.2e}  {self.seconds[-1]:.1f}s")
+        say(
+            self.out,
+            f"epoch {epoch + 1}/{self.epochs}  loss {row['loss']:.4f}  "
+            f"val_loss {row['val_loss']:.4f}  val_miou {fmt(row[MONITOR])}  "
+            f"lr {row['lr']:.2e}  {self.seconds[-1]:.1f}s",
+        )
 
 
 class Report(keras.callbacks.Callback):
@@ -104,15 +107,20 @@ def fit_callbacks(
     restoring the best epoch's weights)."""
     recorder = History(config.epochs, out)
     stopper = keras.callbacks.EarlyStopping(
-        monitor=MONITOR, mode="max", patience=config.early_stopping_patience,
+        monitor=MONITOR,
+        mode="max",
+        patience=config.early_stopping_patience,
         restore_best_weights=True,
     )
     callbacks: list[keras.callbacks.Callback] = [
         FirstBatch(clock),
         recorder,
         keras.callbacks.ReduceLROnPlateau(
-            monitor=MONITOR, mode="max", factor=config.reduce_lr_factor,
-            patience=config.reduce_lr_patience, min_lr=config.min_learning_rate,
+            monitor=MONITOR,
+            mode="max",
+            factor=config.reduce_lr_factor,
+            patience=config.reduce_lr_patience,
+            min_lr=config.min_learning_rate,
         ),
         stopper,
     ]

@@ -44,13 +44,18 @@ class CompiledModel:
 
         model = build_model(config)
         params = attach(model)
-        optimizer = TunableAdamW(learning_rate=config.learning_rate,
-                                 weight_decay=config.weight_decay)
-        model.compile(optimizer=optimizer, loss=FocalLoss(params=params),
-                      metrics=[MeanIoUForeground()], jit_compile=jit(config))
+        optimizer = TunableAdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
+        model.compile(
+            optimizer=optimizer, loss=FocalLoss(params=params), metrics=[MeanIoUForeground()], jit_compile=jit(config)
+        )
         model.optimizer.build(model.trainable_variables)
-        return cls(model, optimizer, params, model.get_weights(),
-                   [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
+        return cls(
+            model,
+            optimizer,
+            params,
+            model.get_weights(),
+            [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables],
+        )
 
     def reset(self, config: TrainConfig, class_weights: np.ndarray) -> None:
         """Initial weights, a fresh optimizer state, and this trial's hyperparameters."""
@@ -76,12 +81,12 @@ class CompiledModel:
 
         copy = keras.models.clone_model(self.model)
         own = {id(v) for v in self.params.weights}
-        copy.set_weights([keras.ops.convert_to_numpy(v) for v in self.model.weights
-                          if id(v) not in own])
-        copy.compile(optimizer=keras.optimizers.AdamW(learning_rate=config.learning_rate,
-                                                      weight_decay=config.weight_decay),
-                     loss=focal_loss(config.focal_gamma, class_weights),
-                     metrics=[MeanIoUForeground()])
+        copy.set_weights([keras.ops.convert_to_numpy(v) for v in self.model.weights if id(v) not in own])
+        copy.compile(
+            optimizer=keras.optimizers.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay),
+            loss=focal_loss(config.focal_gamma, class_weights),
+            metrics=[MeanIoUForeground()],
+        )
         return copy
 
 
@@ -95,7 +100,17 @@ def jit(config: TrainConfig) -> bool:
 
 def model_key(config: TrainConfig, device: DeviceInfo, batch_size: int) -> tuple:
     """What a traced train step depends on: everything that is not a variable."""
-    return (config.model, config.base_filters, config.depth, config.conventional_filters,
-            config.residual_filters, config.multiscale_filters, config.context_filters,
-            config.batchnorm_momentum, config.seed, config.jit_compile, device.policy,
-            batch_size)
+    return (
+        config.model,
+        config.base_filters,
+        config.depth,
+        config.conventional_filters,
+        config.residual_filters,
+        config.multiscale_filters,
+        config.context_filters,
+        config.batchnorm_momentum,
+        config.seed,
+        config.jit_compile,
+        device.policy,
+        batch_size,
+    )

@@ -73,10 +73,7 @@ def plan(gpus: list[str], gpu: int | None, mixed_precision: str = "auto") -> Pla
     hold its trials for hours.
     """
     if mixed_precision not in MIXED_PRECISION_MODES:
-        raise DeviceError(
-            f"mixed precision must be one of {', '.join(MIXED_PRECISION_MODES)}, "
-            f"got {mixed_precision!r}"
-        )
+        raise DeviceError(f"mixed precision must be one of {', '.join(MIXED_PRECISION_MODES)}, got {mixed_precision!r}")
     if gpu is not None:
         if isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
             raise DeviceError(f"--gpu must be a GPU index >= 0, got {gpu!r}")
@@ -84,8 +81,7 @@ def plan(gpus: list[str], gpu: int | None, mixed_precision: str = "auto") -> Pla
             raise DeviceError(f"--gpu {gpu} given but this machine has no GPU")
         if gpu >= len(gpus):
             raise DeviceError(
-                f"--gpu {gpu} is out of range: this machine has {len(gpus)} GPU(s), "
-                f"indices 0..{len(gpus) - 1}"
+                f"--gpu {gpu} is out of range: this machine has {len(gpus)} GPU(s), indices 0..{len(gpus) - 1}"
             )
 
     notes: list[str] = []
@@ -96,9 +92,7 @@ def plan(gpus: list[str], gpu: int | None, mixed_precision: str = "auto") -> Pla
         visible = None if gpu is None else (gpu,)
     else:
         if mixed_precision == "on":
-            notes.append(
-                "mixed precision 'on' ignored: no GPU, float16 on CPU is slower; using float32"
-            )
+            notes.append("mixed precision 'on' ignored: no GPU, float16 on CPU is slower; using float32")
         device = DeviceInfo(kind="CPU", name=_cpu_name(), index=None, mixed_precision=False)
         visible = None
     return Plan(device=device, visible=visible, warnings=tuple(notes))
@@ -111,9 +105,7 @@ def with_precision(device: DeviceInfo, mixed_precision: str) -> DeviceInfo:
     precision: a GPU honours "off", a CPU stays float32 whatever is asked.
     """
     if mixed_precision not in MIXED_PRECISION_MODES:
-        raise DeviceError(
-            f"mixed precision must be one of {', '.join(MIXED_PRECISION_MODES)}, got {mixed_precision!r}"
-        )
+        raise DeviceError(f"mixed precision must be one of {', '.join(MIXED_PRECISION_MODES)}, got {mixed_precision!r}")
     mixed = device.kind == "GPU" and mixed_precision in ("auto", "on")
     return dataclasses.replace(device, mixed_precision=mixed)
 
@@ -212,8 +204,9 @@ def describe(device: DeviceInfo | None = None) -> dict[str, Any]:
         "backend": backend,
         "versions": {name: _version(name) for name in packages},
     }
-    info.update(device=device.kind, device_name=device.name, device_index=device.index,
-                mixed_precision=device.mixed_precision)
+    info.update(
+        device=device.kind, device_name=device.name, device_index=device.index, mixed_precision=device.mixed_precision
+    )
     return info
 
 

@@ -64,8 +64,15 @@ class FocalLoss(keras.losses.Loss):
     them. Pure ``keras.ops``: works eagerly, in ``model.fit`` and with ``jit_compile=True``.
     """
 
-    def __init__(self, gamma: float = 0.5, class_weights: Sequence[float] = (1.0,) * 5,
-                 name: str = "focal_loss", *, params: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        gamma: float = 0.5,
+        class_weights: Sequence[float] = (1.0,) * 5,
+        name: str = "focal_loss",
+        *,
+        params: Any = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name=name, **kwargs)
         gamma = float(gamma)
         if not np.isfinite(gamma) or gamma < 0:
@@ -101,9 +108,7 @@ class FocalLoss(keras.losses.Loss):
         return config
 
 
-def focal_loss_numpy(
-    y_true: np.ndarray, y_pred: np.ndarray, gamma: float, class_weights: Sequence[float]
-) -> float:
+def focal_loss_numpy(y_true: np.ndarray, y_pred: np.ndarray, gamma: float, class_weights: Sequence[float]) -> float:
     """Reference implementation of :func:`focal_loss` in float64 numpy (same clipping)."""
     y_pred = np.asarray(y_pred, dtype=np.float64)
     y_true = np.asarray(y_true)
@@ -187,7 +192,5 @@ def _class_counts(masks: np.ndarray, num_classes: int) -> np.ndarray:
             raise ValueError("masks must hold integer class labels")
     labels = flat.astype(np.int64)
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(
-            f"mask labels must be in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}"
-        )
+        raise ValueError(f"mask labels must be in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
     return np.bincount(labels, minlength=num_classes).astype(np.float64)

@@ -44,9 +44,7 @@ FOREGROUND = (1, 2, 3, 4)
 # ---------------------------------------------------------------------------------------------
 
 
-def confusion_counts(
-    y_true: np.ndarray, y_pred_labels: np.ndarray, num_classes: int = NUM_CLASSES
-) -> np.ndarray:
+def confusion_counts(y_true: np.ndarray, y_pred_labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """(num_classes, num_classes) int64 counts; row = true label, column = predicted label."""
     y_true = np.asarray(y_true)
     y_pred_labels = np.asarray(y_pred_labels)
@@ -59,17 +57,12 @@ def confusion_counts(
     p = y_pred_labels.reshape(-1).astype(np.int64)
     for name, values in (("y_true", t), ("y_pred_labels", p)):
         if values.size and (values.min() < 0 or values.max() >= num_classes):
-            raise ValueError(
-                f"{name} labels must be in 0..{num_classes - 1}, "
-                f"got {values.min()}..{values.max()}"
-            )
+            raise ValueError(f"{name} labels must be in 0..{num_classes - 1}, got {values.min()}..{values.max()}")
     counts = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).astype(np.int64)
 
 
-def iou_from_confusion(
-    confusion: np.ndarray, classes: Sequence[int] = FOREGROUND
-) -> dict[int, float]:
+def iou_from_confusion(confusion: np.ndarray, classes: Sequence[int] = FOREGROUND) -> dict[int, float]:
     """Per-class IoU from a confusion matrix; NaN for a class absent from truth and prediction."""
     cm = np.asarray(confusion, dtype=np.float64)
     result: dict[int, float] = {}
@@ -88,9 +81,7 @@ def iou_per_class(
     return iou_from_confusion(confusion_counts(y_true, y_pred_labels, num_classes), classes)
 
 
-def mean_iou(
-    y_true: np.ndarray, y_pred_labels: np.ndarray, classes: Sequence[int] = FOREGROUND
-) -> float:
+def mean_iou(y_true: np.ndarray, y_pred_labels: np.ndarray, classes: Sequence[int] = FOREGROUND) -> float:
     """Mean of :func:`iou_per_class` over the present classes; NaN if none is present."""
     return mean_of(iou_per_class(y_true, y_pred_labels, classes))
 
@@ -150,8 +141,14 @@ class MeanIoUForeground(keras.metrics.Metric):
     Pure ``keras.ops``: works eagerly, inside ``model.fit`` and with ``jit_compile=True``.
     """
 
-    def __init__(self, name: str = "miou", num_classes: int = NUM_CLASSES,
-                 classes: Sequence[int] = FOREGROUND, dtype=None, **kwargs) -> None:
+    def __init__(
+        self,
+        name: str = "miou",
+        num_classes: int = NUM_CLASSES,
+        classes: Sequence[int] = FOREGROUND,
+        dtype=None,
+        **kwargs,
+    ) -> None:
         super().__init__(name=name, dtype=dtype, **kwargs)
         self.num_classes = int(num_classes)
         self.classes = tuple(int(c) for c in classes)
@@ -170,11 +167,9 @@ class MeanIoUForeground(keras.metrics.Metric):
         if len(y_true.shape) == len(y_pred.shape):  # (B, H, W, 1) -> (B, H, W)
             y_true = ops.squeeze(y_true, axis=-1)
         k = self.num_classes
-        true_hot = ops.one_hot(ops.reshape(ops.cast(y_true, "int32"), (-1,)), k,
-                               dtype="float32")
+        true_hot = ops.one_hot(ops.reshape(ops.cast(y_true, "int32"), (-1,)), k, dtype="float32")
         pred_labels = ops.argmax(y_pred, axis=-1)
-        pred_hot = ops.one_hot(ops.reshape(ops.cast(pred_labels, "int32"), (-1,)), k,
-                               dtype="float32")
+        pred_hot = ops.one_hot(ops.reshape(ops.cast(pred_labels, "int32"), (-1,)), k, dtype="float32")
         if sample_weight is not None:
             w = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
             while len(w.shape) < len(y_true.shape):

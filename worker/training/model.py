@@ -52,8 +52,9 @@ DILATIONS = (1, 2, 4)
 
 def conv_block(x, filters: int, name: str, *, kernel_size: int = 3, dilation_rate: int = 1):
     """Conv2D (same padding, no bias) -> BatchNorm -> ReLU."""
-    x = layers.Conv2D(filters, kernel_size, padding="same", dilation_rate=dilation_rate,
-                      use_bias=False, name=f"{name}_conv")(x)
+    x = layers.Conv2D(
+        filters, kernel_size, padding="same", dilation_rate=dilation_rate, use_bias=False, name=f"{name}_conv"
+    )(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
@@ -152,9 +153,16 @@ def build_multipath_unet(
     context_filters: int = 32,
 ) -> keras.Model:
     """The seed's Multipath UNet (module docstring); defaults give the seed (6,067,049 params)."""
-    _check(input_shape, depth, num_classes=num_classes, base_filters=base_filters,
-           conventional_filters=conventional_filters, residual_filters=residual_filters,
-           multiscale_filters=multiscale_filters, context_filters=context_filters)
+    _check(
+        input_shape,
+        depth,
+        num_classes=num_classes,
+        base_filters=base_filters,
+        conventional_filters=conventional_filters,
+        residual_filters=residual_filters,
+        multiscale_filters=multiscale_filters,
+        context_filters=context_filters,
+    )
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x, skips = _encoder(inputs, base_filters, depth)
 

@@ -21,8 +21,7 @@ import tensorflow as tf
 
 from worker.training.batches import N_FLIPS, flip_tta_predict
 
-__all__ = ["N_FLIPS", "flip_tta_predict", "make_eval_dataset", "make_train_dataset",
-           "steps_per_epoch"]
+__all__ = ["N_FLIPS", "flip_tta_predict", "make_eval_dataset", "make_train_dataset", "steps_per_epoch"]
 
 
 def steps_per_epoch(n: int, batch_size: int, augment_flips: bool) -> int:
@@ -73,9 +72,7 @@ def make_train_dataset(
     return _finish(ds, batch_size)
 
 
-def make_eval_dataset(
-    images: np.ndarray, masks: np.ndarray | None, batch_size: int
-) -> tf.data.Dataset:
+def make_eval_dataset(images: np.ndarray, masks: np.ndarray | None, batch_size: int) -> tf.data.Dataset:
     """Validation/evaluation batches in the given order: no augmentation, no shuffle.
 
     With ``masks=None`` (e.g. the unlabelled test set) it yields ``x`` alone.

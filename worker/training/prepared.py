@@ -34,11 +34,11 @@ class PreparedData:
 
     @classmethod
     def make(cls, data: MarsData, config: TrainConfig) -> PreparedData:
-        images, masks, groups = subsample(np.asarray(data.images), np.asarray(data.masks),
-                                          data.groups, config.max_images, config.seed)
+        images, masks, groups = subsample(
+            np.asarray(data.images), np.asarray(data.masks), data.groups, config.max_images, config.seed
+        )
         train_idx, val_idx = split(masks, config.validation_fraction, config.seed, groups)
-        return cls(images[train_idx], masks[train_idx], images[val_idx], masks[val_idx],
-                   len(images))
+        return cls(images[train_idx], masks[train_idx], images[val_idx], masks[val_idx], len(images))
 
     @property
     def n_train(self) -> int:
@@ -55,9 +55,11 @@ class PreparedData:
         key = (config.class_weights, config.background_weight)
         if key not in self._weights:
             self._weights[key] = np.asarray(
-                class_weights_from_masks(self.y_train, scheme=config.class_weights,
-                                         background_weight=config.background_weight),
-                dtype=np.float64)
+                class_weights_from_masks(
+                    self.y_train, scheme=config.class_weights, background_weight=config.background_weight
+                ),
+                dtype=np.float64,
+            )
         return self._weights[key]
 
     def flipped(self, augment_flips: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -70,8 +72,11 @@ class PreparedData:
 
 
 def subsample(
-    images: np.ndarray, masks: np.ndarray, groups: np.ndarray | None,
-    max_images: int | None, seed: int,
+    images: np.ndarray,
+    masks: np.ndarray,
+    groups: np.ndarray | None,
+    max_images: int | None,
+    seed: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """A seeded subset of ``max_images`` images (kept in file order), or everything.
 

@@ -35,8 +35,9 @@ def sample(images: np.ndarray, truth: np.ndarray, prediction: np.ndarray, n: int
     since the split is seeded), copied so the caller's arrays can be freed."""
     count = len(images)
     index = np.unique(np.linspace(0, count - 1, num=min(n, count)).round().astype(int)) if count else []
-    return PreviewSample(images=np.array(images[index]), truth=np.array(truth[index]),
-                         prediction=np.array(prediction[index]))
+    return PreviewSample(
+        images=np.array(images[index]), truth=np.array(truth[index]), prediction=np.array(prediction[index])
+    )
 
 
 def grid(preview: PreviewSample) -> np.ndarray:
@@ -57,7 +58,7 @@ def grid(preview: PreviewSample) -> np.ndarray:
         for col, tile in enumerate(tiles):
             big = tile[row].repeat(SCALE, axis=0).repeat(SCALE, axis=1)
             y, x = GAP + row * (th + GAP), GAP + col * (tw + GAP)
-            out[y:y + th, x:x + tw] = big
+            out[y : y + th, x : x + tw] = big
     return out
 
 

@@ -16,7 +16,7 @@ PhaseCallback = Callable[[str], None]
 #: What a phase line adds where a new user would otherwise wonder why nothing happens.
 PHASE_HINTS = {
     "compiling": ": the first epoch of each new model shape is traced and compiled first, "
-                 "tens of seconds without output on a CPU",
+    "tens of seconds without output on a CPU",
 }
 
 

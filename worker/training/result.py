@@ -55,9 +55,11 @@ class TrainResult:
     def summary(self, *, tta: bool) -> str:
         """The line a verbose run ends with: best epoch, score (``tta``: flip TTA), size, time."""
         latency = self.inference_ms_per_image
-        return (f"best epoch {self.best_epoch + 1}: validation mIoU {fmt(self.best_miou)}"
-                f"{' (flip TTA)' if tta else ''}; "
-                + " ".join(f"c{c}={fmt(v)}" for c, v in self.per_class_iou.items())
-                + f"; {self.n_params:,} params"
-                + (f", {latency:.3g} ms/image" if latency is not None else "")
-                + f"; {self.wall_time_s:.1f}s")
+        return (
+            f"best epoch {self.best_epoch + 1}: validation mIoU {fmt(self.best_miou)}"
+            f"{' (flip TTA)' if tta else ''}; "
+            + " ".join(f"c{c}={fmt(v)}" for c, v in self.per_class_iou.items())
+            + f"; {self.n_params:,} params"
+            + (f", {latency:.3g} ms/image" if latency is not None else "")
+            + f"; {self.wall_time_s:.1f}s"
+        )

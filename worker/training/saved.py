@@ -131,5 +131,6 @@ def load_model(path: str | Path) -> keras.Model:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises anything from a bad archive
         text = str(exc).strip().splitlines()
-        raise ModelFileError(f"{path}: Keras cannot load it: {type(exc).__name__}: "
-                             f"{text[0][:200] if text else ''}") from None
+        raise ModelFileError(
+            f"{path}: Keras cannot load it: {type(exc).__name__}: {text[0][:200] if text else ''}"
+        ) from None

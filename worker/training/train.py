@@ -93,8 +93,15 @@ def train(
     nothing (``keras.utils.clear_session``), as a one-off ``worker train`` should.
     """
     return (trainer or Trainer(reuse=False)).train(
-        config, data, epoch_callback=epoch_callback, verbose=verbose, save_path=save_path,
-        device=device, phase_callback=phase_callback, on_result=on_result, measure_latency=measure_latency,
+        config,
+        data,
+        epoch_callback=epoch_callback,
+        verbose=verbose,
+        save_path=save_path,
+        device=device,
+        phase_callback=phase_callback,
+        on_result=on_result,
+        measure_latency=measure_latency,
     )
 
 
@@ -158,19 +165,22 @@ class Trainer:
             keras.mixed_precision.set_global_policy(previous_policy)
         return result
 
-    def _data_step(self, config: TrainConfig, data: MarsData, device: DeviceInfo, clock: Clock,
-                   out: IO[str] | None) -> _Run:
+    def _data_step(
+        self, config: TrainConfig, data: MarsData, device: DeviceInfo, clock: Clock, out: IO[str] | None
+    ) -> _Run:
         """Phase "loading data": the split (kept or made), class weights and the batch size."""
         clock.phase("loading data")
         prepared, reused_data = self.prepare(config, data)
         weights = prepared.class_weights(config)
         batch_size = min(config.batch_size, prepared.n_train)
-        say(out, f"data: {prepared.n_images} images -> {prepared.n_train} train / "
-                 f"{prepared.n_val} val (split before augmentation); device {device.kind} "
-                 f"{device.name}, policy {device.policy}")
+        say(
+            out,
+            f"data: {prepared.n_images} images -> {prepared.n_train} train / "
+            f"{prepared.n_val} val (split before augmentation); device {device.kind} "
+            f"{device.name}, policy {device.policy}",
+        )
         if batch_size < config.batch_size:
-            say(out, f"batch size {config.batch_size} > {prepared.n_train} training images: "
-                     f"using {batch_size}")
+            say(out, f"batch size {config.batch_size} > {prepared.n_train} training images: using {batch_size}")
         clock.mark("prepare_s")
         return _Run(config, device, clock, out, prepared, weights, batch_size, reused_data)
 
@@ -201,8 +211,9 @@ class Trainer:
             self._splits[key] = prepared
         return prepared, False
 
-    def compiled(self, config: TrainConfig, device: DeviceInfo, batch_size: int,
-                 out: IO[str] | None) -> tuple[CompiledModel, bool]:
+    def compiled(
+        self, config: TrainConfig, device: DeviceInfo, batch_size: int, out: IO[str] | None
+    ) -> tuple[CompiledModel, bool]:
         """The compile step: a compiled model for this architecture and batch, new or reused."""
         import keras
 
@@ -253,23 +264,43 @@ def _fit(
     if is_tensorflow():
         from worker.training.pipeline import make_eval_dataset, make_train_dataset
 
-        train_ds = make_train_dataset(prepared.x_train, prepared.y_train, batch_size,
-                                      seed=config.seed, augment_flips=config.augment_flips,
-                                      shuffle=True)
+        train_ds = make_train_dataset(
+            prepared.x_train,
+            prepared.y_train,
+            batch_size,
+            seed=config.seed,
+            augment_flips=config.augment_flips,
+            shuffle=True,
+        )
         val_ds = make_eval_dataset(prepared.x_val, prepared.y_val, batch_size)
-        compiled.model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                           callbacks=callbacks, verbose=0, shuffle=False)  # the dataset shuffles
+        compiled.model.fit(
+            train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False
+        )  # the dataset shuffles
     else:
         x, y = prepared.flipped(config.augment_flips)
-        compiled.model.fit(x, y, batch_size=batch_size, epochs=config.epochs, shuffle=True,
-                           validation_data=(prepared.x_val[..., None], prepared.y_val),
-                           validation_batch_size=batch_size, callbacks=callbacks, verbose=0)
+        compiled.model.fit(
+            x,
+            y,
+            batch_size=batch_size,
+            epochs=config.epochs,
+            shuffle=True,
+            validation_data=(prepared.x_val[..., None], prepared.y_val),
+            validation_batch_size=batch_size,
+            callbacks=callbacks,
+            verbose=0,
+        )
     run.clock.mark("fit_s")
     return recorder, stopper
 
 
-def _evaluate_step(run: _Run, compiled: CompiledModel, recorder: History, stopper: keras.callbacks.EarlyStopping,
-                   reused_model: bool, measure_latency: bool) -> TrainResult:
+def _evaluate_step(
+    run: _Run,
+    compiled: CompiledModel,
+    recorder: History,
+    stopper: keras.callbacks.EarlyStopping,
+    reused_model: bool,
+    measure_latency: bool,
+) -> TrainResult:
     """Phase "evaluating": the restored best model scored on the validation split (and timed
     when asked), and the run's result."""
     from worker.training.metrics import confusion_counts
@@ -277,15 +308,15 @@ def _evaluate_step(run: _Run, compiled: CompiledModel, recorder: History, stoppe
 
     config, prepared, clock = run.config, run.prepared, run.clock
     clock.phase("evaluating")
-    best_miou, per_class, labels = evaluate(compiled.model, prepared.x_val, prepared.y_val,
-                                            run.batch_size, tta=config.tta)
+    best_miou, per_class, labels = evaluate(
+        compiled.model, prepared.x_val, prepared.y_val, run.batch_size, tta=config.tta
+    )
     clock.mark("evaluate_s")
     latency = None
     if measure_latency:
         latency = inference_ms_per_image(compiled.model, prepared.x_val, tta=config.tta)
         clock.mark("latency_s")
-    timings = dict(clock.timings, epoch_s=recorder.seconds, reused_model=reused_model,
-                   reused_data=run.reused_data)
+    timings = dict(clock.timings, epoch_s=recorder.seconds, reused_model=reused_model, reused_data=run.reused_data)
     return TrainResult(
         best_miou=best_miou,
         per_class_iou=per_class,
@@ -308,9 +339,11 @@ def _evaluate_step(run: _Run, compiled: CompiledModel, recorder: History, stoppe
 def _save_step(run: _Run, compiled: CompiledModel, best_miou: float, save_path: str | Path) -> None:
     """Phase "saving": the best model as a ``.keras`` file with its training record."""
     run.clock.phase("saving")
-    save_model(compiled.portable(run.config, run.weights), save_path,
-               ModelInfo(config=run.config.to_dict(), all_data=False,
-                         validation_miou=json_safe(best_miou)))
+    save_model(
+        compiled.portable(run.config, run.weights),
+        save_path,
+        ModelInfo(config=run.config.to_dict(), all_data=False, validation_miou=json_safe(best_miou)),
+    )
     run.clock.mark("save_s")
 
 

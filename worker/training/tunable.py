@@ -27,11 +27,10 @@ class LossParams(keras.layers.Layer):
 
     def __init__(self, num_classes: int = NUM_CLASSES, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.gamma = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                     dtype="float32", name="gamma")
-        self.class_weights = self.add_weight(shape=(num_classes,), initializer="ones",
-                                             trainable=False, dtype="float32",
-                                             name="class_weights")
+        self.gamma = self.add_weight(shape=(), initializer="zeros", trainable=False, dtype="float32", name="gamma")
+        self.class_weights = self.add_weight(
+            shape=(num_classes,), initializer="ones", trainable=False, dtype="float32", name="class_weights"
+        )
         self.built = True
 
     def set(self, gamma: float, class_weights: Sequence[float]) -> None:
@@ -54,13 +53,16 @@ def attach(model: keras.Model) -> LossParams:
 class TunableAdamW(keras.optimizers.AdamW):
     """AdamW whose weight decay is a variable (Keras keeps it as a Python float)."""
 
-    def __init__(self, learning_rate: float = 1e-3, weight_decay: float = 0.004,
-                 **kwargs: Any) -> None:
+    def __init__(self, learning_rate: float = 1e-3, weight_decay: float = 0.004, **kwargs: Any) -> None:
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
         with keras.name_scope(self.name):
-            variable = keras.Variable(float(weight_decay), name="weight_decay",
-                                      dtype=keras.backend.floatx(), trainable=False,
-                                      aggregation="only_first_replica")
+            variable = keras.Variable(
+                float(weight_decay),
+                name="weight_decay",
+                dtype=keras.backend.floatx(),
+                trainable=False,
+                aggregation="only_first_replica",
+            )
         self._track_variable(variable)
         self.weight_decay = variable
 
