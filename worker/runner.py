@@ -8,7 +8,8 @@ them itself (:class:`storage.Heartbeat`) and fails stale trials before every ask
 
 The rooms around it: :mod:`worker.joining` (everything checked before the first trial),
 :mod:`worker.signals` (SIGTERM/SIGINT), :mod:`worker.study_link` (database calls that ride out
-outages), :mod:`worker.requeue` (fail, and queue again) and :mod:`worker.uploads` (best models).
+outages), :mod:`worker.asking` (the next trial within the budget), :mod:`worker.requeue` (fail,
+and queue again) and :mod:`worker.uploads` (best models).
 """
 
 from __future__ import annotations
@@ -26,23 +27,21 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-import sqlalchemy
 
 from contract import trial_attrs
 import storage
 from storage.optuna_internals import trial_id
 from storage.retry import is_transient
-from worker.budget import ask_within_budget
+from worker.asking import next_trial
 from worker.errors import DatabaseLost, RunnerError, StudyGone
 from worker.joining import Joined, WorkerOptions, join
 from worker.requeue import fail, requeue, requeue_after_outage, retry_of_trial
 from worker.signals import Interrupted, SignalGuard
-from worker.study_link import GaveUp, StudyLink
+from worker.study_link import StudyLink
 from worker.uploads import Uploader
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
-WAIT_POLL_S = 10.0
 
 
 class Outcome(enum.Enum):
@@ -114,52 +113,9 @@ class WorkerSession:
         return code
 
     def next_trial(self, guard: SignalGuard) -> optuna.Trial | None:
-        """Ask for a trial if the shared budget allows; ``None`` when the study is done.
-
-        Counting and asking happen under one database lock, so N workers racing for the last
-        trial create exactly one. Queued trials (retries, `tuner confirm`'s) are always taken. When the
-        budget is fully allocated but other workers still run trials, wait: one of them may die, and its
-        retry needs a worker. A signal while waiting for the lock stops the worker at once.
-        """
-        link, n_trials = self.link, self.spec.n_trials
-
-        def stop_waiting(waited_s: float) -> None:
-            if guard.stop_requested:
-                raise Interrupted(guard.signum)  # type: ignore[arg-type]
-
-        announced = False
-        while not guard.stop_requested:
-            try:
-                trial, counts = link.call(
-                    lambda: ask_within_budget(link.study, link.rdb, link.url, n_trials,
-                                              on_wait=stop_waiting, on_log=self.say),
-                    "asking for a trial",
-                )
-            except Interrupted:
-                return None  # the loop reports the signal
-            except GaveUp as exc:
-                raise DatabaseLost(f"{exc}; no trial was running; start the worker again when "
-                                   "the database is back") from None
-            except (KeyError, sqlalchemy.exc.IntegrityError):
-                if link.replaced():
-                    raise link.gone() from None
-                raise
-            if trial is not None:
-                return trial
-            # Only search trials count towards the budget; running confirmations (counts[...] is
-            # the total) keep this worker waiting too: one of them may die and need its retry run.
-            finished = counts.search[TrialState.COMPLETE] + counts.search[TrialState.PRUNED]
-            confirmed = counts.confirming[TrialState.COMPLETE]
-            also = f", {confirmed} confirmation trial(s) complete" if confirmed else ""
-            if counts[TrialState.RUNNING] == 0:
-                self.say(f"study budget reached: {finished}/{n_trials} trials finished{also}")
-                return None
-            if not announced:
-                self.say(f"budget allocated ({finished}/{n_trials} finished); waiting for "
-                         f"{counts[TrialState.RUNNING]} running trial(s) in case one is retried")
-                announced = True
-            guard.sleep(min(float(self.spec.heartbeat_interval), WAIT_POLL_S))
-        return None
+        """Ask for a trial if the shared budget allows; ``None`` when the study is done
+        (:func:`worker.asking.next_trial`)."""
+        return next_trial(self.link, self.spec.n_trials, float(self.spec.heartbeat_interval), self.say, guard)
 
     def run_trial(self, trial: optuna.Trial, guard: SignalGuard) -> Outcome:
         """Train one trial and tell the study how it ended.
@@ -182,16 +138,19 @@ class WorkerSession:
                     return Outcome.REQUEUED
                 raise
         except optuna.exceptions.UpdateFinishedTrialError:
-            self.say(f"trial {trial.number} was finished elsewhere meanwhile (failed as stale by "
-                     "another worker, which queued its retry); this worker's result is dropped")
+            self.say(
+                f"trial {trial.number} was finished elsewhere meanwhile (failed as stale by "
+                "another worker, which queued its retry); this worker's result is dropped"
+            )
             return Outcome.DROPPED
 
     def _run_trial(self, trial: optuna.Trial, guard: SignalGuard) -> Outcome:
         config, device, confirming = self._start(trial)
         # A confirmation measures its configuration's spread over seeds: cutting its unlucky
         # seeds short would bias exactly that, so the pruner is never asked.
-        on_epoch, on_phase = _reporters(self.link, trial, guard, multi_objective=self.spec.multi_objective,
-                                        may_prune=confirming is None)
+        on_epoch, on_phase = _reporters(
+            self.link, trial, guard, multi_objective=self.spec.multi_objective, may_prune=confirming is None
+        )
         with tempfile.TemporaryDirectory(prefix="tuner-trial-") as tmp:
             save_path = Path(tmp) / f"trial-{trial.number}.keras" if self.uploader else None
             try:
@@ -257,30 +216,51 @@ class WorkerSession:
                 self.uploader.upload_if_best(trial, values, save_path, getattr(result, "preview", None))
         self.link.tell(trial, values=values)
         per_class = " ".join(f"c{c}={_short(v)}" for c, v in result.per_class_iou.items())
-        self.say(f"trial {trial.number} complete: mIoU {result.best_miou:.4f} ({per_class}){cost_text} "
-                 f"in {result.wall_time_s:.0f}s, {result.epochs_run} epochs")
+        self.say(
+            f"trial {trial.number} complete: mIoU {result.best_miou:.4f} ({per_class}){cost_text} "
+            f"in {result.wall_time_s:.0f}s, {result.epochs_run} epochs"
+        )
         return Outcome.COMPLETE
 
     def _fail(self, trial: optuna.Trial, line: str) -> Outcome:
         fail(self.link, trial, line)
         return Outcome.FAILED
 
-    def _train(self, config: Any, on_epoch: Callable[[int, float], None], on_phase: Callable[[str], None],
-               save_path: Path | None, device: Any) -> Any:
+    def _train(
+        self,
+        config: Any,
+        on_epoch: Callable[[int, float], None],
+        on_phase: Callable[[str], None],
+        save_path: Path | None,
+        device: Any,
+    ) -> Any:
         """The one place a trial trains, on this process's ``Trainer`` (compiled models reused)."""
         from worker.training.train import Trainer, train
 
         self.trainer = self.trainer or Trainer()
-        return train(config, self.joined.data, epoch_callback=on_epoch, verbose=self.options.verbose,
-                     save_path=save_path, device=device, trainer=self.trainer, phase_callback=on_phase,
-                     measure_latency=self.spec.cost == "latency")
+        return train(
+            config,
+            self.joined.data,
+            epoch_callback=on_epoch,
+            verbose=self.options.verbose,
+            save_path=save_path,
+            device=device,
+            trainer=self.trainer,
+            phase_callback=on_phase,
+            measure_latency=self.spec.cost == "latency",
+        )
 
     def _heartbeat(self, trial: optuna.Trial) -> storage.Heartbeat:
         return storage.Heartbeat(self.link.rdb, trial_id(trial), number=trial.number)
 
 
 def _reporters(
-    link: StudyLink, trial: optuna.Trial, guard: SignalGuard, *, multi_objective: bool, may_prune: bool,
+    link: StudyLink,
+    trial: optuna.Trial,
+    guard: SignalGuard,
+    *,
+    multi_objective: bool,
+    may_prune: bool,
 ) -> tuple[Callable[[int, float], None], Callable[[str], None]]:
     """What training calls after each epoch (report, maybe prune) and at each phase.
 
@@ -316,6 +296,13 @@ def _short(value: Any) -> str:
 
 
 __all__ = [
-    "DatabaseLost", "Interrupted", "Outcome", "RunnerError", "SignalGuard", "StudyGone", "WorkerOptions",
-    "WorkerSession", "run_worker",
+    "DatabaseLost",
+    "Interrupted",
+    "Outcome",
+    "RunnerError",
+    "SignalGuard",
+    "StudyGone",
+    "WorkerOptions",
+    "WorkerSession",
+    "run_worker",
 ]
