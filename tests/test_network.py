@@ -181,7 +181,7 @@ def test_host_cut_off_for_less_than_the_grace_period_rides_it_out(net, tmp_path,
         study = optuna.load_study(study_name="s", storage=rdb)
         until = time.monotonic() + grace / 2
         while time.monotonic() < until:  # what every other worker does before it asks
-            storage.fail_stalestudy_trials(study)
+            storage.fail_stale_trials(study)
             time.sleep(0.5)
     finally:
         net.heal()
