@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+from helpers import tiny_space_dict
 import pytest
 import yaml
 
@@ -186,28 +187,7 @@ E2E_TEARDOWN = (
     "docker compose --profile '*' down --volumes",
     "docker compose -f docker-compose.workers.yml --profile '*' down --volumes",
 )
-E2E_SPACE = {
-    "fixed": {
-        "model": "multipath",
-        "depth": 2,
-        "base_filters": 4,
-        "conventional_filters": 8,
-        "residual_filters": 4,
-        "multiscale_filters": 8,
-        "context_filters": 4,
-        "batch_size": 16,
-        "augment_flips": False,
-        "validation_fraction": 0.25,
-        "early_stopping_patience": 50,
-        "reduce_lr_patience": 50,
-        "batchnorm_momentum": 0.9,
-        "epochs": 3,
-    },
-    "params": {
-        "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-        "focal_gamma": {"type": "float", "low": 0.0, "high": 2.0},
-    },
-}
+E2E_SPACE = tiny_space_dict(epochs=3, early_stopping_patience=50, reduce_lr_patience=50)
 
 
 def compose_available() -> bool:

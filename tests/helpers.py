@@ -49,12 +49,17 @@ TINY_SPACE: dict[str, dict[str, Any]] = {
 LEARNING_RATE_ONLY = {"learning_rate": TINY_SPACE["params"]["learning_rate"]}
 
 
-def tiny_space(path: Path, *, params: dict[str, Any] | None = None, **fixed: Any) -> Path:
-    """Write :data:`TINY_SPACE` to ``path`` as YAML and return ``path``: ``fixed`` sets fixed values,
-    ``params`` replaces the searched ones (a fixed value they search is dropped)."""
+def tiny_space_dict(*, params: dict[str, Any] | None = None, **fixed: Any) -> dict[str, Any]:
+    """:data:`TINY_SPACE` with ``fixed`` setting fixed values and ``params`` replacing the searched
+    ones (a fixed value they search is dropped)."""
     params = TINY_SPACE["params"] if params is None else params
     values = {k: v for k, v in {**TINY_SPACE["fixed"], **fixed}.items() if k not in params}
-    path.write_text(yaml.safe_dump({"fixed": values, "params": params}))
+    return {"fixed": values, "params": params}
+
+
+def tiny_space(path: Path, *, params: dict[str, Any] | None = None, **fixed: Any) -> Path:
+    """Write :func:`tiny_space_dict` to ``path`` as YAML and return ``path``."""
+    path.write_text(yaml.safe_dump(tiny_space_dict(params=params, **fixed)))
     return path
 
 

@@ -11,7 +11,7 @@ import re
 import subprocess
 import zipfile
 
-from helpers import BIN, run_cli
+from helpers import BIN, run_cli, tiny_space_dict
 import numpy as np
 import pytest
 import yaml
@@ -23,27 +23,13 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## From search to predictions"
 N_TEST = 12
-SPACE = {
-    "fixed": {
-        "model": "multipath",
-        "depth": 2,
-        "base_filters": 4,
-        "conventional_filters": 8,
-        "residual_filters": 4,
-        "multiscale_filters": 8,
-        "context_filters": 4,
-        "batch_size": 16,
-        "augment_flips": False,
-        "validation_fraction": 0.25,
-        "early_stopping_patience": 5,
-        "reduce_lr_patience": 1,
-        "reduce_lr_factor": 0.5,
-        "batchnorm_momentum": 0.9,
-        "epochs": 4,
-        "tta": True,
-    },
-    "params": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-}
+SPACE = tiny_space_dict(
+    params={"learning_rate": {"type": "float", "low": 0.001, "high": 0.01, "log": True}},
+    tta=True,
+    epochs=4,
+    reduce_lr_patience=1,
+    reduce_lr_factor=0.5,
+)
 
 
 def readme_commands() -> list[str]:
